@@ -1,0 +1,192 @@
+"""The lifecycle of one activity execution, as pure functions.
+
+Both stores call these to decide what a failure, a timeout or a cancel request
+does to an execution, so they cannot disagree. Times are float seconds since
+the epoch; ``FAR`` stands for "no deadline" so that deadlines compare and index
+as plain numbers.
+
+::
+
+    start ─► SCHEDULED ─claim─► STARTED ─return─► COMPLETED
+                ▲                 │ raise / timeout (retryable, attempts left)
+                └──── backoff ────┘
+    STARTED ─ non-retryable, attempts or schedule_to_close used up ─► FAILED / TIMED_OUT
+    SCHEDULED|STARTED ─ cancel ─► CANCELED
+    any open state ─ terminate ─► TERMINATED
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from errands.common import RetryPolicy
+from errands.exceptions import TimeoutType
+
+FAR = 1.0e15
+"""A deadline that never comes (year 31 million)."""
+
+
+class Status(str, enum.Enum):
+    """The status column of an execution."""
+
+    RUNNING = "RUNNING"  # open: see RunState
+    COMPLETED = "COMPLETED"  # returned a value
+    FAILED = "FAILED"  # failed for good: non-retryable, or retries used up
+    CANCELED = "CANCELED"  # cancelled before it started, or the attempt let the cancel out
+    TERMINATED = "TERMINATED"  # terminated by a client
+    TIMED_OUT = "TIMED_OUT"  # a final timeout, or retries used up after a timeout
+
+
+class RunState(str, enum.Enum):
+    """Where a RUNNING execution is."""
+
+    SCHEDULED = "SCHEDULED"  # waiting to be claimed (ready_at may lie in the future: backoff)
+    STARTED = "STARTED"  # an attempt runs on a worker
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"  # an attempt runs and a client asked to cancel it
+
+
+class FailureKind(str, enum.Enum):
+    """What ended an attempt badly."""
+
+    APPLICATION = "application"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    TERMINATED = "terminated"
+
+
+def retry_delay_s(policy: RetryPolicy, attempt: int, next_retry_delay_s: float | None) -> float:
+    """Seconds to wait before the attempt after ``attempt`` (1-based)."""
+    if next_retry_delay_s is not None:
+        return max(0.0, next_retry_delay_s)
+    initial = policy.initial_interval.total_seconds()
+    maximum = (
+        policy.maximum_interval.total_seconds()
+        if policy.maximum_interval is not None
+        else 100.0 * initial
+    )
+    try:
+        delay = initial * policy.backoff_coefficient ** (attempt - 1)
+    except OverflowError:
+        delay = maximum
+    return min(delay, maximum)
+
+
+@dataclass(frozen=True)
+class AttemptFailure:
+    """An attempt's failure as the lifecycle sees it."""
+
+    kind: FailureKind
+    error_type: str | None = None
+    non_retryable: bool = False
+    next_retry_delay_s: float | None = None
+    timeout_type: TimeoutType | None = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Schedule attempt ``attempt`` to become claimable at ``ready_at``."""
+
+    attempt: int
+    ready_at: float
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the execution with ``status``."""
+
+    status: Status
+
+
+def after_failure(
+    *,
+    policy: RetryPolicy,
+    attempt: int,
+    failure: AttemptFailure,
+    cancel_requested: bool,
+    schedule_to_close_deadline: float,
+    now: float,
+) -> Retry | Close:
+    """What a failed attempt leads to: another attempt, or the end.
+
+    A cancel request stops retries (Temporal's retry state CANCEL_REQUESTED); so
+    do a non-retryable error, a type in ``non_retryable_error_types``, used-up
+    attempts, and a retry that would start after the schedule_to_close deadline.
+    """
+    final = Close(Status.TIMED_OUT if failure.kind is FailureKind.TIMEOUT else Status.FAILED)
+    if cancel_requested or failure.non_retryable:
+        return final
+    if failure.kind is FailureKind.APPLICATION and failure.error_type in (
+        policy.non_retryable_error_types
+    ):
+        return final
+    if policy.maximum_attempts and attempt >= policy.maximum_attempts:
+        return final
+    delay = retry_delay_s(policy, attempt, failure.next_retry_delay_s)
+    ready_at = now + delay
+    if ready_at >= schedule_to_close_deadline:
+        return final
+    return Retry(attempt=attempt + 1, ready_at=ready_at, interval_s=delay)
+
+
+def scheduled_deadline(
+    *, ready_at: float, schedule_to_start_s: float | None, schedule_to_close_deadline: float
+) -> float:
+    """When a SCHEDULED execution times out if nobody claims it."""
+    s2s = FAR if schedule_to_start_s is None else ready_at + schedule_to_start_s
+    return min(s2s, schedule_to_close_deadline)
+
+
+def started_timeout_type(
+    *,
+    now: float,
+    attempt_started: float,
+    start_to_close_s: float | None,
+    heartbeat_s: float | None,
+    last_heartbeat: float | None,
+    schedule_to_close_deadline: float,
+) -> TimeoutType | None:
+    """Which timeout of a STARTED attempt has passed at ``now``, if any.
+
+    schedule_to_close wins over the per-attempt timeouts because it ends the
+    execution rather than the attempt.
+    """
+    if now >= schedule_to_close_deadline:
+        return TimeoutType.SCHEDULE_TO_CLOSE
+    if start_to_close_s is not None and now >= attempt_started + start_to_close_s:
+        return TimeoutType.START_TO_CLOSE
+    if heartbeat_s is not None:
+        since = attempt_started if last_heartbeat is None else max(last_heartbeat, attempt_started)
+        if now >= since + heartbeat_s:
+            return TimeoutType.HEARTBEAT
+    return None
+
+
+def scheduled_timeout_type(
+    *,
+    now: float,
+    ready_at: float,
+    schedule_to_start_s: float | None,
+    schedule_to_close_deadline: float,
+) -> TimeoutType | None:
+    """Which timeout of a SCHEDULED execution has passed at ``now``, if any."""
+    if now >= schedule_to_close_deadline:
+        return TimeoutType.SCHEDULE_TO_CLOSE
+    if schedule_to_start_s is not None and now >= ready_at + schedule_to_start_s:
+        return TimeoutType.SCHEDULE_TO_START
+    return None
+
+
+def task_token(run_id: str, attempt: int) -> bytes:
+    """The token that names one attempt of one execution."""
+    return f"{run_id}/{attempt}".encode()
+
+
+def parse_task_token(token: bytes) -> tuple[str, int]:
+    """(run_id, attempt) of a token; ValueError if it is not one."""
+    try:
+        run_id, attempt = token.decode("ascii").rsplit("/", 1)
+        return run_id, int(attempt)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"not an errands task token: {token!r}") from e

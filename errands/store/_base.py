@@ -1,0 +1,283 @@
+"""The Store interface: the lifecycle of DESIGN.md as a few verbs.
+
+A backend translates each verb into one atomic, conditional change, so any
+number of workers and clients may share one store. Stores see arguments,
+results, heartbeat details and failures as opaque bytes; the decisions about
+retries and timeouts come from ``errands._lifecycle``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from errands._lifecycle import AttemptFailure, RunState, Status
+from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy, RetryPolicy
+from errands.exceptions import TimeoutType
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    """Everything ``start`` records about a new execution."""
+
+    namespace: str
+    activity_id: str
+    run_id: str
+    activity_type: str
+    task_queue: str
+    input: bytes
+    schedule_to_close_s: float | None
+    schedule_to_start_s: float | None
+    start_to_close_s: float | None
+    heartbeat_s: float | None
+    retry_policy: RetryPolicy
+    priority_key: int
+    start_delay_s: float | None = None
+    summary: str | None = None
+    id_reuse_policy: ActivityIDReusePolicy = ActivityIDReusePolicy.ALLOW_DUPLICATE
+    id_conflict_policy: ActivityIDConflictPolicy = ActivityIDConflictPolicy.FAIL
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """The run that ``start`` made, or the running one it returned (USE_EXISTING)."""
+
+    run_id: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """One attempt handed to a worker by ``claim_batch``."""
+
+    namespace: str
+    activity_id: str
+    run_id: str
+    activity_type: str
+    task_queue: str
+    attempt: int
+    input: bytes
+    heartbeat_details: bytes | None
+    schedule_time: float
+    current_attempt_scheduled_time: float
+    started_time: float
+    schedule_to_close_s: float | None
+    schedule_to_start_s: float | None
+    start_to_close_s: float | None
+    heartbeat_s: float | None
+    retry_policy: RetryPolicy
+    priority_key: int
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """Claimed tasks, and when the next scheduled one of the queue becomes ready
+    (None when the claim filled every slot or nothing waits)."""
+
+    tasks: list[ClaimedTask]
+    next_ready_at: float | None
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    """Whether a heartbeat was recorded, and whether cancellation was asked for."""
+
+    accepted: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """An attempt's failure: what the lifecycle needs, plus the encoded error."""
+
+    info: AttemptFailure
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """A request, found by ``poll_interrupts``, to stop a running attempt."""
+
+    run_id: str
+    attempt: int
+    kind: str  # "cancel" or "terminate"
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    """One execution as the store holds it."""
+
+    namespace: str
+    activity_id: str
+    run_id: str
+    activity_type: str
+    task_queue: str
+    status: Status
+    run_state: RunState | None
+    attempt: int
+    input: bytes
+    result: bytes | None
+    failure: bytes | None
+    timeout_type: TimeoutType | None
+    heartbeat_details: bytes | None
+    heartbeat_count: int
+    last_heartbeat_time: float | None
+    schedule_time: float
+    current_attempt_scheduled_time: float
+    started_time: float | None
+    close_time: float | None
+    schedule_to_close_s: float | None
+    schedule_to_start_s: float | None
+    start_to_close_s: float | None
+    heartbeat_s: float | None
+    retry_policy: RetryPolicy
+    priority_key: int
+    start_delay_s: float | None
+    canceled_reason: str | None
+    identity: str | None
+    summary: str | None
+    retry_interval_s: float | None
+    cancel_requested: bool
+
+    @property
+    def is_open(self) -> bool:
+        """True while the execution is RUNNING."""
+        return self.status is Status.RUNNING
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One term of a parsed visibility query: ``field op value``."""
+
+    field: str  # ActivityId, ActivityType, TaskQueue, ExecutionStatus
+    op: str  # "=", "!=", "STARTS_WITH"
+    value: str
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed visibility query: conditions joined with AND."""
+
+    conditions: Sequence[Condition] = field(default_factory=tuple)
+    group_by_status: bool = False
+
+
+class Store(abc.ABC):
+    """What a backend implements. Every verb is a coroutine; every state change
+    is one atomic conditional update. Errors of the database are raised as
+    ``errands.exceptions.StoreError`` from the driver's error."""
+
+    @abc.abstractmethod
+    async def start(self, new: NewExecution) -> StartResult:
+        """Record a new SCHEDULED execution.
+
+        Raises ActivityAlreadyStartedError when the id is running (policy FAIL)
+        or closed and the reuse policy refuses it.
+        """
+
+    @abc.abstractmethod
+    async def claim_batch(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None = None,
+        exclude_types: Sequence[str] = (),
+        queue_rate_per_s: float | None = None,
+    ) -> ClaimResult:
+        """Start up to ``max_tasks`` ready attempts of the queue: smallest
+        priority key first, then in the order they became ready."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, run_id: str, attempt: int, details: bytes | None) -> HeartbeatResult:
+        """Record a heartbeat of a running attempt (details None keeps the old
+        ones). A stale attempt is not accepted and changes nothing."""
+
+    @abc.abstractmethod
+    async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
+        """Close the execution COMPLETED if the attempt is current; False if stale."""
+
+    @abc.abstractmethod
+    async def fail(self, run_id: str, attempt: int, failure: FailureReport) -> Status | None:
+        """Fail the attempt: schedule a retry (returns RUNNING) or close the
+        execution (returns its status). None if the attempt is stale."""
+
+    @abc.abstractmethod
+    async def report_cancelled(self, run_id: str, attempt: int, failure: bytes) -> bool:
+        """Close the execution CANCELED if the attempt is current; False if stale."""
+
+    @abc.abstractmethod
+    async def request_cancel(
+        self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
+    ) -> Status:
+        """Ask to cancel: a SCHEDULED execution is CANCELED at once, a started
+        one gets a request its worker sees. Returns the status after.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+
+    @abc.abstractmethod
+    async def terminate(
+        self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
+    ) -> None:
+        """Close an open execution TERMINATED.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+
+    @abc.abstractmethod
+    async def fire_due_timers(
+        self, namespace: str, *, run_ids: Sequence[str] | None = None, limit: int = 500
+    ) -> float | None:
+        """Apply every timeout that has passed (of ``run_ids`` only, if given).
+        Returns the next deadline still pending, or None."""
+
+    @abc.abstractmethod
+    async def describe(
+        self, namespace: str, activity_id: str, run_id: str | None = None
+    ) -> ExecutionRecord:
+        """The execution (the latest run of the id if ``run_id`` is None).
+
+        Raises ActivityNotFoundError.
+        """
+
+    @abc.abstractmethod
+    async def get_by_run_ids(self, run_ids: Sequence[str]) -> list[ExecutionRecord]:
+        """The executions with these run ids (missing ones are left out)."""
+
+    @abc.abstractmethod
+    async def list(
+        self, namespace: str, query: Query, *, limit: int | None = None
+    ) -> list[ExecutionRecord]:
+        """Executions matching the query, newest first."""
+
+    @abc.abstractmethod
+    async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
+        """How many executions match; per status when the query groups by it."""
+
+    @abc.abstractmethod
+    async def prune(self, namespace: str, closed_before: float, *, batch: int = 1000) -> int:
+        """Delete closed executions closed before the time, a batch per
+        transaction. Returns how many were deleted."""
+
+    @abc.abstractmethod
+    async def interrupts_cursor(self) -> int:
+        """The position after the newest cancel / terminate request."""
+
+    @abc.abstractmethod
+    async def poll_interrupts(self, namespace: str, after: int) -> tuple[list[Interrupt], int]:
+        """Cancel and terminate requests for started attempts made after the
+        cursor, and the new cursor."""
+
+    @abc.abstractmethod
+    def change_event(self) -> asyncio.Event:
+        """An event set at the next change to the store, by this process or
+        another. Take it before looking, then wait on it."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads."""
