@@ -1,0 +1,407 @@
+"""Writing activities: ``@activity.defn`` and the functions an activity calls
+while it runs (``info()``, ``heartbeat()``, cancellation and shutdown queries).
+
+The worker fills a private per-attempt context; every public function here is
+a read of it. Outside an activity they raise ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import threading
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from errands.common import Priority, RetryPolicy
+
+if TYPE_CHECKING:
+    from errands.client import Client
+    from errands.converter import PayloadConverter
+
+__all__ = [
+    "ActivityCancellationDetails",
+    "Info",
+    "cancellation_details",
+    "client",
+    "defn",
+    "heartbeat",
+    "in_activity",
+    "info",
+    "is_cancelled",
+    "is_worker_shutdown",
+    "logger",
+    "payload_converter",
+    "wait_for_cancelled",
+    "wait_for_worker_shutdown",
+]
+
+CallableType = TypeVar("CallableType", bound=Callable[..., Any])
+
+_DEFINITION_ATTR = "__errands_activity_definition__"
+
+
+# --------------------------------------------------------------------------- defn
+
+
+@dataclass(frozen=True)
+class _Options:
+    name: str | None
+    dynamic: bool
+    no_thread_cancel_exception: bool
+
+
+@overload
+def defn(fn: CallableType) -> CallableType: ...
+
+
+@overload
+def defn(
+    *, name: str | None = None, no_thread_cancel_exception: bool = False
+) -> Callable[[CallableType], CallableType]: ...
+
+
+@overload
+def defn(
+    *, no_thread_cancel_exception: bool = False, dynamic: bool = False
+) -> Callable[[CallableType], CallableType]: ...
+
+
+def defn(
+    fn: CallableType | None = None,
+    *,
+    name: str | None = None,
+    no_thread_cancel_exception: bool = False,
+    dynamic: bool = False,
+) -> CallableType | Callable[[CallableType], CallableType]:
+    """Mark a function (or method) as an activity.
+
+    ``@activity.defn`` names it after the function, ``@activity.defn(name="x")``
+    names it ``x``, ``@activity.defn(dynamic=True)`` makes it the catch-all for
+    unregistered names (it receives ``Sequence[RawValue]``).
+    ``no_thread_cancel_exception=True`` keeps errands from raising
+    ``CancelledError`` inside a sync activity's thread. The function is
+    returned unchanged, so calling it directly still works.
+
+    Raises:
+        TypeError: the function has keyword-only parameters (activities take
+            positional arguments only), or ``name`` and ``dynamic`` are both given.
+    """
+    if name is not None and dynamic:
+        raise TypeError("activity.defn: a dynamic activity takes no name")
+    options = _Options(name, dynamic, no_thread_cancel_exception)
+
+    def decorate(f: CallableType) -> CallableType:
+        if not callable(f):
+            raise TypeError(f"activity.defn expects a function, got {type(f).__name__}")
+        _check_parameters(f)
+        setattr(f, _DEFINITION_ATTR, options)
+        return f
+
+    return decorate if fn is None else decorate(fn)
+
+
+def _check_parameters(fn: Callable[..., Any]) -> None:
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD):
+            raise TypeError(
+                f"activity {getattr(fn, '__qualname__', fn)!r} has keyword-only parameter "
+                f"{param.name!r}: activity arguments are positional only"
+            )
+
+
+@dataclass(frozen=True)
+class _Definition:
+    """An activity as the worker and client use it, worked out once per callable."""
+
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    dynamic: bool
+    no_thread_cancel_exception: bool
+    arg_names: Sequence[str]  # the positional parameters, in order
+    arg_types: Sequence[Any]  # one hint (or None) per positional parameter
+    required_args: int
+    takes_varargs: bool
+    result_type: Any
+
+    @staticmethod
+    def from_callable(fn: Callable[..., Any]) -> _Definition:
+        """The definition of a function ``@activity.defn`` marked.
+
+        Raises TypeError if it was not marked.
+        """
+        options: _Options | None = getattr(fn, _DEFINITION_ATTR, None)
+        if options is None:
+            raise TypeError(
+                f"{getattr(fn, '__qualname__', fn)!r} is not an activity: decorate it with "
+                "@activity.defn"
+            )
+        signature = inspect.signature(fn, eval_str=True)
+        arg_names: list[str] = []
+        arg_types: list[Any] = []
+        required = 0
+        varargs = False
+        for param in signature.parameters.values():
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                varargs = True
+                continue
+            arg_names.append(param.name)
+            arg_types.append(None if param.annotation is inspect.Parameter.empty else param.annotation)
+            if param.default is inspect.Parameter.empty:
+                required += 1
+        result_type = (
+            None if signature.return_annotation is inspect.Signature.empty
+            else signature.return_annotation
+        )
+        target = fn.__func__ if inspect.ismethod(fn) else fn
+        return _Definition(
+            name=options.name or getattr(target, "__name__", repr(fn)),
+            fn=fn,
+            is_async=inspect.iscoroutinefunction(target),
+            dynamic=options.dynamic,
+            no_thread_cancel_exception=options.no_thread_cancel_exception,
+            arg_names=arg_names,
+            arg_types=arg_types,
+            required_args=required,
+            takes_varargs=varargs,
+            result_type=result_type,
+        )
+
+    def check_arg_count(self, count: int) -> None:
+        """Raise TypeError naming the activity if ``count`` arguments do not fit."""
+        if self.dynamic:
+            return
+        if count < self.required_args or (count > len(self.arg_types) and not self.takes_varargs):
+            expected = (
+                f"{self.required_args}"
+                if self.required_args == len(self.arg_types)
+                else f"{self.required_args} to {len(self.arg_types)}"
+            )
+            if self.takes_varargs:
+                expected = f"at least {self.required_args}"
+            raise TypeError(
+                f"activity {self.name!r} takes {expected} argument(s), got {count}"
+            )
+
+
+# --------------------------------------------------------------------------- Info
+
+
+@dataclass(frozen=True)
+class Info:
+    """What an attempt knows about itself (the fields of temporalio's
+    ``activity.Info``, under the same names)."""
+
+    activity_id: str
+    """The execution's id, given at start."""
+    activity_type: str
+    """The registered activity name."""
+    attempt: int
+    """1 for the first attempt, then 2, 3, ..."""
+    current_attempt_scheduled_time: datetime
+    """When this attempt became ready to run (after any backoff)."""
+    heartbeat_details: Sequence[Any]
+    """The details of the last heartbeat that reached the store (earlier
+    attempts included): resume from them on a retry."""
+    heartbeat_timeout: timedelta | None
+    """How long between heartbeats before the attempt times out."""
+    is_local: bool
+    """Always False: errands has no local activities."""
+    schedule_to_close_timeout: timedelta | None
+    """The limit on the whole execution, retries included."""
+    scheduled_time: datetime
+    """When the execution was started."""
+    start_to_close_timeout: timedelta | None
+    """The limit on one attempt."""
+    started_time: datetime
+    """When this attempt was claimed by the worker."""
+    task_queue: str
+    """The task queue the execution was started on."""
+    task_token: bytes
+    """Names this attempt (for async completion)."""
+    workflow_id: str | None = None
+    """None: errands activities have no workflow."""
+    workflow_namespace: str | None = None
+    """None: errands activities have no workflow."""
+    workflow_run_id: str | None = None
+    """None: errands activities have no workflow."""
+    workflow_type: str | None = None
+    """None: errands activities have no workflow."""
+    priority: Priority = field(default_factory=Priority)
+    """The execution's priority."""
+    retry_policy: RetryPolicy | None = None
+    """The execution's retry policy."""
+    namespace: str = "default"
+    """The namespace of the execution."""
+    activity_run_id: str | None = None
+    """The run id of this execution of the activity id."""
+
+
+@dataclass(frozen=True)
+class ActivityCancellationDetails:
+    """Why an activity was cancelled (temporalio's flags)."""
+
+    not_found: bool = False
+    """The execution is gone: terminated, or removed from the store."""
+    cancel_requested: bool = False
+    """A client called ``cancel()``."""
+    paused: bool = False
+    """Always False: errands has no pause."""
+    timed_out: bool = False
+    """The attempt's own start_to_close or heartbeat timeout passed."""
+    worker_shutdown: bool = False
+    """The worker is shutting down and its grace period ran out."""
+    reset: bool = False
+    """Always False: errands has no reset."""
+
+
+# --------------------------------------------------------------------------- the context
+
+
+class _Signal:
+    """A flag that async code and threads can both wait on."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._async: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def is_set(self) -> bool:
+        return self._flag.is_set()
+
+    def set(self) -> None:
+        """Set the flag; call on the worker's event loop thread."""
+        self._flag.set()
+        if self._async is not None:
+            self._async.set()
+
+    async def wait(self) -> None:
+        if self._async is None:
+            self._async = asyncio.Event()
+            if self._flag.is_set():
+                self._async.set()
+        await self._async.wait()
+
+    def wait_sync(self, timeout: float | None) -> bool:
+        return self._flag.wait(timeout)
+
+
+@dataclass
+class _Context:
+    """What the worker tells one running attempt. Internal."""
+
+    info: Info
+    heartbeat: Callable[[Sequence[Any]], None]
+    cancelled: _Signal
+    worker_shutdown: _Signal
+    payload_converter: PayloadConverter
+    client: Client | None
+    details: ActivityCancellationDetails | None = None
+
+
+_current: contextvars.ContextVar[_Context] = contextvars.ContextVar("errands_activity")
+
+
+def _context() -> _Context:
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("not in an activity: this works only while an activity runs") from None
+
+
+def in_activity() -> bool:
+    """True when called from inside a running activity."""
+    return _current.get(None) is not None
+
+
+def info() -> Info:
+    """The running attempt's ``Info``. Raises RuntimeError outside an activity."""
+    return _context().info
+
+
+def heartbeat(*details: Any) -> None:
+    """Report progress; the latest details win and reach the store throttled
+    (at once for the first, then at most once per 0.8 x heartbeat_timeout).
+    Never blocks. Heartbeating is also how cancellation reaches the activity.
+    Raises RuntimeError outside an activity."""
+    _context().heartbeat(details)
+
+
+def is_cancelled() -> bool:
+    """True once cancellation has been delivered to this attempt.
+    Raises RuntimeError outside an activity."""
+    return _context().cancelled.is_set()
+
+
+async def wait_for_cancelled() -> None:
+    """Return when cancellation is delivered. Raises RuntimeError outside an activity."""
+    await _context().cancelled.wait()
+
+
+def cancellation_details() -> ActivityCancellationDetails | None:
+    """Why the attempt was cancelled, or None if it was not.
+    Raises RuntimeError outside an activity."""
+    return _context().details
+
+
+def is_worker_shutdown() -> bool:
+    """True once the worker began shutting down. Raises RuntimeError outside an activity."""
+    return _context().worker_shutdown.is_set()
+
+
+async def wait_for_worker_shutdown() -> None:
+    """Return when the worker begins shutting down. Raises RuntimeError outside an activity."""
+    await _context().worker_shutdown.wait()
+
+
+def payload_converter() -> PayloadConverter:
+    """The payload converter of the worker's client. Raises RuntimeError outside an activity."""
+    return _context().payload_converter
+
+
+def client() -> Client:
+    """The client of the worker running this activity, for async activities.
+
+    Raises RuntimeError outside an activity or in a sync (thread or process) one.
+    """
+    found = _context().client
+    if found is None:
+        raise RuntimeError("activity.client() is available in async activities only")
+    return found
+
+
+# --------------------------------------------------------------------------- logger
+
+
+class LoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose records carry the running activity's id, type, attempt
+    and task queue (in the message and as ``record.activity_info``)."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        context = _current.get(None)
+        if context is not None:
+            i = context.info
+            details = {
+                "activity_id": i.activity_id,
+                "activity_type": i.activity_type,
+                "attempt": i.attempt,
+                "task_queue": i.task_queue,
+                "namespace": i.namespace,
+            }
+            extra = dict(kwargs.get("extra") or {})
+            extra.setdefault("activity_info", details)
+            extra.update({k: v for k, v in details.items() if k not in extra})
+            kwargs["extra"] = extra
+            msg = f"{msg} ({details})"
+        return msg, kwargs
+
+
+logger = LoggerAdapter(logging.getLogger("errands.activity"), None)
+"""Log from an activity: records carry activity id, type, attempt and task queue."""

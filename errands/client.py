@@ -1,0 +1,663 @@
+"""Starting activities and looking at them: ``Client`` and ``ActivityHandle``."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Generic, TypeVar
+
+from errands import _lifecycle as lc
+from errands._aio import wait_any
+from errands._query import STATUS_NAMES, parse_query
+from errands.activity import _Definition
+from errands.common import (
+    ActivityIDConflictPolicy,
+    ActivityIDReusePolicy,
+    Priority,
+    RetryPolicy,
+)
+from errands.converter import DataConverter
+from errands.exceptions import (
+    ActivityFailedError,
+    ActivityNotFoundError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    TerminatedError,
+    TimeoutError,
+)
+from errands.store import ExecutionRecord, NewExecution, Store, open_store
+
+__all__ = [
+    "ActivityExecution",
+    "ActivityExecutionCount",
+    "ActivityExecutionCountAggregationGroup",
+    "ActivityExecutionDescription",
+    "ActivityExecutionStatus",
+    "ActivityFailureError",
+    "ActivityHandle",
+    "Client",
+    "PendingActivityState",
+]
+
+ActivityFailureError = ActivityFailedError
+"""temporalio's name for ``errands.exceptions.ActivityFailedError`` (the same class)."""
+
+DEFAULT_URL = "sqlite:///errands.db"
+"""The store ``Client.connect()`` opens when neither a URL nor $ERRANDS_URL is given."""
+
+DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+"""Largest encoded arguments, result or heartbeat details: 2 MiB."""
+
+DEFAULT_RETENTION = timedelta(days=7)
+"""How long closed executions are kept."""
+
+OUTCOME_TIMER_INTERVAL_S = 1.0
+"""How often a client awaiting results fires its executions' due timers."""
+
+ReturnType = TypeVar("ReturnType")
+
+_NO_ARG: Any = object()
+
+
+class ActivityExecutionStatus(enum.IntEnum):
+    """Where an execution is (temporalio's names and numbers)."""
+
+    RUNNING = 1
+    COMPLETED = 2
+    FAILED = 3
+    CANCELED = 4
+    TERMINATED = 5
+    TIMED_OUT = 6
+
+
+class PendingActivityState(enum.IntEnum):
+    """Where a RUNNING execution is."""
+
+    SCHEDULED = 1
+    STARTED = 2
+    CANCEL_REQUESTED = 3
+
+
+_STATUS = {s: ActivityExecutionStatus[s.name] for s in lc.Status}
+_RUN_STATE = {s: PendingActivityState[s.name] for s in lc.RunState}
+_STATUS_QUERY_NAME = {status: name for name, status in STATUS_NAMES.items()}
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _td(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _seconds(name: str, value: timedelta | None) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{name} must be a timedelta, got {type(value).__name__}")
+    if value <= timedelta(0):
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value.total_seconds()
+
+
+@dataclass(frozen=True)
+class ActivityExecution:
+    """One execution, as ``list_activities`` returns it."""
+
+    activity_id: str
+    activity_run_id: str
+    activity_type: str
+    status: ActivityExecutionStatus
+    task_queue: str
+    namespace: str
+    schedule_time: datetime
+    close_time: datetime | None
+    execution_duration: timedelta | None
+    """close_time - schedule_time, once closed."""
+
+    @classmethod
+    def _fields_from(cls, r: ExecutionRecord) -> dict[str, Any]:
+        schedule_time = _utc(r.schedule_time)
+        assert schedule_time is not None
+        return {
+            "activity_id": r.activity_id,
+            "activity_run_id": r.run_id,
+            "activity_type": r.activity_type,
+            "status": _STATUS[r.status],
+            "task_queue": r.task_queue,
+            "namespace": r.namespace,
+            "schedule_time": schedule_time,
+            "close_time": _utc(r.close_time),
+            "execution_duration": (
+                None if r.close_time is None else timedelta(seconds=r.close_time - r.schedule_time)
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class ActivityExecutionDescription(ActivityExecution):
+    """Everything known about one execution (``ActivityHandle.describe()``)."""
+
+    attempt: int = 1
+    run_state: PendingActivityState | None = None
+    """Where a RUNNING execution is; None once closed."""
+    canceled_reason: str | None = None
+    """The reason given to cancel() (or terminate())."""
+    last_heartbeat_time: datetime | None = None
+    last_started_time: datetime | None = None
+    last_worker_identity: str | None = None
+    next_attempt_schedule_time: datetime | None = None
+    """When the next attempt becomes ready, while one waits (backoff or start_delay)."""
+    current_retry_interval: timedelta | None = None
+    expiration_time: datetime | None = None
+    """schedule_time + schedule_to_close_timeout, if set."""
+    retry_policy: RetryPolicy | None = None
+    priority: Priority = field(default_factory=Priority)
+    start_delay: timedelta | None = None
+    schedule_to_close_timeout: timedelta | None = None
+    schedule_to_start_timeout: timedelta | None = None
+    start_to_close_timeout: timedelta | None = None
+    heartbeat_timeout: timedelta | None = None
+    total_heartbeat_count: int = 0
+    last_failure: FailureError | None = None
+    """The last attempt's failure, if an attempt failed."""
+    _heartbeat_details: Sequence[Any] = ()
+
+    async def heartbeat_details(self) -> Sequence[Any]:
+        """The decoded details of the last heartbeat; empty unless describe() was
+        called with include_heartbeat_details=True."""
+        return self._heartbeat_details
+
+
+@dataclass(frozen=True)
+class ActivityExecutionCountAggregationGroup:
+    """One group of a grouped count: the status and how many have it."""
+
+    count: int
+    group_values: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class ActivityExecutionCount:
+    """The result of ``count_activities``; ``groups`` is filled by
+    ``GROUP BY ExecutionStatus``."""
+
+    count: int
+    groups: Sequence[ActivityExecutionCountAggregationGroup] = ()
+
+
+class _OutcomeWatcher:
+    """Waits for executions to close: one store read per change covers every
+    waiting ``result()`` of this client, and due timers of the awaited
+    executions are fired here too (so a dead worker's attempt still times out)."""
+
+    def __init__(self, store: Store, namespace: str) -> None:
+        self._store = store
+        self._namespace = namespace
+        self._waiters: dict[str, list[asyncio.Future[ExecutionRecord]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+
+    async def wait(self, run_id: str) -> ExecutionRecord:
+        future: asyncio.Future[ExecutionRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        else:
+            self._kick.set()
+        try:
+            return await future
+        finally:
+            futures = self._waiters.get(run_id)
+            if futures is not None and future in futures:
+                futures.remove(future)
+                if not futures:
+                    del self._waiters[run_id]
+
+    def _resolve(self, run_id: str, record: ExecutionRecord | None) -> None:
+        for future in self._waiters.pop(run_id, []):
+            if future.done():
+                continue
+            if record is None:
+                future.set_exception(
+                    ActivityNotFoundError(f"activity run {run_id!r} is gone from the store")
+                )
+            else:
+                future.set_result(record)
+
+    async def _run(self) -> None:
+        last_timers = time.monotonic()
+        while self._waiters:
+            changed = self._store.change_event()
+            self._kick.clear()
+            ids = list(self._waiters)
+            try:
+                records = await self._store.get_by_run_ids(ids)
+                found = {r.run_id: r for r in records}
+                for run_id in ids:
+                    record = found.get(run_id)
+                    if record is None or not record.is_open:
+                        self._resolve(run_id, record)
+                if self._waiters and time.monotonic() - last_timers >= OUTCOME_TIMER_INTERVAL_S:
+                    last_timers = time.monotonic()
+                    await self._store.fire_due_timers(self._namespace, run_ids=list(self._waiters))
+            except Exception as e:
+                for run_id in list(self._waiters):
+                    for future in self._waiters.pop(run_id):
+                        if not future.done():
+                            future.set_exception(e)
+                return
+            if self._waiters:
+                await wait_any(changed, self._kick, timeout=OUTCOME_TIMER_INTERVAL_S)
+
+
+class Client:
+    """Starts activities and looks at them, on one store and namespace.
+
+    Make one with ``await Client.connect(...)``; close it with ``await
+    client.close()`` (or ``async with``).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        namespace: str = "default",
+        data_converter: DataConverter | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        retention: timedelta = DEFAULT_RETENTION,
+    ) -> None:
+        self._store = store
+        self.namespace = namespace
+        self.data_converter = data_converter or DataConverter()
+        self.max_payload_bytes = max_payload_bytes
+        self.retention = retention
+        self._watcher: _OutcomeWatcher | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | None = None,
+        *,
+        namespace: str = "default",
+        data_converter: DataConverter | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        retention: timedelta = DEFAULT_RETENTION,
+    ) -> Client:
+        """Open the store at ``url`` (default ``$ERRANDS_URL``, else
+        ``sqlite:///errands.db``), applying pending schema migrations.
+
+        Raises:
+            ValueError: an unknown URL or a bad option.
+            StoreError: the store cannot be opened (missing directory, not a
+                database, locked, newer schema).
+        """
+        if not namespace:
+            raise ValueError("namespace must not be empty")
+        if max_payload_bytes < 1:
+            raise ValueError("max_payload_bytes must be positive")
+        if retention <= timedelta(0):
+            raise ValueError("retention must be positive")
+        store = await open_store(url or os.environ.get("ERRANDS_URL") or DEFAULT_URL)
+        return cls(
+            store,
+            namespace=namespace,
+            data_converter=data_converter,
+            max_payload_bytes=max_payload_bytes,
+            retention=retention,
+        )
+
+    async def close(self) -> None:
+        """Close the store's connections."""
+        await self._store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> Store:
+        """The store this client talks to."""
+        return self._store
+
+    # ---------------------------------------------------------------- starting
+
+    async def start_activity(
+        self,
+        activity: Callable[..., Any] | str,
+        arg: Any = _NO_ARG,
+        *,
+        args: Sequence[Any] = (),
+        id: str,
+        task_queue: str,
+        result_type: type | None = None,
+        schedule_to_close_timeout: timedelta | None = None,
+        schedule_to_start_timeout: timedelta | None = None,
+        start_to_close_timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        id_reuse_policy: ActivityIDReusePolicy = ActivityIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy: ActivityIDConflictPolicy = ActivityIDConflictPolicy.FAIL,
+        start_delay: timedelta | None = None,
+        priority: Priority | None = None,
+        summary: str | None = None,
+    ) -> ActivityHandle[Any]:
+        """Start an activity execution and return its handle (without waiting).
+
+        ``activity`` is a function marked ``@activity.defn`` or an activity
+        name; pass one argument as ``arg`` or several as ``args``. One of
+        schedule_to_close_timeout and start_to_close_timeout is required;
+        start_to_close defaults to schedule_to_close.
+
+        Raises:
+            ValueError: a missing timeout or id, arg and args both given,
+                arguments over the payload size limit.
+            TypeError: the wrong number of arguments for the function, or an
+                argument that cannot be converted.
+            ActivityAlreadyStartedError: the id is running (policy FAIL) or its
+                reuse is refused.
+            StoreError: the store failed.
+        """
+        if not isinstance(id, str) or not id:
+            raise ValueError("start_activity needs a non-empty id")
+        if not isinstance(task_queue, str) or not task_queue:
+            raise ValueError("start_activity needs a non-empty task_queue")
+        if arg is not _NO_ARG and args:
+            raise ValueError("pass either arg or args, not both")
+        values = [arg] if arg is not _NO_ARG else list(args)
+        if isinstance(activity, str):
+            if not activity:
+                raise ValueError("activity name must not be empty")
+            name = activity
+        else:
+            definition = _Definition.from_callable(activity)
+            if definition.dynamic:
+                raise ValueError("a dynamic activity has no name to start; start it by name")
+            definition.check_arg_count(len(values))
+            name = definition.name
+            if result_type is None:
+                result_type = definition.result_type
+        s2c = _seconds("schedule_to_close_timeout", schedule_to_close_timeout)
+        stc = _seconds("start_to_close_timeout", start_to_close_timeout)
+        if s2c is None and stc is None:
+            raise ValueError(
+                "start_activity needs schedule_to_close_timeout or start_to_close_timeout"
+            )
+        delay = None
+        if start_delay is not None:
+            if start_delay < timedelta(0):
+                raise ValueError("start_delay must not be negative")
+            delay = start_delay.total_seconds()
+        try:
+            data = await self.data_converter.encode(values)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"arguments of activity {name!r} cannot be converted: {e}") from e
+        if len(data) > self.max_payload_bytes:
+            raise ValueError(
+                f"arguments of activity {name!r} are {len(data)} bytes encoded, over the "
+                f"{self.max_payload_bytes}-byte payload limit"
+            )
+        result = await self._store.start(
+            NewExecution(
+                namespace=self.namespace,
+                activity_id=id,
+                run_id=str(uuid.uuid4()),
+                activity_type=name,
+                task_queue=task_queue,
+                input=data,
+                schedule_to_close_s=s2c,
+                schedule_to_start_s=_seconds("schedule_to_start_timeout", schedule_to_start_timeout),
+                start_to_close_s=stc if stc is not None else s2c,
+                heartbeat_s=_seconds("heartbeat_timeout", heartbeat_timeout),
+                retry_policy=retry_policy or RetryPolicy(),
+                priority_key=(priority or Priority()).effective_key,
+                start_delay_s=delay,
+                summary=summary,
+                id_reuse_policy=id_reuse_policy,
+                id_conflict_policy=id_conflict_policy,
+            )
+        )
+        return ActivityHandle(self, id, result.run_id, result_type)
+
+    async def execute_activity(
+        self,
+        activity: Callable[..., Any] | str,
+        arg: Any = _NO_ARG,
+        *,
+        args: Sequence[Any] = (),
+        id: str,
+        task_queue: str,
+        result_type: type | None = None,
+        schedule_to_close_timeout: timedelta | None = None,
+        schedule_to_start_timeout: timedelta | None = None,
+        start_to_close_timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        id_reuse_policy: ActivityIDReusePolicy = ActivityIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy: ActivityIDConflictPolicy = ActivityIDConflictPolicy.FAIL,
+        start_delay: timedelta | None = None,
+        priority: Priority | None = None,
+        summary: str | None = None,
+    ) -> Any:
+        """``start_activity`` and await its result: the same arguments and
+        errors, plus ``ActivityFailedError`` if the execution did not complete."""
+        handle = await self.start_activity(
+            activity,
+            arg,
+            args=args,
+            id=id,
+            task_queue=task_queue,
+            result_type=result_type,
+            schedule_to_close_timeout=schedule_to_close_timeout,
+            schedule_to_start_timeout=schedule_to_start_timeout,
+            start_to_close_timeout=start_to_close_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            retry_policy=retry_policy,
+            id_reuse_policy=id_reuse_policy,
+            id_conflict_policy=id_conflict_policy,
+            start_delay=start_delay,
+            priority=priority,
+            summary=summary,
+        )
+        return await handle.result()
+
+    # ---------------------------------------------------------------- finding
+
+    def get_activity_handle(
+        self, activity_id: str, *, run_id: str | None = None, result_type: type | None = None
+    ) -> ActivityHandle[Any]:
+        """A handle to an execution by id (the latest run unless ``run_id``).
+        Nothing is read until the handle is used."""
+        return ActivityHandle(self, activity_id, run_id, result_type)
+
+    async def list_activities(
+        self, query: str | None = None, *, limit: int | None = None
+    ) -> AsyncIterator[ActivityExecution]:
+        """Executions matching a visibility query, newest first.
+
+        Queries: ``Field = 'value'`` (also ``!=``; ``ActivityId STARTS_WITH
+        'prefix'``) joined with AND; fields ActivityId, ActivityType,
+        TaskQueue, ExecutionStatus (Running Completed Failed Canceled
+        Terminated TimedOut).
+
+        Raises ValueError for a query outside that subset.
+        """
+        parsed = parse_query(query)
+        if parsed.group_by_status:
+            raise ValueError("GROUP BY works with count_activities only")
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        for record in await self._store.list(self.namespace, parsed, limit=limit):
+            yield ActivityExecution(**ActivityExecution._fields_from(record))
+
+    async def count_activities(self, query: str | None = None) -> ActivityExecutionCount:
+        """How many executions match a visibility query (see list_activities);
+        a trailing ``GROUP BY ExecutionStatus`` fills ``groups``.
+
+        Raises ValueError for a malformed query.
+        """
+        parsed = parse_query(query)
+        total, groups = await self._store.count(self.namespace, parsed)
+        return ActivityExecutionCount(
+            total,
+            [
+                ActivityExecutionCountAggregationGroup(n, [_STATUS_QUERY_NAME[status]])
+                for status, n in sorted(groups.items(), key=lambda kv: _STATUS[kv[0]])
+            ],
+        )
+
+    # ---------------------------------------------------------------- internals
+
+    async def _wait_closed(self, run_id: str) -> ExecutionRecord:
+        if self._watcher is None:
+            self._watcher = _OutcomeWatcher(self._store, self.namespace)
+        return await self._watcher.wait(run_id)
+
+    async def _failure(self, record: ExecutionRecord) -> FailureError | None:
+        converter = self.data_converter
+        if record.status is lc.Status.TIMED_OUT or (
+            record.is_open and record.timeout_type is not None
+        ):
+            if record.timeout_type is not None:
+                details: Sequence[Any] = (
+                    await converter.decode(record.heartbeat_details)
+                    if record.heartbeat_details
+                    else ()
+                )
+                return TimeoutError(
+                    f"activity timed out ({record.timeout_type.name})",
+                    type=record.timeout_type,
+                    last_heartbeat_details=details,
+                )
+        if record.status is lc.Status.TERMINATED:
+            return TerminatedError(record.canceled_reason or "Terminated")
+        if record.failure is not None:
+            return await converter.decode_failure(record.failure)
+        if record.status is lc.Status.CANCELED:
+            return CancelledError(record.canceled_reason or "Cancelled")
+        if record.status is lc.Status.FAILED:
+            return ApplicationError("activity failed")
+        return None
+
+
+class ActivityHandle(Generic[ReturnType]):
+    """A handle to one execution: read its result, cancel, terminate, describe."""
+
+    def __init__(
+        self,
+        client: Client,
+        id: str,
+        run_id: str | None = None,
+        result_type: type | None = None,
+    ) -> None:
+        self._client = client
+        self._id = id
+        self._run_id = run_id
+        self._result_type = result_type
+
+    @property
+    def id(self) -> str:
+        """The activity id."""
+        return self._id
+
+    @property
+    def run_id(self) -> str | None:
+        """The run id (None for a handle by id whose run is not known yet)."""
+        return self._run_id
+
+    async def _resolved_run_id(self) -> str:
+        if self._run_id is None:
+            record = await self._client._store.describe(self._client.namespace, self._id)
+            self._run_id = record.run_id
+        return self._run_id
+
+    async def result(self) -> ReturnType:
+        """Wait for the execution to close and return its value, converted to
+        the function's return annotation (or ``result_type``).
+
+        Raises:
+            ActivityFailedError: it failed, timed out, was cancelled or
+                terminated; ``cause`` says which.
+            ActivityNotFoundError: no such execution.
+        """
+        client = self._client
+        record = await client._wait_closed(await self._resolved_run_id())
+        if record.status is lc.Status.COMPLETED:
+            assert record.result is not None
+            hints = None if self._result_type is None else [self._result_type]
+            values = await client.data_converter.decode(record.result, hints)
+            return values[0] if values else None  # type: ignore[no-any-return]
+        cause = await client._failure(record)
+        assert cause is not None
+        raise ActivityFailedError(
+            f"activity {self._id!r} (run {record.run_id}) {record.status.value.lower()}",
+            cause=cause,
+        )
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Ask to cancel. A not-yet-started execution is CANCELED at once; a
+        started one learns of it through its heartbeats.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+        await self._client._store.request_cancel(
+            self._client.namespace, self._id, self._run_id, reason
+        )
+
+    async def terminate(self, reason: str | None = None) -> None:
+        """End the execution TERMINATED now; a running attempt is interrupted
+        and its outcome refused.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+        await self._client._store.terminate(self._client.namespace, self._id, self._run_id, reason)
+
+    async def describe(
+        self, include_heartbeat_details: bool = False
+    ) -> ActivityExecutionDescription:
+        """Everything known about the execution.
+
+        Raises ActivityNotFoundError.
+        """
+        client = self._client
+        r = await client._store.describe(client.namespace, self._id, self._run_id)
+        details: Sequence[Any] = ()
+        if include_heartbeat_details and r.heartbeat_details:
+            details = await client.data_converter.decode(r.heartbeat_details)
+        waiting = r.run_state is lc.RunState.SCHEDULED
+        return ActivityExecutionDescription(
+            **ActivityExecution._fields_from(r),
+            attempt=r.attempt,
+            run_state=None if r.run_state is None else _RUN_STATE[r.run_state],
+            canceled_reason=r.canceled_reason,
+            last_heartbeat_time=_utc(r.last_heartbeat_time),
+            last_started_time=_utc(r.started_time),
+            last_worker_identity=r.identity,
+            next_attempt_schedule_time=_utc(r.current_attempt_scheduled_time) if waiting else None,
+            current_retry_interval=_td(r.retry_interval_s),
+            expiration_time=(
+                None
+                if r.schedule_to_close_s is None
+                else _utc(r.schedule_time + r.schedule_to_close_s)
+            ),
+            retry_policy=r.retry_policy,
+            priority=Priority(None if r.priority_key == Priority.DEFAULT_KEY else r.priority_key),
+            start_delay=_td(r.start_delay_s),
+            schedule_to_close_timeout=_td(r.schedule_to_close_s),
+            schedule_to_start_timeout=_td(r.schedule_to_start_s),
+            start_to_close_timeout=_td(r.start_to_close_s),
+            heartbeat_timeout=_td(r.heartbeat_s),
+            total_heartbeat_count=r.heartbeat_count,
+            last_failure=await client._failure(r) if r.attempt > 1 or not r.is_open else None,
+            _heartbeat_details=details,
+        )

@@ -1,0 +1,5 @@
+"""Running activities: the Worker."""
+
+from errands.worker._worker import Worker
+
+__all__ = ["Worker"]

@@ -1,0 +1,329 @@
+"""One attempt, end to end: build its context, decode its arguments, run it on
+its runner, deliver cancellation, and report the outcome to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from errands import _lifecycle as lc
+from errands.activity import ActivityCancellationDetails, Info, _Context, _Definition, _Signal
+from errands.common import Priority, RawValue
+from errands.converter import DataConverter
+from errands.exceptions import ApplicationError, CancelledError, FailureError
+from errands.store import ClaimedTask, FailureReport, Store
+from errands.worker._heartbeats import Heartbeater
+
+if TYPE_CHECKING:
+    from errands.client import Client
+    from errands.worker._runner import Runner
+
+logger = logging.getLogger("errands.worker")
+
+LOCAL_TIMEOUT_GRACE_S = 0.05
+"""The worker interrupts a timed-out attempt this long after its deadline, so
+the store's timer (which makes the retry) is due by then."""
+
+
+@dataclass(frozen=True)
+class AttemptEnv:
+    """What every attempt of one worker shares."""
+
+    store: Store
+    namespace: str
+    converter: DataConverter
+    client: Client | None
+    worker_shutdown: _Signal
+    default_throttle_s: float
+    max_throttle_s: float
+    max_payload_bytes: int
+    on_done: Callable[[Attempt], None]
+    fire_timers: Callable[[str], None]
+
+
+class Phase(enum.Enum):
+    """Where an attempt is; cancellation is delivered only while RUNNING."""
+
+    PREPARING = 1  # decoding arguments
+    RUNNING = 2  # the activity function runs
+    REPORTING = 3  # the outcome is on its way to the store
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _td(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+class Attempt:
+    """One claimed task being worked on."""
+
+    def __init__(
+        self,
+        env: AttemptEnv,
+        task: ClaimedTask,
+        definition: _Definition | None,
+        runner: Runner | None,
+        unknown_reason: str = "",
+    ) -> None:
+        self.env = env
+        self.task = task
+        self.definition = definition
+        self.runner = runner
+        self._unknown_reason = unknown_reason
+        self.phase = Phase.PREPARING
+        self.heartbeated = False
+        self._pending_cancel: ActivityCancellationDetails | None = None
+        self._timeout_handle: asyncio.TimerHandle | None = None
+        self.heartbeater = Heartbeater(self)
+        self.context: _Context | None = None
+
+    # ---------------------------------------------------------------- cancellation
+
+    def request_cancel(self, details: ActivityCancellationDetails, *, needs_heartbeat: bool) -> None:
+        """Deliver cancellation now, or (a client cancel before the activity's
+        first heartbeat of the attempt) when it first heartbeats."""
+        context = self.context
+        if context is not None and context.details is not None:
+            return  # already delivered
+        if needs_heartbeat and not self.heartbeated:
+            self._pending_cancel = details
+            return
+        self._deliver(details)
+
+    def _deliver(self, details: ActivityCancellationDetails) -> None:
+        context = self.context
+        if context is None:
+            self._pending_cancel = details
+            return
+        context.details = details
+        context.cancelled.set()
+        if self.phase is Phase.RUNNING and self.runner is not None:
+            self.runner.deliver_cancel(context)
+
+    def on_heartbeat(self) -> None:
+        """The activity called heartbeat(): a pending client cancel can go in."""
+        self.heartbeated = True
+        if self._pending_cancel is not None:
+            pending, self._pending_cancel = self._pending_cancel, None
+            self._deliver(pending)
+
+    def arm_timeout(self, deadline: float) -> None:
+        """Interrupt the attempt (timed_out) at ``deadline`` (epoch seconds)."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        delay = max(0.0, deadline - time.time()) + LOCAL_TIMEOUT_GRACE_S
+        self._timeout_handle = asyncio.get_running_loop().call_later(delay, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timeout_handle = None
+        self.request_cancel(ActivityCancellationDetails(timed_out=True), needs_heartbeat=False)
+
+    def local_deadline(self, last_heartbeat: float | None) -> float:
+        """The attempt's next deadline as the worker sees it."""
+        t = self.task
+        deadlines = [lc.FAR]
+        if t.start_to_close_s is not None:
+            deadlines.append(t.started_time + t.start_to_close_s)
+        if t.schedule_to_close_s is not None:
+            deadlines.append(t.schedule_time + t.schedule_to_close_s)
+        if t.heartbeat_s is not None:
+            deadlines.append((last_heartbeat or t.started_time) + t.heartbeat_s)
+        return min(deadlines)
+
+    # ---------------------------------------------------------------- running
+
+    def build_info(self, heartbeat_details: Sequence[Any]) -> Info:
+        t = self.task
+        return Info(
+            activity_id=t.activity_id,
+            activity_type=t.activity_type,
+            attempt=t.attempt,
+            current_attempt_scheduled_time=_utc(t.current_attempt_scheduled_time),
+            heartbeat_details=heartbeat_details,
+            heartbeat_timeout=_td(t.heartbeat_s),
+            is_local=False,
+            schedule_to_close_timeout=_td(t.schedule_to_close_s),
+            scheduled_time=_utc(t.schedule_time),
+            start_to_close_timeout=_td(t.start_to_close_s),
+            started_time=_utc(t.started_time),
+            task_queue=t.task_queue,
+            task_token=lc.task_token(t.run_id, t.attempt),
+            priority=Priority(None if t.priority_key == Priority.DEFAULT_KEY else t.priority_key),
+            retry_policy=t.retry_policy,
+            namespace=t.namespace,
+            activity_run_id=t.run_id,
+        )
+
+    async def run(self) -> None:
+        """Run the attempt and report its outcome; never raises."""
+        try:
+            await self._run()
+        except Exception:
+            logger.exception(
+                "attempt %d of activity %r (%s) could not be reported",
+                self.task.attempt, self.task.activity_id, self.task.activity_type,
+            )
+        finally:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self.env.on_done(self)
+
+    async def _run(self) -> None:
+        env, task, definition = self.env, self.task, self.definition
+        if definition is None or self.runner is None:
+            await self._fail(
+                ApplicationError(self._unknown_reason, type="NotFoundError"), "not registered"
+            )
+            return
+        converter = env.converter
+        try:
+            heartbeat_details: Sequence[Any] = (
+                await converter.decode(task.heartbeat_details) if task.heartbeat_details else ()
+            )
+            args = await self._decode_args(definition)
+        except (TypeError, ValueError) as e:
+            await self._fail(
+                ApplicationError(str(e), type=type(e).__name__, non_retryable=True),
+                "bad arguments",
+            )
+            return
+        self.context = _Context(
+            info=self.build_info(heartbeat_details),
+            heartbeat=self.heartbeater.record,
+            cancelled=_Signal(),
+            worker_shutdown=env.worker_shutdown,
+            payload_converter=converter.payload_converter,
+            client=env.client if definition.is_async else None,
+        )
+        self.arm_timeout(self.local_deadline(None))
+        if self._pending_cancel is not None and not (
+            self._pending_cancel.cancel_requested and not self.heartbeated
+        ):
+            pending, self._pending_cancel = self._pending_cancel, None
+            self._deliver(pending)
+        self.phase = Phase.RUNNING
+        try:
+            result = await self.runner.run(definition, self.context, args)
+        except (asyncio.CancelledError, CancelledError) as e:
+            self.phase = Phase.REPORTING
+            if self.context.details is None:
+                if isinstance(e, asyncio.CancelledError):
+                    raise  # the worker itself is being torn down
+                await self._fail(e, "raised CancelledError")
+                return
+            await self._report_cancelled(self.context.details, e)
+            return
+        except Exception as e:
+            self.phase = Phase.REPORTING
+            await self.heartbeater.flush()
+            await self._fail(e, "failed")
+            return
+        self.phase = Phase.REPORTING
+        await self.heartbeater.flush()
+        await self._complete(definition, result)
+
+    async def _decode_args(self, definition: _Definition) -> list[Any]:
+        converter = self.env.converter
+        payloads = await converter.decode_to_payloads(self.task.input)
+        if definition.dynamic:
+            return [[RawValue(p) for p in payloads]]
+        definition.check_arg_count(len(payloads))
+        args = []
+        for i, payload in enumerate(payloads):
+            hint = definition.arg_types[i] if i < len(definition.arg_types) else None
+            try:
+                args.append(converter.payload_converter.from_payload(payload, hint))
+            except (TypeError, ValueError) as e:
+                name = definition.arg_names[i] if i < len(definition.arg_names) else f"#{i}"
+                raise type(e)(
+                    f"activity {definition.name!r} parameter {name!r}: {e}"
+                ) from e
+        return args
+
+    # ---------------------------------------------------------------- reporting
+
+    async def _complete(self, definition: _Definition, result: Any) -> None:
+        env, task = self.env, self.task
+        try:
+            data = await env.converter.encode([result])
+        except (TypeError, ValueError) as e:
+            await self._fail(
+                ApplicationError(
+                    f"activity {definition.name!r} returned a value that cannot be converted: {e}",
+                    type=type(e).__name__,
+                    non_retryable=True,
+                ),
+                "bad result",
+            )
+            return
+        if len(data) > env.max_payload_bytes:
+            await self._fail(
+                ApplicationError(
+                    f"activity {definition.name!r} returned {len(data)} bytes, over the "
+                    f"{env.max_payload_bytes}-byte payload limit",
+                    type="PayloadSizeError",
+                    non_retryable=True,
+                ),
+                "result too large",
+            )
+            return
+        if not await env.store.complete(task.run_id, task.attempt, data):
+            logger.info(
+                "completion of %r attempt %d refused: the attempt is stale (timed out, "
+                "terminated or cancelled)", task.activity_id, task.attempt,
+            )
+
+    async def _fail(self, error: BaseException, what: str) -> None:
+        env, task = self.env, self.task
+        encoded = await env.converter.encode_failure(error)
+        info = lc.AttemptFailure(
+            kind=lc.FailureKind(encoded.kind),
+            error_type=encoded.error_type,
+            non_retryable=encoded.non_retryable,
+            next_retry_delay_s=encoded.next_retry_delay_s,
+        )
+        status = await env.store.fail(task.run_id, task.attempt, FailureReport(info, encoded.data))
+        if status is None:
+            logger.info("failure of %r attempt %d refused: the attempt is stale",
+                        task.activity_id, task.attempt)
+        elif status is lc.Status.RUNNING:
+            logger.warning(
+                "activity %r (%s) attempt %d %s, will retry: %s",
+                task.activity_id, task.activity_type, task.attempt, what, error,
+            )
+        else:
+            logger.warning(
+                "activity %r (%s) attempt %d %s, execution %s: %s",
+                task.activity_id, task.activity_type, task.attempt, what, status.value, error,
+            )
+
+    async def _report_cancelled(
+        self, details: ActivityCancellationDetails, error: BaseException
+    ) -> None:
+        env, task = self.env, self.task
+        if details.not_found:
+            return  # terminated: the store already closed it
+        if details.timed_out:
+            # The store's timer decides retry or TIMED_OUT; make sure it fires now.
+            env.fire_timers(task.run_id)
+            return
+        await self.heartbeater.flush()
+        if details.cancel_requested:
+            cancelled = error if isinstance(error, FailureError) else CancelledError()
+            encoded = await env.converter.encode_failure(cancelled)
+            await env.store.report_cancelled(task.run_id, task.attempt, encoded.data)
+            return
+        # Worker shutdown: fail retryably so that another worker takes it.
+        await self._fail(
+            ApplicationError("worker shut down while the activity ran", type="WorkerShutdown"),
+            "interrupted by worker shutdown",
+        )

@@ -1,0 +1,272 @@
+"""The Worker: validate options and activities once, wire the parts, run and
+shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from errands.activity import ActivityCancellationDetails, _Definition, _Signal
+from errands.store import ClaimedTask, Interrupt
+from errands.worker._attempt import Attempt, AttemptEnv
+from errands.worker._interrupts import InterruptWatcher, details_for
+from errands.worker._poller import Poller
+from errands.worker._runner import AsyncRunner, Runner
+from errands.worker._timers import TimerFirer
+
+if TYPE_CHECKING:
+    from errands.client import Client
+
+logger = logging.getLogger("errands.worker")
+
+
+class _State(enum.Enum):
+    """The worker's lifecycle."""
+
+    NEW = 1  # built, not yet run
+    RUNNING = 2  # claiming and running activities
+    SHUTTING_DOWN = 3  # no new claims; running attempts finish or are cancelled
+    STOPPED = 4  # everything ended; cannot run again
+
+
+class Worker:
+    """Runs activities of one task queue, claimed from the client's store.
+
+    Args:
+        client: The client whose store, namespace and data converter to use.
+        task_queue: The task queue to take activities from.
+        activities: Functions (or bound methods) marked with ``@activity.defn``.
+        activity_executor: Runs plain ``def`` activities (needed if there are any).
+        shared_state_manager: Needed with a non-thread executor.
+        max_concurrent_activities: Most attempts running at once. Default 100.
+        max_activities_per_second: Most attempts this worker starts per second.
+        max_task_queue_activities_per_second: Most attempts all workers of the
+            task queue start per second (kept in the store).
+        graceful_shutdown_timeout: How long shutdown waits for running attempts
+            before cancelling them. Default 0.
+        identity: Recorded on each attempt. Default ``pid@hostname``.
+        default_heartbeat_throttle_interval: Heartbeat throttle when the activity
+            has no heartbeat timeout. Default 30 s.
+        max_heartbeat_throttle_interval: Longest heartbeat throttle. Default 60 s.
+
+    Raises:
+        ValueError: no activities, a name registered twice, two dynamic
+            activities, a sync activity without an executor, or a bad option.
+        TypeError: an activity not marked with ``@activity.defn``.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str,
+        activities: Sequence[Callable[..., Any]],
+        activity_executor: concurrent.futures.Executor | None = None,
+        shared_state_manager: Any = None,
+        max_concurrent_activities: int = 100,
+        max_activities_per_second: float | None = None,
+        max_task_queue_activities_per_second: float | None = None,
+        graceful_shutdown_timeout: timedelta = timedelta(0),
+        identity: str | None = None,
+        default_heartbeat_throttle_interval: timedelta = timedelta(seconds=30),
+        max_heartbeat_throttle_interval: timedelta = timedelta(seconds=60),
+    ) -> None:
+        if not task_queue:
+            raise ValueError("Worker needs a task_queue")
+        if not activities:
+            raise ValueError("Worker needs at least one activity")
+        if max_concurrent_activities < 1:
+            raise ValueError("max_concurrent_activities must be at least 1")
+        for name, rate in (
+            ("max_activities_per_second", max_activities_per_second),
+            ("max_task_queue_activities_per_second", max_task_queue_activities_per_second),
+        ):
+            if rate is not None and rate <= 0:
+                raise ValueError(f"{name} must be positive")
+        if graceful_shutdown_timeout < timedelta(0):
+            raise ValueError("graceful_shutdown_timeout must not be negative")
+        self._client = client
+        self._task_queue = task_queue
+        self._identity = identity or f"{os.getpid()}@{socket.gethostname()}"
+        self._graceful_s = graceful_shutdown_timeout.total_seconds()
+        self._async_runner = AsyncRunner()
+        self._definitions: dict[str, _Definition] = {}
+        self._dynamic: _Definition | None = None
+        for fn in activities:
+            definition = _Definition.from_callable(fn)
+            if not definition.is_async and activity_executor is None:
+                raise ValueError(
+                    f"activity {definition.name!r} is not async: pass activity_executor "
+                    "(for example a ThreadPoolExecutor) to run it"
+                )
+            if not definition.is_async:
+                raise ValueError(
+                    f"activity {definition.name!r} is not async: this version of errands runs "
+                    "async activities only"
+                )
+            if definition.dynamic:
+                if self._dynamic is not None:
+                    raise ValueError(
+                        f"two dynamic activities: {self._dynamic.fn!r} and {definition.fn!r}"
+                    )
+                self._dynamic = definition
+            elif definition.name in self._definitions:
+                raise ValueError(f"activity {definition.name!r} is registered twice")
+            else:
+                self._definitions[definition.name] = definition
+        self._slots = max_concurrent_activities
+        self._max_per_second = max_activities_per_second
+        self._queue_rate = max_task_queue_activities_per_second
+        self._default_throttle_s = default_heartbeat_throttle_interval.total_seconds()
+        self._max_throttle_s = max_heartbeat_throttle_interval.total_seconds()
+        self._state = _State.NEW
+        self._running: dict[tuple[str, int], Attempt] = {}
+        self._shutdown_requested: asyncio.Event | None = None
+        self._run_task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- running
+
+    @property
+    def task_queue(self) -> str:
+        """The task queue this worker serves."""
+        return self._task_queue
+
+    @property
+    def identity(self) -> str:
+        """Recorded on every attempt this worker runs."""
+        return self._identity
+
+    async def run(self) -> None:
+        """Run until ``shutdown()`` is called (or this coroutine is cancelled,
+        which shuts down too).
+
+        Raises RuntimeError if the worker already ran.
+        """
+        if self._state is not _State.NEW:
+            raise RuntimeError("Worker.run() called twice: a worker runs once")
+        self._state = _State.RUNNING
+        self._shutdown_requested = asyncio.Event()
+        client = self._client
+        store = client._store
+        namespace = client.namespace
+        shutdown_signal = _Signal()
+        stop_polling = asyncio.Event()
+        stop_background = asyncio.Event()
+        timers = TimerFirer(store, namespace, client.retention.total_seconds())
+        env = AttemptEnv(
+            store=store,
+            namespace=namespace,
+            converter=client.data_converter,
+            client=client,
+            worker_shutdown=shutdown_signal,
+            default_throttle_s=self._default_throttle_s,
+            max_throttle_s=self._max_throttle_s,
+            max_payload_bytes=client.max_payload_bytes,
+            on_done=self._attempt_done,
+            fire_timers=lambda _run_id: timers.fire_soon(),
+        )
+        self._env = env
+        watcher = InterruptWatcher(store, namespace, self._deliver_interrupt)
+        self._watcher = watcher
+        poller = Poller(
+            store=store,
+            namespace=namespace,
+            task_queue=self._task_queue,
+            identity=self._identity,
+            slots=self._slots,
+            running=lambda: len(self._running),
+            start=self._start_attempt,
+            max_per_second=self._max_per_second,
+            queue_rate_per_s=self._queue_rate,
+        )
+        self._poller = poller
+        self._attempt_tasks: set[asyncio.Task[None]] = set()
+        background = [
+            asyncio.ensure_future(watcher.run(stop_background)),
+            asyncio.ensure_future(timers.run(stop_background)),
+        ]
+        polling = asyncio.ensure_future(poller.run(stop_polling))
+        logger.info("worker %s started on task queue %r (%d activities)", self._identity,
+                    self._task_queue, len(self._definitions) + (self._dynamic is not None))
+        try:
+            await self._shutdown_requested.wait()
+        finally:
+            self._state = _State.SHUTTING_DOWN
+            stop_polling.set()
+            await asyncio.gather(polling, return_exceptions=True)
+            shutdown_signal.set()
+            if self._attempt_tasks and self._graceful_s > 0:
+                await asyncio.wait(set(self._attempt_tasks), timeout=self._graceful_s)
+            for attempt in list(self._running.values()):
+                attempt.request_cancel(
+                    ActivityCancellationDetails(worker_shutdown=True), needs_heartbeat=False
+                )
+            if self._attempt_tasks:
+                await asyncio.wait(set(self._attempt_tasks))
+            stop_background.set()
+            await asyncio.gather(*background, return_exceptions=True)
+            self._state = _State.STOPPED
+            logger.info("worker %s stopped", self._identity)
+
+    async def shutdown(self) -> None:
+        """Stop claiming, tell running activities (``is_worker_shutdown()``), wait
+        up to graceful_shutdown_timeout, cancel what still runs (those attempts
+        fail retryably), and return when everything ended."""
+        if self._shutdown_requested is not None:
+            self._shutdown_requested.set()
+        if self._run_task is not None:
+            await asyncio.gather(self._run_task, return_exceptions=True)
+
+    async def __aenter__(self) -> Worker:
+        self._run_task = asyncio.ensure_future(self.run())
+        await asyncio.sleep(0)  # let run() start
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    # ---------------------------------------------------------------- attempts
+
+    def _start_attempt(self, task: ClaimedTask) -> None:
+        definition = self._definitions.get(task.activity_type, self._dynamic)
+        runner: Runner | None = None
+        reason = ""
+        if definition is None:
+            reason = (
+                f"activity type {task.activity_type!r} is not registered on this worker; "
+                f"registered: {', '.join(sorted(self._definitions)) or 'none'}"
+            )
+        else:
+            runner = self._async_runner
+        attempt = Attempt(self._env, task, definition, runner, reason)
+        self._running[(task.run_id, task.attempt)] = attempt
+        early = self._watcher.take_early(task.run_id, task.attempt)
+        if early is not None:
+            self._deliver_interrupt(early)
+        work = asyncio.ensure_future(attempt.run())
+        self._attempt_tasks.add(work)
+        work.add_done_callback(self._attempt_tasks.discard)
+
+    def _attempt_done(self, attempt: Attempt) -> None:
+        self._running.pop((attempt.task.run_id, attempt.task.attempt), None)
+        self._poller.slot_freed()
+
+    def _deliver_interrupt(self, interrupt: Interrupt) -> bool:
+        attempt = self._running.get((interrupt.run_id, interrupt.attempt))
+        if attempt is None:
+            return False
+        attempt.request_cancel(details_for(interrupt), needs_heartbeat=interrupt.kind == "cancel")
+        return True
