@@ -52,7 +52,9 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         kind = m.lastgroup or "bad"
         value = m.group(kind)
         if kind == "bad":
-            raise ValueError(f"invalid query {text!r}: unexpected {value!r} at position {m.start(kind)}")
+            raise ValueError(
+                f"invalid query {text!r}: unexpected {value!r} at position {m.start(kind)}"
+            )
         out.append((kind, value))
     return out
 

@@ -151,16 +151,19 @@ class _Definition:
                 varargs = True
                 continue
             arg_names.append(param.name)
-            arg_types.append(None if param.annotation is inspect.Parameter.empty else param.annotation)
+            arg_types.append(
+                None if param.annotation is inspect.Parameter.empty else param.annotation
+            )
             if param.default is inspect.Parameter.empty:
                 required += 1
         result_type = (
-            None if signature.return_annotation is inspect.Signature.empty
+            None
+            if signature.return_annotation is inspect.Signature.empty
             else signature.return_annotation
         )
         target = fn.__func__ if inspect.ismethod(fn) else fn
         return _Definition(
-            name=options.name or getattr(target, "__name__", repr(fn)),
+            name=options.name or str(getattr(target, "__name__", repr(fn))),
             fn=fn,
             is_async=inspect.iscoroutinefunction(target),
             dynamic=options.dynamic,
@@ -184,9 +187,7 @@ class _Definition:
             )
             if self.takes_varargs:
                 expected = f"at least {self.required_args}"
-            raise TypeError(
-                f"activity {self.name!r} takes {expected} argument(s), got {count}"
-            )
+            raise TypeError(f"activity {self.name!r} takes {expected} argument(s), got {count}")
 
 
 # --------------------------------------------------------------------------- Info

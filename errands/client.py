@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from errands import _lifecycle as lc
 from errands._aio import wait_any
@@ -416,7 +416,9 @@ class Client:
                 task_queue=task_queue,
                 input=data,
                 schedule_to_close_s=s2c,
-                schedule_to_start_s=_seconds("schedule_to_start_timeout", schedule_to_start_timeout),
+                schedule_to_start_s=_seconds(
+                    "schedule_to_start_timeout", schedule_to_start_timeout
+                ),
                 start_to_close_s=stc if stc is not None else s2c,
                 heartbeat_s=_seconds("heartbeat_timeout", heartbeat_timeout),
                 retry_policy=retry_policy or RetryPolicy(),
@@ -525,20 +527,18 @@ class Client:
 
     async def _failure(self, record: ExecutionRecord) -> FailureError | None:
         converter = self.data_converter
-        if record.status is lc.Status.TIMED_OUT or (
-            record.is_open and record.timeout_type is not None
+        if record.timeout_type is not None and record.status in (
+            lc.Status.TIMED_OUT,
+            lc.Status.RUNNING,
         ):
-            if record.timeout_type is not None:
-                details: Sequence[Any] = (
-                    await converter.decode(record.heartbeat_details)
-                    if record.heartbeat_details
-                    else ()
-                )
-                return TimeoutError(
-                    f"activity timed out ({record.timeout_type.name})",
-                    type=record.timeout_type,
-                    last_heartbeat_details=details,
-                )
+            details: Sequence[Any] = (
+                await converter.decode(record.heartbeat_details) if record.heartbeat_details else ()
+            )
+            return TimeoutError(
+                f"activity timed out ({record.timeout_type.name})",
+                type=record.timeout_type,
+                last_heartbeat_details=details,
+            )
         if record.status is lc.Status.TERMINATED:
             return TerminatedError(record.canceled_reason or "Terminated")
         if record.failure is not None:
@@ -596,7 +596,7 @@ class ActivityHandle(Generic[ReturnType]):
             assert record.result is not None
             hints = None if self._result_type is None else [self._result_type]
             values = await client.data_converter.decode(record.result, hints)
-            return values[0] if values else None  # type: ignore[no-any-return]
+            return cast(ReturnType, values[0] if values else None)
         cause = await client._failure(record)
         assert cause is not None
         raise ActivityFailedError(

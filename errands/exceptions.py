@@ -107,7 +107,7 @@ class TimeoutType(enum.IntEnum):
     HEARTBEAT = 4
 
 
-class TimeoutError(FailureError):  # noqa: A001 - Temporal's name, used qualified
+class TimeoutError(FailureError):  # Temporal's name: refer to it as exceptions.TimeoutError
     """Raised (as a cause) when a timeout ended an attempt or an execution.
 
     Args:

@@ -44,7 +44,5 @@ async def open_store(url: str) -> Store:
 
         return await SQLiteStore.open(path_from_url(url))
     if url.startswith(("postgresql:", "postgres:")):
-        raise ValueError(
-            f"PostgreSQL store is not available in this version of errands: {url!r}"
-        )
+        raise ValueError(f"PostgreSQL store is not available in this version of errands: {url!r}")
     raise ValueError(f"unknown store URL {url!r}: expected sqlite:///path.db")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -246,13 +247,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def get_by_run_ids(self, run_ids: Sequence[str]) -> list[ExecutionRecord]:
+    async def get_by_run_ids(self, run_ids: Sequence[str]) -> builtins.list[ExecutionRecord]:
         """The executions with these run ids (missing ones are left out)."""
 
     @abc.abstractmethod
     async def list(
         self, namespace: str, query: Query, *, limit: int | None = None
-    ) -> list[ExecutionRecord]:
+    ) -> builtins.list[ExecutionRecord]:
         """Executions matching the query, newest first."""
 
     @abc.abstractmethod
@@ -269,7 +270,9 @@ class Store(abc.ABC):
         """The position after the newest cancel / terminate request."""
 
     @abc.abstractmethod
-    async def poll_interrupts(self, namespace: str, after: int) -> tuple[list[Interrupt], int]:
+    async def poll_interrupts(
+        self, namespace: str, after: int
+    ) -> tuple[builtins.list[Interrupt], int]:
         """Cancel and terminate requests for started attempts made after the
         cursor, and the new cursor."""
 

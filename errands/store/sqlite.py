@@ -17,6 +17,7 @@ Three kinds of connection, each on its own thread:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import logging
@@ -194,7 +195,9 @@ def _translate(error: sqlite3.Error, path: str) -> StoreError:
 def _connect(path: str) -> sqlite3.Connection:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise StoreError(f"cannot open SQLite store {path!r}: directory {directory!r} does not exist")
+        raise StoreError(
+            f"cannot open SQLite store {path!r}: directory {directory!r} does not exist"
+        )
     try:
         conn = sqlite3.connect(
             path,
@@ -216,7 +219,7 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("errands.store").joinpath("migrations", "sqlite")
+    folder = resources.files("errands.store").joinpath("migrations").joinpath("sqlite")
     found = []
     for entry in folder.iterdir():
         name = entry.name
@@ -241,7 +244,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
                 "CREATE TABLE IF NOT EXISTS errands_schema "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
             )
-            current = conn.execute("SELECT coalesce(max(version), 0) FROM errands_schema").fetchone()[0]
+            current = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM errands_schema"
+            ).fetchone()[0]
             if current > SCHEMA_VERSION:
                 raise StoreError(
                     f"SQLite store {path!r} has schema version {current}, newer than this "
@@ -394,8 +399,9 @@ class _Writer:
                 error = _translate(e, self._path)
                 error.__cause__ = e
                 return [(batch[0], None, error)]
-            logger.warning("SQLite group commit of %d changes failed (%s); retrying one by one",
-                           len(batch), e)
+            logger.warning(
+                "SQLite group commit of %d changes failed (%s); retrying one by one", len(batch), e
+            )
             return None
         except BaseException as e:
             with contextlib.suppress(sqlite3.Error):
@@ -551,7 +557,8 @@ class SQLiteStore(Store):
                 "s2c_deadline, attempt_deadline, deadline, schedule_to_close_s, "
                 "schedule_to_start_s, start_to_close_s, heartbeat_s, retry_policy, priority_key, "
                 "start_delay_s, summary) VALUES "
-                "(?, ?, ?, ?, ?, 'RUNNING', 'SCHEDULED', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, 'RUNNING', 'SCHEDULED', 1, "
+                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     new.namespace,
                     new.activity_id,
@@ -616,11 +623,11 @@ class SQLiteStore(Store):
                 return ClaimResult([], None)
             names = [f":only{i}" for i in range(len(only_types))]
             type_filter += f" AND activity_type IN ({','.join(names)})"
-            type_args.update({name[1:]: t for name, t in zip(names, only_types)})
+            type_args.update({name[1:]: t for name, t in zip(names, only_types, strict=True)})
         if exclude_types:
             names = [f":skip{i}" for i in range(len(exclude_types))]
             type_filter += f" AND activity_type NOT IN ({','.join(names)})"
-            type_args.update({name[1:]: t for name, t in zip(names, exclude_types)})
+            type_args.update({name[1:]: t for name, t in zip(names, exclude_types, strict=True)})
         claim_sql = (
             "UPDATE executions SET run_state = 'STARTED', started_time = :now, "
             "identity = :identity, "
@@ -644,8 +651,14 @@ class SQLiteStore(Store):
             if n > 0:
                 rows = conn.execute(
                     claim_sql,
-                    {"now": now, "identity": identity, "ns": namespace, "tq": task_queue, "n": n,
-                     **type_args},
+                    {
+                        "now": now,
+                        "identity": identity,
+                        "ns": namespace,
+                        "tq": task_queue,
+                        "n": n,
+                        **type_args,
+                    },
                 ).fetchall()
                 if queue_rate_per_s is not None and len(rows) < n:
                     _return_tokens(conn, namespace, task_queue, n - len(rows))
@@ -732,7 +745,7 @@ class SQLiteStore(Store):
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> Status:
         def op(conn: sqlite3.Connection, now: float) -> Status:
-            row_id, found_run, status, state, attempt = _find_open(
+            row_id, found_run, _status, state, attempt = _find_open(
                 conn, namespace, activity_id, run_id, "cancel"
             )
             if state == RunState.SCHEDULED.value:
@@ -835,11 +848,11 @@ class SQLiteStore(Store):
 
         return await self._read(read)
 
-    async def get_by_run_ids(self, run_ids: Sequence[str]) -> list[ExecutionRecord]:
+    async def get_by_run_ids(self, run_ids: Sequence[str]) -> builtins.list[ExecutionRecord]:
         ids = list(run_ids)
 
         def read(conn: sqlite3.Connection) -> list[ExecutionRecord]:
-            out = []
+            out: builtins.list[ExecutionRecord] = []
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 out.extend(
@@ -912,7 +925,9 @@ class SQLiteStore(Store):
 
         return await self._read(read)
 
-    async def poll_interrupts(self, namespace: str, after: int) -> tuple[list[Interrupt], int]:
+    async def poll_interrupts(
+        self, namespace: str, after: int
+    ) -> tuple[builtins.list[Interrupt], int]:
         def read(conn: sqlite3.Connection) -> tuple[list[Interrupt], int]:
             cursor = after
             found = []
@@ -928,7 +943,7 @@ class SQLiteStore(Store):
         return await self._read(read)
 
 
-# --------------------------------------------------------------------------- helpers (writer thread)
+# ------------------------------------------------------------------ helpers (writer thread)
 
 
 def _not_found(namespace: str, activity_id: str, run_id: str | None) -> str:
@@ -969,8 +984,22 @@ def _apply_failure(
 ) -> Status:
     """Retry or close the execution whose decide-columns are ``row``, conditional
     on the attempt and deadline it was read with."""
-    (row_id, _run_id, attempt, _state, policy_text, cancel_requested, s2c, _ready, _started,
-     _hb, s2s, _stc, _hbs, deadline) = row
+    (
+        row_id,
+        _run_id,
+        attempt,
+        _state,
+        policy_text,
+        cancel_requested,
+        s2c,
+        _ready,
+        _started,
+        _hb,
+        s2s,
+        _stc,
+        _hbs,
+        deadline,
+    ) = row
     decision = lc.after_failure(
         policy=_policy(policy_text),
         attempt=attempt,
@@ -1011,8 +1040,22 @@ def _apply_failure(
 
 
 def _fire_timer(conn: sqlite3.Connection, row: Sequence[Any], now: float) -> None:
-    (row_id, _run_id, attempt, state, _policy_text, _cancel, s2c, ready_at, started, last_hb,
-     s2s, stc, hbs, deadline) = row
+    (
+        row_id,
+        _run_id,
+        attempt,
+        state,
+        _policy_text,
+        _cancel,
+        s2c,
+        ready_at,
+        started,
+        last_hb,
+        s2s,
+        stc,
+        hbs,
+        deadline,
+    ) = row
     if state == RunState.SCHEDULED.value:
         fired = lc.scheduled_timeout_type(
             now=now, ready_at=ready_at, schedule_to_start_s=s2s, schedule_to_close_deadline=s2c
@@ -1026,9 +1069,12 @@ def _fire_timer(conn: sqlite3.Connection, row: Sequence[Any], now: float) -> Non
             )
         else:  # the deadline was stale: put back the real one
             _reset_deadline(
-                conn, row_id, deadline, lc.scheduled_deadline(
+                conn,
+                row_id,
+                deadline,
+                lc.scheduled_deadline(
                     ready_at=ready_at, schedule_to_start_s=s2s, schedule_to_close_deadline=s2c
-                )
+                ),
             )
         return
     fired = lc.started_timeout_type(

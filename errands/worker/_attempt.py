@@ -88,7 +88,9 @@ class Attempt:
 
     # ---------------------------------------------------------------- cancellation
 
-    def request_cancel(self, details: ActivityCancellationDetails, *, needs_heartbeat: bool) -> None:
+    def request_cancel(
+        self, details: ActivityCancellationDetails, *, needs_heartbeat: bool
+    ) -> None:
         """Deliver cancellation now, or (a client cancel before the activity's
         first heartbeat of the attempt) when it first heartbeats."""
         context = self.context
@@ -170,7 +172,9 @@ class Attempt:
         except Exception:
             logger.exception(
                 "attempt %d of activity %r (%s) could not be reported",
-                self.task.attempt, self.task.activity_id, self.task.activity_type,
+                self.task.attempt,
+                self.task.activity_id,
+                self.task.activity_type,
             )
         finally:
             if self._timeout_handle is not None:
@@ -244,9 +248,7 @@ class Attempt:
                 args.append(converter.payload_converter.from_payload(payload, hint))
             except (TypeError, ValueError) as e:
                 name = definition.arg_names[i] if i < len(definition.arg_names) else f"#{i}"
-                raise type(e)(
-                    f"activity {definition.name!r} parameter {name!r}: {e}"
-                ) from e
+                raise type(e)(f"activity {definition.name!r} parameter {name!r}: {e}") from e
         return args
 
     # ---------------------------------------------------------------- reporting
@@ -279,7 +281,9 @@ class Attempt:
         if not await env.store.complete(task.run_id, task.attempt, data):
             logger.info(
                 "completion of %r attempt %d refused: the attempt is stale (timed out, "
-                "terminated or cancelled)", task.activity_id, task.attempt,
+                "terminated or cancelled)",
+                task.activity_id,
+                task.attempt,
             )
 
     async def _fail(self, error: BaseException, what: str) -> None:
@@ -293,17 +297,29 @@ class Attempt:
         )
         status = await env.store.fail(task.run_id, task.attempt, FailureReport(info, encoded.data))
         if status is None:
-            logger.info("failure of %r attempt %d refused: the attempt is stale",
-                        task.activity_id, task.attempt)
+            logger.info(
+                "failure of %r attempt %d refused: the attempt is stale",
+                task.activity_id,
+                task.attempt,
+            )
         elif status is lc.Status.RUNNING:
             logger.warning(
                 "activity %r (%s) attempt %d %s, will retry: %s",
-                task.activity_id, task.activity_type, task.attempt, what, error,
+                task.activity_id,
+                task.activity_type,
+                task.attempt,
+                what,
+                error,
             )
         else:
             logger.warning(
                 "activity %r (%s) attempt %d %s, execution %s: %s",
-                task.activity_id, task.activity_type, task.attempt, what, status.value, error,
+                task.activity_id,
+                task.activity_type,
+                task.attempt,
+                what,
+                status.value,
+                error,
             )
 
     async def _report_cancelled(

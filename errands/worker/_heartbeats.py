@@ -76,13 +76,16 @@ class Heartbeater:
         try:
             data = await env.converter.encode(list(details))
         except (TypeError, ValueError) as e:
-            logger.error("heartbeat details of %r cannot be converted, not sent: %s",
-                         task.activity_id, e)
+            logger.error(
+                "heartbeat details of %r cannot be converted, not sent: %s", task.activity_id, e
+            )
             data = None
         if data is not None and len(data) > env.max_payload_bytes:
             logger.error(
                 "heartbeat details of %r are %d bytes, over the %d-byte limit; not sent",
-                task.activity_id, len(data), env.max_payload_bytes,
+                task.activity_id,
+                len(data),
+                env.max_payload_bytes,
             )
             data = None
         sent_at = time.time()
@@ -93,14 +96,16 @@ class Heartbeater:
             return
         if not result.accepted:
             # Terminated, timed out or gone: stop the attempt; its outcome would be refused.
-            attempt.request_cancel(ActivityCancellationDetails(not_found=True),
-                                   needs_heartbeat=False)
+            attempt.request_cancel(
+                ActivityCancellationDetails(not_found=True), needs_heartbeat=False
+            )
             return
         if task.heartbeat_s is not None:
             attempt.arm_timeout(attempt.local_deadline(sent_at))
         if result.cancel_requested:
-            attempt.request_cancel(ActivityCancellationDetails(cancel_requested=True),
-                                   needs_heartbeat=True)
+            attempt.request_cancel(
+                ActivityCancellationDetails(cancel_requested=True), needs_heartbeat=True
+            )
 
     async def flush(self) -> None:
         """Send pending details now (the attempt is ending)."""

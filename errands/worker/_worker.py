@@ -194,8 +194,12 @@ class Worker:
             asyncio.ensure_future(timers.run(stop_background)),
         ]
         polling = asyncio.ensure_future(poller.run(stop_polling))
-        logger.info("worker %s started on task queue %r (%d activities)", self._identity,
-                    self._task_queue, len(self._definitions) + (self._dynamic is not None))
+        logger.info(
+            "worker %s started on task queue %r (%d activities)",
+            self._identity,
+            self._task_queue,
+            len(self._definitions) + (self._dynamic is not None),
+        )
         try:
             await self._shutdown_requested.wait()
         finally:
