@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import inspect
 import logging
 import threading
@@ -43,6 +44,7 @@ __all__ = [
 CallableType = TypeVar("CallableType", bound=Callable[..., Any])
 
 _DEFINITION_ATTR = "__errands_activity_definition__"
+_CACHE_ATTR = "__errands_activity_cache__"
 
 
 # --------------------------------------------------------------------------- defn
@@ -135,6 +137,22 @@ class _Definition:
 
         Raises TypeError if it was not marked.
         """
+        bound = inspect.ismethod(fn)
+        target = getattr(fn, "__func__", fn)
+        cache: dict[bool, _Definition] | None = getattr(target, _CACHE_ATTR, None)
+        cached = None if cache is None else cache.get(bound)
+        if cached is not None:
+            # Worked out once per function; a bound method differs only in ``fn``.
+            return cached if cached.fn is fn else dataclasses.replace(cached, fn=fn)
+        definition = _Definition._work_out(fn)
+        if cache is None:
+            cache = {}
+            setattr(target, _CACHE_ATTR, cache)
+        cache[bound] = definition
+        return definition
+
+    @staticmethod
+    def _work_out(fn: Callable[..., Any]) -> _Definition:
         options: _Options | None = getattr(fn, _DEFINITION_ATTR, None)
         if options is None:
             raise TypeError(

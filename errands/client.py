@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar, cast
 
 from errands import _lifecycle as lc
-from errands._aio import wait_any
+from errands._outcomes import OutcomeWatcher
 from errands._query import STATUS_NAMES, parse_query
 from errands.activity import _Definition
 from errands.common import (
@@ -25,14 +23,13 @@ from errands.common import (
 from errands.converter import DataConverter
 from errands.exceptions import (
     ActivityFailedError,
-    ActivityNotFoundError,
     ApplicationError,
     CancelledError,
     FailureError,
     TerminatedError,
     TimeoutError,
 )
-from errands.store import ExecutionRecord, NewExecution, Store, open_store
+from errands.store import ClosedRun, ExecutionRecord, NewExecution, Store, open_store
 
 __all__ = [
     "ActivityExecution",
@@ -194,71 +191,6 @@ class ActivityExecutionCount:
     groups: Sequence[ActivityExecutionCountAggregationGroup] = ()
 
 
-class _OutcomeWatcher:
-    """Waits for executions to close: one store read per change covers every
-    waiting ``result()`` of this client, and due timers of the awaited
-    executions are fired here too (so a dead worker's attempt still times out)."""
-
-    def __init__(self, store: Store, namespace: str) -> None:
-        self._store = store
-        self._namespace = namespace
-        self._waiters: dict[str, list[asyncio.Future[ExecutionRecord]]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._kick = asyncio.Event()
-
-    async def wait(self, run_id: str) -> ExecutionRecord:
-        future: asyncio.Future[ExecutionRecord] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(run_id, []).append(future)
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
-        else:
-            self._kick.set()
-        try:
-            return await future
-        finally:
-            futures = self._waiters.get(run_id)
-            if futures is not None and future in futures:
-                futures.remove(future)
-                if not futures:
-                    del self._waiters[run_id]
-
-    def _resolve(self, run_id: str, record: ExecutionRecord | None) -> None:
-        for future in self._waiters.pop(run_id, []):
-            if future.done():
-                continue
-            if record is None:
-                future.set_exception(
-                    ActivityNotFoundError(f"activity run {run_id!r} is gone from the store")
-                )
-            else:
-                future.set_result(record)
-
-    async def _run(self) -> None:
-        last_timers = time.monotonic()
-        while self._waiters:
-            changed = self._store.change_event()
-            self._kick.clear()
-            ids = list(self._waiters)
-            try:
-                records = await self._store.get_by_run_ids(ids)
-                found = {r.run_id: r for r in records}
-                for run_id in ids:
-                    record = found.get(run_id)
-                    if record is None or not record.is_open:
-                        self._resolve(run_id, record)
-                if self._waiters and time.monotonic() - last_timers >= OUTCOME_TIMER_INTERVAL_S:
-                    last_timers = time.monotonic()
-                    await self._store.fire_due_timers(self._namespace, run_ids=list(self._waiters))
-            except Exception as e:
-                for run_id in list(self._waiters):
-                    for future in self._waiters.pop(run_id):
-                        if not future.done():
-                            future.set_exception(e)
-                return
-            if self._waiters:
-                await wait_any(changed, self._kick, timeout=OUTCOME_TIMER_INTERVAL_S)
-
-
 class Client:
     """Starts activities and looks at them, on one store and namespace.
 
@@ -280,7 +212,7 @@ class Client:
         self.data_converter = data_converter or DataConverter()
         self.max_payload_bytes = max_payload_bytes
         self.retention = retention
-        self._watcher: _OutcomeWatcher | None = None
+        self._watcher: OutcomeWatcher | None = None
 
     @classmethod
     async def connect(
@@ -317,6 +249,8 @@ class Client:
 
     async def close(self) -> None:
         """Close the store's connections."""
+        if self._watcher is not None:
+            self._watcher.close()
         await self._store.close()
 
     async def __aenter__(self) -> Client:
@@ -429,7 +363,9 @@ class Client:
                 id_conflict_policy=id_conflict_policy,
             )
         )
-        return ActivityHandle(self, id, result.run_id, result_type)
+        handle: ActivityHandle[Any] = ActivityHandle(self, id, result.run_id, result_type)
+        handle._exists = True
+        return handle
 
     async def execute_activity(
         self,
@@ -520,9 +456,9 @@ class Client:
 
     # ---------------------------------------------------------------- internals
 
-    async def _wait_closed(self, run_id: str) -> ExecutionRecord:
+    async def _wait_closed(self, run_id: str) -> ClosedRun:
         if self._watcher is None:
-            self._watcher = _OutcomeWatcher(self._store, self.namespace)
+            self._watcher = OutcomeWatcher(self._store, self.namespace)
         return await self._watcher.wait(run_id)
 
     async def _failure(self, record: ExecutionRecord) -> FailureError | None:
@@ -564,6 +500,7 @@ class ActivityHandle(Generic[ReturnType]):
         self._id = id
         self._run_id = run_id
         self._result_type = result_type
+        self._exists = False  # known to be in the store (so result() need not check)
 
     @property
     def id(self) -> str:
@@ -576,9 +513,12 @@ class ActivityHandle(Generic[ReturnType]):
         return self._run_id
 
     async def _resolved_run_id(self) -> str:
-        if self._run_id is None:
-            record = await self._client._store.describe(self._client.namespace, self._id)
+        if self._run_id is None or not self._exists:
+            record = await self._client._store.describe(
+                self._client.namespace, self._id, self._run_id
+            )
             self._run_id = record.run_id
+            self._exists = True
         return self._run_id
 
     async def result(self) -> ReturnType:
@@ -591,12 +531,13 @@ class ActivityHandle(Generic[ReturnType]):
             ActivityNotFoundError: no such execution.
         """
         client = self._client
-        record = await client._wait_closed(await self._resolved_run_id())
-        if record.status is lc.Status.COMPLETED:
-            assert record.result is not None
+        run_id = await self._resolved_run_id()
+        closed = await client._wait_closed(run_id)
+        if closed.status is lc.Status.COMPLETED and closed.result is not None:
             hints = None if self._result_type is None else [self._result_type]
-            values = await client.data_converter.decode(record.result, hints)
+            values = await client.data_converter.decode(closed.result, hints)
             return cast(ReturnType, values[0] if values else None)
+        (record,) = await client._store.get_by_run_ids([run_id])
         cause = await client._failure(record)
         assert cause is not None
         raise ActivityFailedError(

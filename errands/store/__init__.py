@@ -7,6 +7,7 @@ in a few verbs; ``errands.store.sqlite`` is the embedded backend.
 from errands.store._base import (
     ClaimedTask,
     ClaimResult,
+    ClosedRun,
     Condition,
     ExecutionRecord,
     FailureReport,
@@ -21,6 +22,7 @@ from errands.store._base import (
 __all__ = [
     "ClaimResult",
     "ClaimedTask",
+    "ClosedRun",
     "Condition",
     "ExecutionRecord",
     "FailureReport",

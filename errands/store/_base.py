@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from errands._lifecycle import AttemptFailure, RunState, Status
@@ -98,6 +98,15 @@ class FailureReport:
 
 
 @dataclass(frozen=True)
+class ClosedRun:
+    """An execution that closed: its status and, if COMPLETED, its result."""
+
+    run_id: str
+    status: Status
+    result: bytes | None = None
+
+
+@dataclass(frozen=True)
 class Interrupt:
     """A request, found by ``poll_interrupts``, to stop a running attempt."""
 
@@ -169,6 +178,23 @@ class Store(abc.ABC):
     """What a backend implements. Every verb is a coroutine; every state change
     is one atomic conditional update. Errors of the database are raised as
     ``errands.exceptions.StoreError`` from the driver's error."""
+
+    def __init__(self) -> None:
+        self._closed_listeners: builtins.list[Callable[[Sequence[ClosedRun]], None]] = []
+
+    def add_closed_listener(self, listener: Callable[[Sequence[ClosedRun]], None]) -> None:
+        """Call ``listener`` (from any thread) with the executions each commit
+        of this process closes, right after the commit."""
+        self._closed_listeners.append(listener)
+
+    def remove_closed_listener(self, listener: Callable[[Sequence[ClosedRun]], None]) -> None:
+        """Stop calling a listener added with ``add_closed_listener``."""
+        if listener in self._closed_listeners:
+            self._closed_listeners.remove(listener)
+
+    def _emit_closed(self, closed: Sequence[ClosedRun]) -> None:
+        for listener in list(self._closed_listeners):
+            listener(closed)
 
     @abc.abstractmethod
     async def start(self, new: NewExecution) -> StartResult:
@@ -249,6 +275,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_by_run_ids(self, run_ids: Sequence[str]) -> builtins.list[ExecutionRecord]:
         """The executions with these run ids (missing ones are left out)."""
+
+    @abc.abstractmethod
+    async def closed_runs(self, run_ids: Sequence[str]) -> builtins.list[ClosedRun]:
+        """Those of these executions that have closed (open and missing ones
+        are left out)."""
 
     @abc.abstractmethod
     async def list(

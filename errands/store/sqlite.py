@@ -46,6 +46,7 @@ from errands.exceptions import (
 from errands.store._base import (
     ClaimedTask,
     ClaimResult,
+    ClosedRun,
     ExecutionRecord,
     FailureReport,
     HeartbeatResult,
@@ -312,10 +313,19 @@ def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
 class _Writer:
     """The one writing connection of a store, on its own thread (group commit)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str, after_commit: Callable[[], None]):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        after_commit: Callable[[], None],
+        on_closed: Callable[[Sequence[ClosedRun]], None],
+    ):
         self._conn = conn
         self._path = path
         self._after_commit = after_commit
+        self._on_closed = on_closed
+        self.closed: list[ClosedRun] = []
+        """Executions the current transaction closes (ops append; writer thread only)."""
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="errands-sqlite-writer", daemon=True)
         self._thread.start()
@@ -364,6 +374,9 @@ class _Writer:
                     else [(item, None, StoreError(f"SQLite store {self._path!r} write failed"))]
                 )
         self._after_commit()
+        if self.closed:
+            closed, self.closed = self.closed, []
+            self._on_closed(closed)
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for item, result, error in outcomes:
             by_loop.setdefault(item.loop, []).append((item.future, result, error))
@@ -376,6 +389,7 @@ class _Writer:
     ) -> list[tuple[_Pending, Any, BaseException | None]] | None:
         conn = self._conn
         outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
+        self.closed = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -419,9 +433,10 @@ class SQLiteStore(Store):
     """The Store on one SQLite file. Open it with ``await SQLiteStore.open(path)``."""
 
     def __init__(self, path: str, writer_conn: sqlite3.Connection) -> None:
+        super().__init__()
         self.path = path
         self._signals = ChangeSignals()
-        self._writer = _Writer(writer_conn, path, self._signals.fire_threadsafe)
+        self._writer = _Writer(writer_conn, path, self._signals.fire_threadsafe, self._emit_closed)
         self._reader_local = threading.local()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="errands-sqlite-reader")
         self._closed = False
@@ -697,7 +712,7 @@ class SQLiteStore(Store):
 
     async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
         def op(conn: sqlite3.Connection, now: float) -> bool:
-            return (
+            done = (
                 conn.execute(
                     "UPDATE executions SET status = 'COMPLETED', run_state = NULL, result = ?, "
                     "close_time = ?, deadline = 1e15 WHERE run_id = ? AND attempt = ? "
@@ -706,6 +721,9 @@ class SQLiteStore(Store):
                 ).rowcount
                 == 1
             )
+            if done:
+                self._writer.closed.append(ClosedRun(run_id, Status.COMPLETED, result))
+            return done
 
         done: bool = await self._write(op)
         return done
@@ -719,14 +737,14 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            return _apply_failure(conn, row, failure.info, failure.data, now)
+            return _apply_failure(conn, row, failure.info, failure.data, now, self._writer.closed)
 
         status: Status | None = await self._write(op)
         return status
 
     async def report_cancelled(self, run_id: str, attempt: int, failure: bytes) -> bool:
         def op(conn: sqlite3.Connection, now: float) -> bool:
-            return (
+            done = (
                 conn.execute(
                     "UPDATE executions SET status = 'CANCELED', run_state = NULL, failure = ?, "
                     "timeout_type = NULL, close_time = ?, deadline = 1e15 WHERE run_id = ? "
@@ -735,6 +753,9 @@ class SQLiteStore(Store):
                 ).rowcount
                 == 1
             )
+            if done:
+                self._writer.closed.append(ClosedRun(run_id, Status.CANCELED))
+            return done
 
         done: bool = await self._write(op)
         return done
@@ -754,6 +775,7 @@ class SQLiteStore(Store):
                     "canceled_reason = ?, cancel_requested = 1, deadline = 1e15 WHERE id = ?",
                     (now, reason, row_id),
                 )
+                self._writer.closed.append(ClosedRun(found_run, Status.CANCELED))
                 return Status.CANCELED
             if state == RunState.STARTED.value:
                 conn.execute(
@@ -783,6 +805,7 @@ class SQLiteStore(Store):
                 "canceled_reason = ?, deadline = 1e15 WHERE id = ?",
                 (now, reason, row_id),
             )
+            self._writer.closed.append(ClosedRun(found_run, Status.TERMINATED))
             if state != RunState.SCHEDULED.value:
                 conn.execute(
                     "INSERT INTO interrupts (namespace, run_id, attempt, kind, created) "
@@ -813,7 +836,7 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection, now: float) -> float | None:
             rows = conn.execute(due_sql, (namespace, now, *(run_ids or ()), limit)).fetchall()
             for row in rows:
-                _fire_timer(conn, row, now)
+                _fire_timer(conn, row, now, self._writer.closed)
             nxt = conn.execute(
                 next_sql, (namespace,) if run_ids is None else tuple(run_ids)
             ).fetchone()[0]
@@ -860,6 +883,25 @@ class SQLiteStore(Store):
                     for row in conn.execute(
                         f"SELECT {_RECORD_COLUMNS} FROM executions "
                         f"WHERE run_id IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                )
+            return out
+
+        return await self._read(read)
+
+    async def closed_runs(self, run_ids: Sequence[str]) -> builtins.list[ClosedRun]:
+        ids = list(run_ids)
+
+        def read(conn: sqlite3.Connection) -> builtins.list[ClosedRun]:
+            out: builtins.list[ClosedRun] = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                out.extend(
+                    ClosedRun(run_id, Status(status), result)
+                    for run_id, status, result in conn.execute(
+                        "SELECT run_id, status, result FROM executions "
+                        f"WHERE run_id IN ({','.join('?' * len(chunk))}) AND status != 'RUNNING'",
                         chunk,
                     )
                 )
@@ -981,12 +1023,13 @@ def _apply_failure(
     info: lc.AttemptFailure,
     failure_data: bytes | None,
     now: float,
+    closed: list[ClosedRun],
 ) -> Status:
     """Retry or close the execution whose decide-columns are ``row``, conditional
     on the attempt and deadline it was read with."""
     (
         row_id,
-        _run_id,
+        run_id,
         attempt,
         _state,
         policy_text,
@@ -1036,14 +1079,34 @@ def _apply_failure(
         "close_time = ?, deadline = 1e15 WHERE id = ? AND attempt = ? AND deadline = ?",
         (decision.status.value, failure_data, timeout_type, now, row_id, attempt, deadline),
     )
+    closed.append(ClosedRun(run_id, decision.status))
     return decision.status
 
 
-def _fire_timer(conn: sqlite3.Connection, row: Sequence[Any], now: float) -> None:
+def _close_timed_out(
+    conn: sqlite3.Connection,
+    row: Sequence[Any],
+    fired: TimeoutType,
+    now: float,
+    closed: list[ClosedRun],
+) -> None:
+    row_id, run_id, attempt, deadline = row[0], row[1], row[2], row[13]
+    conn.execute(
+        "UPDATE executions SET status = 'TIMED_OUT', run_state = NULL, failure = NULL, "
+        "timeout_type = ?, close_time = ?, deadline = 1e15 "
+        "WHERE id = ? AND attempt = ? AND deadline = ?",
+        (int(fired), now, row_id, attempt, deadline),
+    )
+    closed.append(ClosedRun(run_id, Status.TIMED_OUT))
+
+
+def _fire_timer(
+    conn: sqlite3.Connection, row: Sequence[Any], now: float, closed: list[ClosedRun]
+) -> None:
     (
         row_id,
         _run_id,
-        attempt,
+        _attempt,
         state,
         _policy_text,
         _cancel,
@@ -1061,12 +1124,7 @@ def _fire_timer(conn: sqlite3.Connection, row: Sequence[Any], now: float) -> Non
             now=now, ready_at=ready_at, schedule_to_start_s=s2s, schedule_to_close_deadline=s2c
         )
         if fired is not None:
-            conn.execute(
-                "UPDATE executions SET status = 'TIMED_OUT', run_state = NULL, failure = NULL, "
-                "timeout_type = ?, close_time = ?, deadline = 1e15 "
-                "WHERE id = ? AND attempt = ? AND deadline = ?",
-                (int(fired), now, row_id, attempt, deadline),
-            )
+            _close_timed_out(conn, row, fired, now, closed)
         else:  # the deadline was stale: put back the real one
             _reset_deadline(
                 conn,
@@ -1091,15 +1149,10 @@ def _fire_timer(conn: sqlite3.Connection, row: Sequence[Any], now: float) -> Non
         _reset_deadline(conn, row_id, deadline, real)
         return
     if fired is TimeoutType.SCHEDULE_TO_CLOSE:
-        conn.execute(
-            "UPDATE executions SET status = 'TIMED_OUT', run_state = NULL, failure = NULL, "
-            "timeout_type = ?, close_time = ?, deadline = 1e15 "
-            "WHERE id = ? AND attempt = ? AND deadline = ?",
-            (int(fired), now, row_id, attempt, deadline),
-        )
+        _close_timed_out(conn, row, fired, now, closed)
         return
     _apply_failure(
-        conn, row, lc.AttemptFailure(lc.FailureKind.TIMEOUT, timeout_type=fired), None, now
+        conn, row, lc.AttemptFailure(lc.FailureKind.TIMEOUT, timeout_type=fired), None, now, closed
     )
 
 
