@@ -282,45 +282,91 @@ class ActivityCancellationDetails:
 # --------------------------------------------------------------------------- the context
 
 
+_SIGNAL_LOCK = threading.Lock()
+
+
 class _Signal:
-    """A flag that async code and threads can both wait on."""
+    """A flag that async code and threads can both wait on. Cheap to make: the
+    events behind the waits are created only when someone waits."""
+
+    __slots__ = ("_async", "_event", "_set")
 
     def __init__(self) -> None:
-        self._flag = threading.Event()
+        self._set = False
+        self._event: threading.Event | None = None
         self._async: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def is_set(self) -> bool:
-        return self._flag.is_set()
+        return self._set
 
     def set(self) -> None:
         """Set the flag; call on the worker's event loop thread."""
-        self._flag.set()
+        self._set = True
+        event = self._event
+        if event is not None:
+            event.set()
         if self._async is not None:
             self._async.set()
 
     async def wait(self) -> None:
         if self._async is None:
             self._async = asyncio.Event()
-            if self._flag.is_set():
+            if self._set:
                 self._async.set()
         await self._async.wait()
 
     def wait_sync(self, timeout: float | None) -> bool:
-        return self._flag.wait(timeout)
+        event = self._event
+        if event is None:
+            with _SIGNAL_LOCK:
+                if self._event is None:
+                    self._event = threading.Event()
+                event = self._event
+        # set() stores the flag before it reads _event: one of the two sees the other.
+        if self._set:
+            return True
+        return event.wait(timeout)
 
 
-@dataclass
 class _Context:
     """What the worker tells one running attempt. Internal."""
 
-    info: Info
-    heartbeat: Callable[[Sequence[Any]], None]
-    cancelled: _Signal
-    worker_shutdown: _Signal
-    payload_converter: PayloadConverter
-    client: Client | None
-    details: ActivityCancellationDetails | None = None
+    __slots__ = (
+        "_info",
+        "_make_info",
+        "cancelled",
+        "client",
+        "details",
+        "heartbeat",
+        "payload_converter",
+        "worker_shutdown",
+    )
+
+    def __init__(
+        self,
+        *,
+        info: Callable[[], Info],
+        heartbeat: Callable[[Sequence[Any]], None],
+        cancelled: _Signal,
+        worker_shutdown: _Signal,
+        payload_converter: PayloadConverter,
+        client: Client | None,
+    ) -> None:
+        self._info: Info | None = None
+        self._make_info = info
+        self.heartbeat = heartbeat
+        self.cancelled = cancelled
+        self.worker_shutdown = worker_shutdown
+        self.payload_converter = payload_converter
+        self.client = client
+        self.details: ActivityCancellationDetails | None = None
+
+    @property
+    def info(self) -> Info:
+        """The attempt's Info, built on first use."""
+        if self._info is None:
+            self._info = self._make_info()
+        return self._info
 
 
 _current: contextvars.ContextVar[_Context] = contextvars.ContextVar("errands_activity")

@@ -113,6 +113,18 @@ def _policy(text: str) -> RetryPolicy:
     return policy
 
 
+_policy_text_cache: dict[RetryPolicy, str] = {}
+
+
+def _policy_text(policy: RetryPolicy) -> str:
+    text = _policy_text_cache.get(policy)
+    if text is None:
+        if len(_policy_text_cache) > 1000:
+            _policy_text_cache.clear()
+        text = _policy_text_cache[policy] = json.dumps(policy.to_dict(), separators=(",", ":"))
+    return text
+
+
 def _record(row: Sequence[Any]) -> ExecutionRecord:
     return ExecutionRecord(
         namespace=row[0],
@@ -539,7 +551,7 @@ class SQLiteStore(Store):
     # ---------------------------------------------------------------- start
 
     async def start(self, new: NewExecution) -> StartResult:
-        policy_text = json.dumps(new.retry_policy.to_dict(), separators=(",", ":"))
+        policy_text = _policy_text(new.retry_policy)
 
         def op(conn: sqlite3.Connection, now: float) -> StartResult:
             if new.id_reuse_policy is not ActivityIDReusePolicy.ALLOW_DUPLICATE:

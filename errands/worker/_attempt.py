@@ -201,7 +201,7 @@ class Attempt:
             )
             return
         self.context = _Context(
-            info=self.build_info(heartbeat_details),
+            info=lambda: self.build_info(heartbeat_details),
             heartbeat=self.heartbeater.record,
             cancelled=_Signal(),
             worker_shutdown=env.worker_shutdown,

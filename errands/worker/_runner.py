@@ -29,27 +29,39 @@ class Runner(abc.ABC):
 
 
 class AsyncRunner(Runner):
-    """Runs ``async def`` activities on the worker's event loop, in their own task,
-    and cancels them with ``Task.cancel()``."""
+    """Runs ``async def`` activities on the worker's event loop, inside the
+    attempt's own task, and cancels them with ``Task.cancel()``. The attempt
+    delivers cancellation only while the function runs, so the
+    ``asyncio.CancelledError`` lands in the activity's code."""
 
     def __init__(self) -> None:
         self._tasks: dict[int, asyncio.Task[Any]] = {}
 
     async def run(self, definition: _Definition, context: _Context, args: Sequence[Any]) -> Any:
-        token = _current.set(context)
-        try:
-            # The task copies the current context, so the activity sees its own.
-            task = asyncio.ensure_future(definition.fn(*args))
-        finally:
-            _current.reset(token)
+        task = asyncio.current_task()
+        assert task is not None
         key = id(context)
         self._tasks[key] = task
+        token = _current.set(context)
         try:
-            return await task
+            return await definition.fn(*args)
         finally:
+            _current.reset(token)
             del self._tasks[key]
+            if context.details is not None:
+                _uncancel(task)
 
     def deliver_cancel(self, context: _Context) -> None:
         task = self._tasks.get(id(context))
         if task is not None:
             task.cancel()
+
+
+def _uncancel(task: asyncio.Task[Any]) -> None:
+    """Forget delivered cancel requests (Python 3.11+): the activity let the
+    cancel out or swallowed it, and either way later awaits of this task (the
+    outcome report) must not be cancelled."""
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None:
+        while cancelling():
+            task.uncancel()
