@@ -62,6 +62,7 @@ def _uncancel(task: asyncio.Task[Any]) -> None:
     cancel out or swallowed it, and either way later awaits of this task (the
     outcome report) must not be cancelled."""
     cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None:
+    uncancel = getattr(task, "uncancel", None)
+    if cancelling is not None and uncancel is not None:
         while cancelling():
-            task.uncancel()
+            uncancel()
