@@ -202,7 +202,7 @@ class Attempt:
             return
         self.context = _Context(
             info=lambda: self.build_info(heartbeat_details),
-            heartbeat=self.heartbeater.record,
+            heartbeat=self.runner.threadsafe(self.heartbeater.record),
             cancelled=_Signal(),
             worker_shutdown=env.worker_shutdown,
             payload_converter=converter.payload_converter,

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from errands.activity import _Context, _current, _Definition
+
+HeartbeatRecorder = Callable[[Sequence[Any]], None]
+"""Takes an activity's heartbeat details."""
 
 
 class Runner(abc.ABC):
@@ -26,6 +29,13 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def deliver_cancel(self, context: _Context) -> None:
         """Interrupt the running call; on the worker's event loop thread."""
+
+    def threadsafe(
+        self, record: Callable[[Sequence[Any]], None]
+    ) -> Callable[[Sequence[Any]], None]:
+        """Wrap the attempt's heartbeat recorder so the activity may call it
+        from where this runner runs it (the event loop by default)."""
+        return record
 
 
 class AsyncRunner(Runner):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import functools
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from errands.worker._attempt import Attempt, AttemptEnv
 from errands.worker._interrupts import InterruptWatcher, details_for
 from errands.worker._poller import Poller
 from errands.worker._runner import AsyncRunner, Runner
+from errands.worker._thread_runner import ThreadRunner
 from errands.worker._timers import TimerFirer
 
 if TYPE_CHECKING:
@@ -100,18 +102,12 @@ class Worker:
         self._async_runner = AsyncRunner()
         self._definitions: dict[str, _Definition] = {}
         self._dynamic: _Definition | None = None
-        for fn in activities:
-            definition = _Definition.from_callable(fn)
-            if not definition.is_async and activity_executor is None:
-                raise ValueError(
-                    f"activity {definition.name!r} is not async: pass activity_executor "
-                    "(for example a ThreadPoolExecutor) to run it"
-                )
-            if not definition.is_async:
-                raise ValueError(
-                    f"activity {definition.name!r} is not async: this version of errands runs "
-                    "async activities only"
-                )
+        definitions = [_Definition.from_callable(fn) for fn in activities]
+        sync = [d for d in definitions if not d.is_async]
+        self._sync_runner, self._sync_slots = _sync_runner(
+            sync, activity_executor, shared_state_manager, max_concurrent_activities
+        )
+        for definition in definitions:
             if definition.dynamic:
                 if self._dynamic is not None:
                     raise ValueError(
@@ -129,6 +125,7 @@ class Worker:
         self._max_throttle_s = max_heartbeat_throttle_interval.total_seconds()
         self._state = _State.NEW
         self._running: dict[tuple[str, int], Attempt] = {}
+        self._running_sync = 0
         self._shutdown_requested: asyncio.Event | None = None
         self._run_task: asyncio.Task[None] | None = None
 
@@ -176,24 +173,42 @@ class Worker:
         self._env = env
         watcher = InterruptWatcher(store, namespace, self._deliver_interrupt)
         self._watcher = watcher
-        poller = Poller(
+        sync_names = [n for n, d in self._definitions.items() if not d.is_async]
+        async_names = [n for n, d in self._definitions.items() if d.is_async]
+        # Unknown types go to the dynamic activity's kind (async when there is none).
+        sync_takes_unknown = self._dynamic is not None and not self._dynamic.is_async
+        make_poller = functools.partial(
+            Poller,
             store=store,
             namespace=namespace,
             task_queue=self._task_queue,
             identity=self._identity,
-            slots=self._slots,
-            running=lambda: len(self._running),
             start=self._start_attempt,
             max_per_second=self._max_per_second,
             queue_rate_per_s=self._queue_rate,
         )
-        self._poller = poller
+        self._poller = make_poller(
+            slots=self._slots,
+            running=lambda: len(self._running) - self._running_sync,
+            only_types=async_names if sync_takes_unknown else None,
+            exclude_types=() if sync_takes_unknown else sync_names,
+        )
+        pollers = [self._poller]
+        self._sync_poller: Poller | None = None
+        if self._sync_runner is not None:
+            self._sync_poller = make_poller(
+                slots=self._sync_slots,
+                running=lambda: self._running_sync,
+                only_types=None if sync_takes_unknown else sync_names,
+                exclude_types=async_names if sync_takes_unknown else (),
+            )
+            pollers.append(self._sync_poller)
         self._attempt_tasks: set[asyncio.Task[None]] = set()
         background = [
             asyncio.ensure_future(watcher.run(stop_background)),
             asyncio.ensure_future(timers.run(stop_background)),
         ]
-        polling = asyncio.ensure_future(poller.run(stop_polling))
+        polling = asyncio.gather(*(p.run(stop_polling) for p in pollers))
         logger.info(
             "worker %s started on task queue %r (%d activities)",
             self._identity,
@@ -253,8 +268,11 @@ class Worker:
                 f"activity type {task.activity_type!r} is not registered on this worker; "
                 f"registered: {', '.join(sorted(self._definitions)) or 'none'}"
             )
-        else:
+        elif definition.is_async:
             runner = self._async_runner
+        else:
+            runner = self._sync_runner
+            self._running_sync += 1
         attempt = Attempt(self._env, task, definition, runner, reason)
         self._running[(task.run_id, task.attempt)] = attempt
         early = self._watcher.take_early(task.run_id, task.attempt)
@@ -266,7 +284,12 @@ class Worker:
 
     def _attempt_done(self, attempt: Attempt) -> None:
         self._running.pop((attempt.task.run_id, attempt.task.attempt), None)
-        self._poller.slot_freed()
+        if attempt.runner is not None and attempt.runner is self._sync_runner:
+            self._running_sync -= 1
+            assert self._sync_poller is not None
+            self._sync_poller.slot_freed()
+        else:
+            self._poller.slot_freed()
 
     def _deliver_interrupt(self, interrupt: Interrupt) -> bool:
         attempt = self._running.get((interrupt.run_id, interrupt.attempt))
@@ -274,3 +297,33 @@ class Worker:
             return False
         attempt.request_cancel(details_for(interrupt), needs_heartbeat=interrupt.kind == "cancel")
         return True
+
+
+def _sync_runner(
+    sync: Sequence[_Definition],
+    executor: concurrent.futures.Executor | None,
+    shared_state_manager: Any,
+    max_concurrent: int,
+) -> tuple[Runner | None, int]:
+    """The runner for plain ``def`` activities and how many may run at once:
+    never more than the executor can start, so no attempt's start_to_close
+    clock burns while it waits in the executor's queue."""
+    if not sync:
+        return None, 0
+    if executor is None:
+        raise ValueError(
+            f"activity {sync[0].name!r} is not async: pass activity_executor "
+            "(for example concurrent.futures.ThreadPoolExecutor) to run it"
+        )
+    if isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+        return ThreadRunner(executor), min(max_concurrent, executor._max_workers)
+    if shared_state_manager is None:
+        raise ValueError(
+            f"activity_executor {type(executor).__name__} does not run on threads of this "
+            "process: also pass shared_state_manager=SharedStateManager."
+            "create_from_multiprocessing(multiprocessing.Manager())"
+        )
+    raise ValueError(
+        f"activity_executor {type(executor).__name__}: this version of errands runs sync "
+        "activities on a ThreadPoolExecutor only"
+    )

@@ -1,0 +1,128 @@
+"""Running plain ``def`` activities on a thread pool.
+
+The attempt's context follows the call into the thread (``info()``,
+``heartbeat()``, ``is_cancelled()`` work there). Cancellation sets the
+attempt's flag, and unless the activity was defined with
+``no_thread_cancel_exception``, raises ``errands.exceptions.CancelledError``
+inside the thread with ``PyThreadState_SetAsyncExc``: it lands at the
+thread's next Python bytecode, so a thread blocked in a C call (``time.sleep``,
+a socket read) sees it only when that call returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import ctypes
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from errands.activity import _Context, _current, _Definition
+from errands.exceptions import CancelledError
+from errands.worker._runner import Runner
+
+def _raise_in_thread(thread_id: int, error: type[BaseException] | None) -> None:
+    """Schedule ``error`` in the thread; None clears a pending one (a NULL
+    pointer, which is what ctypes passes for None without argtypes)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), None if error is None else ctypes.py_object(error)
+    )
+
+
+class _ThreadCall:
+    """One attempt's call on a pool thread. ``lock`` guards the hand-off
+    between the loop (which raises the cancel) and the thread (which ends)."""
+
+    __slots__ = ("deferred", "done", "lock", "raise_on_cancel", "shield_depth", "thread_id")
+
+    def __init__(self, raise_on_cancel: bool) -> None:
+        self.lock = threading.Lock()
+        self.thread_id: int | None = None
+        self.done = False
+        self.raise_on_cancel = raise_on_cancel
+        self.shield_depth = 0
+        self.deferred = False  # a cancel arrived inside a shield block
+
+
+_calls: contextvars.ContextVar[_ThreadCall] = contextvars.ContextVar("errands_thread_call")
+
+
+class ThreadRunner(Runner):
+    """Runs sync activities on a ``ThreadPoolExecutor`` (or any executor
+    whose calls run on threads of this process)."""
+
+    def __init__(self, executor: concurrent.futures.Executor) -> None:
+        self._executor = executor
+        self._calls: dict[int, _ThreadCall] = {}
+
+    def threadsafe(
+        self, record: Callable[[Sequence[Any]], None]
+    ) -> Callable[[Sequence[Any]], None]:
+        loop = asyncio.get_running_loop()
+
+        def heartbeat(details: Sequence[Any]) -> None:
+            loop.call_soon_threadsafe(record, details)
+
+        return heartbeat
+
+    async def run(self, definition: _Definition, context: _Context, args: Sequence[Any]) -> Any:
+        call = _ThreadCall(raise_on_cancel=not definition.no_thread_cancel_exception)
+        key = id(context)
+        self._calls[key] = call
+        ctx = contextvars.copy_context()
+        ctx.run(_current.set, context)
+        ctx.run(_calls.set, call)
+        fn = definition.fn
+
+        def in_thread() -> Any:
+            call.thread_id = threading.get_ident()
+            try:
+                return fn(*args)
+            finally:
+                with call.lock:
+                    call.done = True
+                    # A cancel raised too late to land must not hit the pool's next task.
+                    _raise_in_thread(call.thread_id, None)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, ctx.run, in_thread
+            )
+        finally:
+            del self._calls[key]
+
+    def deliver_cancel(self, context: _Context) -> None:
+        call = self._calls.get(id(context))
+        if call is None or not call.raise_on_cancel:
+            return
+        with call.lock:
+            if call.done or call.thread_id is None:
+                return
+            if call.shield_depth:
+                call.deferred = True
+                return
+            _raise_in_thread(call.thread_id, CancelledError)
+
+
+class shield_thread_cancel_exception:
+    """Defer the thread cancel exception until the outermost block exits
+    (nestable). Inside, ``is_cancelled()`` still turns true."""
+
+    def __enter__(self) -> None:
+        call = _calls.get(None)
+        if call is not None:
+            with call.lock:
+                call.shield_depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        call = _calls.get(None)
+        if call is None:
+            return
+        with call.lock:
+            call.shield_depth -= 1
+            deferred = call.shield_depth == 0 and call.deferred
+            call.deferred = False if deferred else call.deferred
+        if deferred and exc[0] is None:
+            raise CancelledError()
