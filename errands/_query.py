@@ -88,7 +88,8 @@ def parse_query(text: str | None) -> Query:
         return value
 
     while True:
-        if i < len(tokens) and tokens[i] == ("word", "GROUP") and conditions is not None:
+        after_and = i > 0 and tokens[i - 1] == ("word", "AND")
+        if i < len(tokens) and tokens[i] == ("word", "GROUP") and not after_and:
             i += 1
             if expect("word", "BY") != "BY":
                 raise ValueError(f"invalid query {text!r}: expected BY after GROUP")

@@ -11,6 +11,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from errands.converter import Payload
 
+__all__ = [
+    "ActivityIDConflictPolicy",
+    "ActivityIDReusePolicy",
+    "Priority",
+    "RawValue",
+    "RetryPolicy",
+]
+
 
 @dataclass(frozen=True)
 class RetryPolicy:

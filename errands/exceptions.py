@@ -25,6 +25,21 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+__all__ = [
+    "ActivityAlreadyClosedError",
+    "ActivityAlreadyStartedError",
+    "ActivityFailedError",
+    "ActivityNotFoundError",
+    "ApplicationError",
+    "CancelledError",
+    "ErrandsError",
+    "FailureError",
+    "StoreError",
+    "TerminatedError",
+    "TimeoutError",
+    "TimeoutType",
+]
+
 
 class ErrandsError(Exception):
     """Base of every error errands raises."""

@@ -1,0 +1,157 @@
+"""The public surface, pinned: each public module exports exactly the names below.
+
+These are the names of DESIGN.md section 2 that are built, plus the public
+helpers their modules chose to export. A name is added here when it works,
+never before: a name listed in the design but not yet built is absent, not a
+stub. Changing the surface means changing this file on purpose.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+import errands.client
+import errands.exceptions
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+EXPORTS: dict[str, set[str]] = {
+    "errands": {"activity"},
+    "errands.activity": {
+        "ActivityCancellationDetails",
+        "Info",
+        "cancellation_details",
+        "client",
+        "defn",
+        "heartbeat",
+        "in_activity",
+        "info",
+        "is_cancelled",
+        "is_worker_shutdown",
+        "logger",
+        "payload_converter",
+        "wait_for_cancelled",
+        "wait_for_worker_shutdown",
+    },
+    "errands.client": {
+        "ActivityExecution",
+        "ActivityExecutionCount",
+        "ActivityExecutionCountAggregationGroup",  # the type of ActivityExecutionCount.groups
+        "ActivityExecutionDescription",
+        "ActivityExecutionStatus",
+        "ActivityFailureError",
+        "ActivityHandle",
+        "Client",
+        "PendingActivityState",
+    },
+    "errands.worker": {"Worker"},
+    "errands.common": {
+        "ActivityIDConflictPolicy",
+        "ActivityIDReusePolicy",
+        "Priority",
+        "RawValue",
+        "RetryPolicy",
+    },
+    "errands.exceptions": {
+        "ActivityAlreadyClosedError",
+        "ActivityAlreadyStartedError",
+        "ActivityFailedError",
+        "ActivityNotFoundError",
+        "ApplicationError",
+        "CancelledError",
+        "ErrandsError",
+        "FailureError",  # the base of the four errors that travel as a cause
+        "StoreError",
+        "TerminatedError",
+        "TimeoutError",
+        "TimeoutType",
+    },
+    "errands.converter": {
+        "DataConverter",
+        "EncodedFailure",
+        "Payload",
+        "PayloadCodec",
+        "PayloadConverter",
+        "deserialize_payloads",
+        "serialize_payloads",
+    },
+    "errands.store": {
+        "ClaimResult",
+        "ClaimedTask",
+        "ClosedRun",
+        "Condition",
+        "ExecutionRecord",
+        "FailureReport",
+        "HeartbeatResult",
+        "Interrupt",
+        "NewExecution",
+        "Query",
+        "StartResult",
+        "Store",
+    },
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(EXPORTS))
+def test_each_public_module_exports_exactly_its_pinned_names(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    exported = list(module.__all__)
+    assert len(exported) == len(set(exported)), f"{module_name}.__all__ repeats a name"
+    assert set(exported) == EXPORTS[module_name]
+
+
+@pytest.mark.parametrize("module_name", sorted(EXPORTS))
+def test_every_exported_name_is_defined(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    missing = [name for name in EXPORTS[module_name] if getattr(module, name, None) is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize("module_name", sorted(EXPORTS))
+def test_a_star_import_brings_exactly_the_pinned_names(module_name: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from {module_name} import *", namespace)
+    assert set(namespace) - {"__builtins__"} == EXPORTS[module_name]
+
+
+def test_activity_failure_error_is_temporalios_name_for_activity_failed_error() -> None:
+    assert errands.client.ActivityFailureError is errands.exceptions.ActivityFailedError
+
+
+def test_the_package_has_a_py_typed_marker() -> None:
+    marker = resources.files("errands").joinpath("py.typed")
+    assert marker.is_file()
+
+
+def test_a_build_of_the_package_ships_py_typed_and_the_migrations(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools", reason="building the package needs setuptools")
+    build_lib = tmp_path / "lib"
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import setup; setup()",
+            "-q",
+            "egg_info",
+            "--egg-base",
+            str(tmp_path),
+            "build_py",
+            "--build-lib",
+            str(build_lib),
+        ],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert (build_lib / "errands" / "py.typed").is_file()
+    migrations = "errands/store/migrations/sqlite"
+    source = sorted(p.name for p in (PROJECT_ROOT / migrations).glob("*.sql"))
+    assert source
+    assert sorted(p.name for p in (build_lib / migrations).glob("*.sql")) == source

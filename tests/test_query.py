@@ -1,0 +1,382 @@
+"""Visibility queries: the parser in ``errands._query`` and ``list_activities`` /
+``count_activities`` filtering real executions in a SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from errands import activity
+from errands._lifecycle import Status
+from errands._query import parse_query
+from errands.client import ActivityExecution, ActivityExecutionStatus, ActivityHandle, Client
+from errands.exceptions import ActivityFailedError, ApplicationError
+from errands.store import Condition, Query
+from errands.worker import Worker
+
+TIMEOUT = timedelta(seconds=10)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("text", [None, "", "   ", "\n\t"])
+def test_no_query_or_a_blank_one_matches_everything(text: str | None) -> None:
+    assert parse_query(text) == Query()
+
+
+@pytest.mark.parametrize(
+    ("text", "conditions"),
+    [
+        ("ActivityId = 'a-1'", [("ActivityId", "=", "a-1")]),
+        ("ActivityType != 'greet'", [("ActivityType", "!=", "greet")]),
+        ('TaskQueue = "images"', [("TaskQueue", "=", "images")]),
+        ("ActivityId STARTS_WITH 'order-'", [("ActivityId", "STARTS_WITH", "order-")]),
+        ("ActivityId=''", [("ActivityId", "=", "")]),
+        (
+            "TaskQueue = 'q' AND ActivityType != 'x' AND ActivityId STARTS_WITH 'p'",
+            [
+                ("TaskQueue", "=", "q"),
+                ("ActivityType", "!=", "x"),
+                ("ActivityId", "STARTS_WITH", "p"),
+            ],
+        ),
+        (
+            "  ActivityId='a'   AND\tTaskQueue =  'b'  ",
+            [("ActivityId", "=", "a"), ("TaskQueue", "=", "b")],
+        ),
+    ],
+)
+def test_valid_conditions_parse_into_bound_values(
+    text: str, conditions: list[tuple[str, str, str]]
+) -> None:
+    assert parse_query(text) == Query(tuple(Condition(*c) for c in conditions), False)
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [
+        ("Running", Status.RUNNING),
+        ("Completed", Status.COMPLETED),
+        ("Failed", Status.FAILED),
+        ("Canceled", Status.CANCELED),
+        ("Terminated", Status.TERMINATED),
+        ("TimedOut", Status.TIMED_OUT),
+    ],
+)
+def test_execution_status_names_map_to_statuses(name: str, status: Status) -> None:
+    assert parse_query(f"ExecutionStatus = '{name}'").conditions == (
+        Condition("ExecutionStatus", "=", status.value),
+    )
+    assert parse_query(f'ExecutionStatus != "{name}"').conditions == (
+        Condition("ExecutionStatus", "!=", status.value),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("ActivityId = 'it''s'", "it's"),
+        ("ActivityId = 'it\\'s'", "it's"),
+        ('ActivityId = "it\'s"', "it's"),
+        ('ActivityId = "say ""hi"""', 'say "hi"'),
+        ('ActivityId = "say \\"hi\\""', 'say "hi"'),
+        ("ActivityId = 'a \"b\"'", 'a "b"'),
+        ("ActivityId = 'back\\\\slash'", "back\\slash"),
+        ("ActivityId = 'x AND y'", "x AND y"),
+        ("ActivityId = 'GROUP BY ExecutionStatus'", "GROUP BY ExecutionStatus"),
+        ("ActivityId = 'naïve-€'", "naïve-€"),
+    ],
+)
+def test_quotes_and_escapes_are_read_into_the_value(text: str, value: str) -> None:
+    assert parse_query(text).conditions == (Condition("ActivityId", "=", value),)
+
+
+def test_group_by_execution_status_sets_grouping() -> None:
+    assert parse_query("GROUP BY ExecutionStatus") == Query((), True)
+    assert parse_query(
+        "TaskQueue = 'q' AND ActivityId STARTS_WITH 'a' GROUP BY ExecutionStatus"
+    ) == (
+        Query((Condition("TaskQueue", "=", "q"), Condition("ActivityId", "STARTS_WITH", "a")), True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Foo = 'x'", r"unknown field 'Foo'"),
+        ("activityid = 'x'", r"unknown field 'activityid'"),
+        ("ExecutionStatus = 'Done'", r"unknown ExecutionStatus 'Done'"),
+        ("ExecutionStatus = 'running'", r"unknown ExecutionStatus 'running'"),
+        ("ActivityId = 'abc", r"unexpected \"'\""),
+        ('ActivityId = "abc', r"unexpected '\"'"),
+        ("ActivityId = abc", r"expected a quoted value, found 'abc'"),
+        ("ActivityId = ", r"expected a quoted value at the end"),
+        ("ActivityId 'a'", r"expected = or !=, found \"'a'\""),
+        ("ActivityId", r"expected = or != at the end"),
+        ("ActivityId > 'a'", r"unexpected '>'"),
+        ("ActivityId LIKE 'a%'", r"expected = or !=, found 'LIKE'"),
+        ("ActivityId = 'a' OR ActivityId = 'b'", r"expected AND, found 'OR'"),
+        ("ActivityId = 'a' xyz", r"expected AND, found 'xyz'"),
+        ("ActivityId = 'a' 'b'", r"expected AND, found \"'b'\""),
+        ("ActivityId = 'a' AND", r"expected a field name at the end"),
+        ("AND ActivityId = 'a'", r"unknown field 'AND'"),
+        ("TaskQueue STARTS_WITH 'q'", r"STARTS_WITH works on ActivityId only"),
+        ("GROUP BY TaskQueue", r"can only GROUP BY ExecutionStatus, not 'TaskQueue'"),
+        ("GROUP ExecutionStatus", r"expected BY"),
+        ("GROUP BY ExecutionStatus AND ActivityId = 'a'", r"unexpected 'AND' after GROUP BY"),
+        ("ActivityId = 'a' AND GROUP BY ExecutionStatus", r"unknown field 'GROUP'"),
+    ],
+)
+def test_malformed_queries_are_refused_with_a_clear_value_error(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as raised:
+        parse_query(text)
+    assert "invalid query" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ActivityId = 'x' OR 1=1",
+        "ActivityId = 'x' OR '1'='1'",
+        "ActivityId = 'x'; DROP TABLE executions",
+        "ActivityId = 'x' -- comment",
+        "ActivityId = 'x' /* comment */",
+        "ActivityId = 'x' UNION SELECT * FROM executions",
+        "ActivityId = ('x')",
+        "ActivityId IN ('x', 'y')",
+        "ActivityId = 'x' AND 1=1",
+    ],
+)
+def test_injection_attempts_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid query"):
+        parse_query(text)
+
+
+# --------------------------------------------------------------------------- against a store
+
+
+@activity.defn
+async def succeed(x: int) -> int:
+    return x
+
+
+@activity.defn
+async def fail_hard(x: int) -> int:
+    raise ApplicationError("no", non_retryable=True)
+
+
+@dataclass(frozen=True)
+class Population:
+    client: Client
+    busy_queue: str  # served by a worker
+    idle_queue: str  # no worker: executions there stay put
+    started: list[str]  # activity ids, oldest first
+
+
+@pytest.fixture
+async def population(client: Client, task_queue: str) -> AsyncIterator[Population]:
+    """Executions in every status, on two task queues, started in a known order."""
+    busy, idle = f"{task_queue}-busy", f"{task_queue}-idle"
+    started: list[str] = []
+
+    async def start(
+        fn: Callable[..., Any], id: str, queue: str, **options: Any
+    ) -> ActivityHandle[Any]:
+        handle = await client.start_activity(fn, 1, id=id, task_queue=queue, **options)
+        started.append(id)
+        return handle
+
+    async with Worker(client, task_queue=busy, activities=[succeed, fail_hard]):
+        done = await start(succeed, "order-1", busy, start_to_close_timeout=TIMEOUT)
+        failed = await start(fail_hard, "order-2", busy, start_to_close_timeout=TIMEOUT)
+        await start(succeed, "ship-1", idle, start_to_close_timeout=TIMEOUT)
+        canceled = await start(succeed, "ship-2", idle, start_to_close_timeout=TIMEOUT)
+        terminated = await start(fail_hard, "ship-3", idle, start_to_close_timeout=TIMEOUT)
+        timed_out = await start(
+            succeed,
+            "ship-4",
+            idle,
+            schedule_to_close_timeout=timedelta(milliseconds=200),
+        )
+        await canceled.cancel()
+        await terminated.terminate()
+        assert await done.result() == 1
+        for handle in (failed, timed_out):
+            with pytest.raises(ActivityFailedError):
+                await handle.result()
+    yield Population(client, busy, idle, started)
+
+
+async def ids(client: Client, query: str | None = None, *, limit: int | None = None) -> list[str]:
+    return [e.activity_id async for e in client.list_activities(query, limit=limit)]
+
+
+async def test_list_without_a_query_returns_every_execution_newest_first(
+    population: Population,
+) -> None:
+    assert await ids(population.client) == list(reversed(population.started))
+    executions: list[ActivityExecution] = [e async for e in population.client.list_activities()]
+    times = [e.schedule_time for e in executions]
+    assert times == sorted(times, reverse=True)
+    assert {e.activity_id: e.status for e in executions} == {
+        "order-1": ActivityExecutionStatus.COMPLETED,
+        "order-2": ActivityExecutionStatus.FAILED,
+        "ship-1": ActivityExecutionStatus.RUNNING,
+        "ship-2": ActivityExecutionStatus.CANCELED,
+        "ship-3": ActivityExecutionStatus.TERMINATED,
+        "ship-4": ActivityExecutionStatus.TIMED_OUT,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Running", ["ship-1"]),
+        ("Completed", ["order-1"]),
+        ("Failed", ["order-2"]),
+        ("Canceled", ["ship-2"]),
+        ("Terminated", ["ship-3"]),
+        ("TimedOut", ["ship-4"]),
+    ],
+)
+async def test_list_and_count_filter_by_status(
+    population: Population, name: str, expected: list[str]
+) -> None:
+    query = f"ExecutionStatus = '{name}'"
+    assert await ids(population.client, query) == expected
+    assert (await population.client.count_activities(query)).count == len(expected)
+    others = await ids(population.client, f"ExecutionStatus != '{name}'")
+    assert sorted(others) == sorted(set(population.started) - set(expected))
+
+
+async def test_list_and_count_filter_by_type_queue_and_id_prefix(population: Population) -> None:
+    client = population.client
+    assert await ids(client, "ActivityType = 'fail_hard'") == ["ship-3", "order-2"]
+    assert await ids(client, "ActivityType != 'fail_hard'") == [
+        "ship-4",
+        "ship-2",
+        "ship-1",
+        "order-1",
+    ]
+    assert await ids(client, f"TaskQueue = '{population.busy_queue}'") == ["order-2", "order-1"]
+    assert await ids(client, "ActivityId STARTS_WITH 'ship-'") == [
+        "ship-4",
+        "ship-3",
+        "ship-2",
+        "ship-1",
+    ]
+    assert await ids(client, "ActivityId = 'ship-2'") == ["ship-2"]
+    combined = (
+        f"TaskQueue = '{population.idle_queue}' AND ActivityType = 'succeed' "
+        "AND ExecutionStatus != 'Running'"
+    )
+    assert await ids(client, combined) == ["ship-4", "ship-2"]
+    assert (await client.count_activities(combined)).count == 2
+    assert (await client.count_activities("ActivityId STARTS_WITH 'order'")).count == 2
+    assert (await client.count_activities()).count == len(population.started)
+
+
+async def test_starts_with_takes_its_prefix_literally(population: Population) -> None:
+    client = population.client
+    for prefix in ("ship_", "ship%", "%", "_", "SHIP-", "ship-1x"):
+        query = f"ActivityId STARTS_WITH '{prefix}'"
+        assert await ids(client, query) == [], prefix
+        assert (await client.count_activities(query)).count == 0, prefix
+    assert await ids(client, "ActivityId STARTS_WITH ''") == list(reversed(population.started))
+
+
+async def test_limit_keeps_the_newest(population: Population) -> None:
+    client = population.client
+    newest_first = list(reversed(population.started))
+    assert await ids(client, limit=2) == newest_first[:2]
+    assert await ids(client, "ActivityId STARTS_WITH 'order'", limit=1) == ["order-2"]
+    assert await ids(client, limit=0) == []
+    with pytest.raises(ValueError, match="limit"):
+        await ids(client, limit=-1)
+
+
+async def test_count_groups_by_execution_status(population: Population) -> None:
+    client = population.client
+    everything = await client.count_activities("GROUP BY ExecutionStatus")
+    assert everything.count == 6
+    assert {tuple(g.group_values): g.count for g in everything.groups} == {
+        ("Running",): 1,
+        ("Completed",): 1,
+        ("Failed",): 1,
+        ("Canceled",): 1,
+        ("Terminated",): 1,
+        ("TimedOut",): 1,
+    }
+    idle = await client.count_activities(
+        f"TaskQueue = '{population.idle_queue}' AND ActivityType = 'succeed' "
+        "GROUP BY ExecutionStatus"
+    )
+    assert idle.count == 3
+    assert {tuple(g.group_values): g.count for g in idle.groups} == {
+        ("Running",): 1,
+        ("Canceled",): 1,
+        ("TimedOut",): 1,
+    }
+    assert (await client.count_activities("ActivityType = 'succeed'")).groups == []
+
+
+async def test_group_by_is_refused_by_list(population: Population) -> None:
+    with pytest.raises(ValueError, match="GROUP BY"):
+        await ids(population.client, "GROUP BY ExecutionStatus")
+
+
+async def test_list_and_count_refuse_a_malformed_query(population: Population) -> None:
+    with pytest.raises(ValueError, match="unknown field 'Owner'"):
+        await ids(population.client, "Owner = 'me'")
+    with pytest.raises(ValueError, match="OR"):
+        await population.client.count_activities("ActivityId = 'x' OR 1=1")
+
+
+async def test_quoted_values_match_ids_with_quotes(client: Client, task_queue: str) -> None:
+    for id in ("it's", 'say "hi"', "back\\slash"):
+        await client.start_activity(
+            succeed, 1, id=id, task_queue=task_queue, start_to_close_timeout=TIMEOUT
+        )
+    assert await ids(client, "ActivityId = 'it''s'") == ["it's"]
+    assert await ids(client, 'ActivityId = "it\'s"') == ["it's"]
+    assert await ids(client, 'ActivityId = "say ""hi"""') == ['say "hi"']
+    assert await ids(client, "ActivityId = 'back\\\\slash'") == ["back\\slash"]
+    assert await ids(client, "ActivityId STARTS_WITH 'it'''") == ["it's"]
+
+
+async def test_an_injection_looking_value_matches_nothing_and_harms_nothing(
+    population: Population, db_path: Path
+) -> None:
+    client = population.client
+    hostile = [
+        "ActivityId = 'a''; DROP TABLE executions; --'",
+        "ActivityId = 'x'' OR ''1''=''1'",
+        "ActivityId STARTS_WITH ''' OR 1=1 --'",
+        "TaskQueue = '\"; DELETE FROM executions; --'",
+    ]
+    for query in hostile:
+        assert await ids(client, query) == [], query
+        assert (await client.count_activities(query)).count == 0, query
+    assert await ids(client) == list(reversed(population.started))
+    with closing(sqlite3.connect(db_path)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "executions" in tables
+
+    # The same text, as a real id, is found exactly: it was a bound value all along.
+    await client.start_activity(
+        succeed,
+        1,
+        id="a'; DROP TABLE executions; --",
+        task_queue=population.idle_queue,
+        start_to_close_timeout=TIMEOUT,
+    )
+    assert await ids(client, hostile[0]) == ["a'; DROP TABLE executions; --"]
+    assert (await client.count_activities()).count == len(population.started) + 1
