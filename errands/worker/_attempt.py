@@ -43,6 +43,7 @@ class AttemptEnv:
     default_throttle_s: float
     max_throttle_s: float
     max_payload_bytes: int
+    on_slot_free: Callable[[Attempt], None]
     on_done: Callable[[Attempt], None]
     fire_timers: Callable[[str], None]
 
@@ -85,6 +86,7 @@ class Attempt:
         self._timeout_handle: asyncio.TimerHandle | None = None
         self.heartbeater = Heartbeater(self)
         self.context: _Context | None = None
+        self._slot_held = True
 
     # ---------------------------------------------------------------- cancellation
 
@@ -179,7 +181,15 @@ class Attempt:
         finally:
             if self._timeout_handle is not None:
                 self._timeout_handle.cancel()
+            self._free_slot()
             self.env.on_done(self)
+
+    def _free_slot(self) -> None:
+        # The function has returned: its slot can take the next task while the
+        # outcome is reported (so the claim joins the outcome's group commit).
+        if self._slot_held:
+            self._slot_held = False
+            self.env.on_slot_free(self)
 
     async def _run(self) -> None:
         env, task, definition = self.env, self.task, self.definition
@@ -219,6 +229,7 @@ class Attempt:
             result = await self.runner.run(definition, self.context, args)
         except (asyncio.CancelledError, CancelledError) as e:
             self.phase = Phase.REPORTING
+            self._free_slot()
             if self.context.details is None:
                 if isinstance(e, asyncio.CancelledError):
                     raise  # the worker itself is being torn down
@@ -228,10 +239,12 @@ class Attempt:
             return
         except Exception as e:
             self.phase = Phase.REPORTING
+            self._free_slot()
             await self.heartbeater.flush()
             await self._fail(e, "failed")
             return
         self.phase = Phase.REPORTING
+        self._free_slot()
         await self.heartbeater.flush()
         await self._complete(definition, result)
 

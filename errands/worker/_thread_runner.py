@@ -23,6 +23,7 @@ from errands.activity import _Context, _current, _Definition
 from errands.exceptions import CancelledError
 from errands.worker._runner import Runner
 
+
 def _raise_in_thread(thread_id: int, error: type[BaseException] | None) -> None:
     """Schedule ``error`` in the thread; None clears a pending one (a NULL
     pointer, which is what ctypes passes for None without argtypes)."""

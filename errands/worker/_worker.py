@@ -125,7 +125,8 @@ class Worker:
         self._max_throttle_s = max_heartbeat_throttle_interval.total_seconds()
         self._state = _State.NEW
         self._running: dict[tuple[str, int], Attempt] = {}
-        self._running_sync = 0
+        self._busy_async = 0  # attempts holding an async slot
+        self._busy_sync = 0  # attempts holding a sync slot
         self._shutdown_requested: asyncio.Event | None = None
         self._run_task: asyncio.Task[None] | None = None
 
@@ -167,6 +168,7 @@ class Worker:
             default_throttle_s=self._default_throttle_s,
             max_throttle_s=self._max_throttle_s,
             max_payload_bytes=client.max_payload_bytes,
+            on_slot_free=self._slot_free,
             on_done=self._attempt_done,
             fire_timers=lambda _run_id: timers.fire_soon(),
         )
@@ -189,7 +191,7 @@ class Worker:
         )
         self._poller = make_poller(
             slots=self._slots,
-            running=lambda: len(self._running) - self._running_sync,
+            running=lambda: self._busy_async,
             only_types=async_names if sync_takes_unknown else None,
             exclude_types=() if sync_takes_unknown else sync_names,
         )
@@ -198,7 +200,7 @@ class Worker:
         if self._sync_runner is not None:
             self._sync_poller = make_poller(
                 slots=self._sync_slots,
-                running=lambda: self._running_sync,
+                running=lambda: self._busy_sync,
                 only_types=None if sync_takes_unknown else sync_names,
                 exclude_types=async_names if sync_takes_unknown else (),
             )
@@ -272,7 +274,10 @@ class Worker:
             runner = self._async_runner
         else:
             runner = self._sync_runner
-            self._running_sync += 1
+        if runner is not None and runner is self._sync_runner:
+            self._busy_sync += 1
+        else:
+            self._busy_async += 1
         attempt = Attempt(self._env, task, definition, runner, reason)
         self._running[(task.run_id, task.attempt)] = attempt
         early = self._watcher.take_early(task.run_id, task.attempt)
@@ -282,14 +287,17 @@ class Worker:
         self._attempt_tasks.add(work)
         work.add_done_callback(self._attempt_tasks.discard)
 
-    def _attempt_done(self, attempt: Attempt) -> None:
-        self._running.pop((attempt.task.run_id, attempt.task.attempt), None)
+    def _slot_free(self, attempt: Attempt) -> None:
         if attempt.runner is not None and attempt.runner is self._sync_runner:
-            self._running_sync -= 1
+            self._busy_sync -= 1
             assert self._sync_poller is not None
             self._sync_poller.slot_freed()
         else:
+            self._busy_async -= 1
             self._poller.slot_freed()
+
+    def _attempt_done(self, attempt: Attempt) -> None:
+        self._running.pop((attempt.task.run_id, attempt.task.attempt), None)
 
     def _deliver_interrupt(self, interrupt: Interrupt) -> bool:
         attempt = self._running.get((interrupt.run_id, interrupt.attempt))
