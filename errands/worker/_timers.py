@@ -18,6 +18,9 @@ logger = logging.getLogger("errands.worker")
 TIMER_POLL_S = 1.0
 """Longest wait between two looks for due timers."""
 
+MIN_GAP_S = 0.02
+"""Shortest gap between two looks, however busy the store."""
+
 PRUNE_INTERVAL_S = 600.0
 """How often closed executions past retention are deleted."""
 
@@ -54,4 +57,9 @@ class TimerFirer:
                         logger.info("pruned %d closed executions past retention", pruned)
             except Exception:
                 logger.exception("firing timers failed; retrying")
-            await wait_any(self._kick, stop, timeout=timeout)
+            # A change (another process's start, say) may bring an earlier
+            # deadline: look again then, but not more often than MIN_GAP_S.
+            changed = self._store.change_event()
+            await wait_any(self._kick, stop, timeout=min(timeout, MIN_GAP_S))
+            if timeout > MIN_GAP_S:
+                await wait_any(self._kick, stop, changed, timeout=timeout - MIN_GAP_S)
