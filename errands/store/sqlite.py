@@ -373,6 +373,7 @@ class _Writer:
                 return
 
     def _commit(self, batch: list[_Pending]) -> None:
+        changes_before = self._conn.total_changes
         outcomes = self._transaction(batch)
         if outcomes is None:
             # Something unexpected broke the batch: run each change alone so that
@@ -385,7 +386,10 @@ class _Writer:
                     if alone is not None
                     else [(item, None, StoreError(f"SQLite store {self._path!r} write failed"))]
                 )
-        self._after_commit()
+        # Wake waiters only when rows changed: an empty claim or timer pass must
+        # not wake its own poller, or idle workers spin on empty transactions.
+        if self._conn.total_changes != changes_before:
+            self._after_commit()
         if self.closed:
             closed, self.closed = self.closed, []
             self._on_closed(closed)
@@ -672,8 +676,10 @@ class SQLiteStore(Store):
 
         def op(conn: sqlite3.Connection, now: float) -> ClaimResult:
             n = max_tasks
+            tokens = None
             if queue_rate_per_s is not None:
-                n = min(n, _take_tokens(conn, namespace, task_queue, queue_rate_per_s, n, now))
+                tokens = _queue_tokens(conn, namespace, task_queue, queue_rate_per_s, now)
+                n = min(n, int(tokens))
             rows = []
             if n > 0:
                 rows = conn.execute(
@@ -687,8 +693,8 @@ class SQLiteStore(Store):
                         **type_args,
                     },
                 ).fetchall()
-                if queue_rate_per_s is not None and len(rows) < n:
-                    _return_tokens(conn, namespace, task_queue, n - len(rows))
+                if tokens is not None and rows:
+                    _spend_tokens(conn, namespace, task_queue, tokens - len(rows), now)
             next_ready: float | None = None
             if len(rows) < max_tasks:
                 next_ready = conn.execute(
@@ -860,6 +866,17 @@ class SQLiteStore(Store):
                 return now  # more are due: come back at once
             return None if nxt is None or nxt >= FAR else float(nxt)
 
+        def peek(conn: sqlite3.Connection) -> float | None:
+            nxt = conn.execute(
+                next_sql, (namespace,) if run_ids is None else tuple(run_ids)
+            ).fetchone()[0]
+            return None if nxt is None or nxt >= FAR else float(nxt)
+
+        # Look first on the reader: most looks find nothing due and need not
+        # take the write lock that every process shares.
+        upcoming = await self._read(peek)
+        if upcoming is None or upcoming > time.time():
+            return upcoming
         result: float | None = await self._write(op)
         return result
 
@@ -1193,29 +1210,27 @@ def _reset_deadline(conn: sqlite3.Connection, row_id: int, old: float, new: floa
     )
 
 
-def _take_tokens(
-    conn: sqlite3.Connection, namespace: str, task_queue: str, rate: float, want: int, now: float
-) -> int:
+def _queue_tokens(
+    conn: sqlite3.Connection, namespace: str, task_queue: str, rate: float, now: float
+) -> float:
+    """The tokens in the queue's bucket at ``now`` (read only: a claim that takes
+    nothing writes nothing, so idle workers do not wake each other)."""
     capacity = max(1.0, rate)
     row = conn.execute(
         "SELECT tokens, updated FROM queue_rates WHERE namespace = ? AND task_queue = ?",
         (namespace, task_queue),
     ).fetchone()
-    tokens = capacity if row is None else min(capacity, row[0] + (now - row[1]) * rate)
-    take = min(want, int(tokens))
+    return capacity if row is None else float(min(capacity, row[0] + (now - row[1]) * rate))
+
+
+def _spend_tokens(
+    conn: sqlite3.Connection, namespace: str, task_queue: str, left: float, now: float
+) -> None:
     conn.execute(
         "INSERT INTO queue_rates (namespace, task_queue, tokens, updated) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (namespace, task_queue) DO UPDATE SET tokens = excluded.tokens, "
         "updated = excluded.updated",
-        (namespace, task_queue, tokens - take, now),
-    )
-    return take
-
-
-def _return_tokens(conn: sqlite3.Connection, namespace: str, task_queue: str, n: int) -> None:
-    conn.execute(
-        "UPDATE queue_rates SET tokens = tokens + ? WHERE namespace = ? AND task_queue = ?",
-        (n, namespace, task_queue),
+        (namespace, task_queue, left, now),
     )
 
 
