@@ -8,17 +8,19 @@ a read of it. Outside an activity they raise ``RuntimeError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import inspect
 import logging
 import threading
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from errands.common import Priority, RetryPolicy
+from errands.exceptions import CancelledError
 
 if TYPE_CHECKING:
     from errands.client import Client
@@ -37,8 +39,11 @@ __all__ = [
     "is_worker_shutdown",
     "logger",
     "payload_converter",
+    "shield_thread_cancel_exception",
     "wait_for_cancelled",
+    "wait_for_cancelled_sync",
     "wait_for_worker_shutdown",
+    "wait_for_worker_shutdown_sync",
 ]
 
 CallableType = TypeVar("CallableType", bound=Callable[..., Any])
@@ -372,6 +377,37 @@ class _Context:
 _current: contextvars.ContextVar[_Context] = contextvars.ContextVar("errands_activity")
 
 
+class _Shieldable(Protocol):
+    """A running sync call that can defer its cancel exception."""
+
+    def enter_shield(self) -> None: ...
+
+    def exit_shield(self) -> bool:
+        """Leave one shield level; True if a deferred cancel must be raised now."""
+        ...
+
+
+_shield_target: contextvars.ContextVar[_Shieldable] = contextvars.ContextVar("errands_shield")
+
+
+@contextlib.contextmanager
+def shield_thread_cancel_exception() -> Iterator[None]:
+    """Defer the cancel exception errands raises into a sync (thread or
+    process) activity until the outermost such block exits; nestable. Inside,
+    ``is_cancelled()`` still turns true. Does nothing elsewhere."""
+    target = _shield_target.get(None)
+    if target is None:
+        yield
+        return
+    target.enter_shield()
+    try:
+        yield
+    finally:
+        raise_now = target.exit_shield()
+    if raise_now:
+        raise CancelledError()
+
+
 def _context() -> _Context:
     try:
         return _current.get()
@@ -406,6 +442,23 @@ def is_cancelled() -> bool:
 async def wait_for_cancelled() -> None:
     """Return when cancellation is delivered. Raises RuntimeError outside an activity."""
     await _context().cancelled.wait()
+
+
+def wait_for_cancelled_sync(timeout: timedelta | float | None = None) -> bool:
+    """Block (a sync activity's thread or process) until cancellation is
+    delivered or ``timeout`` passes; True if cancelled. Raises RuntimeError
+    outside an activity."""
+    return _context().cancelled.wait_sync(_seconds(timeout))
+
+
+def wait_for_worker_shutdown_sync(timeout: timedelta | float | None = None) -> bool:
+    """Block until the worker begins shutting down or ``timeout`` passes; True
+    if it did. Raises RuntimeError outside an activity."""
+    return _context().worker_shutdown.wait_sync(_seconds(timeout))
+
+
+def _seconds(timeout: timedelta | float | None) -> float | None:
+    return timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
 
 
 def cancellation_details() -> ActivityCancellationDetails | None:

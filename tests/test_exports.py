@@ -36,8 +36,11 @@ EXPORTS: dict[str, set[str]] = {
         "is_worker_shutdown",
         "logger",
         "payload_converter",
+        "shield_thread_cancel_exception",
         "wait_for_cancelled",
+        "wait_for_cancelled_sync",
         "wait_for_worker_shutdown",
+        "wait_for_worker_shutdown_sync",
     },
     "errands.client": {
         "ActivityExecution",
@@ -50,7 +53,7 @@ EXPORTS: dict[str, set[str]] = {
         "Client",
         "PendingActivityState",
     },
-    "errands.worker": {"Worker"},
+    "errands.worker": {"SharedStateManager", "Worker"},
     "errands.common": {
         "ActivityIDConflictPolicy",
         "ActivityIDReusePolicy",

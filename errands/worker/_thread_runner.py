@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from errands.activity import _Context, _current, _Definition
+from errands.activity import _Context, _current, _Definition, _shield_target
 from errands.exceptions import CancelledError
 from errands.worker._runner import Runner
 
@@ -46,8 +46,17 @@ class _ThreadCall:
         self.shield_depth = 0
         self.deferred = False  # a cancel arrived inside a shield block
 
+    def enter_shield(self) -> None:
+        with self.lock:
+            self.shield_depth += 1
 
-_calls: contextvars.ContextVar[_ThreadCall] = contextvars.ContextVar("errands_thread_call")
+    def exit_shield(self) -> bool:
+        with self.lock:
+            self.shield_depth -= 1
+            if self.shield_depth == 0 and self.deferred:
+                self.deferred = False
+                return True
+            return False
 
 
 class ThreadRunner(Runner):
@@ -74,7 +83,7 @@ class ThreadRunner(Runner):
         self._calls[key] = call
         ctx = contextvars.copy_context()
         ctx.run(_current.set, context)
-        ctx.run(_calls.set, call)
+        ctx.run(_shield_target.set, call)
         fn = definition.fn
 
         def in_thread() -> Any:
@@ -105,25 +114,3 @@ class ThreadRunner(Runner):
                 call.deferred = True
                 return
             _raise_in_thread(call.thread_id, CancelledError)
-
-
-class shield_thread_cancel_exception:
-    """Defer the thread cancel exception until the outermost block exits
-    (nestable). Inside, ``is_cancelled()`` still turns true."""
-
-    def __enter__(self) -> None:
-        call = _calls.get(None)
-        if call is not None:
-            with call.lock:
-                call.shield_depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        call = _calls.get(None)
-        if call is None:
-            return
-        with call.lock:
-            call.shield_depth -= 1
-            deferred = call.shield_depth == 0 and call.deferred
-            call.deferred = False if deferred else call.deferred
-        if deferred and exc[0] is None:
-            raise CancelledError()

@@ -20,7 +20,9 @@ from errands.store import ClaimedTask, Interrupt
 from errands.worker._attempt import Attempt, AttemptEnv
 from errands.worker._interrupts import InterruptWatcher, details_for
 from errands.worker._poller import Poller
+from errands.worker._process_runner import ProcessRunner, pool_size
 from errands.worker._runner import AsyncRunner, Runner
+from errands.worker._shared_state import SharedStateManager
 from errands.worker._thread_runner import ThreadRunner
 from errands.worker._timers import TimerFirer
 
@@ -72,7 +74,7 @@ class Worker:
         task_queue: str,
         activities: Sequence[Callable[..., Any]],
         activity_executor: concurrent.futures.Executor | None = None,
-        shared_state_manager: Any = None,
+        shared_state_manager: SharedStateManager | None = None,
         max_concurrent_activities: int = 100,
         max_activities_per_second: float | None = None,
         max_task_queue_activities_per_second: float | None = None,
@@ -224,6 +226,8 @@ class Worker:
             stop_polling.set()
             await asyncio.gather(polling, return_exceptions=True)
             shutdown_signal.set()
+            if isinstance(self._sync_runner, ProcessRunner):
+                await self._sync_runner.worker_shutdown()
             if self._attempt_tasks and self._graceful_s > 0:
                 await asyncio.wait(set(self._attempt_tasks), timeout=self._graceful_s)
             for attempt in list(self._running.values()):
@@ -234,6 +238,8 @@ class Worker:
                 await asyncio.wait(set(self._attempt_tasks))
             stop_background.set()
             await asyncio.gather(*background, return_exceptions=True)
+            if isinstance(self._sync_runner, ProcessRunner):
+                self._sync_runner.close()
             self._state = _State.STOPPED
             logger.info("worker %s stopped", self._identity)
 
@@ -310,7 +316,7 @@ class Worker:
 def _sync_runner(
     sync: Sequence[_Definition],
     executor: concurrent.futures.Executor | None,
-    shared_state_manager: Any,
+    shared_state_manager: SharedStateManager | None,
     max_concurrent: int,
 ) -> tuple[Runner | None, int]:
     """The runner for plain ``def`` activities and how many may run at once:
@@ -323,15 +329,18 @@ def _sync_runner(
             f"activity {sync[0].name!r} is not async: pass activity_executor "
             "(for example concurrent.futures.ThreadPoolExecutor) to run it"
         )
+    slots = min(max_concurrent, pool_size(executor) or max_concurrent)
     if isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-        return ThreadRunner(executor), min(max_concurrent, executor._max_workers)
+        return ThreadRunner(executor), slots
     if shared_state_manager is None:
         raise ValueError(
             f"activity_executor {type(executor).__name__} does not run on threads of this "
             "process: also pass shared_state_manager=SharedStateManager."
             "create_from_multiprocessing(multiprocessing.Manager())"
         )
-    raise ValueError(
-        f"activity_executor {type(executor).__name__}: this version of errands runs sync "
-        "activities on a ThreadPoolExecutor only"
-    )
+    if not isinstance(shared_state_manager, SharedStateManager):
+        raise TypeError(
+            "shared_state_manager must be a SharedStateManager, got "
+            f"{type(shared_state_manager).__name__}"
+        )
+    return ProcessRunner(executor, shared_state_manager), slots
