@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,17 @@ class PendingActivityState(enum.IntEnum):
 _STATUS = {s: ActivityExecutionStatus[s.name] for s in lc.Status}
 _RUN_STATE = {s: PendingActivityState[s.name] for s in lc.RunState}
 _STATUS_QUERY_NAME = {status: name for name, status in STATUS_NAMES.items()}
+
+
+_run_ids = random.Random()
+os.register_at_fork(after_in_child=_run_ids.seed)
+
+
+def _new_run_id() -> str:
+    """A random (version 4) UUID. Drawn from a PRNG seeded from os.urandom, not
+    from os.urandom itself: a system call per start was a measurable cost, and
+    run ids need uniqueness (the store enforces it), not secrecy."""
+    return str(uuid.UUID(int=_run_ids.getrandbits(128), version=4))
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -345,7 +357,7 @@ class Client:
             NewExecution(
                 namespace=self.namespace,
                 activity_id=id,
-                run_id=str(uuid.uuid4()),
+                run_id=_new_run_id(),
                 activity_type=name,
                 task_queue=task_queue,
                 input=data,
@@ -477,10 +489,15 @@ class Client:
             )
         if record.status is lc.Status.TERMINATED:
             return TerminatedError(record.canceled_reason or "Terminated")
-        if record.failure is not None:
-            return await converter.decode_failure(record.failure)
+        decoded = None if record.failure is None else await converter.decode_failure(record.failure)
         if record.status is lc.Status.CANCELED:
+            # Cancelled during retry backoff, the failure column still holds the
+            # previous attempt's error: the execution's cause is the cancel.
+            if isinstance(decoded, CancelledError):
+                return decoded
             return CancelledError(record.canceled_reason or "Cancelled")
+        if decoded is not None:
+            return decoded
         if record.status is lc.Status.FAILED:
             return ApplicationError("activity failed")
         return None
