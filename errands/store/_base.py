@@ -219,6 +219,24 @@ class Store(abc.ABC):
         """Start up to ``max_tasks`` ready attempts of the queue: smallest
         priority key first, then in the order they became ready."""
 
+    def arm_claim(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        deliver: Callable[[builtins.list[ClaimedTask]], None],
+    ) -> Callable[[], None] | None:
+        """Optional: a poller that found nothing asks the store to claim for it
+        inside the transaction of the next start on its queue made by this
+        process, and to ``deliver`` the tasks (on the poller's loop) after that
+        commit. Returns a function that withdraws the request (tasks already
+        claimed are still delivered), or None if the store does not do this."""
+        return None
+
     @abc.abstractmethod
     async def heartbeat(self, run_id: str, attempt: int, details: bytes | None) -> HeartbeatResult:
         """Record a heartbeat of a running attempt (details None keeps the old

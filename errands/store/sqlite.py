@@ -338,6 +338,10 @@ class _Writer:
         self._on_closed = on_closed
         self.closed: list[ClosedRun] = []
         """Executions the current transaction closes (ops append; writer thread only)."""
+        self.handoffs: list[tuple[_Armed, list[ClaimedTask]]] = []
+        """Tasks the current transaction claimed for waiting pollers."""
+        self._committed_closed: list[ClosedRun] = []
+        self._committed_handoffs: list[tuple[_Armed, list[ClaimedTask]]] = []
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="errands-sqlite-writer", daemon=True)
         self._thread.start()
@@ -390,9 +394,16 @@ class _Writer:
         # not wake its own poller, or idle workers spin on empty transactions.
         if self._conn.total_changes != changes_before:
             self._after_commit()
-        if self.closed:
-            closed, self.closed = self.closed, []
+        closed, self._committed_closed = self._committed_closed, []
+        if closed:
             self._on_closed(closed)
+        handoffs, self._committed_handoffs = self._committed_handoffs, []
+        if handoffs:
+            for armed, tasks in handoffs:
+                try:
+                    armed.loop.call_soon_threadsafe(armed.deliver, tasks)
+                except RuntimeError:  # the loop closed: the tasks time out and retry
+                    logger.warning("claimed %d tasks for a poller whose loop closed", len(tasks))
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for item, result, error in outcomes:
             by_loop.setdefault(item.loop, []).append((item.future, result, error))
@@ -406,6 +417,7 @@ class _Writer:
         conn = self._conn
         outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
         self.closed = []
+        self.handoffs = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -421,6 +433,9 @@ class _Writer:
                     # A refused change (id in use, not found, ...): it wrote nothing.
                     outcomes.append((item, None, e))
             conn.execute("COMMIT")
+            # Only what a committed transaction did is announced.
+            self._committed_closed.extend(self.closed)
+            self._committed_handoffs.extend(self.handoffs)
             return outcomes
         except sqlite3.Error as e:
             with contextlib.suppress(sqlite3.Error):
@@ -451,6 +466,8 @@ class SQLiteStore(Store):
     def __init__(self, path: str, writer_conn: sqlite3.Connection) -> None:
         super().__init__()
         self.path = path
+        self._armed: dict[tuple[str, str], builtins.list[_Armed]] = {}
+        self._armed_lock = threading.Lock()
         self._signals = ChangeSignals()
         self._writer = _Writer(writer_conn, path, self._signals.fire_threadsafe, self._emit_closed)
         self._reader_local = threading.local()
@@ -613,6 +630,10 @@ class SQLiteStore(Store):
                 ),
             )
             if cursor.rowcount == 1:
+                if ready_at <= now and self._armed:
+                    self._claim_for_armed(
+                        conn, now, new.namespace, new.task_queue, new.activity_type
+                    )
                 return StartResult(new.run_id, created=True)
             running = conn.execute(
                 "SELECT run_id FROM executions WHERE namespace = ? AND activity_id = ? "
@@ -647,66 +668,65 @@ class SQLiteStore(Store):
         exclude_types: Sequence[str] = (),
         queue_rate_per_s: float | None = None,
     ) -> ClaimResult:
-        type_filter = ""
-        type_args: dict[str, Any] = {}
-        if only_types is not None:
-            if not only_types:
-                return ClaimResult([], None)
-            names = [f":only{i}" for i in range(len(only_types))]
-            type_filter += f" AND activity_type IN ({','.join(names)})"
-            type_args.update({name[1:]: t for name, t in zip(names, only_types, strict=True)})
-        if exclude_types:
-            names = [f":skip{i}" for i in range(len(exclude_types))]
-            type_filter += f" AND activity_type NOT IN ({','.join(names)})"
-            type_args.update({name[1:]: t for name, t in zip(names, exclude_types, strict=True)})
-        claim_sql = (
-            "UPDATE executions SET run_state = 'STARTED', started_time = :now, "
-            "identity = :identity, "
-            "attempt_deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, 1e15)), "
-            "deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, 1e15), "
-            ":now + coalesce(heartbeat_s, 1e15)) "
-            "WHERE id IN (SELECT id FROM executions WHERE namespace = :ns AND task_queue = :tq "
-            f"AND run_state = 'SCHEDULED' AND ready_at <= :now AND deadline > :now{type_filter} "
-            f"ORDER BY priority_key, ready_at, id LIMIT :n) RETURNING {_TASK_COLUMNS}"
+        if only_types is not None and not only_types:
+            return ClaimResult([], None)
+        claim = _Claim(
+            namespace, task_queue, max_tasks, identity, only_types, exclude_types, queue_rate_per_s
         )
-        next_sql = (
-            "SELECT min(ready_at) FROM executions WHERE namespace = :ns AND task_queue = :tq "
-            f"AND run_state = 'SCHEDULED'{type_filter}"
-        )
-
-        def op(conn: sqlite3.Connection, now: float) -> ClaimResult:
-            n = max_tasks
-            tokens = None
-            if queue_rate_per_s is not None:
-                tokens = _queue_tokens(conn, namespace, task_queue, queue_rate_per_s, now)
-                n = min(n, int(tokens))
-            rows = []
-            if n > 0:
-                rows = conn.execute(
-                    claim_sql,
-                    {
-                        "now": now,
-                        "identity": identity,
-                        "ns": namespace,
-                        "tq": task_queue,
-                        "n": n,
-                        **type_args,
-                    },
-                ).fetchall()
-                if tokens is not None and rows:
-                    _spend_tokens(conn, namespace, task_queue, tokens - len(rows), now)
-            next_ready: float | None = None
-            if len(rows) < max_tasks:
-                next_ready = conn.execute(
-                    next_sql, {"ns": namespace, "tq": task_queue, **type_args}
-                ).fetchone()[0]
-                if queue_rate_per_s is not None and next_ready is not None and n < max_tasks:
-                    next_ready = max(next_ready, now + 1.0 / queue_rate_per_s)
-            rows.sort(key=lambda r: (r[16], r[9], r[17]))
-            return ClaimResult([_task(r) for r in rows], next_ready)
-
-        result: ClaimResult = await self._write(op)
+        result: ClaimResult = await self._write(claim.run)
         return result
+
+    def arm_claim(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        deliver: Callable[[builtins.list[ClaimedTask]], None],
+    ) -> Callable[[], None]:
+        claim = _Claim(namespace, task_queue, max_tasks, identity, only_types, exclude_types, None)
+        armed = _Armed(claim, deliver, asyncio.get_running_loop())
+        key = (namespace, task_queue)
+        with self._armed_lock:
+            self._armed.setdefault(key, []).append(armed)
+
+        def disarm() -> None:
+            with self._armed_lock:
+                waiting = self._armed.get(key)
+                if waiting is not None and armed in waiting:
+                    waiting.remove(armed)
+                    if not waiting:
+                        del self._armed[key]
+
+        return disarm
+
+    def _claim_for_armed(
+        self, conn: sqlite3.Connection, now: float, namespace: str, task_queue: str, type_: str
+    ) -> None:
+        """In a start's transaction: claim for a poller that waits on the queue,
+        so the task is started without a commit of its own."""
+        key = (namespace, task_queue)
+        with self._armed_lock:
+            waiting = self._armed.get(key)
+            if not waiting:
+                return
+            for i, armed in enumerate(waiting):
+                if armed.claim.takes(type_):
+                    del waiting[i]
+                    if not waiting:
+                        del self._armed[key]
+                    break
+            else:
+                return
+        result = armed.claim.run(conn, now)
+        if result.tasks:
+            self._writer.handoffs.append((armed, result.tasks))
+        else:
+            with self._armed_lock:  # nothing claimable after all: keep waiting
+                self._armed.setdefault(key, []).append(armed)
 
     # ---------------------------------------------------------------- attempt outcomes
 
@@ -1019,6 +1039,101 @@ class SQLiteStore(Store):
 
 
 # ------------------------------------------------------------------ helpers (writer thread)
+
+
+class _Claim:
+    """One claim's SQL, built once: take up to ``max_tasks`` ready attempts of a
+    queue, smallest priority key first, then in the order they became ready."""
+
+    def __init__(
+        self,
+        namespace: str,
+        task_queue: str,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        queue_rate_per_s: float | None,
+    ) -> None:
+        self.namespace = namespace
+        self.task_queue = task_queue
+        self.max_tasks = max_tasks
+        self.identity = identity
+        self.only_types = None if only_types is None else frozenset(only_types)
+        self.exclude_types = frozenset(exclude_types)
+        self.queue_rate_per_s = queue_rate_per_s
+        type_filter = ""
+        self.type_args: dict[str, Any] = {}
+        if only_types is not None:
+            names = [f"only{i}" for i in range(len(only_types))]
+            type_filter += f" AND activity_type IN ({','.join(':' + n for n in names)})"
+            self.type_args.update(zip(names, only_types, strict=True))
+        if exclude_types:
+            names = [f"skip{i}" for i in range(len(exclude_types))]
+            type_filter += f" AND activity_type NOT IN ({','.join(':' + n for n in names)})"
+            self.type_args.update(zip(names, exclude_types, strict=True))
+        self.claim_sql = (
+            "UPDATE executions SET run_state = 'STARTED', started_time = :now, "
+            "identity = :identity, "
+            "attempt_deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, 1e15)), "
+            "deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, 1e15), "
+            ":now + coalesce(heartbeat_s, 1e15)) "
+            "WHERE id IN (SELECT id FROM executions WHERE namespace = :ns AND task_queue = :tq "
+            f"AND run_state = 'SCHEDULED' AND ready_at <= :now AND deadline > :now{type_filter} "
+            f"ORDER BY priority_key, ready_at, id LIMIT :n) RETURNING {_TASK_COLUMNS}"
+        )
+        self.next_sql = (
+            "SELECT min(ready_at) FROM executions WHERE namespace = :ns AND task_queue = :tq "
+            f"AND run_state = 'SCHEDULED'{type_filter}"
+        )
+
+    def takes(self, activity_type: str) -> bool:
+        """Whether this claim's type filter admits the type."""
+        if self.only_types is not None and activity_type not in self.only_types:
+            return False
+        return activity_type not in self.exclude_types
+
+    def run(self, conn: sqlite3.Connection, now: float) -> ClaimResult:
+        """Claim, inside the writer's transaction."""
+        namespace, task_queue, rate = self.namespace, self.task_queue, self.queue_rate_per_s
+        n = self.max_tasks
+        tokens = None
+        if rate is not None:
+            tokens = _queue_tokens(conn, namespace, task_queue, rate, now)
+            n = min(n, int(tokens))
+        rows = []
+        if n > 0:
+            rows = conn.execute(
+                self.claim_sql,
+                {
+                    "now": now,
+                    "identity": self.identity,
+                    "ns": namespace,
+                    "tq": task_queue,
+                    "n": n,
+                    **self.type_args,
+                },
+            ).fetchall()
+            if tokens is not None and rows:
+                _spend_tokens(conn, namespace, task_queue, tokens - len(rows), now)
+        next_ready: float | None = None
+        if len(rows) < self.max_tasks:
+            next_ready = conn.execute(
+                self.next_sql, {"ns": namespace, "tq": task_queue, **self.type_args}
+            ).fetchone()[0]
+            if rate is not None and next_ready is not None and n < self.max_tasks:
+                next_ready = max(next_ready, now + 1.0 / rate)
+        rows.sort(key=lambda r: (r[16], r[9], r[17]))
+        return ClaimResult([_task(r) for r in rows], next_ready)
+
+
+@dataclass
+class _Armed:
+    """A poller waiting for work: claimed for in the next start's transaction."""
+
+    claim: _Claim
+    deliver: Callable[[builtins.list[ClaimedTask]], None]
+    loop: asyncio.AbstractEventLoop
 
 
 def _not_found(namespace: str, activity_id: str, run_id: str | None) -> str:

@@ -115,4 +115,26 @@ class Poller:
             timeout = IDLE_POLL_S
             if result.next_ready_at is not None:
                 timeout = min(timeout, max(0.0, result.next_ready_at - time.time()))
-            await wait_any(changed, stop, timeout=timeout)
+            disarm = None
+            if self._bucket is None and self._queue_rate is None:
+                # A start made by this process claims for us in its own
+                # transaction: the task starts without a commit of its own.
+                disarm = self._store.arm_claim(
+                    self._namespace,
+                    self._task_queue,
+                    max_tasks=free - len(result.tasks),
+                    identity=self._identity,
+                    only_types=self._only_types,
+                    exclude_types=self._exclude_types,
+                    deliver=self._deliver,
+                )
+            try:
+                await wait_any(changed, stop, timeout=timeout)
+            finally:
+                if disarm is not None:
+                    disarm()
+
+    def _deliver(self, tasks: list[ClaimedTask]) -> None:
+        # Tasks claimed for us by a start's transaction (on the loop's thread).
+        for task in tasks:
+            self._start(task)
