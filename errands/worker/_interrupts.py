@@ -42,6 +42,13 @@ class InterruptWatcher:
         self._deliver = deliver
         # Requests seen before their attempt registered (a claim racing a cancel).
         self._early: dict[tuple[str, int], tuple[Interrupt, float]] = {}
+        self._cursor: int | None = None
+
+    async def read_cursor(self) -> None:
+        """Note where the interrupt log ends. Await it before the worker claims
+        anything: a request for an attempt is logged after its claim, so none
+        can fall behind the cursor (reading it later could skip one)."""
+        self._cursor = await self._store.interrupts_cursor()
 
     def take_early(self, run_id: str, attempt: int) -> Interrupt | None:
         """A request that arrived before the attempt registered, if any."""
@@ -50,7 +57,7 @@ class InterruptWatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until ``stop`` is set."""
-        cursor = await self._store.interrupts_cursor()
+        cursor = self._cursor if self._cursor is not None else await self._store.interrupts_cursor()
         while not stop.is_set():
             changed = self._store.change_event()
             try:

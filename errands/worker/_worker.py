@@ -208,6 +208,7 @@ class Worker:
             )
             pollers.append(self._sync_poller)
         self._attempt_tasks: set[asyncio.Task[None]] = set()
+        await watcher.read_cursor()  # before the first claim, or a request could be missed
         background = [
             asyncio.ensure_future(watcher.run(stop_background)),
             asyncio.ensure_future(timers.run(stop_background)),
