@@ -1,0 +1,394 @@
+"""Real OS processes for the durability and race tests.
+
+Run as ``python -m tests.procs <command> ...`` from the repository root (the
+parent starts it with ``sys.executable`` and ``cwd=REPO_ROOT``). Commands:
+
+- ``worker``: run a Worker with this module's activities until SIGTERM;
+  prints ``ready <pid>`` once the worker runs.
+- ``start-loop``: start activities ``<prefix>-0, <prefix>-1, ...`` forever,
+  printing ``started <id> <run_id>`` after each start_activity returned.
+- ``start-same``: wait for a go-file, then start the given ids (in a shuffled
+  order) and print one JSON line: the ids it created and the ones refused.
+- ``fire-timers``: fire the namespace's due timers in a tight loop (what every
+  worker does, only more often), printing ``ready <pid>`` once it runs.
+- ``connect``: wait for a go-file, then connect to a (brand-new) store and
+  start one activity; prints ``ok <run_id>``.
+
+The parent side is ``Child``: it starts a command with stdout and stderr in
+files, waits for a line with a generous ceiling, and kills the process.
+The activities are module level, so the parent can start them by function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from errands import activity
+from errands.client import Client
+from errands.exceptions import ActivityAlreadyStartedError
+from errands.worker import Worker
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+READY_CEILING_S = 30.0
+"""How long the parent waits for a child's line before giving up."""
+
+
+# --------------------------------------------------------------------------- activities
+
+
+def append_line(path: str, line: str) -> None:
+    """Append one line with a single O_APPEND write, so lines of many processes
+    never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@activity.defn
+async def record_run(log_path: str, seconds: float) -> str:
+    """Append ``<activity_id> <attempt> <pid>`` and return the activity id."""
+    info = activity.info()
+    append_line(log_path, f"{info.activity_id} {info.attempt} {os.getpid()}")
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+    return info.activity_id
+
+
+@activity.defn
+async def count_until_retried(log_path: str) -> dict[str, Any]:
+    """Attempt 1 heartbeats 0, 1, 2, ... every 50 ms forever (until its worker
+    dies); a later attempt returns what it resumed from."""
+    info = activity.info()
+    append_line(log_path, f"start {info.activity_id} {info.attempt} {os.getpid()}")
+    resumed_from = list(info.heartbeat_details)
+    if info.attempt == 1:
+        i = 0
+        while True:
+            activity.heartbeat(i)
+            i += 1
+            await asyncio.sleep(0.05)
+    append_line(log_path, f"done {info.activity_id} {info.attempt} {os.getpid()}")
+    return {"attempt": info.attempt, "pid": os.getpid(), "resumed_from": resumed_from}
+
+
+@activity.defn
+async def hang_first_attempt(log_path: str) -> dict[str, Any]:
+    """Attempt 1 never heartbeats and never returns; a later one returns."""
+    info = activity.info()
+    append_line(log_path, f"start {info.activity_id} {info.attempt} {os.getpid()}")
+    if info.attempt == 1:
+        await asyncio.sleep(3600)
+    append_line(log_path, f"done {info.activity_id} {info.attempt} {os.getpid()}")
+    return {"attempt": info.attempt, "pid": os.getpid()}
+
+
+@activity.defn
+async def sleep_then_return(log_path: str, seconds: float) -> float:
+    """Sleep, note that it returns, and return ``seconds``."""
+    await asyncio.sleep(seconds)
+    info = activity.info()
+    append_line(log_path, f"return {info.activity_id} {info.attempt} {os.getpid()}")
+    return seconds
+
+
+@activity.defn
+async def heartbeat_then_sleep(seconds: float) -> float:
+    """Heartbeat once (so a cancel reaches it at once), sleep, return ``seconds``."""
+    activity.heartbeat("started")
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@activity.defn
+async def echo(value: str) -> str:
+    """Return the value."""
+    return value
+
+
+ACTIVITIES = [
+    record_run,
+    count_until_retried,
+    hang_first_attempt,
+    sleep_then_return,
+    heartbeat_then_sleep,
+    echo,
+]
+
+
+# --------------------------------------------------------------------------- child commands
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _wait_for_file(path: str) -> None:
+    deadline = time.monotonic() + READY_CEILING_S
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"go-file {path} never appeared")
+        await asyncio.sleep(0.001)
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    client = await Client.connect(args.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        async with Worker(
+            client,
+            task_queue=args.queue,
+            activities=ACTIVITIES,
+            max_concurrent_activities=args.max_concurrent,
+        ):
+            _say(f"ready {os.getpid()}")
+            await stop.wait()
+    finally:
+        await client.close()
+
+
+async def _fire_timers(args: argparse.Namespace) -> None:
+    client = await Client.connect(args.url)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        _say(f"ready {os.getpid()}")
+        while not stop.is_set():
+            await client.store.fire_due_timers(client.namespace)
+            await asyncio.sleep(args.interval)
+    finally:
+        await client.close()
+
+
+async def _start_loop(args: argparse.Namespace) -> None:
+    client = await Client.connect(args.url)
+    try:
+        i = 0
+        while True:
+            activity_id = f"{args.prefix}-{i}"
+            handle = await client.start_activity(
+                echo,
+                activity_id,
+                id=activity_id,
+                task_queue=args.queue,
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+            _say(f"started {activity_id} {handle.run_id}")
+            i += 1
+    finally:
+        await client.close()
+
+
+async def _start_same(args: argparse.Namespace) -> None:
+    client = await Client.connect(args.url)
+    ids = [f"{args.prefix}-{i}" for i in range(args.count)]
+    random.Random(args.seed).shuffle(ids)
+    created: dict[str, str] = {}
+    refused: dict[str, str | None] = {}
+
+    async def start(activity_id: str) -> None:
+        try:
+            handle = await client.start_activity(
+                echo,
+                activity_id,
+                id=activity_id,
+                task_queue=args.queue,
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+        except ActivityAlreadyStartedError as e:
+            refused[activity_id] = e.run_id
+        else:
+            assert handle.run_id is not None
+            created[activity_id] = handle.run_id
+
+    try:
+        _say("ready")
+        await _wait_for_file(args.go)
+        # A few starts in flight at once: each group commit holds a handful, and
+        # the processes take the write lock in turns.
+        for at in range(0, len(ids), args.in_flight):
+            await asyncio.gather(*(start(i) for i in ids[at : at + args.in_flight]))
+        _say(json.dumps({"pid": os.getpid(), "created": created, "refused": refused}))
+    finally:
+        await client.close()
+
+
+async def _connect(args: argparse.Namespace) -> None:
+    await _wait_for_file(args.go)
+    client = await Client.connect(args.url)
+    try:
+        handle = await client.start_activity(
+            echo,
+            str(os.getpid()),
+            id=f"connect-{os.getpid()}",
+            task_queue=args.queue,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+        _say(f"ok {handle.run_id}")
+    finally:
+        await client.close()
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    parser = argparse.ArgumentParser(prog="python -m tests.procs")
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker")
+    worker.add_argument("--url", required=True)
+    worker.add_argument("--queue", required=True)
+    worker.add_argument("--max-concurrent", type=int, default=100)
+    timers = commands.add_parser("fire-timers")
+    timers.add_argument("--url", required=True)
+    timers.add_argument("--interval", type=float, default=0.002)
+    loop = commands.add_parser("start-loop")
+    loop.add_argument("--url", required=True)
+    loop.add_argument("--queue", required=True)
+    loop.add_argument("--prefix", required=True)
+    same = commands.add_parser("start-same")
+    same.add_argument("--url", required=True)
+    same.add_argument("--queue", required=True)
+    same.add_argument("--prefix", required=True)
+    same.add_argument("--count", type=int, required=True)
+    same.add_argument("--seed", type=int, required=True)
+    same.add_argument("--in-flight", type=int, default=4)
+    same.add_argument("--go", required=True)
+    connect = commands.add_parser("connect")
+    connect.add_argument("--url", required=True)
+    connect.add_argument("--queue", required=True)
+    connect.add_argument("--go", required=True)
+    args = parser.parse_args(argv)
+    run = {
+        "worker": _worker,
+        "fire-timers": _fire_timers,
+        "start-loop": _start_loop,
+        "start-same": _start_same,
+        "connect": _connect,
+    }[args.command]
+    asyncio.run(run(args))
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+class Child:
+    """One ``python -m tests.procs`` process, its stdout and stderr in files."""
+
+    def __init__(self, directory: Path, name: str, *args: str) -> None:
+        self.name = name
+        self.out_path = directory / f"{name}.out"
+        self.err_path = directory / f"{name}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.procs", *args],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def lines(self) -> list[str]:
+        """The complete lines the child wrote to stdout so far."""
+        text = self.out_path.read_text()
+        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        return complete.splitlines()
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    async def wait_for_line(
+        self, prefix: str, *, count: int = 1, timeout: float = READY_CEILING_S
+    ) -> list[str]:
+        """Wait until stdout has ``count`` lines starting with ``prefix``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.lines() if line.startswith(prefix)]
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"child {self.name} exited ({self.proc.returncode}) before printing "
+                    f"{prefix!r}; stderr:\n{self.stderr()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"child {self.name} printed no {prefix!r} line within {timeout} s; "
+                    f"stderr:\n{self.stderr()[-3000:]}"
+                )
+            await asyncio.sleep(0.005)
+
+    async def wait_exit(self, timeout: float = READY_CEILING_S) -> int:
+        """Wait for the child to exit on its own; its exit code."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"child {self.name} did not exit within {timeout} s")
+            await asyncio.sleep(0.01)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the child (if it still runs) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)
+        self.kill()
+
+
+class Children:
+    """Starts children and kills every one of them on exit."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[Child] = []
+
+    def spawn(self, name: str, *args: str) -> Child:
+        child = Child(self.directory, name, *args)
+        self.started.append(child)
+        return child
+
+    async def worker(self, name: str, url: str, queue: str, max_concurrent: int = 100) -> Child:
+        """Start a worker process and wait until it runs."""
+        child = self.spawn(
+            name, "worker", "--url", url, "--queue", queue, "--max-concurrent", str(max_concurrent)
+        )
+        await child.wait_for_line("ready")
+        return child
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for child in self.started:
+            child.kill()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
