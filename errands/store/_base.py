@@ -229,12 +229,13 @@ class Store(abc.ABC):
         only_types: Sequence[str] | None,
         exclude_types: Sequence[str],
         deliver: Callable[[builtins.list[ClaimedTask]], None],
-    ) -> Callable[[], None] | None:
+    ) -> Callable[[], bool] | None:
         """Optional: a poller that found nothing asks the store to claim for it
         inside the transaction of the next start on its queue made by this
         process, and to ``deliver`` the tasks (on the poller's loop) after that
-        commit. Returns a function that withdraws the request (tasks already
-        claimed are still delivered), or None if the store does not do this."""
+        commit. Returns a function that withdraws the request: True if it was
+        withdrawn, False if it already fired (its ``deliver`` call, perhaps of
+        an empty list, is then on its way). None if the store does not do this."""
         return None
 
     @abc.abstractmethod

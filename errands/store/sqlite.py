@@ -1,15 +1,16 @@
 """The embedded store: one SQLite file in WAL mode, shared by any number of
 processes on one machine.
 
-Three kinds of connection, each on its own thread:
+Two connections, each on its own thread:
 
-- one writer per store, which drains every pending change (starts, claims,
-  heartbeats, outcomes, timers) into one ``BEGIN IMMEDIATE`` transaction and
-  wakes each caller after the commit that holds its change (group commit);
-- one reader, for describe / list / count and the result and cancel watchers;
-- one watcher, which polls ``PRAGMA data_version`` to learn that another
-  connection committed (it changes only for other connections' commits and
-  costs no disk read in WAL mode) and wakes this process's waiters.
+- the writer, which drains every pending change (starts, claims, heartbeats,
+  outcomes, timers) into one ``BEGIN IMMEDIATE`` transaction and wakes each
+  caller after the commit that holds its change (group commit). Between
+  batches, and every 2 ms while anyone waits for a change, it reads ``PRAGMA
+  data_version``, which changes only when *another* connection committed (and
+  costs no disk read in WAL mode): so this process's waiters are woken once by
+  the writer for its own commits and once per commit of other processes;
+- the reader, for describe / list / count and the result and cancel watchers.
 
 ``PRAGMA synchronous=FULL``: an acknowledged change survives a power cut.
 """
@@ -66,7 +67,10 @@ BUSY_TIMEOUT_MS = 10_000
 """How long a connection waits for another one's write lock before "locked"."""
 
 DATA_VERSION_POLL_S = 0.002
-"""How often the watcher looks at data_version while anyone waits for a change."""
+"""How often an idle writer looks at data_version while anyone waits for a change."""
+
+IDLE_WAIT_S = 0.1
+"""How long an idle writer sleeps when nobody waits for a change."""
 
 MAX_BATCH = 2_000
 """Most changes one group commit holds."""
@@ -305,6 +309,9 @@ def _split_sql(script: str) -> Iterator[str]:
 Op = Callable[[sqlite3.Connection, float], Any]
 
 
+_IDLE: Any = object()
+
+
 @dataclass
 class _Pending:
     op: Op
@@ -331,8 +338,10 @@ class _Writer:
         path: str,
         after_commit: Callable[[], None],
         on_closed: Callable[[Sequence[ClosedRun]], None],
+        watched: Callable[[], bool],
     ):
         self._conn = conn
+        self._watched = watched
         self._path = path
         self._after_commit = after_commit
         self._on_closed = on_closed
@@ -357,24 +366,48 @@ class _Writer:
         self._thread.join()
 
     def _run(self) -> None:
+        last_version = self._data_version()
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(
+                    timeout=DATA_VERSION_POLL_S if self._watched() else IDLE_WAIT_S
+                )
+            except queue.Empty:
+                first = _IDLE
             if first is None:
                 return
-            batch = [first]
-            stopping = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            self._commit(batch)
-            if stopping:
-                return
+            if first is not _IDLE:
+                self._drain_and_commit(first)
+            version = self._data_version()
+            if version != last_version:
+                last_version = version
+                self._after_commit()  # another process committed
+
+    def _undo_handoffs(self) -> None:
+        # The claims rolled back: tell their pollers nothing came, so they
+        # stop waiting for these deliveries.
+        self._committed_handoffs.extend((armed, []) for armed, _ in self.handoffs)
+        self.handoffs = []
+
+    def _data_version(self) -> int | None:
+        try:
+            version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            return version
+        except sqlite3.Error:
+            return None
+
+    def _drain_and_commit(self, first: _Pending) -> None:
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(item)
+        self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
         changes_before = self._conn.total_changes
@@ -440,6 +473,7 @@ class _Writer:
         except sqlite3.Error as e:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._undo_handoffs()
             if len(batch) == 1:
                 error = _translate(e, self._path)
                 error.__cause__ = e
@@ -451,6 +485,7 @@ class _Writer:
         except BaseException as e:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._undo_handoffs()
             if len(batch) == 1:
                 return [(batch[0], None, e)]
             logger.exception("SQLite group commit failed; retrying one by one")
@@ -469,15 +504,16 @@ class SQLiteStore(Store):
         self._armed: dict[tuple[str, str], builtins.list[_Armed]] = {}
         self._armed_lock = threading.Lock()
         self._signals = ChangeSignals()
-        self._writer = _Writer(writer_conn, path, self._signals.fire_threadsafe, self._emit_closed)
+        self._writer = _Writer(
+            writer_conn,
+            path,
+            self._signals.fire_threadsafe,
+            self._emit_closed,
+            self._signals.has_waiters,
+        )
         self._reader_local = threading.local()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="errands-sqlite-reader")
         self._closed = False
-        self._watch_stop = threading.Event()
-        self._watcher = threading.Thread(
-            target=self._watch_data_version, name="errands-sqlite-watcher", daemon=True
-        )
-        self._watcher.start()
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStore:
@@ -525,29 +561,6 @@ class SQLiteStore(Store):
 
         return await asyncio.get_running_loop().run_in_executor(self._reader, run)
 
-    def _watch_data_version(self) -> None:
-        try:
-            conn = _connect(self.path)
-        except StoreError:
-            logger.exception("SQLite data_version watcher could not connect")
-            return
-        try:
-            last = conn.execute("PRAGMA data_version").fetchone()[0]
-            while not self._watch_stop.is_set():
-                if not self._signals.has_waiters():
-                    self._signals.wait_for_waiters(0.1)
-                    continue
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != last:
-                    last = version
-                    self._signals.fire_threadsafe()
-                self._watch_stop.wait(DATA_VERSION_POLL_S)
-        except sqlite3.Error:
-            if not self._watch_stop.is_set():
-                logger.exception("SQLite data_version watcher stopped")
-        finally:
-            conn.close()
-
     def change_event(self) -> asyncio.Event:
         return self._signals.event()
 
@@ -555,11 +568,9 @@ class SQLiteStore(Store):
         if self._closed:
             return
         self._closed = True
-        self._watch_stop.set()
         self._signals.wake_all()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._writer.stop)
-        await loop.run_in_executor(None, self._watcher.join)
 
         def close_reader() -> None:
             conn = getattr(self._reader_local, "conn", None)
@@ -686,20 +697,22 @@ class SQLiteStore(Store):
         only_types: Sequence[str] | None,
         exclude_types: Sequence[str],
         deliver: Callable[[builtins.list[ClaimedTask]], None],
-    ) -> Callable[[], None]:
+    ) -> Callable[[], bool]:
         claim = _Claim(namespace, task_queue, max_tasks, identity, only_types, exclude_types, None)
         armed = _Armed(claim, deliver, asyncio.get_running_loop())
         key = (namespace, task_queue)
         with self._armed_lock:
             self._armed.setdefault(key, []).append(armed)
 
-        def disarm() -> None:
+        def disarm() -> bool:
             with self._armed_lock:
                 waiting = self._armed.get(key)
                 if waiting is not None and armed in waiting:
                     waiting.remove(armed)
                     if not waiting:
                         del self._armed[key]
+                    return True
+                return False
 
         return disarm
 

@@ -116,9 +116,16 @@ class Poller:
             if result.next_ready_at is not None:
                 timeout = min(timeout, max(0.0, result.next_ready_at - time.time()))
             disarm = None
+            delivered = asyncio.Event()
             if self._bucket is None and self._queue_rate is None:
                 # A start made by this process claims for us in its own
                 # transaction: the task starts without a commit of its own.
+
+                def deliver(tasks: list[ClaimedTask], delivered: asyncio.Event = delivered) -> None:
+                    for task in tasks:
+                        self._start(task)
+                    delivered.set()
+
                 disarm = self._store.arm_claim(
                     self._namespace,
                     self._task_queue,
@@ -126,15 +133,12 @@ class Poller:
                     identity=self._identity,
                     only_types=self._only_types,
                     exclude_types=self._exclude_types,
-                    deliver=self._deliver,
+                    deliver=deliver,
                 )
             try:
                 await wait_any(changed, stop, timeout=timeout)
             finally:
-                if disarm is not None:
-                    disarm()
-
-    def _deliver(self, tasks: list[ClaimedTask]) -> None:
-        # Tasks claimed for us by a start's transaction (on the loop's thread).
-        for task in tasks:
-            self._start(task)
+                if disarm is not None and not disarm():
+                    # It fired: count its tasks before claiming again, or the
+                    # slots they take would be claimed twice.
+                    await delivered.wait()
