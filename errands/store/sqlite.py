@@ -745,17 +745,16 @@ class SQLiteStore(Store):
 
     async def heartbeat(self, run_id: str, attempt: int, details: bytes | None) -> HeartbeatResult:
         def op(conn: sqlite3.Connection, now: float) -> HeartbeatResult:
-            _expire_if_due(conn, run_id, now, self._writer.closed)
             row = conn.execute(
                 "UPDATE executions SET heartbeat_details = coalesce(?, heartbeat_details), "
                 "heartbeat_count = heartbeat_count + 1, last_heartbeat_time = ?, "
                 "deadline = CASE WHEN heartbeat_s IS NULL THEN attempt_deadline "
                 "ELSE min(attempt_deadline, ? + heartbeat_s) END "
-                "WHERE run_id = ? AND attempt = ? AND status = 'RUNNING' "
-                "AND run_state != 'SCHEDULED' RETURNING cancel_requested",
-                (details, now, now, run_id, attempt),
+                f"WHERE {_CURRENT_ATTEMPT} RETURNING cancel_requested",
+                (details, now, now, run_id, attempt, now),
             ).fetchone()
             if row is None:
+                _expire_if_due(conn, run_id, now, self._writer.closed)
                 return HeartbeatResult(accepted=False, cancel_requested=False)
             return HeartbeatResult(accepted=True, cancel_requested=bool(row[0]))
 
@@ -764,32 +763,21 @@ class SQLiteStore(Store):
 
     async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
         def op(conn: sqlite3.Connection, now: float) -> bool:
-            _expire_if_due(conn, run_id, now, self._writer.closed)
-            done = (
-                conn.execute(
-                    "UPDATE executions SET status = 'COMPLETED', run_state = NULL, result = ?, "
-                    "close_time = ?, deadline = 1e15 WHERE run_id = ? AND attempt = ? "
-                    "AND status = 'RUNNING' AND run_state != 'SCHEDULED'",
-                    (result, now, run_id, attempt),
-                ).rowcount
-                == 1
+            return _close_attempt(
+                conn, now, run_id, attempt, Status.COMPLETED, result, None, self._writer.closed
             )
-            if done:
-                self._writer.closed.append(ClosedRun(run_id, Status.COMPLETED, result))
-            return done
 
         done: bool = await self._write(op)
         return done
 
     async def fail(self, run_id: str, attempt: int, failure: FailureReport) -> Status | None:
         def op(conn: sqlite3.Connection, now: float) -> Status | None:
-            _expire_if_due(conn, run_id, now, self._writer.closed)
             row = conn.execute(
-                f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE run_id = ? AND attempt = ? "
-                "AND status = 'RUNNING' AND run_state != 'SCHEDULED'",
-                (run_id, attempt),
+                f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE {_CURRENT_ATTEMPT}",
+                (run_id, attempt, now),
             ).fetchone()
             if row is None:
+                _expire_if_due(conn, run_id, now, self._writer.closed)
                 return None
             return _apply_failure(conn, row, failure.info, failure.data, now, self._writer.closed)
 
@@ -798,19 +786,9 @@ class SQLiteStore(Store):
 
     async def report_cancelled(self, run_id: str, attempt: int, failure: bytes) -> bool:
         def op(conn: sqlite3.Connection, now: float) -> bool:
-            _expire_if_due(conn, run_id, now, self._writer.closed)
-            done = (
-                conn.execute(
-                    "UPDATE executions SET status = 'CANCELED', run_state = NULL, failure = ?, "
-                    "timeout_type = NULL, close_time = ?, deadline = 1e15 WHERE run_id = ? "
-                    "AND attempt = ? AND status = 'RUNNING' AND run_state != 'SCHEDULED'",
-                    (failure, now, run_id, attempt),
-                ).rowcount
-                == 1
+            return _close_attempt(
+                conn, now, run_id, attempt, Status.CANCELED, None, failure, self._writer.closed
             )
-            if done:
-                self._writer.closed.append(ClosedRun(run_id, Status.CANCELED))
-            return done
 
         done: bool = await self._write(op)
         return done
@@ -1315,6 +1293,43 @@ def _fire_timer(
     _apply_failure(
         conn, row, lc.AttemptFailure(lc.FailureKind.TIMEOUT, timeout_type=fired), None, now, closed
     )
+
+
+_CURRENT_ATTEMPT = (
+    "run_id = ? AND attempt = ? AND status = 'RUNNING' AND run_state != 'SCHEDULED' "
+    "AND deadline > ?"
+)
+"""The attempt is the execution's current one and none of its deadlines has
+passed: a heartbeat or outcome arriving later is stale, even before a timer fired."""
+
+
+def _close_attempt(
+    conn: sqlite3.Connection,
+    now: float,
+    run_id: str,
+    attempt: int,
+    status: Status,
+    result: bytes | None,
+    failure: bytes | None,
+    closed: list[ClosedRun],
+) -> bool:
+    """Close the execution with the current attempt's outcome; False if stale."""
+    done = (
+        conn.execute(
+            # A completion keeps the last attempt's failure (describe shows it).
+            "UPDATE executions SET status = ?, run_state = NULL, result = ?, "
+            "failure = coalesce(?, failure), "
+            "timeout_type = CASE WHEN ? IS NULL THEN timeout_type END, "
+            f"close_time = ?, deadline = 1e15 WHERE {_CURRENT_ATTEMPT}",
+            (status.value, result, failure, failure, now, run_id, attempt, now),
+        ).rowcount
+        == 1
+    )
+    if done:
+        closed.append(ClosedRun(run_id, status, result))
+    else:
+        _expire_if_due(conn, run_id, now, closed)
+    return done
 
 
 def _expire_if_due(

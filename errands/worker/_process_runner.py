@@ -43,7 +43,7 @@ from errands.activity import (
 )
 from errands.converter import PayloadConverter
 from errands.exceptions import ApplicationError, CancelledError
-from errands.worker._runner import HeartbeatRecorder, Runner
+from errands.worker._runner import HeartbeatRecorder, Runner, from_any_thread
 from errands.worker._shared_state import (
     CrossProcessEvent,
     SharedHeartbeatSender,
@@ -243,12 +243,7 @@ class ProcessRunner(Runner):
         self._signalling: set[asyncio.Future[None]] = set()
 
     def threadsafe(self, record: HeartbeatRecorder) -> HeartbeatRecorder:
-        loop = asyncio.get_running_loop()
-
-        def heartbeat(details: Sequence[Any]) -> None:
-            loop.call_soon_threadsafe(record, details)
-
-        return heartbeat
+        return from_any_thread(record)
 
     async def _shared(
         self,

@@ -30,12 +30,20 @@ class Runner(abc.ABC):
     def deliver_cancel(self, context: _Context) -> None:
         """Interrupt the running call; on the worker's event loop thread."""
 
-    def threadsafe(
-        self, record: Callable[[Sequence[Any]], None]
-    ) -> Callable[[Sequence[Any]], None]:
+    def threadsafe(self, record: HeartbeatRecorder) -> HeartbeatRecorder:
         """Wrap the attempt's heartbeat recorder so the activity may call it
         from where this runner runs it (the event loop by default)."""
         return record
+
+
+def from_any_thread(record: HeartbeatRecorder) -> HeartbeatRecorder:
+    """``record``, callable from any thread: it runs on the current event loop."""
+    loop = asyncio.get_running_loop()
+
+    def heartbeat(details: Sequence[Any]) -> None:
+        loop.call_soon_threadsafe(record, details)
+
+    return heartbeat
 
 
 class AsyncRunner(Runner):

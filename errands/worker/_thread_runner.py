@@ -16,12 +16,12 @@ import concurrent.futures
 import contextvars
 import ctypes
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from errands.activity import _Context, _current, _Definition, _shield_target
 from errands.exceptions import CancelledError
-from errands.worker._runner import Runner
+from errands.worker._runner import HeartbeatRecorder, Runner, from_any_thread
 
 
 def _raise_in_thread(thread_id: int, error: type[BaseException] | None) -> None:
@@ -67,15 +67,8 @@ class ThreadRunner(Runner):
         self._executor = executor
         self._calls: dict[int, _ThreadCall] = {}
 
-    def threadsafe(
-        self, record: Callable[[Sequence[Any]], None]
-    ) -> Callable[[Sequence[Any]], None]:
-        loop = asyncio.get_running_loop()
-
-        def heartbeat(details: Sequence[Any]) -> None:
-            loop.call_soon_threadsafe(record, details)
-
-        return heartbeat
+    def threadsafe(self, record: HeartbeatRecorder) -> HeartbeatRecorder:
+        return from_any_thread(record)
 
     async def run(self, definition: _Definition, context: _Context, args: Sequence[Any]) -> Any:
         call = _ThreadCall(raise_on_cancel=not definition.no_thread_cancel_exception)
