@@ -4,15 +4,17 @@ The function, its arguments and its result cross the process boundary by
 pickle; a failure to pickle is a non-retryable failure of the attempt, not a
 hung worker. In the child the activity has its context (``info()``,
 ``heartbeat()``, ``is_cancelled()``, ``wait_for_cancelled_sync()``,
-``cancellation_details()``, ``activity.logger``); heartbeats and log records
-travel back through the ``SharedStateManager``.
+``cancellation_details()``, ``is_worker_shutdown()``, ``activity.logger``);
+heartbeats and log records travel back through the ``SharedStateManager``.
 
-Cancellation, beyond Temporal: a stdlib ``ProcessPoolExecutor`` runs calls in
-the child's main thread, so the child installs a SIGUSR1 handler and a watcher
-thread that waits on the attempt's cross-process event and signals its own
-process; the handler raises ``errands.exceptions.CancelledError`` while that
-same attempt runs. Unlike a thread's, this also interrupts ``time.sleep`` and
-blocking system calls.
+Each child process keeps two threads for the attempt it runs: one ships the
+latest heartbeat details (a manager put is a blocking round trip, and
+``heartbeat()`` must not block), one looks for a cancel request every
+``CANCEL_POLL_S``. Cancellation, beyond Temporal: a stdlib
+``ProcessPoolExecutor`` runs calls in the child's main thread, so on a cancel
+request the watcher signals its own process (SIGUSR1) and the handler raises
+``errands.exceptions.CancelledError`` while that same attempt runs. Unlike a
+thread's, this also interrupts ``time.sleep`` and blocking system calls.
 
 A dead child breaks a stdlib pool for good: every attempt in flight fails
 retryably and the runner replaces the pool with a new one of the same size and
@@ -29,7 +31,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, MutableMapping, Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from errands.activity import (
@@ -43,18 +46,20 @@ from errands.activity import (
 )
 from errands.converter import PayloadConverter
 from errands.exceptions import ApplicationError, CancelledError
-from errands.worker._runner import HeartbeatRecorder, Runner, from_any_thread
-from errands.worker._shared_state import (
-    CrossProcessEvent,
-    SharedHeartbeatSender,
-    SharedStateManager,
-)
+from errands.worker._runner import HeartbeatRecorder, Runner
+from errands.worker._shared_state import ChildChannel, SharedStateManager
 
 logger = logging.getLogger("errands.worker")
+
+CANCEL_POLL_S = 0.01
+"""How often a child running an activity looks for a cancel request."""
 
 _FROM_ACTIVITY = "__errands_raised_by_activity__"
 """Set on exceptions the activity raised, so the worker tells them from the
 pool's own (pickling, a dead child). Exceptions pickle their __dict__."""
+
+_LAST_HEARTBEAT = "__errands_last_heartbeat__"
+"""Set on an activity's exception: its latest heartbeat details."""
 
 
 # --------------------------------------------------------------------------- the child
@@ -62,87 +67,68 @@ pool's own (pickling, a dead child). Exceptions pickle their __dict__."""
 
 @dataclasses.dataclass(frozen=True)
 class _ChildSpec:
-    """Everything a child needs for one attempt (pickled into the call)."""
+    """What a child needs for one attempt (pickled into the call)."""
 
     info: Info
-    cancel_event: CrossProcessEvent
-    shutdown_event: CrossProcessEvent
-    details: MutableMapping[bytes, dict[str, bool]]  # task token -> cancellation flags
-    sender: SharedHeartbeatSender
+    channel: ChildChannel
     payload_converter: PayloadConverter
     raise_on_cancel: bool
 
 
-class _EventSignal(_Signal):
-    """A child's view of a cross-process event."""
+class _RemoteFlag(_Signal):
+    """``is_worker_shutdown()`` in a child: asks the worker's shared state."""
 
-    __slots__ = ("_remote",)
+    __slots__ = ("_channel",)
 
-    def __init__(self, remote: CrossProcessEvent) -> None:
+    def __init__(self, channel: ChildChannel) -> None:
         super().__init__()
-        self._remote = remote
+        self._channel = channel
 
     def is_set(self) -> bool:
-        return self._set or self._remote.is_set()
+        return self._channel.worker_shutting_down()
 
     def wait_sync(self, timeout: float | None) -> bool:
-        return self._set or self._remote.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
 
 class _ChildAttempt:
     """The attempt running in this child's main thread."""
 
-    def __init__(self, spec: _ChildSpec) -> None:
+    def __init__(self, spec: _ChildSpec, context: _Context) -> None:
         self.spec = spec
+        self.context = context
         self.lock = threading.Lock()
         self.running = True
         self.shield_depth = 0
         self.deferred = False
         self.must_raise = False
-        self.pending_details: Sequence[Any] | None = None
-        self.wake_shipper = threading.Event()
+        self.latest: Sequence[Any] | None = None  # the latest details heartbeat() took
+        self.unsent = False
 
-    # heartbeats: stored here, shipped by a thread (a manager put is a round trip)
     def heartbeat(self, details: Sequence[Any]) -> None:
-        self.pending_details = details
-        self.wake_shipper.set()
+        self.latest = details
+        self.unsent = True
+        _child.ship.set()
 
-    def ship_heartbeats(self) -> None:
-        token = self.spec.info.task_token
-        while True:
-            self.wake_shipper.wait()
-            self.wake_shipper.clear()
-            details, self.pending_details = self.pending_details, None
-            if details is not None:
-                try:
-                    self.spec.sender.send_heartbeat(token, details)
-                except Exception:  # the manager is gone: the worker will time us out
-                    return
-            if not self.running and self.pending_details is None:
-                return
-
-    # cancellation
-    def watch_cancel(self, context: _Context) -> None:
-        spec = self.spec
-        while self.running:
-            try:
-                if not spec.cancel_event.wait(0.25):
-                    continue
-                flags = spec.details.get(spec.info.task_token) or {}
-            except Exception:
-                return  # the manager is gone
-            context.details = ActivityCancellationDetails(**flags)
-            context.cancelled.set()
-            if spec.raise_on_cancel:
-                with self.lock:
-                    if not self.running:
-                        return
-                    if self.shield_depth:
-                        self.deferred = True
-                        return
-                    self.must_raise = True
-                os.kill(os.getpid(), signal.SIGUSR1)
+    def cancel(self, flags: dict[str, bool]) -> None:
+        """On the watcher thread: the worker asked to cancel this attempt."""
+        self.context.details = ActivityCancellationDetails(**flags)
+        self.context.cancelled.set()
+        if not self.spec.raise_on_cancel:
             return
+        with self.lock:
+            if not self.running:
+                return
+            if self.shield_depth:
+                self.deferred = True
+                return
+            self.must_raise = True
+        os.kill(os.getpid(), signal.SIGUSR1)
 
     def enter_shield(self) -> None:
         with self.lock:
@@ -157,12 +143,67 @@ class _ChildAttempt:
             return False
 
 
-_child_attempt: _ChildAttempt | None = None
-_handler_installed = False
+class _Child:
+    """Per child process: the current attempt and the two threads that serve it."""
+
+    def __init__(self) -> None:
+        self.attempt: _ChildAttempt | None = None
+        self.ship = threading.Event()
+        self.started = threading.Event()
+        self.threads_running = False
+
+    def begin(self, attempt: _ChildAttempt) -> None:
+        self.attempt = attempt
+        if not self.threads_running:
+            self.threads_running = True
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGUSR1, _on_sigusr1)
+            logging.getLogger("errands.activity").addHandler(_ForwardToWorker())
+            threading.Thread(target=self._ship, name="errands-heartbeats", daemon=True).start()
+            threading.Thread(target=self._watch, name="errands-cancel", daemon=True).start()
+        self.started.set()
+
+    def end(self, attempt: _ChildAttempt) -> None:
+        with attempt.lock:
+            attempt.running = False
+            attempt.must_raise = False
+        self.attempt = None
+        self.started.clear()
+
+    def _ship(self) -> None:
+        while True:
+            self.ship.wait()
+            self.ship.clear()
+            attempt = self.attempt
+            if attempt is None or not attempt.unsent or attempt.latest is None:
+                continue
+            attempt.unsent = False
+            try:
+                attempt.spec.channel.send_heartbeat(attempt.spec.info.task_token, attempt.latest)
+            except Exception:  # the manager is gone: the worker will time us out
+                continue
+
+    def _watch(self) -> None:
+        while True:
+            self.started.wait()
+            attempt = self.attempt
+            if attempt is None or not attempt.running or attempt.context.details is not None:
+                time.sleep(CANCEL_POLL_S)
+                continue
+            try:
+                flags = attempt.spec.channel.cancel_requested(attempt.spec.info.task_token)
+            except Exception:
+                flags = None  # the manager is gone
+            if flags is not None:
+                attempt.cancel(flags)
+            time.sleep(CANCEL_POLL_S)
+
+
+_child = _Child()
 
 
 def _on_sigusr1(signum: int, frame: Any) -> None:
-    attempt = _child_attempt
+    attempt = _child.attempt
     if attempt is None:
         return
     with attempt.lock:
@@ -173,61 +214,65 @@ def _on_sigusr1(signum: int, frame: Any) -> None:
 
 
 class _ForwardToWorker(logging.Handler):
-    def __init__(self, sender: SharedHeartbeatSender) -> None:
-        super().__init__()
-        self.sender = sender
+    """Sends ``activity.logger`` records of the running attempt to the worker."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        attempt = _child.attempt
+        if attempt is None:
+            return
         try:
             record.msg = record.getMessage()
             record.args = None
             record.exc_info = None
-            self.sender.send_log(record)
+            attempt.spec.channel.send_log(record)
         except Exception:
             self.handleError(record)
 
 
-def _run_in_child(fn: Callable[..., Any], args: Sequence[Any], spec: _ChildSpec) -> Any:
-    """The call a pool child makes: set up the context, run, clean up."""
-    global _child_attempt, _handler_installed
-    if not _handler_installed and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGUSR1, _on_sigusr1)
-        _handler_installed = True
-    attempt = _ChildAttempt(spec)
+def _run_in_child(
+    fn: Callable[..., Any], args: Sequence[Any], spec: _ChildSpec
+) -> tuple[Any, Sequence[Any] | None]:
+    """The call a pool child makes: run the activity with its context; return
+    its result and its latest heartbeat details (so none is lost in flight)."""
     context = _Context(
         info=lambda: spec.info,
-        heartbeat=attempt.heartbeat,
-        cancelled=_EventSignal(spec.cancel_event),
-        worker_shutdown=_EventSignal(spec.shutdown_event),
+        heartbeat=lambda details: attempt.heartbeat(details),
+        cancelled=_Signal(),
+        worker_shutdown=_RemoteFlag(spec.channel),
         payload_converter=spec.payload_converter,
         client=None,
     )
-    activity_logger = logging.getLogger("errands.activity")
-    forward = _ForwardToWorker(spec.sender)
-    activity_logger.addHandler(forward)
-    activity_logger.propagate = False
+    attempt = _ChildAttempt(spec, context)
     current_token = _current.set(context)
     shield_token = _shield_target.set(attempt)
-    _child_attempt = attempt
-    threading.Thread(target=attempt.ship_heartbeats, daemon=True).start()
-    threading.Thread(target=attempt.watch_cancel, args=(context,), daemon=True).start()
+    _child.begin(attempt)
     try:
-        return fn(*args)
+        result = fn(*args)
     except BaseException as e:
+        _child.end(attempt)
         setattr(e, _FROM_ACTIVITY, True)
+        setattr(e, _LAST_HEARTBEAT, attempt.latest)
         raise
     finally:
-        with attempt.lock:
-            attempt.running = False
-            attempt.must_raise = False
-        attempt.wake_shipper.set()
-        _child_attempt = None
         _shield_target.reset(shield_token)
         _current.reset(current_token)
-        activity_logger.removeHandler(forward)
+    _child.end(attempt)
+    return result, attempt.latest
 
 
 # --------------------------------------------------------------------------- the worker side
+
+
+class _Recorder:
+    """The attempt's heartbeat recorder, callable from any thread (the shared
+    state's reader), and directly on the loop (``direct``)."""
+
+    def __init__(self, record: HeartbeatRecorder) -> None:
+        self.direct = record
+        self._loop = asyncio.get_running_loop()
+
+    def __call__(self, details: Sequence[Any]) -> None:
+        self._loop.call_soon_threadsafe(self.direct, details)
 
 
 class ProcessRunner(Runner):
@@ -237,47 +282,31 @@ class ProcessRunner(Runner):
         self._executor = executor
         self._owned: list[concurrent.futures.Executor] = []
         self._manager = manager
-        self._shutdown_event: CrossProcessEvent | None = None
-        self._details: MutableMapping[bytes, dict[str, bool]] | None = None
-        self._events: dict[int, tuple[bytes, CrossProcessEvent]] = {}
+        self._tokens: dict[int, bytes] = {}
+        self._cancel_sent: set[bytes] = set()  # unregistering these is a manager round trip
         self._signalling: set[asyncio.Future[None]] = set()
 
     def threadsafe(self, record: HeartbeatRecorder) -> HeartbeatRecorder:
-        return from_any_thread(record)
-
-    async def _shared(
-        self,
-    ) -> tuple[CrossProcessEvent, MutableMapping[bytes, dict[str, bool]]]:
-        if self._shutdown_event is None:
-            loop = asyncio.get_running_loop()
-            self._shutdown_event = await loop.run_in_executor(None, self._manager.new_event)
-            self._details = await loop.run_in_executor(None, self._manager.new_dict)
-        assert self._details is not None
-        return self._shutdown_event, self._details
+        return _Recorder(record)
 
     async def run(self, definition: _Definition, context: _Context, args: Sequence[Any]) -> Any:
         loop = asyncio.get_running_loop()
-        shutdown_event, details = await self._shared()
-        info = context.info
-        token = info.task_token
-        cancel_event = await loop.run_in_executor(None, self._manager.new_event)
-        sender = self._manager.register_heartbeater(token, context.heartbeat)
+        token = context.info.task_token
+        self._manager.register_heartbeater(token, context.heartbeat)
         key = id(context)
-        self._events[key] = (token, cancel_event)
-        if context.cancelled.is_set():
-            await self._signal(key, context)
+        self._tokens[key] = token
+        if context.details is not None:
+            self.deliver_cancel(context)
         spec = _ChildSpec(
-            info=info,
-            cancel_event=cancel_event,
-            shutdown_event=shutdown_event,
-            details=details,
-            sender=sender,
+            info=context.info,
+            channel=self._manager.child_channel(),
             payload_converter=context.payload_converter,
             raise_on_cancel=not definition.no_thread_cancel_exception,
         )
         executor = self._executor
+        direct = getattr(context.heartbeat, "direct", context.heartbeat)
         try:
-            return await loop.run_in_executor(
+            result, latest = await loop.run_in_executor(
                 executor, _run_in_child, definition.fn, list(args), spec
             )
         except concurrent.futures.process.BrokenProcessPool as e:
@@ -288,7 +317,12 @@ class ProcessRunner(Runner):
                 type="BrokenProcessPool",
             ) from e
         except BaseException as e:
-            if getattr(e, _FROM_ACTIVITY, False) or isinstance(e, asyncio.CancelledError):
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            if getattr(e, _FROM_ACTIVITY, False):
+                latest = getattr(e, _LAST_HEARTBEAT, None)
+                if latest is not None:
+                    direct(latest)
                 raise
             raise ApplicationError(
                 f"activity {definition.name!r} could not run in the process pool: "
@@ -297,37 +331,44 @@ class ProcessRunner(Runner):
                 non_retryable=True,
             ) from e
         finally:
-            del self._events[key]
-            self._manager.unregister_heartbeater(token)
+            del self._tokens[key]
+            if token in self._cancel_sent:
+                self._cancel_sent.discard(token)
+                await loop.run_in_executor(None, self._manager.unregister_heartbeater, token)
+            else:
+                self._manager.unregister_heartbeater(token)
+        if latest is not None:
+            direct(latest)
+        return result
 
     def deliver_cancel(self, context: _Context) -> None:
-        if id(context) in self._events:
-            signalling = asyncio.ensure_future(self._signal(id(context), context))
-            self._signalling.add(signalling)
-            signalling.add_done_callback(self._signalling.discard)
-
-    async def _signal(self, key: int, context: _Context) -> None:
-        found = self._events.get(key)
-        if found is None or context.details is None:
+        token = self._tokens.get(id(context))
+        if token is None or context.details is None:
             return
-        token, event = found
         flags = dataclasses.asdict(context.details)
-        loop = asyncio.get_running_loop()
+        self._cancel_sent.add(token)
+        sending = asyncio.get_running_loop().run_in_executor(
+            None, self._manager.request_cancel, token, flags
+        )
+        self._signalling.add(sending)
+        sending.add_done_callback(self._signal_sent)
 
-        def send() -> None:
-            if self._details is not None:
-                self._details[token] = flags
-            event.set()
-
-        try:
-            await loop.run_in_executor(None, send)
-        except Exception:
-            logger.exception("could not deliver cancellation to a process-pool activity")
+    def _signal_sent(self, sending: asyncio.Future[None]) -> None:
+        self._signalling.discard(sending)
+        if not sending.cancelled() and sending.exception() is not None:
+            logger.error(
+                "could not deliver cancellation to a process-pool activity: %s",
+                sending.exception(),
+            )
 
     async def worker_shutdown(self) -> None:
         """Tell children the worker is shutting down (is_worker_shutdown())."""
-        if self._shutdown_event is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._shutdown_event.set)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._manager.set_worker_shutdown
+            )
+        except Exception:
+            logger.exception("could not tell process-pool activities of the shutdown")
 
     def _replace(self, broken: concurrent.futures.Executor) -> None:
         if self._executor is not broken or not isinstance(
