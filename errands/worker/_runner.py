@@ -35,6 +35,13 @@ class Runner(abc.ABC):
         from where this runner runs it (the event loop by default)."""
         return record
 
+    async def worker_shutdown(self) -> None:  # noqa: B027 - a hook; most runners need nothing
+        """The worker began shutting down: tell activities that cannot see the
+        worker's own flag (in other processes)."""
+
+    def close(self) -> None:  # noqa: B027 - a hook; most runners need nothing
+        """The worker stopped: release what this runner made."""
+
 
 def from_any_thread(record: HeartbeatRecorder) -> HeartbeatRecorder:
     """``record``, callable from any thread: it runs on the current event loop."""

@@ -131,6 +131,8 @@ class Worker:
         self._busy_sync = 0  # attempts holding a sync slot
         self._shutdown_requested: asyncio.Event | None = None
         self._run_task: asyncio.Task[None] | None = None
+        self._shutdown_signal = _Signal()
+        self._attempt_tasks: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- running
 
@@ -154,19 +156,46 @@ class Worker:
             raise RuntimeError("Worker.run() called twice: a worker runs once")
         self._state = _State.RUNNING
         self._shutdown_requested = asyncio.Event()
-        client = self._client
-        store = client._store
-        namespace = client.namespace
-        shutdown_signal = _Signal()
-        stop_polling = asyncio.Event()
+        self._wire()
+        await self._watcher.read_cursor()  # before the first claim, or a request could be missed
         stop_background = asyncio.Event()
-        timers = TimerFirer(store, namespace, client.retention.total_seconds())
-        env = AttemptEnv(
+        background = [
+            asyncio.ensure_future(self._watcher.run(stop_background)),
+            asyncio.ensure_future(self._timers.run(stop_background)),
+        ]
+        stop_polling = asyncio.Event()
+        polling = asyncio.gather(*(p.run(stop_polling) for p in self._pollers))
+        logger.info(
+            "worker %s started on task queue %r (%d activities)",
+            self._identity,
+            self._task_queue,
+            len(self._definitions) + (self._dynamic is not None),
+        )
+        try:
+            await self._shutdown_requested.wait()
+        finally:
+            self._state = _State.SHUTTING_DOWN
+            stop_polling.set()
+            await asyncio.gather(polling, return_exceptions=True)
+            await self._finish_attempts()
+            stop_background.set()
+            await asyncio.gather(*background, return_exceptions=True)
+            if self._sync_runner is not None:
+                self._sync_runner.close()
+            self._state = _State.STOPPED
+            logger.info("worker %s stopped", self._identity)
+
+    def _wire(self) -> None:
+        """Build the parts that run: attempt environment, watchers, pollers."""
+        client = self._client
+        store, namespace = client._store, client.namespace
+        self._timers = timers = TimerFirer(store, namespace, client.retention.total_seconds())
+        self._env = AttemptEnv(
             store=store,
             namespace=namespace,
             converter=client.data_converter,
             client=client,
-            worker_shutdown=shutdown_signal,
+            worker_shutdown=self._shutdown_signal,
             default_throttle_s=self._default_throttle_s,
             max_throttle_s=self._max_throttle_s,
             max_payload_bytes=client.max_payload_bytes,
@@ -174,9 +203,7 @@ class Worker:
             on_done=self._attempt_done,
             fire_timers=lambda _run_id: timers.fire_soon(),
         )
-        self._env = env
-        watcher = InterruptWatcher(store, namespace, self._deliver_interrupt)
-        self._watcher = watcher
+        self._watcher = InterruptWatcher(store, namespace, self._deliver_interrupt)
         sync_names = [n for n, d in self._definitions.items() if not d.is_async]
         async_names = [n for n, d in self._definitions.items() if d.is_async]
         # Unknown types go to the dynamic activity's kind (async when there is none).
@@ -197,7 +224,7 @@ class Worker:
             only_types=async_names if sync_takes_unknown else None,
             exclude_types=() if sync_takes_unknown else sync_names,
         )
-        pollers = [self._poller]
+        self._pollers = [self._poller]
         self._sync_poller: Poller | None = None
         if self._sync_runner is not None:
             self._sync_poller = make_poller(
@@ -206,43 +233,22 @@ class Worker:
                 only_types=None if sync_takes_unknown else sync_names,
                 exclude_types=async_names if sync_takes_unknown else (),
             )
-            pollers.append(self._sync_poller)
-        self._attempt_tasks: set[asyncio.Task[None]] = set()
-        await watcher.read_cursor()  # before the first claim, or a request could be missed
-        background = [
-            asyncio.ensure_future(watcher.run(stop_background)),
-            asyncio.ensure_future(timers.run(stop_background)),
-        ]
-        polling = asyncio.gather(*(p.run(stop_polling) for p in pollers))
-        logger.info(
-            "worker %s started on task queue %r (%d activities)",
-            self._identity,
-            self._task_queue,
-            len(self._definitions) + (self._dynamic is not None),
-        )
-        try:
-            await self._shutdown_requested.wait()
-        finally:
-            self._state = _State.SHUTTING_DOWN
-            stop_polling.set()
-            await asyncio.gather(polling, return_exceptions=True)
-            shutdown_signal.set()
-            if isinstance(self._sync_runner, ProcessRunner):
-                await self._sync_runner.worker_shutdown()
-            if self._attempt_tasks and self._graceful_s > 0:
-                await asyncio.wait(set(self._attempt_tasks), timeout=self._graceful_s)
-            for attempt in list(self._running.values()):
-                attempt.request_cancel(
-                    ActivityCancellationDetails(worker_shutdown=True), needs_heartbeat=False
-                )
-            if self._attempt_tasks:
-                await asyncio.wait(set(self._attempt_tasks))
-            stop_background.set()
-            await asyncio.gather(*background, return_exceptions=True)
-            if isinstance(self._sync_runner, ProcessRunner):
-                self._sync_runner.close()
-            self._state = _State.STOPPED
-            logger.info("worker %s stopped", self._identity)
+            self._pollers.append(self._sync_poller)
+
+    async def _finish_attempts(self) -> None:
+        """Shutdown after claiming stopped: tell activities, wait out the grace
+        period, cancel what still runs, wait for every outcome to be reported."""
+        self._shutdown_signal.set()
+        if self._sync_runner is not None:
+            await self._sync_runner.worker_shutdown()
+        if self._attempt_tasks and self._graceful_s > 0:
+            await asyncio.wait(set(self._attempt_tasks), timeout=self._graceful_s)
+        for attempt in list(self._running.values()):
+            attempt.request_cancel(
+                ActivityCancellationDetails(worker_shutdown=True), needs_heartbeat=False
+            )
+        if self._attempt_tasks:
+            await asyncio.wait(set(self._attempt_tasks))
 
     async def shutdown(self) -> None:
         """Stop claiming, tell running activities (``is_worker_shutdown()``), wait
