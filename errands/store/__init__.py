@@ -1,7 +1,8 @@
 """The store interface, for backend authors: users never need it.
 
 A store holds executions and speaks the lifecycle of one activity execution
-in a few verbs; ``errands.store.sqlite`` is the embedded backend.
+in a few verbs; ``errands.store.sqlite`` is the embedded backend,
+``errands.store.postgres`` the one for fleets of machines.
 """
 
 from errands.store._base import (
@@ -36,15 +37,26 @@ __all__ = [
 
 
 async def open_store(url: str) -> Store:
-    """Open the store a URL names: ``sqlite:///relative.db``, ``sqlite:////absolute.db``.
+    """Open the store a URL names: ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+    or ``postgresql://user@host:5432/dbname?schema=errands`` (also ``postgres://``;
+    ``schema`` picks the PostgreSQL schema, default ``errands``).
 
-    Raises ValueError for an unknown scheme and StoreError if the store cannot
-    be opened.
+    Raises ValueError for an unknown scheme, StoreError if the store cannot be
+    opened, and ImportError naming the extra to install when psycopg is missing.
     """
     if url.startswith("sqlite:"):
         from errands.store.sqlite import SQLiteStore, path_from_url
 
         return await SQLiteStore.open(path_from_url(url))
     if url.startswith(("postgresql:", "postgres:")):
-        raise ValueError(f"PostgreSQL store is not available in this version of errands: {url!r}")
-    raise ValueError(f"unknown store URL {url!r}: expected sqlite:///path.db")
+        try:
+            from errands.store.postgres import PostgresStore
+        except ImportError as e:
+            raise ImportError(
+                f"the PostgreSQL store needs psycopg 3 and psycopg_pool ({e}): "
+                "pip install 'errands[postgres]'"
+            ) from e
+        return await PostgresStore.open(url)
+    raise ValueError(
+        f"unknown store URL {url!r}: expected sqlite:///path.db or postgresql://host/dbname"
+    )

@@ -1,0 +1,1659 @@
+"""The PostgreSQL store: one database shared by workers and clients on many
+machines, on psycopg 3 and psycopg_pool.
+
+Threads, as in the SQLite store (so the store serves any event loop, and its
+round trips never wait behind activity code on a busy loop; psycopg releases
+the GIL while it waits on the network):
+
+- the writer, which drains every pending change (starts, claims, heartbeats,
+  outcomes, timers) into one READ COMMITTED transaction on its own pooled
+  connection and wakes each caller after the commit that holds its change
+  (group commit). Starts, heartbeats and completions of a batch go to the
+  database as one statement each (``unnest`` of arrays); claims are one
+  ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``.
+  "Now" is the database clock (``clock_timestamp()``), read once per
+  transaction, so deadlines mean the same on every machine. A transaction
+  that changed rows ends with ``pg_notify``;
+- a listener on its own autocommit connection outside the pool, which LISTENs
+  and wakes this process's waiters when another process committed, and
+  reconnects with backoff (logging it) when its connection drops;
+- a few readers, on pooled connections, for describe / list / count and the
+  result and cancel watchers.
+
+Every change is one conditional statement (or a ``SELECT ... FOR UPDATE``
+and the update it decides), safe with any number of processes; the start's
+id check is the partial unique index on (namespace, activity_id) of running
+executions with ``INSERT ... ON CONFLICT DO NOTHING``. A transaction that
+fails for an unexpected reason (a deadlock, say) is retried one change at a
+time; one whose connection broke before COMMIT was sent is retried once on a
+new connection (it cannot have committed). ``synchronous_commit`` is left on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import logging
+import queue
+import re
+import select
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from errands import _lifecycle as lc
+from errands._lifecycle import FAR, RunState, Status
+from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy
+from errands.exceptions import (
+    ActivityAlreadyClosedError,
+    ActivityAlreadyStartedError,
+    ActivityNotFoundError,
+    ErrandsError,
+    StoreError,
+    TimeoutType,
+)
+from errands.store._base import (
+    ClaimedTask,
+    ClaimResult,
+    ClosedRun,
+    ExecutionRecord,
+    FailureReport,
+    HeartbeatResult,
+    Interrupt,
+    NewExecution,
+    Query,
+    StartResult,
+    Store,
+)
+from errands.store._signal import ChangeSignals
+
+# Row decoding is shared with the SQLite store: both keep the same columns.
+from errands.store.sqlite import (
+    _DECIDE_COLUMNS,
+    _QUERY_FIELDS,
+    _RECORD_COLUMNS,
+    _TASK_COLUMNS,
+    _not_found,
+    _policy,
+    _policy_text,
+    _record,
+    _task,
+)
+
+logger = logging.getLogger("errands.store.postgres")
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+Conn = psycopg.Connection[Row]
+Cursor = psycopg.Cursor[Row]
+
+DEFAULT_SCHEMA = "errands"
+"""The PostgreSQL schema the store lives in when the URL names none (``?schema=``)."""
+
+READERS = 2
+"""Reader threads (and pooled connections for them); the writer holds one more."""
+
+CONNECT_TIMEOUT_S = 10
+"""libpq's connect_timeout unless the URL sets one; also how long an operation
+waits for a working connection (the pool reconnecting) before a StoreError."""
+
+MAX_BATCH = 2_000
+"""Most changes one group commit holds."""
+
+LISTEN_BACKOFF_S = (0.1, 5.0)
+"""First and longest pause between two attempts to reconnect the listener."""
+
+START_RETRIES = 5
+"""How often a start whose id conflict vanished (the running execution closed
+meanwhile) inserts again before giving up."""
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,54}\Z")
+
+_BEGIN = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT extract(epoch FROM clock_timestamp())::float8"
+)
+
+_CHANGED_VERBS = ("INSERT", "UPDATE", "DELETE")
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """Split a ``postgresql://`` (or ``postgres://``) URL into the URL psycopg
+    gets and the schema its ``schema`` query parameter names (default
+    ``errands``).
+
+    Raises ValueError for another scheme or a schema name that is not a lower
+    case identifier of at most 55 characters.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r} (expected postgresql://...)")
+    schema = DEFAULT_SCHEMA
+    rest = []
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema":
+            schema = value
+        else:
+            rest.append((key, value))
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(
+            f"schema {schema!r} in {url!r} is not a lower-case identifier "
+            "(letters, digits, underscores; at most 55 characters)"
+        )
+    query = urllib.parse.urlencode(rest, quote_via=urllib.parse.quote)
+    return urllib.parse.urlunsplit(parts._replace(query=query)), schema
+
+
+def _connect_kwargs(conninfo: str, schema: str) -> tuple[dict[str, Any], float]:
+    """Connection parameters added to the URL's (the schema on the search path,
+    a connect timeout and an application name, unless the URL sets them), and
+    the connect timeout in seconds."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error as e:
+        raise ValueError(f"invalid PostgreSQL URL: {e}") from e
+    options = str(given.get("options") or "")
+    kwargs: dict[str, Any] = {"options": f"{options} -c search_path={schema}".strip()}
+    try:
+        timeout_s = float(given.get("connect_timeout") or CONNECT_TIMEOUT_S)
+    except ValueError as e:
+        raise ValueError(f"invalid connect_timeout in PostgreSQL URL: {e}") from e
+    if "connect_timeout" not in given:
+        kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "application_name" not in given:
+        kwargs["application_name"] = f"errands:{schema}"
+    return kwargs, max(1.0, timeout_s)
+
+
+def _describe_target(conninfo: str, schema: str) -> str:
+    """host:port/dbname and schema, for messages (never the password)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return f"(schema {schema})"
+    host = info.get("host") or "localhost"
+    port = info.get("port") or 5432
+    return f"{host}:{port}/{info.get('dbname') or info.get('user') or ''} (schema {schema})"
+
+
+def _lock_key(purpose: str, schema: str) -> int:
+    """A 64-bit advisory-lock key for one purpose in one schema."""
+    digest = hashlib.blake2b(f"errands:{purpose}:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _is_broken(conn: Conn | None) -> bool:
+    return conn is not None and (conn.closed or conn.broken)
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("errands.store").joinpath("migrations").joinpath("postgres")
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            found.append((int(name.split("_", 1)[0]), name, entry.read_text()))
+    return sorted(found)
+
+
+SCHEMA_VERSION = max(version for version, _, _ in _migrations())
+"""The newest schema this code knows."""
+
+
+def migrate(conn: Conn, schema: str, target: str) -> int:
+    """Create the schema if missing and apply pending migrations, in one
+    transaction under ``pg_advisory_xact_lock`` (so processes connecting at
+    once take turns); return the version. ``conn`` is in autocommit mode with
+    the schema on its search path.
+
+    Raises StoreError if the schema is newer than this code.
+    """
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("migrate", schema),))
+            exists = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
+            ).fetchone()
+            if exists is None:
+                conn.execute(f'CREATE SCHEMA "{schema}"')  # a checked identifier
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS errands_schema "
+                "(version integer PRIMARY KEY, name text NOT NULL, applied float8 NOT NULL)"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM errands_schema").fetchone()
+            current = int(row[0]) if row is not None else 0
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"PostgreSQL store {target} has schema version {current}, newer than "
+                    f"this errands (knows up to {SCHEMA_VERSION}); upgrade errands"
+                )
+            for version, name, sql in _migrations():
+                if version <= current:
+                    continue
+                conn.execute(sql)  # no parameters: the whole script in one simple query
+                conn.execute(
+                    "INSERT INTO errands_schema (version, name, applied) "
+                    "VALUES (%s, %s, extract(epoch FROM clock_timestamp()))",
+                    (version, name),
+                )
+                logger.info("PostgreSQL store %s: applied migration %s", target, name)
+                current = version
+            return current
+    except psycopg.Error as e:
+        raise StoreError(f"PostgreSQL store {target}: migration failed: {e}") from e
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+class _Tx:
+    """One group-commit transaction: its cursor, the database clock's "now",
+    what it changed and closed, and the claims it made for armed pollers."""
+
+    def __init__(self, cursor: Cursor, now: float) -> None:
+        self.cursor = cursor
+        self.now = now
+        self.offset = time.time() - now
+        """Add to a database time to get this machine's clock (for wait hints)."""
+        self.changed = False
+        self.closed: list[ClosedRun] = []
+        self.handoffs: list[tuple[_Armed, list[ClaimedTask]]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Cursor:
+        cursor = self.cursor.execute(sql, params)
+        if cursor.rowcount > 0 and (cursor.statusmessage or "").startswith(_CHANGED_VERBS):
+            self.changed = True
+        return cursor
+
+    def local(self, db_time: float) -> float:
+        """A database time on this machine's clock."""
+        return db_time + self.offset
+
+
+Outcome = tuple[Any, BaseException | None]
+Handler = Callable[[_Tx, list[Any]], list[Outcome]]
+
+# The order in which a batch's kinds run; within a batch every change is
+# independent (each caller waits for its own commit before its next change),
+# so any order is a valid one. Starts go first so claims see them.
+_KINDS = ("start", "claim", "heartbeat", "complete", "op")
+
+
+@dataclass
+class _Pending:
+    kind: str
+    arg: Any
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in items:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _run_each(tx: _Tx, ops: list[Callable[[_Tx], Any]]) -> list[Outcome]:
+    """Run changes one at a time; a refused one (id in use, not found, ...)
+    wrote nothing and fails alone."""
+    out: list[Outcome] = []
+    for op in ops:
+        try:
+            out.append((op(tx), None))
+        except ErrandsError as e:
+            out.append((None, e))
+    return out
+
+
+class _Writer:
+    """The one writing connection of a store, on its own thread (group commit)."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool[Conn],
+        target: str,
+        handlers: dict[str, Handler],
+        notify_sql: str,
+        after_commit: Callable[[], None],
+        on_closed: Callable[[Sequence[ClosedRun]], None],
+    ) -> None:
+        self._pool = pool
+        self._target = target
+        self._handlers = handlers
+        self._commit_sql = f"{notify_sql}; COMMIT"
+        self._after_commit = after_commit
+        self._on_closed = on_closed
+        self._conn: Conn | None = None
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="errands-pg-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: str, arg: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Pending(kind, arg, future, loop))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._queue.put(None)  # stop after this batch
+                        break
+                    batch.append(item)
+                self._commit(batch)
+        finally:
+            self._drop_connection()
+
+    def _connection(self) -> Conn:
+        if self._conn is None:
+            self._conn = self._pool.getconn()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                self._pool.putconn(conn)  # the pool replaces a broken one
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        result = self._transaction(batch)
+        if result is None:
+            # Something unexpected broke the batch: run each change alone so that
+            # one bad change cannot fail the others.
+            outcomes: list[tuple[_Pending, Outcome]] = []
+            closed: list[ClosedRun] = []
+            handoffs: list[tuple[_Armed, list[ClaimedTask]]] = []
+            changed = False
+            for item in batch:
+                alone = self._transaction([item])
+                if alone is None:
+                    error = StoreError(f"PostgreSQL store {self._target}: write failed")
+                    outcomes.append((item, (None, error)))
+                    continue
+                outcomes.extend(alone[0])
+                changed = changed or alone[1]
+                closed.extend(alone[2])
+                handoffs.extend(alone[3])
+        else:
+            outcomes, changed, closed, handoffs = result
+        # Wake waiters only when rows changed: an empty claim or timer pass must
+        # not wake its own poller, or idle workers spin on empty transactions.
+        if changed:
+            self._after_commit()
+        if closed:
+            self._on_closed(closed)
+        for armed, tasks in handoffs:
+            try:
+                armed.loop.call_soon_threadsafe(armed.deliver, tasks)
+            except RuntimeError:  # the loop closed: the tasks time out and retry
+                logger.warning("claimed %d tasks for a poller whose loop closed", len(tasks))
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for item, (value, failure) in outcomes:
+            by_loop.setdefault(item.loop, []).append((item.future, value, failure))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(_settle, items)
+
+    def _apply(self, tx: _Tx, batch: list[_Pending]) -> list[tuple[_Pending, Outcome]]:
+        by_kind: dict[str, list[_Pending]] = {}
+        for item in batch:
+            by_kind.setdefault(item.kind, []).append(item)
+        out: list[tuple[_Pending, Outcome]] = []
+        for kind in _KINDS:
+            items = by_kind.get(kind)
+            if items:
+                results = self._handlers[kind](tx, [item.arg for item in items])
+                out.extend(zip(items, results, strict=True))
+        return out
+
+    def _transaction(
+        self, batch: list[_Pending]
+    ) -> (
+        tuple[
+            list[tuple[_Pending, Outcome]],
+            bool,
+            list[ClosedRun],
+            list[tuple[_Armed, list[ClaimedTask]]],
+        ]
+        | None
+    ):
+        """Run the batch in one transaction: (outcomes, changed, closed,
+        handoffs), or None when an unexpected error aborted it."""
+        lost: list[tuple[_Armed, list[ClaimedTask]]] = []  # handoffs of aborted tries
+        for last_try in (False, True):
+            try:
+                conn = self._connection()
+            except (psycopg.Error, PoolTimeout) as e:
+                error = StoreError(f"PostgreSQL store {self._target}: no connection: {e}")
+                error.__cause__ = e
+                return [(item, (None, error)) for item in batch], False, [], lost
+            tx: _Tx | None = None
+            committing = False
+            try:
+                cursor = conn.cursor()
+                cursor.execute(_BEGIN)
+                cursor.nextset()
+                row = cursor.fetchone()
+                assert row is not None
+                tx = _Tx(cursor, float(row[0]))
+                outcomes = self._apply(tx, batch)
+                committing = True
+                cursor.execute(self._commit_sql if tx.changed else "COMMIT")
+                return outcomes, tx.changed, tx.closed, lost + tx.handoffs
+            except BaseException as e:
+                if tx is not None:
+                    # The claims rolled back: tell their pollers nothing came.
+                    lost.extend((armed, []) for armed, _ in tx.handoffs)
+                if _is_broken(conn):
+                    self._drop_connection()
+                    if isinstance(e, psycopg.Error) and not committing and not last_try:
+                        # Nothing can have committed: run the batch again on a new connection.
+                        logger.warning(
+                            "PostgreSQL store %s: connection lost (%s); retrying %d changes "
+                            "on a new connection",
+                            self._target,
+                            e,
+                            len(batch),
+                        )
+                        with contextlib.suppress(Exception):
+                            self._pool.check()  # drop the pool's other dead connections
+                        continue
+                    fate = " while committing: the changes may or may not be saved" * committing
+                    error = StoreError(
+                        f"PostgreSQL store {self._target}: connection lost{fate}: {e}"
+                    )
+                    error.__cause__ = e
+                    return [(item, (None, error)) for item in batch], False, [], lost
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+                if len(batch) == 1:
+                    failure: BaseException = e
+                    if isinstance(e, psycopg.Error):
+                        failure = StoreError(f"PostgreSQL store {self._target} failed: {e}")
+                        failure.__cause__ = e
+                    return [(batch[0], (None, failure))], False, [], lost
+                if isinstance(e, psycopg.Error):
+                    logger.warning(
+                        "PostgreSQL group commit of %d changes failed (%s); retrying one by one",
+                        len(batch),
+                        e,
+                    )
+                else:
+                    logger.exception("PostgreSQL group commit failed; retrying one by one")
+                # Deliver the aborted claims' empty hand-offs before the retries.
+                self._deliver_lost(lost)
+                return None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _deliver_lost(lost: list[tuple[_Armed, list[ClaimedTask]]]) -> None:
+        for armed, tasks in lost:
+            with contextlib.suppress(RuntimeError):
+                armed.loop.call_soon_threadsafe(armed.deliver, tasks)
+
+
+# --------------------------------------------------------------------------- listener
+
+
+class _Listener:
+    """LISTENs on its own autocommit connection (outside the pool) and fires
+    the store's change signals when another process commits a change.
+    Reconnects with backoff when the connection drops, logging it."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        kwargs: dict[str, Any],
+        channel: str,
+        own_token: str,
+        fire: Callable[[], None],
+        target: str,
+    ) -> None:
+        self._conninfo = conninfo
+        self._kwargs = kwargs
+        self._channel = channel
+        self._own_token = own_token
+        self._fire = fire
+        self._target = target
+        self._stopping = threading.Event()
+        self._listening = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, name="errands-pg-listen", daemon=True)
+        self._thread.start()
+
+    def wait_listening(self, timeout: float) -> bool:
+        """Block until the first LISTEN is in place (at most ``timeout``)."""
+        return self._listening.wait(timeout)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._thread.join()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _run(self) -> None:
+        delay = LISTEN_BACKOFF_S[0]
+        lost = False
+        while not self._stopping.is_set():
+            try:
+                conn = psycopg.connect(self._conninfo, autocommit=True, **self._kwargs)
+            except psycopg.Error as e:
+                logger.warning(
+                    "PostgreSQL store %s: cannot connect to LISTEN (%s); retrying in %.1f s",
+                    self._target,
+                    str(e).strip(),
+                    delay,
+                )
+                self._stopping.wait(delay)
+                delay = min(delay * 2, LISTEN_BACKOFF_S[1])
+                continue
+            try:
+                conn.execute(f"LISTEN {self._channel}")  # a checked identifier
+                if lost:
+                    logger.warning("PostgreSQL store %s: LISTEN connection restored", self._target)
+                    self._fire()  # changes made while it was down went unnoticed
+                lost = False
+                delay = LISTEN_BACKOFF_S[0]
+                self._listening.set()
+                self._listen(conn)
+            except psycopg.Error as e:
+                if self._stopping.is_set():
+                    break
+                logger.warning(
+                    "PostgreSQL store %s: LISTEN connection lost (%s); reconnecting",
+                    self._target,
+                    str(e).strip(),
+                )
+                lost = True
+                self._fire()
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _listen(self, conn: Conn) -> None:
+        pgconn = conn.pgconn
+        wake = self._wake_r.fileno()
+        while not self._stopping.is_set():
+            readable, _, _ = select.select([pgconn.socket, wake], [], [])
+            if wake in readable:
+                return
+            pgconn.consume_input()
+            if pgconn.status != psycopg.pq.ConnStatus.OK:
+                raise psycopg.OperationalError("the LISTEN connection is closed")
+            others = False
+            while (notify := pgconn.notifies()) is not None:
+                if notify.extra.decode() != self._own_token:
+                    others = True
+            if others:
+                self._fire()
+
+
+# --------------------------------------------------------------------------- claims
+
+
+class _Claim:
+    """One claim's SQL, built once: take up to ``max_tasks`` ready attempts of a
+    queue, smallest priority key first, then in the order they became ready."""
+
+    def __init__(
+        self,
+        namespace: str,
+        task_queue: str,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        queue_rate_per_s: float | None,
+    ) -> None:
+        self.namespace = namespace
+        self.task_queue = task_queue
+        self.max_tasks = max_tasks
+        self.identity = identity
+        self.only_types = None if only_types is None else frozenset(only_types)
+        self.exclude_types = frozenset(exclude_types)
+        self.queue_rate_per_s = queue_rate_per_s
+        type_filter = ""
+        self.args: dict[str, Any] = {"ns": namespace, "tq": task_queue}
+        if only_types is not None:
+            type_filter += " AND activity_type = ANY(%(only)s)"
+            self.args["only"] = list(only_types)
+        if exclude_types:
+            type_filter += " AND activity_type <> ALL(%(skip)s)"
+            self.args["skip"] = list(exclude_types)
+        self.claim_sql = (
+            "UPDATE executions SET run_state = 'STARTED', started_time = %(now)s, "
+            "identity = %(identity)s, "
+            "attempt_deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, 1e15)), "
+            "deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, 1e15), "
+            "%(now)s + coalesce(heartbeat_s, 1e15)) "
+            "WHERE id IN (SELECT id FROM executions WHERE namespace = %(ns)s "
+            "AND task_queue = %(tq)s AND run_state = 'SCHEDULED' AND ready_at <= %(now)s "
+            f"AND deadline > %(now)s{type_filter} ORDER BY priority_key, ready_at, id "
+            f"LIMIT %(n)s FOR UPDATE SKIP LOCKED) RETURNING {_TASK_COLUMNS}"
+        )
+        self.next_sql = (
+            "SELECT min(ready_at) FROM executions WHERE namespace = %(ns)s "
+            f"AND task_queue = %(tq)s AND run_state = 'SCHEDULED'{type_filter}"
+        )
+
+    def takes(self, activity_type: str) -> bool:
+        """Whether this claim's type filter admits the type."""
+        if self.only_types is not None and activity_type not in self.only_types:
+            return False
+        return activity_type not in self.exclude_types
+
+    def run(self, tx: _Tx) -> ClaimResult:
+        """Claim, inside the writer's transaction."""
+        now, rate = tx.now, self.queue_rate_per_s
+        n = self.max_tasks
+        tokens = None
+        if rate is not None:
+            tokens = _queue_tokens(tx, self.namespace, self.task_queue, rate)
+            n = min(n, int(tokens))
+        rows: list[Row] = []
+        if n > 0:
+            rows = tx.execute(
+                self.claim_sql, {**self.args, "now": now, "identity": self.identity, "n": n}
+            ).fetchall()
+            if tokens is not None and rows:
+                tx.execute(
+                    "UPDATE queue_rates SET tokens = %s, updated = %s "
+                    "WHERE namespace = %s AND task_queue = %s",
+                    (tokens - len(rows), now, self.namespace, self.task_queue),
+                )
+        next_ready: float | None = None
+        if len(rows) < self.max_tasks:
+            found = tx.execute(self.next_sql, self.args).fetchone()
+            next_ready = None if found is None or found[0] is None else float(found[0])
+            if rate is not None and next_ready is not None and n < self.max_tasks:
+                next_ready = max(next_ready, now + 1.0 / rate)
+        rows.sort(key=lambda r: (r[16], r[9], r[17]))
+        return ClaimResult(
+            [_task(r) for r in rows], None if next_ready is None else tx.local(next_ready)
+        )
+
+
+def _queue_tokens(tx: _Tx, namespace: str, task_queue: str, rate: float) -> float:
+    """The tokens in the queue's bucket now, with its row locked until commit
+    (so two processes never spend the same tokens)."""
+    capacity = max(1.0, rate)
+    tx.execute(
+        "INSERT INTO queue_rates (namespace, task_queue, tokens, updated) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (namespace, task_queue, capacity, tx.now),
+    )
+    row = tx.execute(
+        "SELECT tokens, updated FROM queue_rates WHERE namespace = %s AND task_queue = %s "
+        "FOR UPDATE",
+        (namespace, task_queue),
+    ).fetchone()
+    assert row is not None
+    return float(min(capacity, row[0] + max(0.0, tx.now - row[1]) * rate))
+
+
+@dataclass
+class _Armed:
+    """A poller waiting for work: claimed for in the next start's transaction."""
+
+    claim: _Claim
+    deliver: Callable[[builtins.list[ClaimedTask]], None]
+    loop: asyncio.AbstractEventLoop
+
+
+# --------------------------------------------------------------------------- lifecycle helpers
+
+
+def _find_open(
+    tx: _Tx, namespace: str, activity_id: str, run_id: str | None, verb: str
+) -> tuple[int, str, str, str, int]:
+    """The execution a cancel or terminate is about, locked until commit."""
+    if run_id is None:
+        row = tx.execute(
+            "SELECT id, run_id, status, run_state, attempt FROM executions WHERE namespace = %s "
+            "AND activity_id = %s ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            (namespace, activity_id),
+        ).fetchone()
+    else:
+        row = tx.execute(
+            "SELECT id, run_id, status, run_state, attempt FROM executions WHERE namespace = %s "
+            "AND activity_id = %s AND run_id = %s FOR UPDATE",
+            (namespace, activity_id, run_id),
+        ).fetchone()
+    if row is None:
+        raise ActivityNotFoundError(_not_found(namespace, activity_id, run_id))
+    if row[2] != Status.RUNNING.value:
+        raise ActivityAlreadyClosedError(
+            f"cannot {verb} activity {activity_id!r} (run {row[1]}): it already closed {row[2]}"
+        )
+    return row[0], row[1], row[2], row[3], row[4]
+
+
+def _log_interrupt(tx: _Tx, namespace: str, run_id: str, attempt: int, kind: str) -> None:
+    # The table lock (held until commit) makes seq order commit order, so a
+    # reader's cursor never passes a request that becomes visible later.
+    tx.execute("LOCK TABLE interrupts IN EXCLUSIVE MODE")
+    tx.execute(
+        "INSERT INTO interrupts (namespace, run_id, attempt, kind, created) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (namespace, run_id, attempt, kind, tx.now),
+    )
+
+
+def _apply_failure(
+    tx: _Tx, row: Sequence[Any], info: lc.AttemptFailure, failure_data: bytes | None
+) -> Status | None:
+    """Retry or close the execution whose decide-columns are ``row`` (read with
+    FOR UPDATE), conditional on the attempt and deadline it was read with.
+    None if it changed meanwhile."""
+    (
+        row_id,
+        run_id,
+        attempt,
+        _state,
+        policy_text,
+        cancel_requested,
+        s2c,
+        _ready,
+        _started,
+        _hb,
+        s2s,
+        _stc,
+        _hbs,
+        deadline,
+    ) = row
+    now = tx.now
+    decision = lc.after_failure(
+        policy=_policy(policy_text),
+        attempt=attempt,
+        failure=info,
+        cancel_requested=bool(cancel_requested),
+        schedule_to_close_deadline=s2c,
+        now=now,
+    )
+    timeout_type = None if info.timeout_type is None else int(info.timeout_type)
+    if isinstance(decision, lc.Retry):
+        done = tx.execute(
+            "UPDATE executions SET run_state = 'SCHEDULED', attempt = %s, ready_at = %s, "
+            "deadline = %s, attempt_deadline = 1e15, failure = %s, timeout_type = %s, "
+            "retry_interval_s = %s WHERE id = %s AND attempt = %s AND deadline = %s",
+            (
+                decision.attempt,
+                decision.ready_at,
+                lc.scheduled_deadline(
+                    ready_at=decision.ready_at,
+                    schedule_to_start_s=s2s,
+                    schedule_to_close_deadline=s2c,
+                ),
+                failure_data,
+                timeout_type,
+                decision.interval_s,
+                row_id,
+                attempt,
+                deadline,
+            ),
+        ).rowcount
+        return Status.RUNNING if done == 1 else None
+    done = tx.execute(
+        "UPDATE executions SET status = %s, run_state = NULL, failure = %s, timeout_type = %s, "
+        "close_time = %s, deadline = 1e15 WHERE id = %s AND attempt = %s AND deadline = %s",
+        (decision.status.value, failure_data, timeout_type, now, row_id, attempt, deadline),
+    ).rowcount
+    if done != 1:
+        return None
+    tx.closed.append(ClosedRun(run_id, decision.status))
+    return decision.status
+
+
+def _close_timed_out(tx: _Tx, row: Sequence[Any], fired: TimeoutType) -> None:
+    row_id, run_id, attempt, deadline = row[0], row[1], row[2], row[13]
+    done = tx.execute(
+        "UPDATE executions SET status = 'TIMED_OUT', run_state = NULL, failure = NULL, "
+        "timeout_type = %s, close_time = %s, deadline = 1e15 "
+        "WHERE id = %s AND attempt = %s AND deadline = %s",
+        (int(fired), tx.now, row_id, attempt, deadline),
+    ).rowcount
+    if done == 1:
+        tx.closed.append(ClosedRun(run_id, Status.TIMED_OUT))
+
+
+def _reset_deadline(tx: _Tx, row_id: int, old: float, new: float) -> None:
+    tx.execute(
+        "UPDATE executions SET deadline = %s WHERE id = %s AND deadline = %s", (new, row_id, old)
+    )
+
+
+def _fire_timer(tx: _Tx, row: Sequence[Any]) -> None:
+    (
+        row_id,
+        _run_id,
+        _attempt,
+        state,
+        _policy_text,
+        _cancel,
+        s2c,
+        ready_at,
+        started,
+        last_hb,
+        s2s,
+        stc,
+        hbs,
+        deadline,
+    ) = row
+    now = tx.now
+    if state == RunState.SCHEDULED.value:
+        fired = lc.scheduled_timeout_type(
+            now=now, ready_at=ready_at, schedule_to_start_s=s2s, schedule_to_close_deadline=s2c
+        )
+        if fired is not None:
+            _close_timed_out(tx, row, fired)
+        else:  # the deadline was stale: put back the real one
+            _reset_deadline(
+                tx,
+                row_id,
+                deadline,
+                lc.scheduled_deadline(
+                    ready_at=ready_at, schedule_to_start_s=s2s, schedule_to_close_deadline=s2c
+                ),
+            )
+        return
+    fired = lc.started_timeout_type(
+        now=now,
+        attempt_started=started,
+        start_to_close_s=stc,
+        heartbeat_s=hbs,
+        last_heartbeat=last_hb,
+        schedule_to_close_deadline=s2c,
+    )
+    if fired is None:
+        since = started if last_hb is None else max(started, last_hb)
+        real = min(s2c, FAR if stc is None else started + stc, FAR if hbs is None else since + hbs)
+        _reset_deadline(tx, row_id, deadline, real)
+        return
+    if fired is TimeoutType.SCHEDULE_TO_CLOSE:
+        _close_timed_out(tx, row, fired)
+        return
+    _apply_failure(tx, row, lc.AttemptFailure(lc.FailureKind.TIMEOUT, timeout_type=fired), None)
+
+
+_CURRENT_ATTEMPT = "status = 'RUNNING' AND run_state <> 'SCHEDULED' AND deadline > %(now)s"
+"""With a run id and attempt: the attempt is the execution's current one and none
+of its deadlines has passed, so a heartbeat or outcome arriving later is stale,
+even before a timer fired."""
+
+
+def _expire_if_due(tx: _Tx, run_id: str) -> None:
+    """Fire the run's timeout if its deadline has passed but no timer fired it yet,
+    so that an outcome or heartbeat arriving after the deadline finds its attempt
+    stale instead of overtaking the timeout."""
+    row = tx.execute(
+        f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE run_id = %s AND status = 'RUNNING' "
+        "AND deadline <= %s FOR UPDATE",
+        (run_id, tx.now),
+    ).fetchone()
+    if row is not None:
+        _fire_timer(tx, row)
+
+
+def _unique_rounds(items: list[T], key: Callable[[T], Any]) -> list[list[int]]:
+    """Indexes of ``items`` in rounds within which keys are unique (one bulk
+    UPDATE can change a row only once)."""
+    rounds: list[list[int]] = []
+    seen: list[set[Any]] = []
+    for i, item in enumerate(items):
+        k = key(item)
+        for members, keys in zip(rounds, seen, strict=True):
+            if k not in keys:
+                members.append(i)
+                keys.add(k)
+                break
+        else:
+            rounds.append([i])
+            seen.append({k})
+    return rounds
+
+
+def _where(namespace: str, query: Query) -> tuple[str, list[Any]]:
+    clauses = ["namespace = %s"]
+    params: list[Any] = [namespace]
+    for cond in query.conditions:
+        column = _QUERY_FIELDS[cond.field]
+        if cond.op == "STARTS_WITH":
+            clauses.append(f"starts_with({column}, %s)")
+            params.append(cond.value)
+        elif cond.op in ("=", "!="):
+            clauses.append(f"{column} {'<>' if cond.op == '!=' else '='} %s")
+            params.append(cond.value)
+        else:
+            raise ValueError(f"unsupported operator {cond.op!r}")
+    return " AND ".join(clauses), params
+
+
+# --------------------------------------------------------------------------- the store
+
+_INSERT_SQL = (
+    "INSERT INTO executions (namespace, activity_id, run_id, activity_type, task_queue, status, "
+    "run_state, attempt, input, schedule_time, ready_at, s2c_deadline, attempt_deadline, "
+    "deadline, schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s, "
+    "retry_policy, priority_key, start_delay_s, summary) "
+    "SELECT ns, aid, rid, typ, tq, 'RUNNING', 'SCHEDULED', 1, inp, %s, ready, s2c, 1e15, dl, "
+    "s2cs, s2ss, stcs, hbs, rp, pk, sds, summ FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::float8[], "
+    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], "
+    "%s::text[], %s::int[], %s::float8[], %s::text[]) "
+    "AS v(ns, aid, rid, typ, tq, inp, ready, s2c, dl, s2cs, s2ss, stcs, hbs, rp, pk, sds, summ) "
+    "ON CONFLICT DO NOTHING RETURNING run_id"
+)
+
+_HEARTBEAT_SQL = (
+    "UPDATE executions e SET heartbeat_details = coalesce(v.details, e.heartbeat_details), "
+    "heartbeat_count = e.heartbeat_count + 1, last_heartbeat_time = %(now)s, "
+    "deadline = CASE WHEN e.heartbeat_s IS NULL THEN e.attempt_deadline "
+    "ELSE least(e.attempt_deadline, %(now)s + e.heartbeat_s) END "
+    "FROM unnest(%(run_ids)s::text[], %(attempts)s::int[], %(details)s::bytea[]) "
+    "AS v(run_id, attempt, details) "
+    "WHERE e.run_id = v.run_id AND e.attempt = v.attempt AND e.status = 'RUNNING' "
+    "AND e.run_state <> 'SCHEDULED' AND e.deadline > %(now)s "
+    "RETURNING e.run_id, e.cancel_requested"
+)
+
+# A completion keeps the last attempt's failure and timeout type (describe shows them).
+_COMPLETE_SQL = (
+    "UPDATE executions e SET status = 'COMPLETED', run_state = NULL, result = v.result, "
+    "close_time = %(now)s, deadline = 1e15 "
+    "FROM unnest(%(run_ids)s::text[], %(attempts)s::int[], %(results)s::bytea[]) "
+    "AS v(run_id, attempt, result) "
+    "WHERE e.run_id = v.run_id AND e.attempt = v.attempt AND e.status = 'RUNNING' "
+    "AND e.run_state <> 'SCHEDULED' AND e.deadline > %(now)s "
+    "RETURNING e.run_id"
+)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    run_id: str
+    attempt: int
+    data: bytes | None
+
+
+class PostgresStore(Store):
+    """The Store on a PostgreSQL schema. Open it with ``await PostgresStore.open(url)``."""
+
+    def __init__(
+        self, pool: ConnectionPool[Conn], conninfo: str, kwargs: dict[str, Any], schema: str
+    ) -> None:
+        super().__init__()
+        self.schema = schema
+        self.target = _describe_target(conninfo, schema)
+        self._pool = pool
+        self._armed: dict[tuple[str, str], builtins.list[_Armed]] = {}
+        self._armed_lock = threading.Lock()
+        self._signals = ChangeSignals()
+        channel = f"errands_{schema}"
+        token = uuid.uuid4().hex
+        self._writer = _Writer(
+            pool,
+            self.target,
+            {
+                "start": self._bulk_start,
+                "claim": _run_each,
+                "heartbeat": self._bulk_heartbeat,
+                "complete": self._bulk_complete,
+                "op": _run_each,
+            },
+            f"SELECT pg_notify('{channel}', '{token}')",
+            self._signals.fire_threadsafe,
+            self._emit_closed,
+        )
+        self._listener = _Listener(
+            conninfo, kwargs, channel, token, self._signals.fire_threadsafe, self.target
+        )
+        self._reader = ThreadPoolExecutor(READERS, thread_name_prefix="errands-pg-reader")
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresStore:
+        """Open the store a ``postgresql://`` URL names (``?schema=`` picks the
+        schema, default ``errands``), creating the schema and applying pending
+        migrations.
+
+        Raises ValueError for a malformed URL, StoreError if the database is
+        missing or unreachable or its schema is newer than this code.
+        """
+        conninfo, schema = parse_url(url)
+        kwargs, timeout_s = _connect_kwargs(conninfo, schema)
+        target = _describe_target(conninfo, schema)
+
+        def setup() -> ConnectionPool[Conn]:
+            try:
+                conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
+            except psycopg.Error as e:
+                raise StoreError(f"cannot open PostgreSQL store {target}: {str(e).strip()}") from e
+            try:
+                migrate(conn, schema, target)
+            finally:
+                conn.close()
+            pool: ConnectionPool[Conn] = ConnectionPool(
+                conninfo,
+                kwargs={**kwargs, "autocommit": True},
+                min_size=READERS + 1,
+                max_size=READERS + 1,
+                open=False,
+                name=f"errands:{schema}",
+                timeout=timeout_s,
+                num_workers=1,
+            )
+            try:
+                pool.open(wait=True, timeout=timeout_s)
+            except PoolTimeout as e:
+                pool.close()
+                raise StoreError(f"cannot open PostgreSQL store {target}: {e}") from e
+            return pool
+
+        loop = asyncio.get_running_loop()
+        pool = await loop.run_in_executor(None, setup)
+        store = cls(pool, conninfo, kwargs, schema)
+        # Changes made from here on wake this process's waiters.
+        await loop.run_in_executor(None, store._listener.wait_listening, timeout_s)
+        return store
+
+    # ---------------------------------------------------------------- plumbing
+
+    async def _write(self, kind: str, arg: Any) -> Any:
+        if self._closed:
+            raise StoreError(f"PostgreSQL store {self.target} is closed")
+        return await self._writer.submit(kind, arg)
+
+    async def _op(self, op: Callable[[_Tx], T]) -> T:
+        result: T = await self._write("op", op)
+        return result
+
+    async def _read(self, fn: Callable[[Cursor], T]) -> T:
+        if self._closed:
+            raise StoreError(f"PostgreSQL store {self.target} is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self._read_now, fn)
+
+    def _read_now(self, fn: Callable[[Cursor], T]) -> T:
+        for last_try in (False, True):
+            try:
+                conn = self._pool.getconn()
+            except PoolTimeout as e:
+                raise StoreError(f"PostgreSQL store {self.target}: no connection: {e}") from e
+            try:
+                return fn(conn.cursor())
+            except psycopg.Error as e:
+                if not _is_broken(conn) or last_try:
+                    raise StoreError(f"PostgreSQL store {self.target} failed: {e}") from e
+                # A connection that died while idle in the pool: reads are safe
+                # to repeat on a fresh one.
+                logger.warning(
+                    "PostgreSQL store %s: connection lost (%s); reading again",
+                    self.target,
+                    str(e).strip(),
+                )
+            finally:
+                self._pool.putconn(conn)  # the pool replaces a broken one
+            with contextlib.suppress(Exception):
+                self._pool.check()  # and its other dead ones
+        raise AssertionError("unreachable")
+
+    def change_event(self) -> asyncio.Event:
+        return self._signals.event()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._signals.wake_all()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._writer.stop)
+        await loop.run_in_executor(None, self._listener.stop)
+        await loop.run_in_executor(None, self._reader.shutdown, True)
+        await loop.run_in_executor(None, self._pool.close)
+
+    # ---------------------------------------------------------------- start
+
+    async def start(self, new: NewExecution) -> StartResult:
+        result: StartResult = await self._write("start", new)
+        return result
+
+    def _bulk_start(self, tx: _Tx, news: list[NewExecution]) -> list[Outcome]:
+        out: list[Outcome | None] = [None] * len(news)
+        insert: list[int] = []
+        for i, new in enumerate(news):
+            refused = self._reuse_refusal(tx, new)
+            if refused is not None:
+                out[i] = (None, refused)
+            else:
+                insert.append(i)
+        created = self._insert(tx, [news[i] for i in insert])
+        made: list[NewExecution] = []
+        for i in insert:
+            new = news[i]
+            if new.run_id in created:
+                out[i] = (StartResult(new.run_id, created=True), None)
+                made.append(new)
+            else:
+                out[i] = self._start_conflict(tx, new, made)
+        if self._armed:
+            for new in made:
+                if not new.start_delay_s:
+                    self._claim_for_armed(tx, new.namespace, new.task_queue, new.activity_type)
+        return [o if o is not None else (None, None) for o in out]
+
+    @staticmethod
+    def _reuse_refusal(tx: _Tx, new: NewExecution) -> ActivityAlreadyStartedError | None:
+        if new.id_reuse_policy is ActivityIDReusePolicy.ALLOW_DUPLICATE:
+            return None
+        latest = tx.execute(
+            "SELECT status, run_id FROM executions WHERE namespace = %s AND activity_id = %s "
+            "ORDER BY id DESC LIMIT 1",
+            (new.namespace, new.activity_id),
+        ).fetchone()
+        if latest is None or latest[0] == Status.RUNNING.value:
+            return None
+        refused = new.id_reuse_policy is ActivityIDReusePolicy.REJECT_DUPLICATE or (
+            latest[0] == Status.COMPLETED.value
+        )
+        if not refused:
+            return None
+        return ActivityAlreadyStartedError(
+            f"activity id {new.activity_id!r} was used by a closed execution "
+            f"({latest[0]}) and the reuse policy is {new.id_reuse_policy.name}",
+            activity_id=new.activity_id,
+            run_id=latest[1],
+        )
+
+    @staticmethod
+    def _insert(tx: _Tx, news: list[NewExecution]) -> set[str]:
+        """Insert new executions; the run ids of those inserted (the others'
+        ids are running already)."""
+        if not news:
+            return set()
+        now = tx.now
+        columns: list[list[Any]] = [[] for _ in range(17)]
+        for new in news:
+            ready_at = now + (new.start_delay_s or 0.0)
+            s2c = FAR if new.schedule_to_close_s is None else now + new.schedule_to_close_s
+            deadline = lc.scheduled_deadline(
+                ready_at=ready_at,
+                schedule_to_start_s=new.schedule_to_start_s,
+                schedule_to_close_deadline=s2c,
+            )
+            values = (
+                new.namespace,
+                new.activity_id,
+                new.run_id,
+                new.activity_type,
+                new.task_queue,
+                new.input,
+                ready_at,
+                s2c,
+                deadline,
+                new.schedule_to_close_s,
+                new.schedule_to_start_s,
+                new.start_to_close_s,
+                new.heartbeat_s,
+                _policy_text(new.retry_policy),
+                new.priority_key,
+                new.start_delay_s,
+                new.summary,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        rows = tx.execute(_INSERT_SQL, (now, *columns)).fetchall()
+        return {row[0] for row in rows}
+
+    def _start_conflict(self, tx: _Tx, new: NewExecution, made: list[NewExecution]) -> Outcome:
+        """A start whose insert did nothing: the id runs (USE_EXISTING or
+        refuse), or the run id is taken; or the running execution closed since,
+        and the start inserts again."""
+        for _ in range(START_RETRIES):
+            running = tx.execute(
+                "SELECT run_id FROM executions WHERE namespace = %s AND activity_id = %s "
+                "AND status = 'RUNNING'",
+                (new.namespace, new.activity_id),
+            ).fetchone()
+            if running is not None:
+                if new.id_conflict_policy is ActivityIDConflictPolicy.USE_EXISTING:
+                    return StartResult(running[0], created=False), None
+                return None, ActivityAlreadyStartedError(
+                    f"activity id {new.activity_id!r} is already running (run {running[0]})",
+                    activity_id=new.activity_id,
+                    run_id=running[0],
+                )
+            taken = tx.execute(
+                "SELECT 1 FROM executions WHERE run_id = %s", (new.run_id,)
+            ).fetchone()
+            if taken is not None:
+                return None, ActivityAlreadyStartedError(
+                    f"run id {new.run_id!r} is already in use", activity_id=new.activity_id
+                )
+            refused = self._reuse_refusal(tx, new)
+            if refused is not None:
+                return None, refused
+            if self._insert(tx, [new]):
+                made.append(new)
+                return StartResult(new.run_id, created=True), None
+        return None, ActivityAlreadyStartedError(
+            f"activity id {new.activity_id!r} is being started and closed concurrently; try again",
+            activity_id=new.activity_id,
+        )
+
+    # ---------------------------------------------------------------- claim
+
+    async def claim_batch(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None = None,
+        exclude_types: Sequence[str] = (),
+        queue_rate_per_s: float | None = None,
+    ) -> ClaimResult:
+        if only_types is not None and not only_types:
+            return ClaimResult([], None)
+        claim = _Claim(
+            namespace, task_queue, max_tasks, identity, only_types, exclude_types, queue_rate_per_s
+        )
+        result: ClaimResult = await self._write("claim", claim.run)
+        return result
+
+    def arm_claim(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        deliver: Callable[[builtins.list[ClaimedTask]], None],
+    ) -> Callable[[], bool]:
+        claim = _Claim(namespace, task_queue, max_tasks, identity, only_types, exclude_types, None)
+        armed = _Armed(claim, deliver, asyncio.get_running_loop())
+        key = (namespace, task_queue)
+        with self._armed_lock:
+            self._armed.setdefault(key, []).append(armed)
+
+        def disarm() -> bool:
+            with self._armed_lock:
+                waiting = self._armed.get(key)
+                if waiting is not None and armed in waiting:
+                    waiting.remove(armed)
+                    if not waiting:
+                        del self._armed[key]
+                    return True
+                return False
+
+        return disarm
+
+    def _claim_for_armed(self, tx: _Tx, namespace: str, task_queue: str, type_: str) -> None:
+        """In a start's transaction: claim for a poller that waits on the queue,
+        so the task is started without a commit of its own."""
+        key = (namespace, task_queue)
+        with self._armed_lock:
+            waiting = self._armed.get(key)
+            if not waiting:
+                return
+            for i, armed in enumerate(waiting):
+                if armed.claim.takes(type_):
+                    del waiting[i]
+                    if not waiting:
+                        del self._armed[key]
+                    break
+            else:
+                return
+        result = armed.claim.run(tx)
+        if result.tasks:
+            tx.handoffs.append((armed, result.tasks))
+        else:
+            with self._armed_lock:  # nothing claimable after all: keep waiting
+                self._armed.setdefault(key, []).append(armed)
+
+    # ---------------------------------------------------------------- attempt outcomes
+
+    async def heartbeat(self, run_id: str, attempt: int, details: bytes | None) -> HeartbeatResult:
+        result: HeartbeatResult = await self._write("heartbeat", _Outcome(run_id, attempt, details))
+        return result
+
+    @staticmethod
+    def _bulk_heartbeat(tx: _Tx, beats: list[_Outcome]) -> list[Outcome]:
+        out: list[Outcome] = [(None, None)] * len(beats)
+        for members in _unique_rounds(beats, lambda b: (b.run_id, b.attempt)):
+            rows = tx.execute(
+                _HEARTBEAT_SQL,
+                {
+                    "now": tx.now,
+                    "run_ids": [beats[i].run_id for i in members],
+                    "attempts": [beats[i].attempt for i in members],
+                    "details": [beats[i].data for i in members],
+                },
+            ).fetchall()
+            accepted = {run_id: bool(cancel) for run_id, cancel in rows}
+            for i in members:
+                cancel = accepted.get(beats[i].run_id)
+                if cancel is None:
+                    _expire_if_due(tx, beats[i].run_id)
+                    out[i] = (HeartbeatResult(accepted=False, cancel_requested=False), None)
+                else:
+                    out[i] = (HeartbeatResult(accepted=True, cancel_requested=cancel), None)
+        return out
+
+    async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
+        done: bool = await self._write("complete", _Outcome(run_id, attempt, result))
+        return done
+
+    @staticmethod
+    def _bulk_complete(tx: _Tx, outcomes: list[_Outcome]) -> list[Outcome]:
+        out: list[Outcome] = [(False, None)] * len(outcomes)
+        for members in _unique_rounds(outcomes, lambda o: o.run_id):
+            rows = tx.execute(
+                _COMPLETE_SQL,
+                {
+                    "now": tx.now,
+                    "run_ids": [outcomes[i].run_id for i in members],
+                    "attempts": [outcomes[i].attempt for i in members],
+                    "results": [outcomes[i].data for i in members],
+                },
+            ).fetchall()
+            done = {row[0] for row in rows}
+            for i in members:
+                o = outcomes[i]
+                if o.run_id in done:
+                    tx.closed.append(ClosedRun(o.run_id, Status.COMPLETED, o.data))
+                    out[i] = (True, None)
+                else:
+                    _expire_if_due(tx, o.run_id)
+        return out
+
+    async def fail(self, run_id: str, attempt: int, failure: FailureReport) -> Status | None:
+        def op(tx: _Tx) -> Status | None:
+            row = tx.execute(
+                f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE run_id = %(run_id)s "
+                f"AND attempt = %(attempt)s AND {_CURRENT_ATTEMPT} FOR UPDATE",
+                {"run_id": run_id, "attempt": attempt, "now": tx.now},
+            ).fetchone()
+            if row is None:
+                _expire_if_due(tx, run_id)
+                return None
+            return _apply_failure(tx, row, failure.info, failure.data)
+
+        return await self._op(op)
+
+    async def report_cancelled(self, run_id: str, attempt: int, failure: bytes) -> bool:
+        def op(tx: _Tx) -> bool:
+            done = tx.execute(
+                "UPDATE executions SET status = 'CANCELED', run_state = NULL, "
+                "failure = %(failure)s, timeout_type = NULL, close_time = %(now)s, "
+                "deadline = 1e15 WHERE run_id = %(run_id)s AND attempt = %(attempt)s "
+                f"AND {_CURRENT_ATTEMPT}",
+                {"failure": failure, "now": tx.now, "run_id": run_id, "attempt": attempt},
+            ).rowcount
+            if done == 1:
+                tx.closed.append(ClosedRun(run_id, Status.CANCELED))
+                return True
+            _expire_if_due(tx, run_id)
+            return False
+
+        return await self._op(op)
+
+    # ---------------------------------------------------------------- client requests
+
+    async def request_cancel(
+        self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
+    ) -> Status:
+        def op(tx: _Tx) -> Status:
+            row_id, found_run, _status, state, attempt = _find_open(
+                tx, namespace, activity_id, run_id, "cancel"
+            )
+            if state == RunState.SCHEDULED.value:
+                tx.execute(
+                    "UPDATE executions SET status = 'CANCELED', run_state = NULL, "
+                    "close_time = %s, canceled_reason = %s, cancel_requested = true, "
+                    "deadline = 1e15 WHERE id = %s",
+                    (tx.now, reason, row_id),
+                )
+                tx.closed.append(ClosedRun(found_run, Status.CANCELED))
+                return Status.CANCELED
+            if state == RunState.STARTED.value:
+                tx.execute(
+                    "UPDATE executions SET run_state = 'CANCEL_REQUESTED', "
+                    "cancel_requested = true, canceled_reason = %s WHERE id = %s",
+                    (reason, row_id),
+                )
+                _log_interrupt(tx, namespace, found_run, attempt, "cancel")
+            return Status.RUNNING
+
+        return await self._op(op)
+
+    async def terminate(
+        self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
+    ) -> None:
+        def op(tx: _Tx) -> None:
+            row_id, found_run, _, state, attempt = _find_open(
+                tx, namespace, activity_id, run_id, "terminate"
+            )
+            tx.execute(
+                "UPDATE executions SET status = 'TERMINATED', run_state = NULL, close_time = %s, "
+                "canceled_reason = %s, deadline = 1e15 WHERE id = %s",
+                (tx.now, reason, row_id),
+            )
+            tx.closed.append(ClosedRun(found_run, Status.TERMINATED))
+            if state != RunState.SCHEDULED.value:
+                _log_interrupt(tx, namespace, found_run, attempt, "terminate")
+
+        await self._op(op)
+
+    # ---------------------------------------------------------------- timers
+
+    async def fire_due_timers(
+        self, namespace: str, *, run_ids: Sequence[str] | None = None, limit: int = 500
+    ) -> float | None:
+        if run_ids is not None and not run_ids:
+            return None
+        ids = None if run_ids is None else list(run_ids)
+        scope = "namespace = %(ns)s" if ids is None else "run_id = ANY(%(ids)s)"
+        args: dict[str, Any] = {"ns": namespace, "ids": ids}
+        next_sql = f"SELECT min(deadline) FROM executions WHERE {scope} AND status = 'RUNNING'"
+        # Rows another transaction holds are skipped: it is changing them, and
+        # the next pass looks again.
+        due_sql = (
+            f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE {scope} AND status = 'RUNNING' "
+            "AND deadline <= %(now)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+        )
+
+        def op(tx: _Tx) -> float | None:
+            rows = tx.execute(due_sql, {**args, "now": tx.now, "limit": limit}).fetchall()
+            for row in rows:
+                _fire_timer(tx, row)
+            if len(rows) == limit:
+                return time.time()  # more are due: come back at once
+            found = tx.execute(next_sql, args).fetchone()
+            nxt = None if found is None else found[0]
+            return None if nxt is None or nxt >= FAR else tx.local(float(nxt))
+
+        def peek(cursor: Cursor) -> tuple[float | None, float]:
+            row = cursor.execute(
+                f"SELECT min(deadline), extract(epoch FROM clock_timestamp())::float8 "
+                f"FROM executions WHERE {scope} AND status = 'RUNNING'",
+                args,
+            ).fetchone()
+            assert row is not None
+            return (None if row[0] is None else float(row[0])), float(row[1])
+
+        # Look first on a reader: most looks find nothing due and need not
+        # queue behind the writer's transactions.
+        upcoming, db_now = await self._read(peek)
+        if upcoming is None or upcoming >= FAR:
+            return None
+        if upcoming > db_now:
+            return upcoming + (time.time() - db_now)
+        result: float | None = await self._op(op)
+        return result
+
+    # ---------------------------------------------------------------- reads
+
+    async def describe(
+        self, namespace: str, activity_id: str, run_id: str | None = None
+    ) -> ExecutionRecord:
+        def read(cursor: Cursor) -> ExecutionRecord:
+            if run_id is None:
+                row = cursor.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM executions WHERE namespace = %s "
+                    "AND activity_id = %s ORDER BY id DESC LIMIT 1",
+                    (namespace, activity_id),
+                ).fetchone()
+            else:
+                row = cursor.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM executions WHERE namespace = %s "
+                    "AND activity_id = %s AND run_id = %s",
+                    (namespace, activity_id, run_id),
+                ).fetchone()
+            if row is None:
+                raise ActivityNotFoundError(_not_found(namespace, activity_id, run_id))
+            return _record(row)
+
+        return await self._read(read)
+
+    async def get_by_run_ids(self, run_ids: Sequence[str]) -> builtins.list[ExecutionRecord]:
+        ids = list(run_ids)
+
+        def read(cursor: Cursor) -> list[ExecutionRecord]:
+            return [
+                _record(row)
+                for row in cursor.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM executions WHERE run_id = ANY(%s)", (ids,)
+                )
+            ]
+
+        return await self._read(read)
+
+    async def closed_runs(self, run_ids: Sequence[str]) -> builtins.list[ClosedRun]:
+        ids = list(run_ids)
+
+        def read(cursor: Cursor) -> builtins.list[ClosedRun]:
+            return [
+                ClosedRun(run_id, Status(status), result)
+                for run_id, status, result in cursor.execute(
+                    "SELECT run_id, status, result FROM executions "
+                    "WHERE run_id = ANY(%s) AND status <> 'RUNNING'",
+                    (ids,),
+                )
+            ]
+
+        return await self._read(read)
+
+    async def list(
+        self, namespace: str, query: Query, *, limit: int | None = None
+    ) -> list[ExecutionRecord]:
+        where, params = _where(namespace, query)
+        sql = f"SELECT {_RECORD_COLUMNS} FROM executions WHERE {where} ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(limit)
+
+        def read(cursor: Cursor) -> list[ExecutionRecord]:
+            return [_record(row) for row in cursor.execute(sql, params)]
+
+        return await self._read(read)
+
+    async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
+        where, params = _where(namespace, query)
+        sql = f"SELECT status, count(*) FROM executions WHERE {where} GROUP BY status"
+
+        def read(cursor: Cursor) -> tuple[int, dict[Status, int]]:
+            groups: dict[Status, int] = {}
+            total = 0
+            for status, n in cursor.execute(sql, params):
+                groups[Status(status)] = int(n)
+                total += int(n)
+            return total, (groups if query.group_by_status else {})
+
+        return await self._read(read)
+
+    async def prune(self, namespace: str, closed_before: float, *, batch: int = 1000) -> int:
+        batch = min(batch, 1000)
+
+        def op(tx: _Tx) -> int:
+            deleted = tx.execute(
+                "DELETE FROM executions WHERE id IN (SELECT id FROM executions "
+                "WHERE namespace = %s AND status <> 'RUNNING' AND close_time < %s LIMIT %s)",
+                (namespace, closed_before, batch),
+            ).rowcount
+            tx.execute(
+                "DELETE FROM interrupts WHERE seq IN (SELECT seq FROM interrupts "
+                "WHERE namespace = %s AND created < %s LIMIT %s)",
+                (namespace, min(closed_before, tx.now - 3600.0), batch),
+            )
+            return int(deleted)
+
+        total = 0
+        while True:
+            n = await self._op(op)
+            total += n
+            if n < batch:
+                return total
+
+    async def interrupts_cursor(self) -> int:
+        def read(cursor: Cursor) -> int:
+            row = cursor.execute("SELECT coalesce(max(seq), 0) FROM interrupts").fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._read(read)
+
+    async def poll_interrupts(
+        self, namespace: str, after: int
+    ) -> tuple[builtins.list[Interrupt], int]:
+        def read(cursor: Cursor) -> tuple[list[Interrupt], int]:
+            position = after
+            found = []
+            for seq, run_id, attempt, kind in cursor.execute(
+                "SELECT seq, run_id, attempt, kind FROM interrupts "
+                "WHERE seq > %s AND namespace = %s ORDER BY seq",
+                (after, namespace),
+            ):
+                position = seq
+                found.append(Interrupt(run_id, attempt, kind))
+            return found, position
+
+        return await self._read(read)
