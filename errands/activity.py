@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, overload
 
 from errands.common import Priority, RetryPolicy
 from errands.exceptions import CancelledError
@@ -39,6 +39,7 @@ __all__ = [
     "is_worker_shutdown",
     "logger",
     "payload_converter",
+    "raise_complete_async",
     "shield_thread_cancel_exception",
     "wait_for_cancelled",
     "wait_for_cancelled_sync",
@@ -459,6 +460,20 @@ def wait_for_worker_shutdown_sync(timeout: timedelta | float | None = None) -> b
 
 def _seconds(timeout: timedelta | float | None) -> float | None:
     return timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+
+
+class _CompleteAsyncError(BaseException):
+    """Raised by raise_complete_async(); the worker catches it and reports nothing.
+    A BaseException so that ``except Exception`` in activity code lets it pass."""
+
+
+def raise_complete_async() -> NoReturn:
+    """End the activity function without completing the attempt: its outcome
+    will come from an ``AsyncActivityHandle`` (``client.get_async_activity_handle
+    (task_token=activity.info().task_token)``). The attempt's start_to_close and
+    heartbeat timeouts still run. Raises RuntimeError outside an activity."""
+    _context()
+    raise _CompleteAsyncError()
 
 
 def cancellation_details() -> ActivityCancellationDetails | None:

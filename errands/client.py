@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar, cast
 
 from errands import _lifecycle as lc
+from errands._async_completion import AsyncActivityCancelledError, AsyncActivityHandle
 from errands._outcomes import OutcomeWatcher
 from errands._query import STATUS_NAMES, parse_query
 from errands.activity import _Definition
@@ -40,6 +41,8 @@ __all__ = [
     "ActivityExecutionStatus",
     "ActivityFailureError",
     "ActivityHandle",
+    "AsyncActivityCancelledError",
+    "AsyncActivityHandle",
     "Client",
     "PendingActivityState",
 ]
@@ -429,6 +432,23 @@ class Client:
         """A handle to an execution by id (the latest run unless ``run_id``).
         Nothing is read until the handle is used."""
         return ActivityHandle(self, activity_id, run_id, result_type)
+
+    def get_async_activity_handle(
+        self,
+        *,
+        task_token: bytes | None = None,
+        activity_id: str | None = None,
+        run_id: str | None = None,
+    ) -> AsyncActivityHandle:
+        """A handle to report on an attempt left open by
+        ``activity.raise_complete_async()``: by its task token, or by activity
+        id (and run id) for whichever attempt runs when the handle is used.
+
+        Raises ValueError unless exactly one of task_token and activity_id is given.
+        """
+        return AsyncActivityHandle(
+            self, task_token=task_token, activity_id=activity_id, run_id=run_id
+        )
 
     async def list_activities(
         self, query: str | None = None, *, limit: int | None = None

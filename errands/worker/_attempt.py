@@ -13,7 +13,14 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from errands import _lifecycle as lc
-from errands.activity import ActivityCancellationDetails, Info, _Context, _Definition, _Signal
+from errands.activity import (
+    ActivityCancellationDetails,
+    Info,
+    _CompleteAsyncError,
+    _Context,
+    _Definition,
+    _Signal,
+)
 from errands.common import Priority, RawValue
 from errands.converter import DataConverter
 from errands.exceptions import ApplicationError, CancelledError, FailureError
@@ -227,6 +234,19 @@ class Attempt:
         self.phase = Phase.RUNNING
         try:
             result = await self.runner.run(definition, self.context, args)
+        except _CompleteAsyncError:
+            # The activity hands its outcome to someone else (AsyncActivityHandle):
+            # report nothing; the store's timers still apply to the attempt.
+            self.phase = Phase.REPORTING
+            self._free_slot()
+            await self.heartbeater.flush()
+            logger.info(
+                "activity %r (%s) attempt %d will be completed asynchronously",
+                self.task.activity_id,
+                self.task.activity_type,
+                self.task.attempt,
+            )
+            return
         except (asyncio.CancelledError, CancelledError) as e:
             self.phase = Phase.REPORTING
             self._free_slot()
