@@ -57,6 +57,7 @@ EXPORTS: dict[str, set[str]] = {
         "PendingActivityState",
     },
     "errands.worker": {"SharedStateManager", "Worker"},
+    "errands.testing": {"ActivityEnvironment"},
     "errands.common": {
         "ActivityIDConflictPolicy",
         "ActivityIDReusePolicy",

@@ -58,6 +58,29 @@ class _ThreadCall:
                 return True
             return False
 
+    def raise_cancel(self) -> None:
+        """Raise ``CancelledError`` in the call's thread, or defer it to the end
+        of a shield block; nothing if the call has not started or has ended,
+        or its activity was defined with ``no_thread_cancel_exception``."""
+        if not self.raise_on_cancel:
+            return
+        with self.lock:
+            if self.done or self.thread_id is None:
+                return
+            if self.shield_depth:
+                self.deferred = True
+                return
+            _raise_in_thread(self.thread_id, CancelledError)
+
+    def end(self) -> None:
+        """The call returned or raised, in its own thread: no cancel is raised
+        after this, and one raised too late to land is withdrawn (it must not
+        hit whatever the thread runs next)."""
+        with self.lock:
+            self.done = True
+            if self.thread_id is not None:
+                _raise_in_thread(self.thread_id, None)
+
 
 class ThreadRunner(Runner):
     """Runs sync activities on a ``ThreadPoolExecutor`` (or any executor
@@ -84,10 +107,7 @@ class ThreadRunner(Runner):
             try:
                 return fn(*args)
             finally:
-                with call.lock:
-                    call.done = True
-                    # A cancel raised too late to land must not hit the pool's next task.
-                    _raise_in_thread(call.thread_id, None)
+                call.end()
 
         try:
             return await asyncio.get_running_loop().run_in_executor(
@@ -98,12 +118,5 @@ class ThreadRunner(Runner):
 
     def deliver_cancel(self, context: _Context) -> None:
         call = self._calls.get(id(context))
-        if call is None or not call.raise_on_cancel:
-            return
-        with call.lock:
-            if call.done or call.thread_id is None:
-                return
-            if call.shield_depth:
-                call.deferred = True
-                return
-            _raise_in_thread(call.thread_id, CancelledError)
+        if call is not None:
+            call.raise_cancel()
