@@ -1,0 +1,861 @@
+"""The PostgreSQL store on a real server (DESIGN.md section 5, "PostgreSQL").
+
+Every test gets its own schema (``?schema=`` in the URL), dropped at the end.
+The server is $ERRANDS_TEST_PG_URL (default postgresql://postgres@127.0.0.1:5432/test);
+when it cannot be reached the tests skip, unless ERRANDS_REQUIRE_PG=1 (CI), where
+they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import statistics
+import time
+import urllib.parse
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from errands import activity
+from errands.client import ActivityExecutionStatus, ActivityFailedError, Client
+from errands.common import Priority, RetryPolicy
+from errands.exceptions import (
+    ActivityAlreadyStartedError,
+    ApplicationError,
+    CancelledError,
+    StoreError,
+    TerminatedError,
+    TimeoutError,
+    TimeoutType,
+)
+from errands.store import NewExecution, Store, open_store
+from errands.worker import Worker
+from tests import procs
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - the dev extra installs it
+    psycopg = None  # type: ignore[assignment]
+
+PG_URL = os.environ.get("ERRANDS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+CEILING_S = 30.0
+_schemas = itertools.count()
+
+
+def _unreachable_reason() -> str | None:
+    if psycopg is None:
+        return "psycopg is not installed (pip install -e '.[dev]')"
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as e:
+        return str(e).strip()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The server's URL; skips (or, with ERRANDS_REQUIRE_PG=1, fails) when unreachable."""
+    reason = _unreachable_reason()
+    if reason is not None:
+        message = (
+            f"PostgreSQL at {PG_URL} is not reachable ({reason}); set ERRANDS_TEST_PG_URL "
+            "to run these tests"
+        )
+        if os.environ.get("ERRANDS_REQUIRE_PG") == "1":
+            pytest.fail(message + " (ERRANDS_REQUIRE_PG=1: PostgreSQL tests must run)")
+        pytest.skip(message)
+    return PG_URL
+
+
+def with_params(url: str, **params: str) -> str:
+    """``url`` with query parameters added."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + list(params.items())
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def admin(sql: str, params: tuple[Any, ...] = (), url: str = PG_URL) -> list[tuple[Any, ...]]:
+    """Run one statement on its own autocommit connection; its rows."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture
+def pg_schema(pg_server: str) -> Iterator[str]:
+    """A schema name no other test (or test run) uses; dropped afterwards."""
+    name = f"errands_t{os.getpid()}_{next(_schemas)}_{uuid.uuid4().hex[:6]}"
+    yield name
+    admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def pg_url(pg_server: str, pg_schema: str) -> str:
+    """The store URL of this test's schema."""
+    return with_params(pg_server, schema=pg_schema)
+
+
+@pytest.fixture
+async def pg_client(pg_url: str) -> AsyncIterator[Client]:
+    """A client on this test's schema, closed afterwards."""
+    client = await Client.connect(pg_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def terminate_backends(schema: str) -> int:
+    """pg_terminate_backend every connection the stores of ``schema`` hold (the
+    store names them ``errands:<schema>``); how many there were."""
+    rows = admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = %s AND pid <> pg_backend_pid()",
+        (f"errands:{schema}",),
+    )
+    return len(rows)
+
+
+async def eventually(condition: Any, what: str, timeout: float = CEILING_S) -> None:
+    """Poll an async condition until true (every 10 ms, up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- activities
+
+_calls: Counter[str] = Counter()
+_seen: dict[str, list[tuple[int, float]]] = {}
+
+
+@activity.defn
+async def greet(name: str) -> str:
+    return f"Hello, {name}!"
+
+
+@activity.defn
+async def fail_twice(key: str) -> int:
+    """Fails attempts 1 and 2 (noting when each ran), returns the attempt number."""
+    info = activity.info()
+    _seen.setdefault(key, []).append((info.attempt, time.time()))
+    if info.attempt < 3:
+        raise ApplicationError(f"attempt {info.attempt} fails")
+    return info.attempt
+
+
+@activity.defn
+async def hang_unless_retried() -> int:
+    """Attempt 1 sleeps for an hour without heartbeating; later attempts return."""
+    info = activity.info()
+    if info.attempt == 1:
+        await asyncio.sleep(3600)
+    return info.attempt
+
+
+@activity.defn
+async def heartbeat_forever() -> None:
+    """Heartbeats every 50 ms until it is cancelled."""
+    while True:
+        activity.heartbeat("alive")
+        await asyncio.sleep(0.05)
+
+
+@activity.defn
+async def count_and_sleep(key: str, seconds: float) -> str:
+    """Counts its runs per key, sleeps, returns the key."""
+    _calls[key] += 1
+    await asyncio.sleep(seconds)
+    return key
+
+
+# --------------------------------------------------------------------------- connect and migrate
+
+
+async def test_connecting_twice_migrates_once_and_keeps_the_executions(
+    pg_url: str, pg_schema: str, task_queue: str
+) -> None:
+    first = await Client.connect(pg_url)
+    try:
+        handle = await first.start_activity(
+            greet, "x", id="kept", task_queue=task_queue, start_to_close_timeout=timedelta(1)
+        )
+    finally:
+        await first.close()
+    second = await Client.connect(pg_url)
+    try:
+        desc = await second.get_activity_handle("kept").describe()
+    finally:
+        await second.close()
+
+    assert desc.activity_run_id == handle.run_id
+    assert desc.status is ActivityExecutionStatus.RUNNING
+    versions = admin(f'SELECT version, name FROM "{pg_schema}".errands_schema')
+    assert versions == [(1, "0001_initial.sql")]
+    tables = {
+        name
+        for (name,) in admin(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (pg_schema,),
+        )
+    }
+    assert tables == {"errands_schema", "executions", "interrupts", "queue_rates"}
+
+
+async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(
+    pg_url: str, pg_schema: str, tmp_path: Path, task_queue: str
+) -> None:
+    go = tmp_path / "go"
+    with procs.Children(tmp_path) as children:
+        kids = [
+            children.spawn(
+                f"connect-{i}", "connect", "--url", pg_url, "--queue", task_queue, "--go", str(go)
+            )
+            for i in range(6)
+        ]
+        await asyncio.sleep(0)  # all spawned before the go-file appears
+        go.write_text("go")
+        lines = [(await kid.wait_for_line("ok"))[0] for kid in kids]
+
+    assert len({line.split()[1] for line in lines}) == 6, lines
+    assert admin(f'SELECT version FROM "{pg_schema}".errands_schema') == [(1,)]
+    assert admin(f'SELECT count(*) FROM "{pg_schema}".executions') == [(6,)]
+
+
+async def test_a_schema_newer_than_the_code_is_a_store_error(pg_url: str, pg_schema: str) -> None:
+    client = await Client.connect(pg_url)
+    await client.close()
+    admin(
+        f'INSERT INTO "{pg_schema}".errands_schema (version, name, applied) '
+        "VALUES (99, '0099_future.sql', 0)"
+    )
+
+    with pytest.raises(StoreError, match="schema version 99, newer than this errands"):
+        await Client.connect(pg_url)
+
+
+async def test_a_missing_database_is_a_store_error(pg_server: str) -> None:
+    parts = urllib.parse.urlsplit(pg_server)
+    missing = urllib.parse.urlunsplit(parts._replace(path=f"/errands_missing_{uuid.uuid4().hex}"))
+
+    with pytest.raises(StoreError, match="does not exist") as raised:
+        await Client.connect(missing)
+    assert isinstance(raised.value.__cause__, psycopg.Error)
+
+
+async def test_a_schema_name_that_is_not_a_plain_identifier_is_refused(pg_server: str) -> None:
+    with pytest.raises(ValueError, match="not a lower-case identifier"):
+        await Client.connect(with_params(pg_server, schema='x"; DROP TABLE y; --'))
+
+
+async def test_the_url_selects_the_schema_and_stores_in_two_schemas_do_not_see_each_other(
+    pg_server: str, task_queue: str
+) -> None:
+    names = [f"errands_t{os.getpid()}_{next(_schemas)}_{uuid.uuid4().hex[:6]}" for _ in "ab"]
+    clients: list[Client] = []
+    try:
+        for name in names:
+            clients.append(await Client.connect(with_params(pg_server, schema=name)))
+        await clients[0].start_activity(
+            greet, "a", id="only-in-a", task_queue=task_queue, start_to_close_timeout=timedelta(1)
+        )
+        counts = [(await c.count_activities()).count for c in clients]
+    finally:
+        for c in clients:
+            await c.close()
+        for name in names:
+            admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+    assert counts == [1, 0]
+
+
+# --------------------------------------------------------------------------- the lifecycle
+
+
+async def test_an_activity_runs_end_to_end_through_client_and_worker(
+    pg_client: Client, task_queue: str
+) -> None:
+    async with Worker(pg_client, task_queue=task_queue, activities=[greet], identity="w-1"):
+        result = await asyncio.wait_for(
+            pg_client.execute_activity(
+                greet,
+                "World",
+                id="greet-1",
+                task_queue=task_queue,
+                start_to_close_timeout=timedelta(seconds=10),
+            ),
+            CEILING_S,
+        )
+    desc = await pg_client.get_activity_handle("greet-1").describe()
+
+    assert result == "Hello, World!"
+    assert desc.status is ActivityExecutionStatus.COMPLETED
+    assert desc.attempt == 1
+    assert desc.last_worker_identity == "w-1"
+    assert desc.close_time is not None and desc.last_started_time is not None
+    assert desc.schedule_time <= desc.last_started_time <= desc.close_time
+
+
+async def test_a_failing_activity_is_retried_with_backoff_until_it_succeeds(
+    pg_client: Client, task_queue: str
+) -> None:
+    key = f"retry-{uuid.uuid4().hex}"
+    policy = RetryPolicy(initial_interval=timedelta(seconds=0.2), backoff_coefficient=2.0)
+    async with Worker(pg_client, task_queue=task_queue, activities=[fail_twice]):
+        result = await asyncio.wait_for(
+            pg_client.execute_activity(
+                fail_twice,
+                key,
+                id=key,
+                task_queue=task_queue,
+                retry_policy=policy,
+                start_to_close_timeout=timedelta(seconds=10),
+            ),
+            CEILING_S,
+        )
+    desc = await pg_client.get_activity_handle(key).describe()
+
+    assert result == 3
+    runs = _seen[key]
+    assert [attempt for attempt, _ in runs] == [1, 2, 3]
+    # Backoff 0.2 s then 0.4 s, measured between the attempts' starts.
+    assert runs[1][1] - runs[0][1] >= 0.2
+    assert runs[2][1] - runs[1][1] >= 0.4
+    assert desc.attempt == 3
+    assert desc.current_retry_interval == timedelta(seconds=0.4)
+    assert isinstance(desc.last_failure, ApplicationError)
+
+
+async def test_a_start_to_close_timeout_ends_the_attempt_and_the_retry_completes(
+    pg_client: Client, task_queue: str
+) -> None:
+    async with Worker(pg_client, task_queue=task_queue, activities=[hang_unless_retried]):
+        result = await asyncio.wait_for(
+            pg_client.execute_activity(
+                hang_unless_retried,
+                id="hang",
+                task_queue=task_queue,
+                start_to_close_timeout=timedelta(seconds=0.5),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=0.1)),
+            ),
+            CEILING_S,
+        )
+    desc = await pg_client.get_activity_handle("hang").describe()
+
+    assert result == 2
+    assert desc.attempt == 2
+    assert desc.last_started_time is not None
+    # Attempt 2 started after attempt 1's 0.5 s ran out and the 0.1 s backoff.
+    assert (desc.last_started_time - desc.schedule_time).total_seconds() >= 0.6
+
+
+async def test_deadlines_follow_the_database_clock_not_the_clients(
+    pg_client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a client whose clock runs an hour ahead (and no worker at all)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600.0)
+    (db_before,) = admin("SELECT extract(epoch FROM clock_timestamp())::float8")[0]
+    # When it starts an activity with a 0.5 s schedule_to_close timeout
+    handle = await pg_client.start_activity(
+        greet,
+        "late",
+        id="s2c",
+        task_queue=task_queue,
+        schedule_to_close_timeout=timedelta(seconds=0.5),
+    )
+    (db_after,) = admin("SELECT extract(epoch FROM clock_timestamp())::float8")[0]
+    # Then result() (which fires its execution's due timers) sees it time out
+    # 0.5 s after a schedule time stamped by the database
+    with pytest.raises(ActivityFailedError) as failed:
+        await asyncio.wait_for(handle.result(), CEILING_S)
+    desc = await handle.describe()
+
+    assert isinstance(failed.value.cause, TimeoutError)
+    assert failed.value.cause.type is TimeoutType.SCHEDULE_TO_CLOSE
+    assert db_before <= desc.schedule_time.timestamp() <= db_after
+    assert desc.close_time is not None
+    assert 0.5 <= (desc.close_time - desc.schedule_time).total_seconds() < 5.0
+
+
+async def test_a_cancel_reaches_a_heartbeating_activity_in_another_process_promptly(
+    pg_client: Client, pg_url: str, task_queue: str, tmp_path: Path
+) -> None:
+    # The worker is another process: only NOTIFY (or a 1 s poll) can tell it.
+    delays = []
+    with procs.Children(tmp_path) as children:
+        await children.worker("worker", pg_url, task_queue)
+        for i in range(5):
+            handle = await pg_client.start_activity(
+                procs.heartbeat_then_sleep,
+                60.0,
+                id=f"cancel-{i}",
+                task_queue=task_queue,
+                start_to_close_timeout=timedelta(seconds=120),
+            )
+
+            async def heartbeated(handle: Any = handle) -> bool:
+                return (await handle.describe()).total_heartbeat_count >= 1
+
+            await eventually(heartbeated, "the activity heartbeated")
+            began = time.monotonic()
+            await handle.cancel()
+            with pytest.raises(ActivityFailedError) as failed:
+                await asyncio.wait_for(handle.result(), CEILING_S)
+            delays.append(time.monotonic() - began)
+            assert isinstance(failed.value.cause, CancelledError)
+            assert (await handle.describe()).status is ActivityExecutionStatus.CANCELED
+
+    # A 1 s poll would make some of five deliveries take over half a second.
+    assert max(delays) < 0.5, delays
+
+
+async def test_terminate_closes_a_running_activity_and_stops_it(
+    pg_client: Client, task_queue: str
+) -> None:
+    async with Worker(pg_client, task_queue=task_queue, activities=[heartbeat_forever]):
+        handle = await pg_client.start_activity(
+            heartbeat_forever,
+            id="term",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=60),
+        )
+
+        async def started() -> bool:
+            return (await handle.describe()).total_heartbeat_count >= 1
+
+        await eventually(started, "the activity heartbeated")
+        await handle.terminate("enough")
+        with pytest.raises(ActivityFailedError) as failed:
+            await asyncio.wait_for(handle.result(), CEILING_S)
+        desc = await handle.describe()
+        count_after_terminate = desc.total_heartbeat_count
+        # The worker stops the attempt: its heartbeats are refused and stop coming.
+        await asyncio.sleep(0.3)
+        later = await handle.describe()
+
+    assert isinstance(failed.value.cause, TerminatedError)
+    assert desc.status is ActivityExecutionStatus.TERMINATED
+    assert desc.canceled_reason == "enough"
+    assert later.total_heartbeat_count == count_after_terminate
+
+
+async def test_two_processes_starting_the_same_ids_create_each_exactly_once(
+    pg_client: Client, pg_url: str, task_queue: str, tmp_path: Path
+) -> None:
+    n = 60
+    go = tmp_path / "go"
+    with procs.Children(tmp_path) as children:
+        kids = [
+            children.spawn(
+                f"starter-{seed}",
+                "start-same",
+                "--url",
+                pg_url,
+                "--queue",
+                task_queue,
+                "--prefix",
+                "same",
+                "--count",
+                str(n),
+                "--seed",
+                str(seed),
+                "--go",
+                str(go),
+            )
+            for seed in (1, 2)
+        ]
+        for kid in kids:
+            await kid.wait_for_line("ready")
+        go.write_text("go")
+        reports = [json.loads((await kid.wait_for_line("{"))[0]) for kid in kids]
+
+    created: dict[str, str] = {}
+    for report in reports:
+        for activity_id, run_id in report["created"].items():
+            assert activity_id not in created, f"{activity_id} was created twice"
+            created[activity_id] = run_id
+    assert set(created) == {f"same-{i}" for i in range(n)}
+    for report in reports:
+        for activity_id, run_id in report["refused"].items():
+            assert run_id == created[activity_id]
+    assert (await pg_client.count_activities(f"TaskQueue = '{task_queue}'")).count == n
+
+
+async def test_a_start_with_a_running_id_fails_or_returns_the_running_one(
+    pg_client: Client, task_queue: str
+) -> None:
+    first = await pg_client.start_activity(
+        greet, "a", id="dup", task_queue=task_queue, start_to_close_timeout=timedelta(1)
+    )
+    with pytest.raises(ActivityAlreadyStartedError) as refused:
+        await pg_client.start_activity(
+            greet, "b", id="dup", task_queue=task_queue, start_to_close_timeout=timedelta(1)
+        )
+    from errands.common import ActivityIDConflictPolicy
+
+    existing = await pg_client.start_activity(
+        greet,
+        "c",
+        id="dup",
+        task_queue=task_queue,
+        start_to_close_timeout=timedelta(1),
+        id_conflict_policy=ActivityIDConflictPolicy.USE_EXISTING,
+    )
+    assert refused.value.run_id == first.run_id
+    assert existing.run_id == first.run_id
+
+
+# --------------------------------------------------------------------------- visibility
+
+
+async def test_list_and_count_filter_by_id_type_queue_and_status(
+    pg_client: Client, task_queue: str
+) -> None:
+    other_queue = f"{task_queue}-other"
+    for i in range(3):
+        await pg_client.start_activity(
+            greet,
+            str(i),
+            id=f"greet-{i}",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(1),
+        )
+    await pg_client.start_activity(
+        "other-type", id="odd-1", task_queue=other_queue, start_to_close_timeout=timedelta(1)
+    )
+    await pg_client.get_activity_handle("greet-0").terminate()
+    await pg_client.get_activity_handle("greet-1").cancel()
+
+    ids = [e.activity_id async for e in pg_client.list_activities()]
+    greets = [
+        e.activity_id async for e in pg_client.list_activities("ActivityId STARTS_WITH 'greet-'")
+    ]
+    running = [
+        e.activity_id
+        async for e in pg_client.list_activities(
+            f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+        )
+    ]
+    not_greet = [e.activity_id async for e in pg_client.list_activities("ActivityType != 'greet'")]
+    newest_two = [e.activity_id async for e in pg_client.list_activities(limit=2)]
+    grouped = await pg_client.count_activities("GROUP BY ExecutionStatus")
+    in_queue = await pg_client.count_activities(f"TaskQueue = '{task_queue}'")
+
+    assert ids == ["odd-1", "greet-2", "greet-1", "greet-0"]  # newest first
+    assert greets == ["greet-2", "greet-1", "greet-0"]
+    assert running == ["greet-2"]
+    assert not_greet == ["odd-1"]
+    assert newest_two == ["odd-1", "greet-2"]
+    assert grouped.count == 4
+    assert {g.group_values[0]: g.count for g in grouped.groups} == {
+        "Running": 2,
+        "Canceled": 1,
+        "Terminated": 1,
+    }
+    assert in_queue.count == 3 and in_queue.groups == []
+
+
+async def test_prune_deletes_closed_executions_in_batches_and_keeps_running_ones(
+    pg_client: Client, task_queue: str
+) -> None:
+    for i in range(25):
+        handle = await pg_client.start_activity(
+            greet, str(i), id=f"p-{i}", task_queue=task_queue, start_to_close_timeout=timedelta(1)
+        )
+        if i < 20:
+            await handle.terminate()
+
+    pruned = await pg_client.store.prune(pg_client.namespace, time.time() + 3600, batch=7)
+
+    assert pruned == 20
+    assert (await pg_client.count_activities()).count == 5
+    assert (await pg_client.count_activities("ExecutionStatus = 'Running'")).count == 5
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def _new(task_queue: str, i: int, priority_key: int = 3) -> NewExecution:
+    return NewExecution(
+        namespace="default",
+        activity_id=f"c-{i}",
+        run_id=str(uuid.uuid4()),
+        activity_type="greet",
+        task_queue=task_queue,
+        input=b"[]",
+        schedule_to_close_s=None,
+        schedule_to_start_s=None,
+        start_to_close_s=60.0,
+        heartbeat_s=None,
+        retry_policy=RetryPolicy(),
+        priority_key=priority_key,
+    )
+
+
+async def test_claims_take_the_smallest_priority_key_first_then_in_start_order(
+    pg_client: Client, task_queue: str
+) -> None:
+    store = pg_client.store
+    for i, key in enumerate([3, 3, 1, 5, 1]):
+        await store.start(_new(task_queue, i, key))
+
+    first = await store.claim_batch("default", task_queue, max_tasks=3, identity="w")
+    rest = await store.claim_batch("default", task_queue, max_tasks=10, identity="w")
+
+    assert [t.activity_id for t in first.tasks] == ["c-2", "c-4", "c-0"]
+    assert first.next_ready_at is None  # the claim filled its slots
+    assert [t.activity_id for t in rest.tasks] == ["c-1", "c-3"]
+    assert all(t.attempt == 1 for t in first.tasks + rest.tasks)
+
+
+async def test_two_stores_claiming_concurrently_never_hand_out_a_task_twice(
+    pg_client: Client, pg_url: str, task_queue: str
+) -> None:
+    n = 600
+    for at in range(0, n, 100):
+        await asyncio.gather(
+            *(pg_client.store.start(_new(task_queue, i)) for i in range(at, at + 100))
+        )
+    stores: list[Store] = [await open_store(pg_url) for _ in range(2)]
+    claimed: list[list[str]] = [[], []]
+
+    async def claim_all(k: int) -> None:
+        idle = 0
+        while idle < 3:
+            result = await stores[k].claim_batch(
+                "default", task_queue, max_tasks=7, identity=str(k)
+            )
+            claimed[k].extend(t.activity_id for t in result.tasks)
+            idle = 0 if result.tasks else idle + 1
+
+    try:
+        await asyncio.wait_for(asyncio.gather(claim_all(0), claim_all(1)), CEILING_S)
+    finally:
+        for store in stores:
+            await store.close()
+
+    everything = claimed[0] + claimed[1]
+    assert len(everything) == len(set(everything)) == n
+    assert claimed[0] and claimed[1], "one store took every task: no concurrency was tested"
+
+
+async def test_a_queue_rate_limit_is_shared_by_every_store(
+    pg_client: Client, pg_url: str, task_queue: str
+) -> None:
+    for i in range(20):
+        await pg_client.store.start(_new(task_queue, i))
+    other = await open_store(pg_url)
+    try:
+        results = await asyncio.gather(
+            *(
+                store.claim_batch(
+                    "default", task_queue, max_tasks=10, identity="w", queue_rate_per_s=4.0
+                )
+                for store in (pg_client.store, other, pg_client.store, other)
+            )
+        )
+    finally:
+        await other.close()
+
+    # The bucket holds 4 tokens: four claims at once take 4 tasks between them.
+    assert sum(len(r.tasks) for r in results) == 4
+
+
+# --------------------------------------------------------------------------- wake-ups
+
+
+async def test_a_change_committed_by_another_store_wakes_waiters_through_notify(
+    pg_client: Client, pg_url: str, task_queue: str
+) -> None:
+    other = await open_store(pg_url)
+    try:
+        delays = []
+        for i in range(5):
+            changed = other.change_event()
+            began = time.monotonic()
+            await pg_client.store.start(_new(task_queue, i))
+            await asyncio.wait_for(changed.wait(), CEILING_S)
+            delays.append(time.monotonic() - began)
+    finally:
+        await other.close()
+
+    assert statistics.median(delays) < 0.1, delays
+
+
+# --------------------------------------------------------------------------- connection loss
+
+
+async def test_a_worker_recovers_when_its_connections_are_terminated(
+    pg_client: Client, pg_schema: str, task_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="errands.store.postgres")
+    key = f"kill-{uuid.uuid4().hex}"
+    n = 200
+    async with Worker(
+        pg_client,
+        task_queue=task_queue,
+        activities=[count_and_sleep, heartbeat_forever],
+        max_concurrent_activities=20,
+    ):
+        handles = [
+            await pg_client.start_activity(
+                count_and_sleep,
+                args=[f"{key}-{i}", 0.05],
+                id=f"{key}-{i}",
+                task_queue=task_queue,
+                start_to_close_timeout=timedelta(seconds=2),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=0.1)),
+            )
+            for i in range(n)
+        ]
+
+        async def some_done() -> bool:
+            return (await pg_client.count_activities("ExecutionStatus = 'Completed'")).count >= 20
+
+        await eventually(some_done, "the worker completed some activities")
+        killed = terminate_backends(pg_schema)
+        results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), CEILING_S)
+
+        # The listener came back too: a cancel still reaches an activity at once.
+        handle = await pg_client.start_activity(
+            heartbeat_forever,
+            id=f"{key}-cancel",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=60),
+        )
+
+        async def heartbeated() -> bool:
+            return (await handle.describe()).total_heartbeat_count >= 1
+
+        await eventually(heartbeated, "the activity heartbeated")
+        await handle.cancel()
+        with pytest.raises(ActivityFailedError) as failed:
+            await asyncio.wait_for(handle.result(), CEILING_S)
+
+    assert killed >= 2  # at least the writer's and the listener's connections
+    assert results == [f"{key}-{i}" for i in range(n)]
+    assert all(_calls[f"{key}-{i}"] >= 1 for i in range(n))
+    assert isinstance(failed.value.cause, CancelledError)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "LISTEN connection lost" in messages and "LISTEN connection restored" in messages
+
+
+async def test_an_idle_store_reconnects_after_its_connections_are_terminated(
+    pg_client: Client, pg_schema: str, task_queue: str
+) -> None:
+    await pg_client.start_activity(
+        greet, "a", id="before", task_queue=task_queue, start_to_close_timeout=timedelta(1)
+    )
+    assert terminate_backends(pg_schema) >= 2
+
+    # No error: the store notices the dead connections and takes new ones.
+    await pg_client.start_activity(
+        greet, "b", id="after", task_queue=task_queue, start_to_close_timeout=timedelta(1)
+    )
+    desc = await pg_client.get_activity_handle("before").describe()
+    assert (await pg_client.count_activities()).count == 2
+    assert desc.status is ActivityExecutionStatus.RUNNING
+
+
+@pytest.fixture
+def scratch_database(pg_server: str) -> Iterator[str]:
+    """A database of its own (so connections to it can be refused), dropped afterwards."""
+    name = f"errands_db{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin(f'CREATE DATABASE "{name}"')
+    parts = urllib.parse.urlsplit(pg_server)
+    yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_while_the_database_refuses_connections_operations_are_store_errors_then_recover(
+    scratch_database: str, task_queue: str
+) -> None:
+    name = urllib.parse.urlsplit(scratch_database).path.lstrip("/")
+    client = await Client.connect(with_params(scratch_database, connect_timeout="2"))
+    try:
+        await client.start_activity(
+            greet, "a", id="before", task_queue=task_queue, start_to_close_timeout=timedelta(1)
+        )
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (name,),
+        )
+        with pytest.raises(StoreError) as write_failed:
+            await client.start_activity(
+                greet,
+                "b",
+                id="during",
+                task_queue=task_queue,
+                start_to_close_timeout=timedelta(1),
+            )
+        with pytest.raises(StoreError):
+            await client.get_activity_handle("before").describe()
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+        async def back() -> bool:
+            try:
+                await client.start_activity(
+                    greet,
+                    "c",
+                    id="after",
+                    task_queue=task_queue,
+                    start_to_close_timeout=timedelta(1),
+                )
+            except StoreError:
+                return False
+            return True
+
+        await eventually(back, "the store reconnected")
+        ids = sorted([e.activity_id async for e in client.list_activities()])
+    finally:
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await client.close()
+
+    assert write_failed.value.__cause__ is not None
+    assert ids == ["after", "before"]
+
+
+async def test_a_closed_store_refuses_operations(pg_url: str) -> None:
+    store = await open_store(pg_url)
+    await store.close()
+
+    with pytest.raises(StoreError, match="closed"):
+        await store.describe("default", "x")
+
+
+async def test_priority_orders_the_work_of_a_worker(pg_client: Client, task_queue: str) -> None:
+    # Started before any worker runs, so one claim sees them all.
+    handles = [
+        await pg_client.start_activity(
+            greet,
+            str(key),
+            id=f"prio-{i}",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=10),
+            priority=Priority(key),
+        )
+        for i, key in enumerate([5, 1, 3])
+    ]
+    async with Worker(
+        pg_client, task_queue=task_queue, activities=[greet], max_concurrent_activities=1
+    ):
+        await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), CEILING_S)
+    started = {}
+    for h in handles:
+        desc = await h.describe()
+        started[h.id] = desc.last_started_time
+
+    assert sorted(started, key=lambda k: started[k]) == ["prio-1", "prio-2", "prio-0"]
