@@ -783,7 +783,7 @@ async def test_while_the_database_refuses_connections_operations_are_store_error
     scratch_database: str, task_queue: str
 ) -> None:
     name = urllib.parse.urlsplit(scratch_database).path.lstrip("/")
-    client = await Client.connect(with_params(scratch_database, connect_timeout="2"))
+    client = await Client.connect(with_params(scratch_database, connect_timeout="1"))
     try:
         await client.start_activity(
             greet, "a", id="before", task_queue=task_queue, start_to_close_timeout=timedelta(1)
@@ -859,3 +859,38 @@ async def test_priority_orders_the_work_of_a_worker(pg_client: Client, task_queu
         started[h.id] = desc.last_started_time
 
     assert sorted(started, key=lambda k: started[k]) == ["prio-1", "prio-2", "prio-0"]
+
+
+@activity.defn
+async def heartbeat_then_return(seconds: float) -> str:
+    """Heartbeats every 50 ms for ``seconds``, then returns."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        activity.heartbeat()
+        await asyncio.sleep(0.05)
+    return "done"
+
+
+async def test_a_worker_whose_clock_runs_ahead_of_the_database_still_completes_its_activities(
+    pg_client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker machine whose clock is a minute ahead of the database's
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 60.0)
+    async with Worker(pg_client, task_queue=task_queue, activities=[heartbeat_then_return]):
+        # When it runs an activity well within its timeouts
+        result = await asyncio.wait_for(
+            pg_client.execute_activity(
+                heartbeat_then_return,
+                0.3,
+                id="skewed",
+                task_queue=task_queue,
+                start_to_close_timeout=timedelta(seconds=5),
+                heartbeat_timeout=timedelta(seconds=2),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            ),
+            CEILING_S,
+        )
+    # Then the attempt is not timed out by the worker's own clock
+    assert result == "done"
+    assert (await pg_client.get_activity_handle("skewed").describe()).attempt == 1

@@ -112,6 +112,14 @@ CONNECT_TIMEOUT_S = 10
 """libpq's connect_timeout unless the URL sets one; also how long an operation
 waits for a working connection (the pool reconnecting) before a StoreError."""
 
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""TCP keepalive settings (libpq's names) unless the URL sets them."""
+
 MAX_BATCH = 2_000
 """Most changes one group commit holds."""
 
@@ -179,6 +187,10 @@ def _connect_kwargs(conninfo: str, schema: str) -> tuple[dict[str, Any], float]:
         kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
     if "application_name" not in given:
         kwargs["application_name"] = f"errands:{schema}"
+    # Notice a peer gone silent (no RST) within about a minute, not the OS's two
+    # hours: the LISTEN connection waits on its socket and would never know.
+    for key, value in KEEPALIVES.items():
+        kwargs.setdefault(key, given.get(key, value))
     return kwargs, max(1.0, timeout_s)
 
 
