@@ -780,10 +780,17 @@ def _find_open(
     return row[0], row[1], row[2], row[3], row[4]
 
 
-def _log_interrupt(tx: _Tx, namespace: str, run_id: str, attempt: int, kind: str) -> None:
-    # The table lock (held until commit) makes seq order commit order, so a
-    # reader's cursor never passes a request that becomes visible later.
+def _lock_interrupts(tx: _Tx) -> None:
+    """Take the interrupt log's write lock (until commit), before any row lock
+    of a cancel or terminate. It makes seq order commit order, so a reader's
+    cursor never passes a request that becomes visible later; taken first, it
+    orders concurrent cancels so that they cannot deadlock on each other's
+    rows. Readers are not blocked."""
     tx.execute("LOCK TABLE interrupts IN EXCLUSIVE MODE")
+
+
+def _log_interrupt(tx: _Tx, namespace: str, run_id: str, attempt: int, kind: str) -> None:
+    """Log a request for a started attempt (under ``_lock_interrupts``)."""
     tx.execute(
         "INSERT INTO interrupts (namespace, run_id, attempt, kind, created) "
         "VALUES (%s, %s, %s, %s, %s)",
@@ -1466,6 +1473,7 @@ class PostgresStore(Store):
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> Status:
         def op(tx: _Tx) -> Status:
+            _lock_interrupts(tx)
             row_id, found_run, _status, state, attempt = _find_open(
                 tx, namespace, activity_id, run_id, "cancel"
             )
@@ -1493,6 +1501,7 @@ class PostgresStore(Store):
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> None:
         def op(tx: _Tx) -> None:
+            _lock_interrupts(tx)
             row_id, found_run, _, state, attempt = _find_open(
                 tx, namespace, activity_id, run_id, "terminate"
             )
