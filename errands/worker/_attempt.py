@@ -92,6 +92,7 @@ class Attempt:
         self._pending_cancel: ActivityCancellationDetails | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
         self.heartbeater = Heartbeater(self)
+        self._claimed_at = time.monotonic()  # the store's started_time, on this worker's clock
         self.context: _Context | None = None
         self._slot_held = True
 
@@ -128,10 +129,10 @@ class Attempt:
             self._deliver(pending)
 
     def arm_timeout(self, deadline: float) -> None:
-        """Interrupt the attempt (timed_out) at ``deadline`` (epoch seconds)."""
+        """Interrupt the attempt (timed_out) at ``deadline`` (``time.monotonic()``)."""
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
-        delay = max(0.0, deadline - time.time()) + LOCAL_TIMEOUT_GRACE_S
+        delay = max(0.0, deadline - time.monotonic()) + LOCAL_TIMEOUT_GRACE_S
         self._timeout_handle = asyncio.get_running_loop().call_later(delay, self._timed_out)
 
     def _timed_out(self) -> None:
@@ -139,15 +140,19 @@ class Attempt:
         self.request_cancel(ActivityCancellationDetails(timed_out=True), needs_heartbeat=False)
 
     def local_deadline(self, last_heartbeat: float | None) -> float:
-        """The attempt's next deadline as the worker sees it."""
+        """The attempt's next deadline on this worker's monotonic clock, given
+        when (on that clock) its last heartbeat was sent. The store's times come
+        from its own clock (the database's, on PostgreSQL), so only their
+        differences are used here: a worker clock that is off moves nothing."""
         t = self.task
+        start = self._claimed_at
         deadlines = [lc.FAR]
         if t.start_to_close_s is not None:
-            deadlines.append(t.started_time + t.start_to_close_s)
+            deadlines.append(start + t.start_to_close_s)
         if t.schedule_to_close_s is not None:
-            deadlines.append(t.schedule_time + t.schedule_to_close_s)
+            deadlines.append(start + (t.schedule_time + t.schedule_to_close_s - t.started_time))
         if t.heartbeat_s is not None:
-            deadlines.append((last_heartbeat or t.started_time) + t.heartbeat_s)
+            deadlines.append((last_heartbeat or start) + t.heartbeat_s)
         return min(deadlines)
 
     # ---------------------------------------------------------------- running

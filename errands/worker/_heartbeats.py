@@ -88,7 +88,7 @@ class Heartbeater:
                 env.max_payload_bytes,
             )
             data = None
-        sent_at = time.time()
+        sent_at = time.monotonic()
         try:
             result = await env.store.heartbeat(task.run_id, task.attempt, data)
         except Exception:
