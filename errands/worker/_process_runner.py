@@ -73,6 +73,9 @@ class _ChildSpec:
     channel: ChildChannel
     payload_converter: PayloadConverter
     raise_on_cancel: bool
+    log_level: int
+    """The worker's effective level for ``errands.activity``: a spawned child's
+    logging is unconfigured (WARNING), which would drop ``logger.info``."""
 
 
 class _RemoteFlag(_Signal):
@@ -243,6 +246,9 @@ def _run_in_child(
         client=None,
     )
     attempt = _ChildAttempt(spec, context)
+    activity_logger = logging.getLogger("errands.activity")
+    if activity_logger.level != spec.log_level:
+        activity_logger.setLevel(spec.log_level)
     current_token = _current.set(context)
     shield_token = _shield_target.set(attempt)
     _child.begin(attempt)
@@ -302,6 +308,7 @@ class ProcessRunner(Runner):
             channel=self._manager.child_channel(),
             payload_converter=context.payload_converter,
             raise_on_cancel=not definition.no_thread_cancel_exception,
+            log_level=logging.getLogger("errands.activity").getEffectiveLevel(),
         )
         executor = self._executor
         direct = getattr(context.heartbeat, "direct", context.heartbeat)
