@@ -19,10 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from bench import workloads as w
+from bench.activities import noop_sync
 from errands.client import Client
 
-WORKLOADS = ["throughput-1p", "throughput-2p", "latency-1p", "latency-2p", "cancel-1p", "cancel-2p"]
-"""1p: worker and client in one process; 2p: the worker in a child process."""
+WORKLOADS = [
+    "throughput-1p",
+    "throughput-2p",
+    "latency-1p",
+    "latency-2p",
+    "cancel-1p",
+    "cancel-2p",
+    "throughput-thread",
+    "throughput-process",
+    "cancel-thread",
+    "cancel-process",
+]
+"""1p: worker and client in one process; 2p: the worker in a child process;
+thread/process: sync activities on a thread pool / process pool of a worker in
+the client's process."""
+
+THREAD_SHARE = 0.7
+"""throughput-thread must reach this share of throughput-1p (same run)."""
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
@@ -36,6 +53,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--latency-rounds", type=int, default=500)
     p.add_argument("--cancel-rounds", type=int, default=50)
+    p.add_argument(
+        "--process-n", type=int, default=500, help="activities per throughput-process run"
+    )
+    p.add_argument(
+        "--breakdown-rounds",
+        type=int,
+        default=200,
+        help="sequential calls per throughput-process breakdown row",
+    )
     p.add_argument(
         "--only",
         nargs="+",
@@ -83,27 +109,46 @@ async def read_settings(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "in-flight (= worker max_concurrent_activities)": args.in_flight,
         "latency rounds": args.latency_rounds,
         "cancel rounds": args.cancel_rounds,
+        "thread pool": f"ThreadPoolExecutor({w.THREAD_POOL_SIZE})",
+        "process pool": f"ProcessPoolExecutor({w.PROCESS_POOL_SIZE}, {w.START_METHOD}) "
+        f"+ SharedStateManager on a {w.START_METHOD} multiprocessing Manager()",
+        "sync slots (worker's)": "min(in-flight, pool size)",
+        "process n": args.process_n,
+        "process breakdown rounds": args.breakdown_rounds,
         "workloads": " ".join(args.only),
     }
 
 
 async def run_workload(name: str, args: argparse.Namespace, tmp: Path) -> list[w.Figure]:
-    """One workload on a fresh store file, with its own worker."""
+    """One workload on a fresh store file, with its own worker (and pool)."""
     kind, where = name.split("-")
     url = f"sqlite:///{tmp / name}.db"
     client = await Client.connect(url)
     try:
-        async with w.running_worker(
-            client, url, "bench", child=where == "2p", slots=args.in_flight
+        async with (
+            w.activity_pool(where) as pool,
+            w.running_worker(
+                client, url, "bench", child=where == "2p", slots=args.in_flight, pool=pool
+            ),
         ):
             if kind == "throughput":
-                return await w.throughput(name, client, "bench", args.n, args.in_flight)
+                if pool is None:
+                    return await w.throughput(name, client, "bench", args.n, args.in_flight)
+                n = args.process_n if where == "process" else args.n
+                figures = await w.throughput(name, client, "bench", n, args.in_flight, noop_sync)
+                if where == "process":
+                    figures += await w.process_breakdown(
+                        name, client, "bench", pool, args.breakdown_rounds
+                    )
+                return figures
             if kind == "latency":
                 return await w.latency(name, client, "bench", args.latency_rounds)
-            mark_dir = tmp / name if where == "2p" else None
+            mark_dir = tmp / name if where in ("2p", "process") else None
             if mark_dir is not None:
                 mark_dir.mkdir()
-            return await w.cancel_delivery(name, client, "bench", args.cancel_rounds, mark_dir)
+            return await w.cancel_delivery(
+                name, client, "bench", args.cancel_rounds, mark_dir, sync=pool is not None
+            )
     finally:
         await client.close()
 
@@ -148,6 +193,7 @@ async def run(args: argparse.Namespace) -> int:
                 traceback.print_exc()
                 errors[name] = f"{type(e).__name__}: {e}"
             print(f"  {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+    figures = w.judge_thread_throughput(figures, THREAD_SHARE)
     print_table(figures, errors)
     path = args.json or RESULTS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

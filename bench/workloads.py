@@ -1,22 +1,38 @@
-"""The six workloads. Each takes a connected client and the task queue its
-worker serves, and returns the figures it measured."""
+"""The workloads. Each takes a connected client and the task queue its
+worker serves, and returns the figures it measured. The worker runs async
+activities on its event loop ("1p", "2p"), or sync ones on a thread pool
+("thread") or a process pool with a SharedStateManager ("process")."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import multiprocessing
+import multiprocessing.managers
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from bench.activities import ALL, cancel_seen_at, noop, spin
+from bench.activities import (
+    ALL,
+    SYNC,
+    cancel_seen_at,
+    carry,
+    child_ready,
+    noop,
+    noop_sync,
+    spin,
+    spin_sync,
+)
 from errands import exceptions
 from errands.client import ActivityHandle, Client
-from errands.worker import Worker
+from errands.worker import SharedStateManager, Worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = timedelta(seconds=60)
@@ -24,6 +40,18 @@ WARMUP_ROUNDS = 20
 WORKER_READY_TIMEOUT_S = 30.0
 HEARTBEAT_WAIT_S = 30.0
 DESCRIBE_POLL_S = 0.002
+THREAD_POOL_SIZE = 64
+PROCESS_POOL_SIZE = 2
+START_METHOD = "spawn"
+CHILD_HOLD_S = 1.0  # long enough for the pool's other child to start and take a call
+CHILD_START_TRIES = 5
+
+THROUGHPUT_TARGETS = {
+    "throughput-1p": ">= 4000",
+    "throughput-2p": ">= 2000",
+    "throughput-thread": "n/a",  # set to 70% of throughput-1p when both ran (see __main__)
+    "throughput-process": "limited by pickling",
+}
 
 
 @dataclass
@@ -38,9 +66,11 @@ class Figure:
 
     @property
     def met(self) -> bool | None:
-        if not self.target:
+        """Judged only against ">= x" and "< x"; other targets are words ("n/a")."""
+        parts = self.target.split()
+        if len(parts) != 2 or parts[0] not in (">=", "<"):
             return None
-        op, bound = self.target.split()
+        op, bound = parts
         return self.value >= float(bound) if op == ">=" else self.value < float(bound)
 
 
@@ -49,6 +79,60 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * p // 100))  # ceil(n * p / 100), at least 1
     return ordered[int(rank) - 1]
+
+
+# --------------------------------------------------------------------------- pools
+
+
+@dataclass
+class Pool:
+    """The executor a worker runs sync activities on; for a process pool also
+    the multiprocessing manager and the SharedStateManager built on it."""
+
+    executor: concurrent.futures.Executor
+    manager: multiprocessing.managers.SyncManager | None = None
+    shared: SharedStateManager | None = None
+
+
+def _start_children(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Have every child of ``pool`` started (a pool starts them on demand) and
+    its imports done, so no start is timed: calls that each hold their child
+    until all children ran one."""
+    for _ in range(CHILD_START_TRIES):
+        calls = [pool.submit(child_ready, CHILD_HOLD_S) for _ in range(PROCESS_POOL_SIZE)]
+        if len({c.result() for c in calls}) == PROCESS_POOL_SIZE:
+            return
+    raise RuntimeError(f"the process pool did not start {PROCESS_POOL_SIZE} children")
+
+
+@contextlib.asynccontextmanager
+async def activity_pool(where: str) -> AsyncIterator[Pool | None]:
+    """The pool for workload suffix ``where`` (None for async-only workers);
+    shut down, with its manager, on exit."""
+    if where == "thread":
+        threads = concurrent.futures.ThreadPoolExecutor(
+            THREAD_POOL_SIZE, thread_name_prefix="bench-activity"
+        )
+        try:
+            yield Pool(threads)
+        finally:
+            await asyncio.to_thread(threads.shutdown)
+        return
+    if where != "process":
+        yield None
+        return
+    context = multiprocessing.get_context(START_METHOD)
+    processes = concurrent.futures.ProcessPoolExecutor(PROCESS_POOL_SIZE, mp_context=context)
+    manager = None
+    try:
+        manager = context.Manager()
+        await asyncio.to_thread(_start_children, processes)
+        shared = SharedStateManager.create_from_multiprocessing(manager)
+        yield Pool(processes, manager, shared)
+    finally:  # the children first: they hold proxies of the manager
+        await asyncio.to_thread(processes.shutdown, True, cancel_futures=True)
+        if manager is not None:
+            await asyncio.to_thread(manager.shutdown)
 
 
 # --------------------------------------------------------------------------- workers
@@ -71,13 +155,18 @@ async def serve(url: str, task_queue: str, slots: int) -> None:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    client: Client, url: str, task_queue: str, *, child: bool, slots: int
+    client: Client, url: str, task_queue: str, *, child: bool, slots: int, pool: Pool | None
 ) -> AsyncIterator[None]:
-    """A worker on ``task_queue``: in this process, or in a child started with
-    ``python -m bench worker``; either way it has run one activity on exit."""
+    """A worker on ``task_queue``: in this process (running the sync activities
+    on ``pool`` when given), or in a child started with ``python -m bench worker``."""
     if not child:
         async with Worker(
-            client, task_queue=task_queue, activities=ALL, max_concurrent_activities=slots
+            client,
+            task_queue=task_queue,
+            activities=ALL if pool is None else [*ALL, *SYNC],
+            activity_executor=None if pool is None else pool.executor,
+            shared_state_manager=None if pool is None else pool.shared,
+            max_concurrent_activities=slots,
         ):
             yield
         return
@@ -97,52 +186,142 @@ async def running_worker(
         await proc.wait()
 
 
-async def warm_up(client: Client, task_queue: str) -> None:
+async def warm_up(client: Client, task_queue: str, activity: Callable[..., Any] = noop) -> None:
     """A few round trips, so connections and caches are set up before timing."""
-    for k in range(WARMUP_ROUNDS):
+    await _round_trips(client, task_queue, activity, WARMUP_ROUNDS, "warm")
+
+
+async def _round_trips(
+    client: Client, task_queue: str, activity: Callable[..., Any], rounds: int, prefix: str
+) -> list[float]:
+    """``rounds`` sequential execute_activity calls; their times in ms."""
+    times_ms = []
+    for k in range(rounds):
+        began = time.perf_counter()
         await client.execute_activity(
-            noop, k, id=f"warm-{k}", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+            activity, k, id=f"{prefix}-{k}", task_queue=task_queue, start_to_close_timeout=TIMEOUT
         )
+        times_ms.append((time.perf_counter() - began) * 1000)
+    return times_ms
 
 
 # --------------------------------------------------------------------------- workloads
 
 
 async def throughput(
-    name: str, client: Client, task_queue: str, n: int, in_flight: int
+    name: str,
+    client: Client,
+    task_queue: str,
+    n: int,
+    in_flight: int,
+    activity: Callable[..., Any] = noop,
 ) -> list[Figure]:
-    """Run ``n`` noops, ``in_flight`` lanes each doing start + result in turn."""
+    """Run ``n`` trivial activities, ``in_flight`` lanes each doing start +
+    result in turn."""
     indexes = iter(range(n))
 
     async def lane() -> None:
         for i in indexes:  # shared: each index is taken by exactly one lane
             handle = await client.start_activity(
-                noop, i, id=f"tp-{i}", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+                activity, i, id=f"tp-{i}", task_queue=task_queue, start_to_close_timeout=TIMEOUT
             )
             if await handle.result() != i:
                 raise RuntimeError(f"activity tp-{i} returned the wrong value")
 
-    await warm_up(client, task_queue)
+    await warm_up(client, task_queue, activity)
     began = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(in_flight)))
     elapsed = time.perf_counter() - began
-    target = ">= 4000" if name.endswith("1p") else ">= 2000"
     return [
-        Figure(name, "throughput", n / elapsed, "activities/s", target),
+        Figure(name, "throughput", n / elapsed, "activities/s", THROUGHPUT_TARGETS[name]),
         Figure(name, "wall time", elapsed, "s"),
+    ]
+
+
+def judge_thread_throughput(figures: list[Figure], share: float) -> list[Figure]:
+    """Hold throughput-thread to ``share`` of throughput-1p when both ran in
+    this run: its target becomes that bound, and a ratio row is added."""
+    found = {(f.workload, f.figure): f for f in figures}
+    base = found.get(("throughput-1p", "throughput"))
+    pooled = found.get(("throughput-thread", "throughput"))
+    if base is None or pooled is None:
+        return figures
+    pooled.target = f">= {base.value * share:.0f}"
+    ratio = Figure(
+        "throughput-thread",
+        "% of throughput-1p",
+        100 * pooled.value / base.value,
+        "%",
+        f">= {100 * share:.0f}",
+    )
+    at = figures.index(pooled) + 1
+    return [*figures[:at], ratio, *figures[at:]]
+
+
+def _p50_ms(call: Callable[[int], object], rounds: int) -> float:
+    """p50 of ``rounds`` sequential calls, in ms (run on a thread of its own)."""
+    times_ms = []
+    for k in range(rounds):
+        began = time.perf_counter()
+        call(k)
+        times_ms.append((time.perf_counter() - began) * 1000)
+    return percentile(times_ms, 50)
+
+
+async def process_breakdown(
+    name: str, client: Client, task_queue: str, pool: Pool, rounds: int
+) -> list[Figure]:
+    """Where one process-pool activity's time goes, each as a p50 of
+    ``rounds`` sequential calls:
+
+    - the pool's own round trip for the same function without errands, bare
+      and carrying the SharedStateManager's ``child_channel()`` (which errands
+      pickles into every call; a child builds its proxies once);
+    - the manager round trips from this process: creating an ``Event()`` (a
+      manager object made per attempt would cost this; errands makes none
+      since 9696659) and a ``dict`` proxy read (what a running child's cancel
+      watcher does every 10 ms, and a cancel request's write costs);
+    - errands' execute_activity of an async noop on the same worker (the
+      store round trip every activity pays), then of the sync noop on the
+      pool; "left to the process runner" is the second minus the first and
+      minus the bare pool round trip."""
+    assert pool.manager is not None and pool.shared is not None
+    executor, manager, channel = pool.executor, pool.manager, pool.shared.child_channel()
+
+    def bare(k: int) -> None:
+        if executor.submit(noop_sync, k).result() != k:
+            raise RuntimeError("the pool returned the wrong value")
+
+    def carrying(k: int) -> None:
+        if executor.submit(carry, k, channel).result() != k:
+            raise RuntimeError("the pool returned the wrong value")
+
+    events: list[Any] = []  # kept until timed, or their decrefs land in the next round
+    shared_dict = manager.dict()
+    shared_dict[b"token"] = {"cancel_requested": True}
+
+    pool_ms = await asyncio.to_thread(_p50_ms, bare, rounds)
+    carrying_ms = await asyncio.to_thread(_p50_ms, carrying, rounds)
+    event_ms = await asyncio.to_thread(_p50_ms, lambda k: events.append(manager.Event()), rounds)
+    events.clear()
+    get_ms = await asyncio.to_thread(_p50_ms, lambda k: shared_dict.get(b"token"), rounds)
+    async_ms = percentile(await _round_trips(client, task_queue, noop, rounds, "async"), 50)
+    errands_ms = percentile(await _round_trips(client, task_queue, noop_sync, rounds, "lat"), 50)
+    return [
+        Figure(name, "pool round trip p50 (no errands)", pool_ms, "ms"),
+        Figure(name, "same, carrying child_channel() p50", carrying_ms, "ms"),
+        Figure(name, "manager Event() p50", event_ms, "ms"),
+        Figure(name, "manager dict get p50", get_ms, "ms"),
+        Figure(name, "execute_activity p50, async noop", async_ms, "ms"),
+        Figure(name, "execute_activity p50, pool", errands_ms, "ms"),
+        Figure(name, "left to the process runner", errands_ms - async_ms - pool_ms, "ms"),
     ]
 
 
 async def latency(name: str, client: Client, task_queue: str, rounds: int) -> list[Figure]:
     """``rounds`` sequential execute_activity round trips."""
     await warm_up(client, task_queue)
-    times_ms = []
-    for k in range(rounds):
-        began = time.perf_counter()
-        await client.execute_activity(
-            noop, k, id=f"lat-{k}", task_queue=task_queue, start_to_close_timeout=TIMEOUT
-        )
-        times_ms.append((time.perf_counter() - began) * 1000)
+    times_ms = await _round_trips(client, task_queue, noop, rounds, "lat")
     target = "< 2" if name.endswith("1p") else "< 20"
     return [
         Figure(name, "p50", percentile(times_ms, 50), "ms", target),
@@ -159,19 +338,26 @@ async def _wait_heartbeated(handle: ActivityHandle[None]) -> None:
 
 
 async def cancel_delivery(
-    name: str, client: Client, task_queue: str, rounds: int, mark_dir: Path | None
+    name: str,
+    client: Client,
+    task_queue: str,
+    rounds: int,
+    mark_dir: Path | None,
+    sync: bool = False,
 ) -> list[Figure]:
     """Cancel a heartbeating activity ``rounds`` times; time from just before
-    ``cancel()`` to the activity's ``except asyncio.CancelledError``. With
-    ``mark_dir`` the worker is in another process and reports time.time()
-    through a file there; otherwise both ends read perf_counter()."""
-    await warm_up(client, task_queue)
+    ``cancel()`` to the activity's ``except`` of the cancel (``spin``, or
+    ``spin_sync`` when ``sync``). With ``mark_dir`` the activity runs in
+    another process and reports time.time() through a file there; otherwise
+    both ends read perf_counter()."""
+    spin_fn = spin_sync if sync else spin
+    await warm_up(client, task_queue, noop_sync if sync else noop)
     times_ms = []
     for k in range(rounds):
         activity_id = f"cancel-{k}"
         mark = None if mark_dir is None else mark_dir / f"{activity_id}.t"
         handle = await client.start_activity(
-            spin,
+            spin_fn,
             "" if mark is None else str(mark),
             id=activity_id,
             task_queue=task_queue,
