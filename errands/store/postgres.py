@@ -126,6 +126,14 @@ MAX_BATCH = 2_000
 LISTEN_BACKOFF_S = (0.1, 5.0)
 """First and longest pause between two attempts to reconnect the listener."""
 
+WRITE_TRIES = 3
+"""How often a group commit whose connection broke before it could commit runs
+again on a new connection (a dead connection fails at once, so this is quick)."""
+
+FATE_WAIT_S = 2.0
+"""How long to wait for a terminated backend's transaction to show as
+committed or aborted, when the connection dropped while it committed."""
+
 START_RETRIES = 5
 """How often a start whose id conflict vanished (the running execution closed
 meanwhile) inserts again before giving up."""
@@ -356,7 +364,7 @@ class _Writer:
         self._pool = pool
         self._target = target
         self._handlers = handlers
-        self._commit_sql = f"{notify_sql}; COMMIT"
+        self._notify_sql = notify_sql
         self._after_commit = after_commit
         self._on_closed = on_closed
         self._conn: Conn | None = None
@@ -470,7 +478,8 @@ class _Writer:
         """Run the batch in one transaction: (outcomes, changed, closed,
         handoffs), or None when an unexpected error aborted it."""
         lost: list[tuple[_Armed, list[ClaimedTask]]] = []  # handoffs of aborted tries
-        for last_try in (False, True):
+        for tries_left in range(WRITE_TRIES - 1, -1, -1):
+            last_try = tries_left == 0
             try:
                 conn = self._connection()
             except (psycopg.Error, PoolTimeout) as e:
@@ -479,6 +488,7 @@ class _Writer:
                 return [(item, (None, error)) for item in batch], False, [], lost
             tx: _Tx | None = None
             committing = False
+            xid: str | None = None
             try:
                 cursor = conn.cursor()
                 cursor.execute(_BEGIN)
@@ -487,17 +497,36 @@ class _Writer:
                 assert row is not None
                 tx = _Tx(cursor, float(row[0]))
                 outcomes = self._apply(tx, batch)
+                if tx.changed:
+                    # The transaction id, to learn its fate if the connection
+                    # drops before COMMIT is answered.
+                    found = cursor.execute(self._notify_sql).fetchone()
+                    xid = None if found is None else found[0]
                 committing = True
-                cursor.execute(self._commit_sql if tx.changed else "COMMIT")
+                cursor.execute("COMMIT")
                 return outcomes, tx.changed, tx.closed, lost + tx.handoffs
             except BaseException as e:
-                if tx is not None:
-                    # The claims rolled back: tell their pollers nothing came.
-                    lost.extend((armed, []) for armed, _ in tx.handoffs)
                 if _is_broken(conn):
                     self._drop_connection()
-                    if isinstance(e, psycopg.Error) and not committing and not last_try:
-                        # Nothing can have committed: run the batch again on a new connection.
+                    # Nothing can have committed if COMMIT was not sent yet, or if
+                    # the server answered it with an error (a terminated backend
+                    # says so); else ask the server what became of the transaction.
+                    fate = "aborted"
+                    if committing and getattr(e, "sqlstate", None) is None and xid is not None:
+                        fate = self._fate(xid)
+                    if fate == "committed" and tx is not None:
+                        logger.warning(
+                            "PostgreSQL store %s: connection lost (%s) after a commit that "
+                            "went through",
+                            self._target,
+                            str(e).strip(),
+                        )
+                        return outcomes, tx.changed, tx.closed, lost + tx.handoffs
+                    if tx is not None:
+                        # The claims rolled back: tell their pollers nothing came.
+                        lost.extend((armed, []) for armed, _ in tx.handoffs)
+                    unsaved = fate == "aborted"
+                    if isinstance(e, psycopg.Error) and unsaved and not last_try:
                         logger.warning(
                             "PostgreSQL store %s: connection lost (%s); retrying %d changes "
                             "on a new connection",
@@ -508,12 +537,15 @@ class _Writer:
                         with contextlib.suppress(Exception):
                             self._pool.check()  # drop the pool's other dead connections
                         continue
-                    fate = " while committing: the changes may or may not be saved" * committing
+                    doubt = " while committing: the changes may or may not be saved" * (not unsaved)
                     error = StoreError(
-                        f"PostgreSQL store {self._target}: connection lost{fate}: {e}"
+                        f"PostgreSQL store {self._target}: connection lost{doubt}: {e}"
                     )
                     error.__cause__ = e
                     return [(item, (None, error)) for item in batch], False, [], lost
+                if tx is not None:
+                    # The claims rolled back: tell their pollers nothing came.
+                    lost.extend((armed, []) for armed, _ in tx.handoffs)
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
                 if len(batch) == 1:
@@ -534,6 +566,35 @@ class _Writer:
                 self._deliver_lost(lost)
                 return None
         raise AssertionError("unreachable")
+
+    def _fate(self, xid: str) -> str:
+        """What became of a transaction whose connection dropped while it
+        committed: "committed", "aborted", or "unknown" (the server cannot be
+        asked). A terminated backend's transaction reads "in progress" until
+        the backend has exited: wait for that, briefly."""
+        deadline = time.monotonic() + FATE_WAIT_S
+        with contextlib.suppress(Exception):
+            self._pool.check()  # the other pooled connections may have died too
+        while True:
+            try:
+                with self._pool.connection() as conn:
+                    row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+                status = None if row is None else row[0]
+                if status in ("committed", "aborted"):
+                    return str(status)
+                if status is None:
+                    return "unknown"
+            except (psycopg.Error, PoolTimeout) as e:
+                if time.monotonic() > deadline:
+                    logger.warning(
+                        "PostgreSQL store %s: cannot learn whether a commit went through: %s",
+                        self._target,
+                        e,
+                    )
+                    return "unknown"
+            if time.monotonic() > deadline:
+                return "unknown"
+            time.sleep(0.005)
 
     @staticmethod
     def _deliver_lost(lost: list[tuple[_Armed, list[ClaimedTask]]]) -> None:
@@ -1080,7 +1141,7 @@ class PostgresStore(Store):
                 "complete": self._bulk_complete,
                 "op": _run_each,
             },
-            f"SELECT pg_notify('{channel}', '{token}')",
+            f"SELECT pg_current_xact_id_if_assigned()::text, pg_notify('{channel}', '{token}')",
             self._signals.fire_threadsafe,
             self._emit_closed,
         )
