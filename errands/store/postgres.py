@@ -733,20 +733,25 @@ class _Claim:
         if exclude_types:
             type_filter += " AND activity_type <> ALL(%(skip)s)"
             self.args["skip"] = list(exclude_types)
+        # One statement claims and, when it takes fewer than max_tasks, also
+        # finds when the queue's next scheduled task becomes ready (its snapshot
+        # still shows the claimed rows as scheduled: they are left out). It
+        # always returns a row: with no task claimed, the task columns are NULL.
         self.claim_sql = (
-            "UPDATE executions SET run_state = 'STARTED', started_time = %(now)s, "
-            "identity = %(identity)s, "
+            "WITH claimed AS (UPDATE executions SET run_state = 'STARTED', "
+            "started_time = %(now)s, identity = %(identity)s, "
             "attempt_deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, 1e15)), "
             "deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, 1e15), "
             "%(now)s + coalesce(heartbeat_s, 1e15)) "
             "WHERE id IN (SELECT id FROM executions WHERE namespace = %(ns)s "
             "AND task_queue = %(tq)s AND run_state = 'SCHEDULED' AND ready_at <= %(now)s "
             f"AND deadline > %(now)s{type_filter} ORDER BY priority_key, ready_at, id "
-            f"LIMIT %(n)s FOR UPDATE SKIP LOCKED) RETURNING {_TASK_COLUMNS}"
-        )
-        self.next_sql = (
-            "SELECT min(ready_at) FROM executions WHERE namespace = %(ns)s "
-            f"AND task_queue = %(tq)s AND run_state = 'SCHEDULED'{type_filter}"
+            f"LIMIT %(n)s FOR UPDATE SKIP LOCKED) RETURNING {_TASK_COLUMNS}) "
+            "SELECT c.*, nxt.ready FROM (SELECT CASE WHEN (SELECT count(*) FROM claimed) "
+            "< %(max)s THEN (SELECT min(ready_at) FROM executions WHERE namespace = %(ns)s "
+            f"AND task_queue = %(tq)s AND run_state = 'SCHEDULED'{type_filter} "
+            "AND id NOT IN (SELECT id FROM claimed)) END AS ready) AS nxt "
+            "LEFT JOIN claimed AS c ON true"
         )
 
     def takes(self, activity_type: str) -> bool:
@@ -763,23 +768,29 @@ class _Claim:
         if rate is not None:
             tokens = _queue_tokens(tx, self.namespace, self.task_queue, rate)
             n = min(n, int(tokens))
-        rows: list[Row] = []
-        if n > 0:
-            rows = tx.execute(
-                self.claim_sql, {**self.args, "now": now, "identity": self.identity, "n": n}
-            ).fetchall()
-            if tokens is not None and rows:
-                tx.execute(
-                    "UPDATE queue_rates SET tokens = %s, updated = %s "
-                    "WHERE namespace = %s AND task_queue = %s",
-                    (tokens - len(rows), now, self.namespace, self.task_queue),
-                )
-        next_ready: float | None = None
-        if len(rows) < self.max_tasks:
-            found = tx.execute(self.next_sql, self.args).fetchone()
-            next_ready = None if found is None or found[0] is None else float(found[0])
-            if rate is not None and next_ready is not None and n < self.max_tasks:
-                next_ready = max(next_ready, now + 1.0 / rate)
+        found = tx.execute(
+            self.claim_sql,
+            {
+                **self.args,
+                "now": now,
+                "identity": self.identity,
+                "n": max(0, n),
+                "max": self.max_tasks,
+            },
+        ).fetchall()
+        rows = [row for row in found if row[2] is not None]
+        if rows:
+            tx.changed = True  # the statement reports itself as a SELECT
+        if tokens is not None and rows:
+            tx.execute(
+                "UPDATE queue_rates SET tokens = %s, updated = %s "
+                "WHERE namespace = %s AND task_queue = %s",
+                (tokens - len(rows), now, self.namespace, self.task_queue),
+            )
+        ready = found[0][-1] if found else None
+        next_ready = None if ready is None else float(ready)
+        if rate is not None and next_ready is not None and n < self.max_tasks:
+            next_ready = max(next_ready, now + 1.0 / rate)
         rows.sort(key=lambda r: (r[16], r[9], r[17]))
         return ClaimResult(
             [_task(r) for r in rows], None if next_ready is None else tx.local(next_ready)
