@@ -24,19 +24,40 @@ from errands.exceptions import CancelledError
 from errands.worker._runner import HeartbeatRecorder, Runner, from_any_thread
 
 
-def _raise_in_thread(thread_id: int, error: type[BaseException] | None) -> None:
-    """Schedule ``error`` in the thread; None clears a pending one (a NULL
-    pointer, which is what ctypes passes for None without argtypes)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), None if error is None else ctypes.py_object(error)
-    )
+def _raise_in_thread(thread_id: int, error: type[BaseException]) -> None:
+    """Schedule ``error`` in the thread, to be raised at its next bytecode."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(error))
+
+
+def _let_pending_cancel_land() -> None:
+    """Give a cancel raised into this thread a place to land, and swallow it.
+
+    Withdrawing it with ``SetAsyncExc(tid, NULL)`` instead would leave, on
+    Python 3.11, the interpreter's "async exception pending" flag set for good:
+    the next call made under a profiler or tracer then spins forever. The loop's
+    backward jumps are where the interpreter checks for the exception.
+    """
+    try:
+        for _ in range(1000):
+            pass
+    except CancelledError:
+        pass
 
 
 class _ThreadCall:
     """One attempt's call on a pool thread. ``lock`` guards the hand-off
     between the loop (which raises the cancel) and the thread (which ends)."""
 
-    __slots__ = ("deferred", "done", "lock", "raise_on_cancel", "shield_depth", "thread_id")
+    __slots__ = (
+        "deferred",
+        "done",
+        "lock",
+        "queued_cancel",
+        "raise_on_cancel",
+        "raised",
+        "shield_depth",
+        "thread_id",
+    )
 
     def __init__(self, raise_on_cancel: bool) -> None:
         self.lock = threading.Lock()
@@ -45,6 +66,8 @@ class _ThreadCall:
         self.raise_on_cancel = raise_on_cancel
         self.shield_depth = 0
         self.deferred = False  # a cancel arrived inside a shield block
+        self.queued_cancel = False  # a cancel arrived while the call waited for a thread
+        self.raised = False  # a cancel was raised into the thread (at most one is)
 
     def enter_shield(self) -> None:
         with self.lock:
@@ -58,28 +81,41 @@ class _ThreadCall:
                 return True
             return False
 
+    def begin(self, thread_id: int) -> bool:
+        """The call starts in its thread; True if a cancel arrived while it
+        waited in the executor's queue (it must not run unaware of it)."""
+        with self.lock:
+            self.thread_id = thread_id
+            return self.queued_cancel
+
     def raise_cancel(self) -> None:
         """Raise ``CancelledError`` in the call's thread, or defer it to the end
-        of a shield block; nothing if the call has not started or has ended,
-        or its activity was defined with ``no_thread_cancel_exception``."""
+        of a shield block, or to the start of a call still waiting for a
+        thread; nothing if the call has ended, or its activity was defined
+        with ``no_thread_cancel_exception``."""
         if not self.raise_on_cancel:
             return
         with self.lock:
-            if self.done or self.thread_id is None:
+            if self.done or self.raised:
+                return
+            if self.thread_id is None:
+                self.queued_cancel = True
                 return
             if self.shield_depth:
                 self.deferred = True
                 return
+            self.raised = True
             _raise_in_thread(self.thread_id, CancelledError)
 
     def end(self) -> None:
         """The call returned or raised, in its own thread: no cancel is raised
-        after this, and one raised too late to land is withdrawn (it must not
-        hit whatever the thread runs next)."""
+        after this, and one raised that has not landed yet lands here (it must
+        not hit whatever the thread runs next)."""
         with self.lock:
             self.done = True
-            if self.thread_id is not None:
-                _raise_in_thread(self.thread_id, None)
+            raised = self.raised
+        if raised:
+            _let_pending_cancel_land()
 
 
 class ThreadRunner(Runner):
@@ -103,8 +139,9 @@ class ThreadRunner(Runner):
         fn = definition.fn
 
         def in_thread() -> Any:
-            call.thread_id = threading.get_ident()
             try:
+                if call.begin(threading.get_ident()):
+                    raise CancelledError()
                 return fn(*args)
             finally:
                 call.end()
