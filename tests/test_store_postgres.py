@@ -894,3 +894,53 @@ async def test_a_worker_whose_clock_runs_ahead_of_the_database_still_completes_i
     # Then the attempt is not timed out by the worker's own clock
     assert result == "done"
     assert (await pg_client.get_activity_handle("skewed").describe()).attempt == 1
+
+
+async def test_heartbeats_of_one_attempt_in_one_group_commit_all_count_and_the_last_wins(
+    pg_client: Client, task_queue: str
+) -> None:
+    store = pg_client.store
+    await store.start(_new(task_queue, 0))
+    (task,) = (await store.claim_batch("default", task_queue, max_tasks=1, identity="w")).tasks
+
+    # Submitted together, they share one transaction (and one bulk statement
+    # could change the row only once).
+    results = await asyncio.gather(
+        *(store.heartbeat(task.run_id, task.attempt, f"beat-{k}".encode()) for k in range(3))
+    )
+    record = await store.describe("default", task.activity_id)
+
+    assert all(r.accepted and not r.cancel_requested for r in results)
+    assert record.heartbeat_count == 3
+    assert record.heartbeat_details == b"beat-2"
+
+
+async def test_starts_and_completions_bigger_than_one_bulk_statement_are_all_recorded(
+    pg_client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errands.store.postgres as pg
+
+    # Given a bulk statement that carries at most 1000 payload bytes
+    monkeypatch.setattr(pg, "BULK_BYTES", 1000)
+    async with Worker(pg_client, task_queue=task_queue, activities=[greet]):
+        # When 20 starts of about 400 bytes each and their completions are
+        # group-committed together
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    pg_client.execute_activity(
+                        greet,
+                        f"{k:03d}" + "x" * 400,
+                        id=f"big-{k}",
+                        task_queue=task_queue,
+                        start_to_close_timeout=timedelta(seconds=10),
+                    )
+                    for k in range(20)
+                )
+            ),
+            CEILING_S,
+        )
+
+    # Then every one ran, with its own argument
+    assert results == [f"Hello, {k:03d}{'x' * 400}!" for k in range(20)]
+    assert (await pg_client.count_activities("ExecutionStatus = 'Completed'")).count == 20

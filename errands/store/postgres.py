@@ -1,32 +1,37 @@
 """The PostgreSQL store: one database shared by workers and clients on many
-machines, on psycopg 3 and psycopg_pool.
+machines, on psycopg 3 and psycopg_pool. Needs PostgreSQL 13 or newer.
 
-Threads, as in the SQLite store (so the store serves any event loop, and its
-round trips never wait behind activity code on a busy loop; psycopg releases
-the GIL while it waits on the network):
+Threads with synchronous connections, as in the SQLite store, rather than
+psycopg's asyncio API: the store serves any event loop (each caller's future
+is settled on its own loop), and the writer's round trips never queue behind
+activity code on a busy loop (psycopg releases the GIL while it waits on the
+network):
 
 - the writer, which drains every pending change (starts, claims, heartbeats,
   outcomes, timers) into one READ COMMITTED transaction on its own pooled
   connection and wakes each caller after the commit that holds its change
   (group commit). Starts, heartbeats and completions of a batch go to the
-  database as one statement each (``unnest`` of arrays); claims are one
-  ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``.
-  "Now" is the database clock (``clock_timestamp()``), read once per
-  transaction, so deadlines mean the same on every machine. A transaction
-  that changed rows ends with ``pg_notify``;
+  database as one statement each (their rows as one JSON parameter); a claim
+  is one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)
+  RETURNING``. "Now" is the database clock (``clock_timestamp()``), read once
+  per transaction, so deadlines mean the same on every machine. A transaction
+  that changed rows ends with ``pg_notify`` on the schema's channel;
 - a listener on its own autocommit connection outside the pool, which LISTENs
   and wakes this process's waiters when another process committed, and
   reconnects with backoff (logging it) when its connection drops;
-- a few readers, on pooled connections, for describe / list / count and the
-  result and cancel watchers.
+- two readers, on pooled connections, for describe / list / count, the timer
+  peek and the result and cancel watchers.
 
 Every change is one conditional statement (or a ``SELECT ... FOR UPDATE``
 and the update it decides), safe with any number of processes; the start's
 id check is the partial unique index on (namespace, activity_id) of running
 executions with ``INSERT ... ON CONFLICT DO NOTHING``. A transaction that
 fails for an unexpected reason (a deadlock, say) is retried one change at a
-time; one whose connection broke before COMMIT was sent is retried once on a
-new connection (it cannot have committed). ``synchronous_commit`` is left on.
+time. Lost connections: a transaction that cannot have committed (COMMIT not
+sent, or answered with an error) runs again on a new connection; one whose
+COMMIT went unanswered asks the server (``pg_xact_status``) whether it
+committed. Only when the server cannot be reached do callers get a
+StoreError. ``synchronous_commit`` is left on.
 """
 
 from __future__ import annotations
@@ -122,6 +127,9 @@ KEEPALIVES = {
 
 MAX_BATCH = 2_000
 """Most changes one group commit holds."""
+
+BULK_BYTES = 64 * 1024 * 1024
+"""Most payload bytes one bulk statement carries (more go in further ones)."""
 
 LISTEN_BACKOFF_S = (0.1, 5.0)
 """First and longest pause between two attempts to reconnect the listener."""
@@ -1028,22 +1036,24 @@ def _expire_if_due(tx: _Tx, run_id: str) -> None:
         _fire_timer(tx, row)
 
 
-def _unique_rounds(items: list[T], key: Callable[[T], Any]) -> list[list[int]]:
-    """Indexes of ``items`` in rounds within which keys are unique (one bulk
-    UPDATE can change a row only once)."""
-    rounds: list[list[int]] = []
-    seen: list[set[Any]] = []
+def _rounds(
+    items: Sequence[T], key: Callable[[T], Any], size: Callable[[T], int]
+) -> list[list[int]]:
+    """Indexes of ``items`` in rounds, one bulk statement each: keys are unique
+    within a round (one UPDATE changes a row only once), and a round carries
+    at most BULK_BYTES of payload (a parameter holds at most 1 GB)."""
+    rounds: list[tuple[list[int], set[Any], list[int]]] = []
     for i, item in enumerate(items):
-        k = key(item)
-        for members, keys in zip(rounds, seen, strict=True):
-            if k not in keys:
+        k, n = key(item), size(item)
+        for members, keys, total in rounds:
+            if k not in keys and total[0] + n <= BULK_BYTES:
                 members.append(i)
                 keys.add(k)
+                total[0] += n
                 break
         else:
-            rounds.append([i])
-            seen.append({k})
-    return rounds
+            rounds.append(([i], {k}, [n]))
+    return [members for members, _, _ in rounds]
 
 
 def _where(namespace: str, query: Query) -> tuple[str, list[Any]]:
@@ -1066,7 +1076,7 @@ def _where(namespace: str, query: Query) -> tuple[str, list[Any]]:
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class _Report:
     """A heartbeat or completion of one attempt (details or result)."""
 
     run_id: str
@@ -1120,7 +1130,11 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def _outcome_rows(items: Sequence[_Outcome]) -> dict[str, Any]:
+def _report_size(report: _Report) -> int:
+    return 0 if report.data is None else len(report.data)
+
+
+def _outcome_rows(items: Sequence[_Report]) -> dict[str, Any]:
     return {
         "rows": json.dumps([[o.run_id, o.attempt, _b64(o.data)] for o in items]),
         "run_ids": [o.run_id for o in items],
@@ -1352,8 +1366,13 @@ class PostgresStore(Store):
                     new.summary,
                 ]
             )
-        inserted = tx.execute(_INSERT_SQL, {"now": now, "rows": json.dumps(rows)}).fetchall()
-        return {row[0] for row in inserted}
+        created: set[str] = set()
+        for members in _rounds(news, lambda new: new.run_id, lambda new: len(new.input)):
+            batch = json.dumps([rows[i] for i in members])
+            created.update(
+                row[0] for row in tx.execute(_INSERT_SQL, {"now": now, "rows": batch}).fetchall()
+            )
+        return created
 
     def _start_conflict(self, tx: _Tx, new: NewExecution, made: list[NewExecution]) -> Outcome:
         """A start whose insert did nothing: the id runs (USE_EXISTING or
@@ -1467,13 +1486,13 @@ class PostgresStore(Store):
     # ---------------------------------------------------------------- attempt outcomes
 
     async def heartbeat(self, run_id: str, attempt: int, details: bytes | None) -> HeartbeatResult:
-        result: HeartbeatResult = await self._write("heartbeat", _Outcome(run_id, attempt, details))
+        result: HeartbeatResult = await self._write("heartbeat", _Report(run_id, attempt, details))
         return result
 
     @staticmethod
-    def _bulk_heartbeat(tx: _Tx, beats: list[_Outcome]) -> list[Outcome]:
+    def _bulk_heartbeat(tx: _Tx, beats: list[_Report]) -> list[Outcome]:
         out: list[Outcome] = [(None, None)] * len(beats)
-        for members in _unique_rounds(beats, lambda b: (b.run_id, b.attempt)):
+        for members in _rounds(beats, lambda b: (b.run_id, b.attempt), _report_size):
             rows = tx.execute(
                 _HEARTBEAT_SQL, {"now": tx.now, **_outcome_rows([beats[i] for i in members])}
             ).fetchall()
@@ -1488,13 +1507,13 @@ class PostgresStore(Store):
         return out
 
     async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
-        done: bool = await self._write("complete", _Outcome(run_id, attempt, result))
+        done: bool = await self._write("complete", _Report(run_id, attempt, result))
         return done
 
     @staticmethod
-    def _bulk_complete(tx: _Tx, outcomes: list[_Outcome]) -> list[Outcome]:
+    def _bulk_complete(tx: _Tx, outcomes: list[_Report]) -> list[Outcome]:
         out: list[Outcome] = [(False, None)] * len(outcomes)
-        for members in _unique_rounds(outcomes, lambda o: o.run_id):
+        for members in _rounds(outcomes, lambda o: o.run_id, _report_size):
             rows = tx.execute(
                 _COMPLETE_SQL, {"now": tx.now, **_outcome_rows([outcomes[i] for i in members])}
             ).fetchall()
