@@ -1,0 +1,841 @@
+"""Plain ``def`` activities on a real ThreadPoolExecutor (DESIGN.md §2
+"Executors" and "Cancellation", §5 "Executors"; issue 4 points 1, 2, 5, 6, 7),
+on a real Worker over a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from errands import activity, exceptions
+from errands.client import (
+    ActivityExecutionDescription,
+    ActivityExecutionStatus,
+    ActivityHandle,
+    Client,
+    PendingActivityState,
+)
+from errands.common import RetryPolicy
+from errands.worker import Worker
+
+TIMEOUT = timedelta(seconds=30)
+CEILING_S = 30.0
+"""Longest a test (or an activity) waits for a condition that should hold far sooner."""
+CANCEL_CEILING_S = 5.0
+"""Generous bound on cancel delivery (the design's target is p50 under 50 ms)."""
+POOL_PREFIX = "errands-test-pool"
+FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100))
+BUSY_LOOP_S = 0.01
+"""How long the race test holds the event loop while an activity ends."""
+
+
+@dataclass
+class Probe:
+    """What the thread activities of one test report, and the gates they wait on."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    seen: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: int = 0
+    most_running: int = 0
+
+
+# One probe per test, keyed by the test's task queue.
+probes: dict[str, Probe] = {}
+
+
+def my_probe() -> Probe:
+    return probes[activity.info().task_queue]
+
+
+@pytest.fixture
+def probe(task_queue: str) -> Iterator[Probe]:
+    probes[task_queue] = Probe()
+    yield probes[task_queue]
+    probes[task_queue].release.set()  # never leave a pool thread blocked on a failed test
+    del probes[task_queue]
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    executor = ThreadPoolExecutor(4, thread_name_prefix=POOL_PREFIX)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, ceiling_s: float = CEILING_S
+) -> None:
+    deadline = time.monotonic() + ceiling_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {ceiling_s} s: {what}")
+        await asyncio.sleep(0.005)
+
+
+async def wait_flag(event: threading.Event, what: str, ceiling_s: float = CEILING_S) -> None:
+    async def check() -> bool:
+        return event.is_set()
+
+    await eventually(check, what, ceiling_s)
+
+
+async def describe_until(
+    handle: ActivityHandle[Any],
+    condition: Callable[[ActivityExecutionDescription], bool],
+    what: str,
+    ceiling_s: float = CEILING_S,
+    include_heartbeat_details: bool = False,
+) -> ActivityExecutionDescription:
+    found: list[ActivityExecutionDescription] = []
+
+    async def check() -> bool:
+        found[:] = [await handle.describe(include_heartbeat_details=include_heartbeat_details)]
+        return condition(found[0])
+
+    await eventually(check, what, ceiling_s)
+    return found[0]
+
+
+async def failure_of(handle: ActivityHandle[Any]) -> exceptions.FailureError:
+    with pytest.raises(exceptions.ActivityFailedError) as caught:
+        await handle.result()
+    return caught.value.cause
+
+
+def spin_for(seconds: float) -> int:
+    """Pure-Python work: many bytecodes for a raised-in exception to land on."""
+    n = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        n += 1
+    return n
+
+
+def spin_until_cancel_lands() -> None:
+    """Pure-Python work that never polls is_cancelled() and never blocks in C."""
+    deadline = time.monotonic() + CEILING_S
+    while time.monotonic() < deadline:
+        pass
+    raise RuntimeError(f"no cancel exception landed within {CEILING_S} s")
+
+
+# --------------------------------------------------------------------------- activities
+
+
+@activity.defn
+def sync_identity(value: int) -> int:
+    return value
+
+
+@activity.defn
+def report_the_context(word: str) -> str:
+    probe = my_probe()
+    info = activity.info()
+    probe.seen.update(
+        thread=threading.current_thread().name,
+        info=info,
+        in_activity=activity.in_activity(),
+        is_cancelled=activity.is_cancelled(),
+        cancellation_details=activity.cancellation_details(),
+        is_worker_shutdown=activity.is_worker_shutdown(),
+        waited_for_cancel=activity.wait_for_cancelled_sync(0.05),
+        waited_for_shutdown=activity.wait_for_worker_shutdown_sync(timedelta(milliseconds=50)),
+    )
+    try:
+        activity.client()
+    except RuntimeError as e:
+        probe.seen["client_error"] = str(e)
+    activity.logger.info("thread activity says %s", word)
+    activity.heartbeat("progress", 7)
+    probe.started.set()
+    probe.release.wait(CEILING_S)
+    return f"{word} from {info.activity_id}"
+
+
+@activity.defn
+def heartbeat_then_spin() -> str:
+    probe = my_probe()
+    activity.heartbeat("spinning")
+    probe.started.set()
+    try:
+        spin_until_cancel_lands()
+    except exceptions.CancelledError as e:
+        probe.seen.update(
+            caught=type(e),
+            is_cancelled=activity.is_cancelled(),
+            details=activity.cancellation_details(),
+            waited=activity.wait_for_cancelled_sync(0),
+        )
+        raise
+    return "unreachable"
+
+
+@activity.defn(no_thread_cancel_exception=True)
+def poll_for_the_cancel() -> str:
+    probe = my_probe()
+    activity.heartbeat("waiting")
+    probe.started.set()
+    waited = activity.wait_for_cancelled_sync(CEILING_S)
+    spin_for(0.2)  # no exception may land in here
+    details = activity.cancellation_details()
+    probe.seen.update(waited=waited, details=details)
+    return f"saw the cancel: {activity.is_cancelled()}"
+
+
+@activity.defn(no_thread_cancel_exception=True)
+def ignore_the_cancel() -> str:
+    """Heartbeats, so the cancel is delivered, but never looks at it."""
+    probe = my_probe()
+    activity.heartbeat("working")
+    probe.started.set()
+    probe.release.wait(CEILING_S)
+    spin_for(0.05)
+    return "finished anyway"
+
+
+@activity.defn
+def never_heartbeat() -> str:
+    probe = my_probe()
+    probe.started.set()
+    probe.release.wait(CEILING_S)
+    spin_for(0.05)
+    return f"finished, is_cancelled={activity.is_cancelled()}"
+
+
+@activity.defn
+def end_as_the_cancel_arrives() -> str:
+    """Heartbeats, then spins in pure Python until the test's chosen moment
+    (``probe.seen["end_at"]``, set as it sends the cancel) and returns: the end
+    of the call races the cancel's delivery."""
+    probe = my_probe()
+    probe.seen["thread"] = threading.get_ident()
+    activity.heartbeat("about to end")
+    probe.started.set()
+    deadline = time.monotonic() + CEILING_S
+    while time.monotonic() < min(probe.seen.get("end_at", deadline), deadline):
+        pass
+    return "ended"
+
+
+@activity.defn
+def run_after_the_race() -> int:
+    """Pure-Python work on the thread the racing activity used: a leaked cancel
+    exception would land here."""
+    probe = my_probe()
+    probe.seen["next_thread"] = threading.get_ident()
+    return spin_for(0.003)
+
+
+@activity.defn
+def shielded() -> str:
+    probe = my_probe()
+    activity.heartbeat("shielded")
+    steps: list[str] = []
+    probe.seen["steps"] = steps
+    try:
+        with activity.shield_thread_cancel_exception():
+            with activity.shield_thread_cancel_exception():
+                probe.started.set()
+                steps.append(f"inner waited={activity.wait_for_cancelled_sync(CEILING_S)}")
+                spin_for(0.1)
+                steps.append("inner block ends")
+            spin_for(0.1)
+            steps.append(f"outer block ends, is_cancelled={activity.is_cancelled()}")
+        steps.append("after the outer block")
+    except exceptions.CancelledError:
+        steps.append("CancelledError")
+        raise
+    return "unreachable"
+
+
+@activity.defn
+async def async_beside_threads() -> str:
+    probe = my_probe()
+    probe.seen["async_thread"] = threading.current_thread()
+    probe.seen["async_loop"] = asyncio.get_running_loop()
+    probe.seen["async_client"] = activity.client()
+    await asyncio.sleep(0)
+    return "async ran"
+
+
+@activity.defn
+def sync_beside_async() -> str:
+    my_probe().seen["sync_thread"] = threading.current_thread()
+    return "sync ran"
+
+
+@activity.defn
+def block_until_released(n: int) -> int:
+    """Blocks until the test sets its own gate (``probe.seen["gates"][n]``)."""
+    probe = my_probe()
+    with probe.lock:
+        probe.running += 1
+        probe.most_running = max(probe.most_running, probe.running)
+    try:
+        gate: threading.Event = probe.seen["gates"][n]
+        if not gate.wait(CEILING_S):
+            raise RuntimeError(f"gate {n} was not opened")
+    finally:
+        with probe.lock:
+            probe.running -= 1
+    return n
+
+
+@activity.defn
+def finish_on_worker_shutdown() -> str:
+    probe = my_probe()
+    before = activity.is_worker_shutdown()
+    probe.started.set()
+    noticed = activity.wait_for_worker_shutdown_sync(CEILING_S)
+    return f"before={before} noticed={noticed} after={activity.is_worker_shutdown()}"
+
+
+@activity.defn
+def outlast_the_grace_period() -> str:
+    probe = my_probe()
+    attempt = activity.info().attempt
+    if attempt == 1:
+        probe.started.set()
+        try:
+            spin_until_cancel_lands()
+        except exceptions.CancelledError:
+            probe.seen["details"] = activity.cancellation_details()
+            raise
+    return f"attempt {attempt} finished"
+
+
+# --------------------------------------------------------------------------- worker checks
+
+
+async def test_a_worker_with_a_sync_activity_and_no_executor_is_refused_naming_it(
+    client: Client, task_queue: str
+) -> None:
+    with pytest.raises(ValueError, match=r"'sync_identity'.*activity_executor"):
+        Worker(client, task_queue=task_queue, activities=[sync_identity])
+
+
+async def test_a_thread_pool_needs_no_shared_state_manager(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor
+) -> None:
+    async with Worker(
+        client, task_queue=task_queue, activities=[sync_identity], activity_executor=pool
+    ):
+        assert (
+            await client.execute_activity(
+                sync_identity,
+                41,
+                id="identity",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            == 41
+        )
+
+
+# --------------------------------------------------------------------------- context in the thread
+
+
+async def test_the_activity_context_works_inside_the_pool_thread(
+    client: Client,
+    task_queue: str,
+    pool: ThreadPoolExecutor,
+    probe: Probe,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="errands.activity")
+    async with Worker(
+        client, task_queue=task_queue, activities=[report_the_context], activity_executor=pool
+    ):
+        handle = await client.start_activity(
+            report_the_context,
+            "hello",
+            id="context",
+            task_queue=task_queue,
+            start_to_close_timeout=TIMEOUT,
+            heartbeat_timeout=timedelta(seconds=20),
+        )
+        await wait_flag(probe.started, "the activity runs")
+        desc = await describe_until(
+            handle,
+            lambda d: d.last_heartbeat_time is not None,
+            "the thread's heartbeat reaches the store",
+            include_heartbeat_details=True,
+        )
+        assert list(await desc.heartbeat_details()) == ["progress", 7]
+        assert desc.run_state is PendingActivityState.STARTED
+        probe.release.set()
+        assert await handle.result() == "hello from context"
+
+    seen = probe.seen
+    assert seen["thread"].startswith(POOL_PREFIX)
+    info: activity.Info = seen["info"]
+    assert (info.activity_id, info.activity_type, info.attempt, info.task_queue) == (
+        "context",
+        "report_the_context",
+        1,
+        task_queue,
+    )
+    assert info.heartbeat_timeout == timedelta(seconds=20)
+    assert info.activity_run_id == handle.run_id
+    assert seen["in_activity"] is True
+    assert seen["is_cancelled"] is False
+    assert seen["cancellation_details"] is None
+    assert seen["is_worker_shutdown"] is False
+    assert seen["waited_for_cancel"] is False
+    assert seen["waited_for_shutdown"] is False
+    assert "async activities only" in seen["client_error"]
+    records = [r for r in caplog.records if "thread activity says hello" in r.getMessage()]
+    assert len(records) == 1
+    assert records[0].name == "errands.activity"
+    assert records[0].threadName.startswith(POOL_PREFIX)
+    assert getattr(records[0], "activity_id", None) == "context"
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_a_heartbeating_thread_spinning_in_python_gets_cancelled_error_and_ends_canceled(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+) -> None:
+    async with Worker(
+        client, task_queue=task_queue, activities=[heartbeat_then_spin], activity_executor=pool
+    ):
+        handle = await client.start_activity(
+            heartbeat_then_spin, id="spin", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+        )
+        await wait_flag(probe.started, "the activity heartbeats and spins")
+        await describe_until(
+            handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
+        )
+        cancelled_at = time.monotonic()
+        await handle.cancel("stop spinning")
+        cause = await failure_of(handle)
+        assert time.monotonic() - cancelled_at < CANCEL_CEILING_S
+        assert isinstance(cause, exceptions.CancelledError)
+        desc = await handle.describe()
+        assert desc.status is ActivityExecutionStatus.CANCELED
+        assert desc.canceled_reason == "stop spinning"
+
+    assert probe.seen["caught"] is exceptions.CancelledError
+    assert probe.seen["is_cancelled"] is True
+    assert probe.seen["waited"] is True
+    details: activity.ActivityCancellationDetails = probe.seen["details"]
+    assert details.cancel_requested
+    assert not (details.not_found or details.timed_out or details.worker_shutdown)
+
+
+async def test_with_no_thread_cancel_exception_the_thread_sees_is_cancelled_and_completes(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+) -> None:
+    async with Worker(
+        client, task_queue=task_queue, activities=[poll_for_the_cancel], activity_executor=pool
+    ):
+        handle = await client.start_activity(
+            poll_for_the_cancel, id="poll", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+        )
+        await wait_flag(probe.started, "the activity heartbeats")
+        await describe_until(
+            handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
+        )
+        await handle.cancel()
+        assert await handle.result() == "saw the cancel: True"
+        assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
+
+    assert probe.seen["waited"] is True
+    assert probe.seen["details"].cancel_requested
+
+
+async def test_a_thread_that_ignores_a_delivered_cancel_completes(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+) -> None:
+    async with Worker(
+        client, task_queue=task_queue, activities=[ignore_the_cancel], activity_executor=pool
+    ):
+        handle = await client.start_activity(
+            ignore_the_cancel, id="ignore", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+        )
+        await wait_flag(probe.started, "the activity heartbeats")
+        await describe_until(
+            handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
+        )
+        await handle.cancel()
+        await describe_until(
+            handle,
+            lambda d: d.run_state is PendingActivityState.CANCEL_REQUESTED,
+            "the cancel request is recorded",
+        )
+        probe.release.set()
+        assert await handle.result() == "finished anyway"
+        assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
+
+
+async def test_a_thread_that_never_heartbeats_runs_to_its_end_and_completes(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+) -> None:
+    async with Worker(
+        client, task_queue=task_queue, activities=[never_heartbeat], activity_executor=pool
+    ):
+        handle = await client.start_activity(
+            never_heartbeat, id="quiet", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+        )
+        await wait_flag(probe.started, "the activity runs")
+        await handle.cancel()
+        await describe_until(
+            handle,
+            lambda d: d.run_state is PendingActivityState.CANCEL_REQUESTED,
+            "the cancel request is recorded",
+        )
+        probe.release.set()
+        assert await handle.result() == "finished, is_cancelled=False"
+        assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
+
+
+async def test_a_cancel_racing_the_end_of_an_activity_never_lands_in_the_next_task_of_the_thread(
+    client: Client, task_queue: str, probe: Probe
+) -> None:
+    """Given one pool thread, many rounds of: an activity that heartbeats and
+    ends just as its cancel arrives, then another activity on the same thread.
+    The first may end either way; the second must always complete.
+
+    Even rounds: the racer ends while the test holds the event loop, so the
+    call's end and the cancel's delivery reach the loop together (the attempt
+    still looks RUNNING when the cancel is delivered). Odd rounds: the racer
+    ends ``offset_s`` after the test sends the cancel; the offset follows the
+    delivery time (shorter after a CANCELED round, longer after a COMPLETED
+    one), so those rounds end around the moment of delivery."""
+    rounds = 60
+    offset_s, step_s = 0.02, 0.0005
+    outcomes: dict[ActivityExecutionStatus, int] = {}
+    failures: list[str] = []
+    single = ThreadPoolExecutor(1, thread_name_prefix=POOL_PREFIX)
+
+    async def play_rounds() -> None:
+        nonlocal offset_s
+        for i in range(rounds):
+            probe.started.clear()
+            probe.seen.pop("end_at", None)
+            racer = await client.start_activity(
+                end_as_the_cancel_arrives,
+                id=f"racer-{i}",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            await wait_flag(probe.started, f"round {i}: the racer heartbeats")
+            tracking = i % 2 == 1
+            if tracking:
+                probe.seen["end_at"] = time.monotonic() + offset_s
+                # It may end first; the follower still checks the thread.
+                with contextlib.suppress(exceptions.ActivityAlreadyClosedError):
+                    await racer.cancel()
+            else:
+                await racer.cancel()
+                probe.seen["end_at"] = time.monotonic()
+                time.sleep(BUSY_LOOP_S)  # hold the loop while the racer ends
+            follower = await client.start_activity(
+                run_after_the_race,
+                id=f"follower-{i}",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+            try:
+                await asyncio.wait_for(follower.result(), 10)
+            except asyncio.TimeoutError:
+                failures.append(f"round {i}: the next task on the thread never ended")
+                return
+            except exceptions.ActivityFailedError as e:
+                failures.append(f"round {i}: the next task on the thread failed: {e.cause!r}")
+                return
+            assert probe.seen["next_thread"] == probe.seen["thread"]
+            try:
+                await racer.result()
+            except exceptions.ActivityFailedError as e:
+                assert isinstance(e.cause, exceptions.CancelledError), e.cause
+            status = (await racer.describe()).status
+            outcomes[status] = outcomes.get(status, 0) + 1
+            if tracking:
+                step = -step_s if status is ActivityExecutionStatus.CANCELED else step_s
+                offset_s = max(0.0, offset_s + step)
+
+    async def with_worker() -> None:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            activities=[end_as_the_cancel_arrives, run_after_the_race],
+            activity_executor=single,
+        ):
+            await play_rounds()
+
+    try:
+        # A cancel that killed the pool thread would also hang the worker's shutdown.
+        await asyncio.wait_for(with_worker(), 60)
+    except asyncio.TimeoutError:
+        failures.append("the worker did not shut down")
+    finally:
+        single.shutdown(wait=False, cancel_futures=True)
+    assert not failures, failures
+    assert sum(outcomes.values()) == rounds
+    assert set(outcomes) <= {ActivityExecutionStatus.CANCELED, ActivityExecutionStatus.COMPLETED}
+
+
+async def test_nested_shields_defer_the_cancel_exception_until_the_outermost_block_exits(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+) -> None:
+    async with Worker(client, task_queue=task_queue, activities=[shielded], activity_executor=pool):
+        handle = await client.start_activity(
+            shielded, id="shielded", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+        )
+        await wait_flag(probe.started, "the activity is inside both shields")
+        await describe_until(
+            handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
+        )
+        await handle.cancel()
+        cause = await failure_of(handle)
+        assert isinstance(cause, exceptions.CancelledError)
+        assert (await handle.describe()).status is ActivityExecutionStatus.CANCELED
+
+    assert probe.seen["steps"] == [
+        "inner waited=True",
+        "inner block ends",
+        "outer block ends, is_cancelled=True",
+        "CancelledError",
+    ]
+
+
+async def test_async_activities_still_run_on_the_event_loop_when_an_executor_is_set(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+) -> None:
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        activities=[async_beside_threads, sync_beside_async],
+        activity_executor=pool,
+    ):
+        assert (
+            await client.execute_activity(
+                async_beside_threads,
+                id="async",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            == "async ran"
+        )
+        assert (
+            await client.execute_activity(
+                sync_beside_async, id="sync", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+            )
+            == "sync ran"
+        )
+
+    assert probe.seen["async_thread"] is threading.current_thread()
+    assert probe.seen["async_loop"] is asyncio.get_running_loop()
+    assert probe.seen["async_client"] is client
+    assert probe.seen["sync_thread"].name.startswith(POOL_PREFIX)
+
+
+# --------------------------------------------------------------------------- slots
+
+
+async def test_the_worker_never_claims_more_sync_activities_than_the_pool_can_start(
+    client: Client, task_queue: str, probe: Probe
+) -> None:
+    """Given ThreadPoolExecutor(2) and max_concurrent_activities=10, six
+    activities that block until released: in each of three waves exactly two
+    are STARTED and the others stay SCHEDULED (so no start_to_close clock burns
+    in the executor's queue); releasing the two lets the next two start."""
+    size, count = 2, 6
+    gates = {n: threading.Event() for n in range(count)}
+    probe.seen["gates"] = gates
+    two = ThreadPoolExecutor(size, thread_name_prefix=POOL_PREFIX)
+    try:
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            activities=[block_until_released],
+            activity_executor=two,
+            max_concurrent_activities=10,
+        ):
+            handles = [
+                await client.start_activity(
+                    block_until_released,
+                    n,
+                    id=f"blocked-{n}",
+                    task_queue=task_queue,
+                    start_to_close_timeout=TIMEOUT,
+                )
+                for n in range(count)
+            ]
+            descs: list[ActivityExecutionDescription] = []
+            released: set[int] = set()
+
+            def in_state(state: PendingActivityState) -> list[int]:
+                return [n for n, d in enumerate(descs) if d.run_state is state]
+
+            async def wave_started(done: int) -> bool:
+                descs[:] = [await h.describe() for h in handles]
+                # A released activity may read STARTED until its completion
+                # commits; one still blocked has been claimed, and never more
+                # of those than the pool has threads.
+                blocked = [n for n in in_state(PendingActivityState.STARTED) if n not in released]
+                assert len(blocked) <= size, [d.run_state for d in descs]
+                closed = [d for d in descs if d.status is ActivityExecutionStatus.COMPLETED]
+                return len(closed) == len(released) == done and len(blocked) == size
+
+            for wave in range(count // size):
+                done = wave * size
+                await eventually(functools.partial(wave_started, done), f"wave {wave}: two start")
+                # Nothing returns now: the others must stay SCHEDULED.
+                watch_until = time.monotonic() + 0.3
+                while time.monotonic() < watch_until:
+                    descs[:] = [await h.describe() for h in handles]
+                    assert len(in_state(PendingActivityState.SCHEDULED)) == count - done - size, [
+                        d.run_state for d in descs
+                    ]
+                    await asyncio.sleep(0.02)
+                for n in in_state(PendingActivityState.STARTED):
+                    released.add(n)
+                    gates[n].set()
+            assert [await h.result() for h in handles] == list(range(count))
+    finally:
+        for gate in gates.values():
+            gate.set()
+        two.shutdown(wait=True, cancel_futures=True)
+    assert probe.most_running == size
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_shutdown_waits_for_a_thread_activity_that_notices_it_within_the_grace_period(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+) -> None:
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        activities=[finish_on_worker_shutdown],
+        activity_executor=pool,
+        graceful_shutdown_timeout=timedelta(seconds=20),
+    )
+    async with worker:
+        handle = await client.start_activity(
+            finish_on_worker_shutdown,
+            id="graceful",
+            task_queue=task_queue,
+            start_to_close_timeout=TIMEOUT,
+        )
+        await wait_flag(probe.started, "the activity waits for shutdown")
+        began = time.monotonic()
+    took = time.monotonic() - began
+    assert await handle.result() == "before=False noticed=True after=True"
+    assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
+    assert took < 10, "shutdown waited for the whole grace period"
+
+
+async def test_a_thread_activity_running_past_the_grace_period_is_cancelled_and_retried(
+    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+) -> None:
+    grace_s = 0.3
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        activities=[outlast_the_grace_period],
+        activity_executor=pool,
+        graceful_shutdown_timeout=timedelta(seconds=grace_s),
+    )
+    async with worker:
+        handle = await client.start_activity(
+            outlast_the_grace_period,
+            id="outlast",
+            task_queue=task_queue,
+            start_to_close_timeout=TIMEOUT,
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100)),
+        )
+        await wait_flag(probe.started, "attempt 1 runs")
+        began = time.monotonic()
+    took = time.monotonic() - began
+    assert grace_s <= took < grace_s + CANCEL_CEILING_S
+    details: activity.ActivityCancellationDetails = probe.seen["details"]
+    assert details.worker_shutdown and not details.cancel_requested
+
+    desc = await handle.describe()
+    assert desc.status is ActivityExecutionStatus.RUNNING
+    assert desc.attempt == 2
+    assert desc.run_state is PendingActivityState.SCHEDULED
+    assert desc.last_failure is not None
+    assert isinstance(desc.last_failure, exceptions.ApplicationError)
+    assert desc.last_failure.type == "WorkerShutdown"
+    assert not desc.last_failure.non_retryable
+
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        activities=[outlast_the_grace_period],
+        activity_executor=pool,
+    ):
+        assert await handle.result() == "attempt 2 finished"
+
+
+async def test_a_cancel_delivered_while_the_call_waits_for_a_pool_thread_is_not_lost(
+    client: Client, task_queue: str, probe: Probe
+) -> None:
+    """Given a pool shared with other work (its one thread busy), an attempt
+    whose call still waits in the executor's queue when the worker's shutdown
+    cancels it: the cancel is not lost when the call gets its thread (the
+    activity does not run on unaware, holding up shutdown); the attempt fails
+    retryably."""
+    shared = ThreadPoolExecutor(1, thread_name_prefix=POOL_PREFIX)
+    unblock = threading.Event()
+    busy = shared.submit(unblock.wait, CEILING_S)  # someone else's work on the only thread
+    worker = Worker(
+        client, task_queue=task_queue, activities=[heartbeat_then_spin], activity_executor=shared
+    )
+    try:
+        async with worker:
+            handle = await client.start_activity(
+                heartbeat_then_spin,
+                id="queued",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+                retry_policy=FAST_RETRY,
+            )
+            await describe_until(
+                handle, lambda d: d.run_state is PendingActivityState.STARTED, "it is claimed"
+            )
+            shutting_down = asyncio.ensure_future(worker.shutdown())
+
+            async def cancel_delivered() -> bool:  # a peek inside: nothing outside shows it
+                attempts = list(worker._running.values())
+                return bool(attempts) and all(
+                    a.context is not None and a.context.details is not None for a in attempts
+                )
+
+            await eventually(cancel_delivered, "shutdown delivers the cancel to the queued call")
+            unblock.set()
+            done, _ = await asyncio.wait({shutting_down}, timeout=CANCEL_CEILING_S)
+            assert done, "shutdown hangs: the activity runs on without the cancel exception"
+        # Either the function never started, or the exception landed in it at once.
+        if probe.started.is_set():
+            assert probe.seen.get("caught") is exceptions.CancelledError
+        desc = await handle.describe()
+        assert (desc.status, desc.attempt) == (ActivityExecutionStatus.RUNNING, 2)
+        assert isinstance(desc.last_failure, exceptions.ApplicationError)
+        assert desc.last_failure.type == "WorkerShutdown"
+    finally:
+        unblock.set()
+        busy.result()
+        shared.shutdown(wait=True, cancel_futures=True)
