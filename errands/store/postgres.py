@@ -324,7 +324,9 @@ Handler = Callable[[_Tx, list[Any]], list[Outcome]]
 # The order in which a batch's kinds run; within a batch every change is
 # independent (each caller waits for its own commit before its next change),
 # so any order is a valid one. Starts go first so claims see them.
-_KINDS = ("start", "claim", "heartbeat", "complete", "op")
+# "interrupt" changes (cancel, terminate, prune) touch the interrupt log: a
+# batch holding any takes the log's lock before all else (see _lock_interrupts).
+_KINDS = ("start", "claim", "heartbeat", "complete", "op", "interrupt")
 
 
 @dataclass
@@ -464,6 +466,8 @@ class _Writer:
         by_kind: dict[str, list[_Pending]] = {}
         for item in batch:
             by_kind.setdefault(item.kind, []).append(item)
+        if "interrupt" in by_kind:
+            _lock_interrupts(tx)
         out: list[tuple[_Pending, Outcome]] = []
         for kind in _KINDS:
             items = by_kind.get(kind)
@@ -861,11 +865,11 @@ def _find_open(
 
 
 def _lock_interrupts(tx: _Tx) -> None:
-    """Take the interrupt log's write lock (until commit), before any row lock
-    of a cancel or terminate. It makes seq order commit order, so a reader's
-    cursor never passes a request that becomes visible later; taken first, it
-    orders concurrent cancels so that they cannot deadlock on each other's
-    rows. Readers are not blocked."""
+    """Take the interrupt log's write lock until commit, first thing in a
+    transaction that cancels, terminates or prunes. It makes seq order commit
+    order, so a reader's cursor never passes a request that becomes visible
+    later; taken before any row lock, it cannot close a deadlock with another
+    such transaction. Readers are not blocked."""
     tx.execute("LOCK TABLE interrupts IN EXCLUSIVE MODE")
 
 
@@ -1165,6 +1169,7 @@ class PostgresStore(Store):
                 "heartbeat": self._bulk_heartbeat,
                 "complete": self._bulk_complete,
                 "op": _run_each,
+                "interrupt": _run_each,
             },
             f"SELECT pg_current_xact_id_if_assigned()::text, pg_notify('{channel}', '{token}')",
             self._signals.fire_threadsafe,
@@ -1229,8 +1234,8 @@ class PostgresStore(Store):
             raise StoreError(f"PostgreSQL store {self.target} is closed")
         return await self._writer.submit(kind, arg)
 
-    async def _op(self, op: Callable[[_Tx], T]) -> T:
-        result: T = await self._write("op", op)
+    async def _op(self, op: Callable[[_Tx], T], kind: str = "op") -> T:
+        result: T = await self._write(kind, op)
         return result
 
     async def _read(self, fn: Callable[[Cursor], T]) -> T:
@@ -1564,7 +1569,6 @@ class PostgresStore(Store):
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> Status:
         def op(tx: _Tx) -> Status:
-            _lock_interrupts(tx)
             row_id, found_run, _status, state, attempt = _find_open(
                 tx, namespace, activity_id, run_id, "cancel"
             )
@@ -1586,13 +1590,12 @@ class PostgresStore(Store):
                 _log_interrupt(tx, namespace, found_run, attempt, "cancel")
             return Status.RUNNING
 
-        return await self._op(op)
+        return await self._op(op, "interrupt")
 
     async def terminate(
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> None:
         def op(tx: _Tx) -> None:
-            _lock_interrupts(tx)
             row_id, found_run, _, state, attempt = _find_open(
                 tx, namespace, activity_id, run_id, "terminate"
             )
@@ -1605,7 +1608,7 @@ class PostgresStore(Store):
             if state != RunState.SCHEDULED.value:
                 _log_interrupt(tx, namespace, found_run, attempt, "terminate")
 
-        await self._op(op)
+        await self._op(op, "interrupt")
 
     # ---------------------------------------------------------------- timers
 
@@ -1739,21 +1742,21 @@ class PostgresStore(Store):
         batch = min(batch, 1000)
 
         def op(tx: _Tx) -> int:
-            deleted = tx.execute(
-                "DELETE FROM executions WHERE id IN (SELECT id FROM executions "
-                "WHERE namespace = %s AND status <> 'RUNNING' AND close_time < %s LIMIT %s)",
-                (namespace, closed_before, batch),
-            ).rowcount
             tx.execute(
                 "DELETE FROM interrupts WHERE seq IN (SELECT seq FROM interrupts "
                 "WHERE namespace = %s AND created < %s LIMIT %s)",
                 (namespace, min(closed_before, tx.now - 3600.0), batch),
             )
+            deleted = tx.execute(
+                "DELETE FROM executions WHERE id IN (SELECT id FROM executions "
+                "WHERE namespace = %s AND status <> 'RUNNING' AND close_time < %s LIMIT %s)",
+                (namespace, closed_before, batch),
+            ).rowcount
             return int(deleted)
 
         total = 0
         while True:
-            n = await self._op(op)
+            n = await self._op(op, "interrupt")
             total += n
             if n < batch:
                 return total
