@@ -105,7 +105,9 @@ class _ChildAttempt:
     def __init__(self, spec: _ChildSpec, context: _Context) -> None:
         self.spec = spec
         self.context = context
-        self.lock = threading.Lock()
+        # Re-entrant: the SIGUSR1 handler takes it on the main thread, which may
+        # hold it already (a signal handler runs between any two bytecodes).
+        self.lock = threading.RLock()
         self.running = True
         self.shield_depth = 0
         self.deferred = False
@@ -251,18 +253,20 @@ def _run_in_child(
         activity_logger.setLevel(spec.log_level)
     current_token = _current.set(context)
     shield_token = _shield_target.set(attempt)
-    _child.begin(attempt)
     try:
-        result = fn(*args)
+        try:
+            _child.begin(attempt)
+            result = fn(*args)
+        finally:
+            # After end() the SIGUSR1 handler raises nothing; a cancel landing
+            # before it (even here) is caught below and marked as the activity's.
+            _child.end(attempt)
+            _shield_target.reset(shield_token)
+            _current.reset(current_token)
     except BaseException as e:
-        _child.end(attempt)
         setattr(e, _FROM_ACTIVITY, True)
         setattr(e, _LAST_HEARTBEAT, attempt.latest)
         raise
-    finally:
-        _shield_target.reset(shield_token)
-        _current.reset(current_token)
-    _child.end(attempt)
     return result, attempt.latest
 
 
