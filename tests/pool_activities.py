@@ -221,3 +221,12 @@ def run_after_the_race() -> int:
     _spin_for(0.003)
     time.sleep(0.003)
     return os.getpid()
+
+
+@activity.defn
+def heartbeat_log_and_return(count: int) -> int:
+    """Heartbeats and logs ``count`` times, then returns it."""
+    for i in range(count):
+        activity.heartbeat(i)
+        activity.logger.info("step %d", i)
+    return count

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import multiprocessing.managers
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -698,3 +699,44 @@ async def test_a_cancel_racing_the_end_of_a_child_activity_never_lands_in_the_ne
         one.shutdown(wait=True, cancel_futures=True)
     assert sum(outcomes.values()) == rounds
     assert set(outcomes) <= {ActivityExecutionStatus.CANCELED, ActivityExecutionStatus.COMPLETED}
+
+
+async def test_a_stuck_shared_state_manager_hangs_neither_the_activity_nor_the_worker(
+    client: Client, task_queue: str
+) -> None:
+    """Issue 4 point 6: the manager process is frozen (SIGSTOP), so every
+    heartbeat, log record and cancel request sent through it blocks. Results
+    travel by the pool, so activities still complete, and the worker's shutdown
+    (which tells children through the manager) still returns."""
+    manager = SPAWN.Manager()
+    executor = ProcessPoolExecutor(1, mp_context=SPAWN)
+    frozen = manager._process.pid  # type: ignore[attr-defined]
+    try:
+        worker = pool_worker(
+            client,
+            task_queue,
+            executor,
+            SharedStateManager.create_from_multiprocessing(manager),
+            [acts.heartbeat_log_and_return],
+        )
+        async with worker:
+            os.kill(frozen, signal.SIGSTOP)
+            for n in (3, 5):
+                result = await asyncio.wait_for(
+                    client.execute_activity(
+                        acts.heartbeat_log_and_return,
+                        n,
+                        id=f"stuck-manager-{n}",
+                        task_queue=task_queue,
+                        start_to_close_timeout=TIMEOUT,
+                    ),
+                    CEILING_S,
+                )
+                assert result == n
+            began = time.monotonic()
+        # The shutdown waited at most the bound on one call to the manager.
+        assert time.monotonic() - began < CEILING_S
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+        executor.shutdown(wait=True, cancel_futures=True)
+        manager.shutdown()

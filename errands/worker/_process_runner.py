@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import dataclasses
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -154,6 +156,7 @@ class _Child:
     def __init__(self) -> None:
         self.attempt: _ChildAttempt | None = None
         self.ship = threading.Event()
+        self.logs: queue.SimpleQueue[tuple[ChildChannel, logging.LogRecord]] = queue.SimpleQueue()
         self.started = threading.Event()
         self.threads_running = False
 
@@ -176,17 +179,24 @@ class _Child:
         self.started.clear()
 
     def _ship(self) -> None:
+        # The only thread that sends to the worker: if the manager is stuck, it
+        # is stuck here, and the activity runs on (its result travels by the pool).
         while True:
             self.ship.wait()
             self.ship.clear()
+            while True:
+                try:
+                    channel, record = self.logs.get_nowait()
+                except queue.Empty:
+                    break
+                with contextlib.suppress(Exception):  # the manager is gone
+                    channel.send_log(record)
             attempt = self.attempt
             if attempt is None or not attempt.unsent or attempt.latest is None:
                 continue
             attempt.unsent = False
-            try:
+            with contextlib.suppress(Exception):  # gone: the worker will time us out
                 attempt.spec.channel.send_heartbeat(attempt.spec.info.task_token, attempt.latest)
-            except Exception:  # the manager is gone: the worker will time us out
-                continue
 
     def _watch(self) -> None:
         while True:
@@ -229,9 +239,11 @@ class _ForwardToWorker(logging.Handler):
             record.msg = record.getMessage()
             record.args = None
             record.exc_info = None
-            attempt.spec.channel.send_log(record)
         except Exception:
             self.handleError(record)
+            return
+        _child.logs.put((attempt.spec.channel, record))  # shipped by its thread: never blocks
+        _child.ship.set()
 
 
 def _run_in_child(
@@ -345,7 +357,10 @@ class ProcessRunner(Runner):
             del self._tokens[key]
             if token in self._cancel_sent:
                 self._cancel_sent.discard(token)
-                await loop.run_in_executor(None, self._manager.unregister_heartbeater, token)
+                try:
+                    await _off_loop(self._manager.unregister_heartbeater, token)
+                except Exception as e:
+                    logger.warning("could not clear a cancel request in the shared state: %r", e)
             else:
                 self._manager.unregister_heartbeater(token)
         if latest is not None:
@@ -358,9 +373,7 @@ class ProcessRunner(Runner):
             return
         flags = dataclasses.asdict(context.details)
         self._cancel_sent.add(token)
-        sending = asyncio.get_running_loop().run_in_executor(
-            None, self._manager.request_cancel, token, flags
-        )
+        sending = asyncio.ensure_future(_off_loop(self._manager.request_cancel, token, flags))
         self._signalling.add(sending)
         sending.add_done_callback(self._signal_sent)
 
@@ -375,9 +388,7 @@ class ProcessRunner(Runner):
     async def worker_shutdown(self) -> None:
         """Tell children the worker is shutting down (is_worker_shutdown())."""
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self._manager.set_worker_shutdown
-            )
+            await _off_loop(self._manager.set_worker_shutdown)
         except Exception:
             logger.exception("could not tell process-pool activities of the shutdown")
 
@@ -402,6 +413,40 @@ class ProcessRunner(Runner):
         for executor in self._owned:
             executor.shutdown(wait=False, cancel_futures=True)
         self._manager.close()
+
+
+MANAGER_CALL_TIMEOUT_S = 5.0
+"""Longest the worker waits on one call to the shared-state manager."""
+
+
+async def _off_loop(fn: Callable[..., None], *args: Any) -> None:
+    """Call the manager on a daemon thread of its own, waiting at most
+    MANAGER_CALL_TIMEOUT_S: a stuck manager must hang neither the loop nor,
+    at exit, the interpreter (which joins the default executor's threads).
+
+    Raises TimeoutError if the call did not return in time.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return  # timed out already
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def call() -> None:
+        try:
+            fn(*args)
+        except BaseException as e:
+            loop.call_soon_threadsafe(settle, e)
+        else:
+            loop.call_soon_threadsafe(settle, None)
+
+    threading.Thread(target=call, name="errands-shared-state-call", daemon=True).start()
+    await asyncio.wait_for(done, MANAGER_CALL_TIMEOUT_S)
 
 
 def pool_size(executor: concurrent.futures.Executor) -> int | None:
