@@ -323,6 +323,14 @@ class Attempt:
                 task.activity_id,
                 task.attempt,
             )
+        else:
+            logger.info(
+                "activity %r (%s) attempt %d completed in %.3f s",
+                task.activity_id,
+                task.activity_type,
+                task.attempt,
+                time.time() - task.started_time,
+            )
 
     async def _fail(self, error: BaseException, what: str) -> None:
         env, task = self.env, self.task
@@ -365,8 +373,20 @@ class Attempt:
     ) -> None:
         env, task = self.env, self.task
         if details.not_found:
+            logger.info(
+                "activity %r (%s) attempt %d stopped: the execution was terminated",
+                task.activity_id,
+                task.activity_type,
+                task.attempt,
+            )
             return  # terminated: the store already closed it
         if details.timed_out:
+            logger.warning(
+                "activity %r (%s) attempt %d timed out",
+                task.activity_id,
+                task.activity_type,
+                task.attempt,
+            )
             # The store's timer decides retry or TIMED_OUT; make sure it fires now.
             env.fire_timers(task.run_id)
             return
@@ -374,7 +394,13 @@ class Attempt:
         if details.cancel_requested:
             cancelled = error if isinstance(error, FailureError) else CancelledError()
             encoded = await env.converter.encode_failure(cancelled)
-            await env.store.report_cancelled(task.run_id, task.attempt, encoded.data)
+            if await env.store.report_cancelled(task.run_id, task.attempt, encoded.data):
+                logger.info(
+                    "activity %r (%s) attempt %d canceled",
+                    task.activity_id,
+                    task.activity_type,
+                    task.attempt,
+                )
             return
         # Worker shutdown: fail retryably so that another worker takes it.
         await self._fail(

@@ -130,6 +130,7 @@ class Worker:
         self._busy_async = 0  # attempts holding an async slot
         self._busy_sync = 0  # attempts holding a sync slot
         self._shutdown_requested: asyncio.Event | None = None
+        self._cut_grace: asyncio.Event | None = None  # set by shutdown(cancel_now=True)
         self._run_task: asyncio.Task[None] | None = None
         self._shutdown_signal = _Signal()
         self._attempt_tasks: set[asyncio.Task[None]] = set()
@@ -156,6 +157,7 @@ class Worker:
             raise RuntimeError("Worker.run() called twice: a worker runs once")
         self._state = _State.RUNNING
         self._shutdown_requested = asyncio.Event()
+        self._cut_grace = asyncio.Event()
         self._wire()
         await self._watcher.read_cursor()  # before the first claim, or a request could be missed
         stop_background = asyncio.Event()
@@ -242,7 +244,7 @@ class Worker:
         if self._sync_runner is not None:
             await self._sync_runner.worker_shutdown()
         if self._attempt_tasks and self._graceful_s > 0:
-            await asyncio.wait(set(self._attempt_tasks), timeout=self._graceful_s)
+            await self._grace_period()
         for attempt in list(self._running.values()):
             attempt.request_cancel(
                 ActivityCancellationDetails(worker_shutdown=True), needs_heartbeat=False
@@ -250,12 +252,32 @@ class Worker:
         if self._attempt_tasks:
             await asyncio.wait(set(self._attempt_tasks))
 
-    async def shutdown(self) -> None:
+    async def _grace_period(self) -> None:
+        """Wait until every attempt ended, graceful_shutdown_timeout passed, or
+        ``shutdown(cancel_now=True)`` cut the wait short."""
+        assert self._cut_grace is not None
+        all_ended = asyncio.ensure_future(asyncio.wait(set(self._attempt_tasks)))
+        cut = asyncio.ensure_future(self._cut_grace.wait())
+        await asyncio.wait(
+            {all_ended, cut}, timeout=self._graceful_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in (all_ended, cut):  # cancelling a wait leaves the attempts alone
+            waiter.cancel()
+        await asyncio.gather(all_ended, cut, return_exceptions=True)
+
+    async def shutdown(self, *, cancel_now: bool = False) -> None:
         """Stop claiming, tell running activities (``is_worker_shutdown()``), wait
         up to graceful_shutdown_timeout, cancel what still runs (those attempts
-        fail retryably), and return when everything ended."""
+        fail retryably), and return when everything ended.
+
+        ``cancel_now=True`` skips the wait (what remains of it, when called again
+        during a shutdown): running attempts are cancelled at once. The
+        ``errands worker`` command does this on a second SIGINT / SIGTERM.
+        """
         if self._shutdown_requested is not None:
             self._shutdown_requested.set()
+        if cancel_now and self._cut_grace is not None:
+            self._cut_grace.set()
         if self._run_task is not None:
             await asyncio.gather(self._run_task, return_exceptions=True)
 

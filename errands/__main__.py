@@ -1,0 +1,5 @@
+"""``python -m errands``: the ``errands`` command."""
+
+from errands.cli import main
+
+main()

@@ -1,0 +1,517 @@
+"""The ``errands`` command, driven as users drive it: ``python -m errands ...``
+in a subprocess, on a SQLite file named by $ERRANDS_URL, with workers started
+by ``errands worker`` and stopped with signals.
+
+Waits poll a condition with a generous ceiling; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from errands._query import parse_query
+from errands.cli import parse_duration, quoted
+from errands.store.sqlite import SCHEMA_VERSION
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+CEILING_S = 30.0
+"""Longest any wait lasts before the test fails."""
+
+ACTIVITIES = "tests.cli_activities:ACTIVITIES"
+
+
+@dataclass
+class Ran:
+    """A finished command: exit code and output."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        assert self.code == 0, self.stderr
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def env(db_url: str) -> dict[str, str]:
+    """The environment of every command: the test's store in $ERRANDS_URL."""
+    return {**os.environ, "ERRANDS_URL": db_url}
+
+
+@pytest.fixture
+def errands(env: dict[str, str]) -> Callable[..., Ran]:
+    """Run ``python -m errands <args>`` to its end."""
+
+    def run(*args: str) -> Ran:
+        done = subprocess.run(
+            [sys.executable, "-m", "errands", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=CEILING_S * 2,
+        )
+        return Ran(done.returncode, done.stdout, done.stderr)
+
+    return run
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = CEILING_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+
+
+class WorkerProcess:
+    """An ``errands worker`` process, its log (stderr) in a file."""
+
+    def __init__(self, directory: Path, name: str, env: dict[str, str], *args: str) -> None:
+        self.log_path = directory / f"{name}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "errands", "worker", *args],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # its pool processes can be killed with it
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for_log(self, text: str) -> None:
+        def logged() -> bool:
+            if self.proc.poll() is not None and text not in self.log():
+                raise AssertionError(
+                    f"worker exited ({self.proc.returncode}) before logging {text!r}:\n{self.log()}"
+                )
+            return text in self.log()
+
+        wait_until(logged, f"worker logging {text!r}")
+
+    def wait_exit(self, timeout: float = CEILING_S) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL to its whole process group if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=CEILING_S / 2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=CEILING_S)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``errands worker <args>`` and wait until it runs; killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, name: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(tmp_path, f"{name}-{len(started)}", env, *args)
+        started.append(worker)
+        worker.wait_for_log("started on task queue")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def assert_one_error_line(ran: Ran, code: int, fragment: str) -> None:
+    assert ran.code == code, (ran.code, ran.stdout, ran.stderr)
+    assert "Traceback" not in ran.stderr
+    assert len(ran.stderr.splitlines()) == 1, ran.stderr
+    assert ran.stderr.startswith("Error: ")
+    assert fragment in ran.stderr
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def columns(line: str) -> list[str]:
+    """The cells of a table row (or a describe line): separated by two spaces or more."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# --------------------------------------------------------------------------- running activities
+
+
+def test_execute_prints_the_result_of_an_activity_run_by_a_worker_the_command_started(
+    errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker(ACTIVITIES, "--task-queue", "q")
+
+    greeted = errands("execute", "greet", "--id", "g-1", "--task-queue", "q", "--input", '"World"')
+    summed = errands(
+        "execute", "add_up", "--id", "a-1", "--task-queue", "q",
+        "--input", "[1, 2, 3]", "--input", '"six"', "--json",
+    )  # fmt: skip
+
+    assert (greeted.code, greeted.stdout) == (0, '"Hello, World!"\n'), greeted.stderr
+    out = summed.json()
+    assert out["result"] == {"label": "six", "sum": 6}
+    assert (out["activity_id"], out["status"]) == ("a-1", "COMPLETED")
+    assert out["run_id"]
+    worker.wait_for_log("activity 'a-1' (add_up) attempt 1 completed")
+    assert "activity 'g-1' (greet) attempt 1 completed" in worker.log()
+
+
+@pytest.mark.parametrize("pool", ["--threads", "--processes"])
+def test_a_worker_given_a_module_runs_its_plain_def_activities_on_the_pool_asked_for(
+    pool: str, errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker("tests.cli_activities", "--task-queue", "q", pool, "1")
+
+    ran = errands(
+        "execute", "multiply", "--id", "m-1", "--task-queue", "q",
+        "--input", "6", "--input", "7", "--json",
+    )  # fmt: skip
+
+    result = ran.json()["result"]
+    assert result["product"] == 42
+    assert result["in_activity"] is True
+    assert (result["pid"] == worker.pid) is (pool == "--threads")
+    # The module's async activities are registered too.
+    assert errands("execute", "greet", "--id", "g", "--task-queue", "q", "--input", '"x"').code == 0
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait_exit() == 0
+    wait_until(lambda: not group_alive(worker.pid), "the pool's processes ending with the worker")
+
+
+def run_three(errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]) -> None:
+    """A worker completes g-1 and g-2 (greet) and fails r-1 (refuse), oldest first."""
+    start_worker(ACTIVITIES, "--task-queue", "q")
+    started = errands("start", "greet", "--id", "g-1", "--task-queue", "q", "--input", '"a"')
+    assert started.stdout.startswith("Started activity 'g-1' (run ")
+    assert errands("result", "g-1").stdout == '"Hello, a!"\n'
+    executed = errands("execute", "greet", "--id", "g-2", "--task-queue", "q", "--input", '"b"')
+    assert executed.stdout == '"Hello, b!"\n'
+    refused = errands("execute", "refuse", "--id", "r-1", "--task-queue", "q", "--input", '"no"')
+    assert_one_error_line(refused, 3, "failed: Refused: no (non-retryable)")
+
+
+def test_list_shows_a_table_newest_first_and_filters_by_status_and_type(
+    errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    run_three(errands, start_worker)
+
+    table = [columns(line) for line in errands("list").stdout.splitlines()]
+    completed = errands("list", "--status", "completed", "--json").json()
+    refusals = errands("list", "--type", "refuse", "--json").json()
+    newest = errands("list", "--limit", "1")
+
+    assert table[0] == [
+        "ACTIVITY ID",
+        "TYPE",
+        "STATUS",
+        "TASK QUEUE",
+        "SCHEDULED (UTC)",
+        "DURATION",
+    ]
+    assert [row[:4] for row in table[1:]] == [
+        ["r-1", "refuse", "FAILED", "q"],
+        ["g-2", "greet", "COMPLETED", "q"],
+        ["g-1", "greet", "COMPLETED", "q"],
+    ]
+    assert sorted(e["activity_id"] for e in completed) == ["g-1", "g-2"]
+    assert {e["status"] for e in completed} == {"COMPLETED"}
+    assert [e["activity_id"] for e in refusals] == ["r-1"]
+    assert [columns(line)[0] for line in newest.stdout.splitlines()[1:]] == ["r-1"]
+    assert "raise --limit" in newest.stderr
+
+
+def test_count_and_describe_show_what_the_worker_did(
+    errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    run_three(errands, start_worker)
+
+    assert errands("count").stdout == "3\n"
+    assert errands("count", "--group-by-status", "--json").json() == {
+        "count": 3,
+        "groups": {"Completed": 2, "Failed": 1},
+    }
+    assert errands("count", "--type", "greet", "--status", "FAILED").stdout == "0\n"
+    described = dict(columns(line) for line in errands("describe", "r-1").stdout.splitlines())
+    assert (described["Activity ID"], described["Status"]) == ("r-1", "FAILED")
+    assert described["Last failure"] == "Refused: no (non-retryable)"
+    refused = errands("result", "r-1", "--json")
+    assert refused.code == 3
+    assert json.loads(refused.stdout)["status"] == "FAILED"
+    assert json.loads(refused.stdout)["failure"]["error_type"] == "Refused"
+    desc = errands("describe", "g-1", "--json").json()
+    assert (desc["status"], desc["attempt"], desc["activity_type"]) == ("COMPLETED", 1, "greet")
+    assert desc["start_to_close_timeout"] == 30.0
+    assert desc["execution_duration"] >= 0
+
+
+def test_cancel_through_the_command_ends_a_heartbeating_activity_canceled(
+    errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker(ACTIVITIES, "--task-queue", "q")
+    assert (
+        errands(
+            "start", "heartbeat_forever", "--id", "hb", "--task-queue", "q",
+            "--heartbeat-timeout", "5s", "--start-to-close", "1m",
+        ).code
+        == 0
+    )  # fmt: skip
+    wait_until(
+        lambda: errands("describe", "hb", "--json").json()["total_heartbeat_count"] >= 1,
+        "a first heartbeat",
+    )
+
+    cancelled = errands("cancel", "hb", "--reason", "no longer needed")
+    ended = errands("result", "hb")
+
+    assert cancelled.code == 0
+    assert cancelled.stdout.startswith("Requested cancellation of activity 'hb': now ")
+    assert_one_error_line(ended, 3, "canceled")
+    desc = errands("describe", "hb", "--json").json()
+    assert (desc["status"], desc["canceled_reason"]) == ("CANCELED", "no longer needed")
+    assert desc["heartbeat_details"] and isinstance(desc["heartbeat_details"][0], int)
+    worker.wait_for_log("activity 'hb' (heartbeat_forever) attempt 1 canceled")
+
+
+def test_cancel_and_terminate_close_activities_that_no_worker_has_started(
+    errands: Callable[..., Ran],
+) -> None:
+    for activity_id in ("c-1", "t-1"):
+        assert errands("start", "greet", "--id", activity_id, "--task-queue", "nobody").code == 0
+
+    cancelled = errands("cancel", "c-1")
+    terminated = errands("terminate", "t-1", "--reason", "wrong input")
+    again = errands("terminate", "t-1")
+
+    assert cancelled.stdout == "Requested cancellation of activity 'c-1': now CANCELED.\n"
+    assert terminated.stdout == "Terminated activity 't-1'.\n"
+    desc = errands("describe", "t-1", "--json").json()
+    assert (desc["status"], desc["canceled_reason"]) == ("TERMINATED", "wrong input")
+    assert_one_error_line(again, 1, "already closed")
+    assert_one_error_line(errands("result", "t-1"), 3, "TerminatedError: wrong input")
+
+
+def test_filters_match_values_with_quotes_and_backslashes_exactly(
+    errands: Callable[..., Ran],
+) -> None:
+    kinds = {"q-1": "it's", "q-2": "back\\slash", "q-3": "plain", "q-4": "it''s"}
+    for activity_id, activity_type in kinds.items():
+        assert errands("start", activity_type, "--id", activity_id, "--task-queue", "t").code == 0
+
+    for activity_id, activity_type in kinds.items():
+        found = errands("list", "--type", activity_type, "--json").json()
+        assert [e["activity_id"] for e in found] == [activity_id]
+    assert errands("count", "--query", "ActivityId STARTS_WITH 'q-'").stdout == "4\n"
+
+
+@pytest.mark.parametrize(
+    "value", ["it's", "a\\b", "\\'", "''", "a\\\\'b", "trailing\\", "new\nline", '"double"', ""]
+)
+def test_a_quoted_filter_value_parses_back_to_itself(value: str) -> None:
+    (condition,) = parse_query(f"ActivityType = {quoted(value)}").conditions
+    assert condition.value == value
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("30s", 30), ("5m", 300), ("2h", 7200), ("7d", 604800), ("1h30m", 5400),
+     ("1.5s", 1.5), ("0s", 0)],
+)  # fmt: skip
+def test_durations_read_as_their_units_say(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["30", "3x", "s", "", "1.5.5s", "-1s", "5 m"])
+def test_anything_else_is_not_a_duration(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["describe", "nope"], 1, "no activity execution 'nope'"),
+        (["result", "nope"], 1, "no activity execution 'nope'"),
+        (["cancel", "nope"], 1, "no activity execution 'nope'"),
+        (["start", "greet", "--id", "x", "--task-queue", "q", "--input", "World"], 2, "not JSON"),
+        (["start", "greet", "--id", "x", "--task-queue", "q", "--start-to-close", "3x"], 2,
+         "'3x' is not a duration"),
+        (["prune", "--older-than", "a week"], 2, "not a duration"),
+        (["list", "--status", "Sleeping"], 2, "'Sleeping' is not one of Running"),
+        (["list", "--query", "Foo = 'x'"], 1, "unknown field 'Foo'"),
+        (["list", "--url", "sqlite:////no/such/dir/e.db"], 1, "does not exist"),
+        (["list", "--url", "mysql://x"], 1, "unknown store URL"),
+        (["worker", "no_such_module", "--task-queue", "q"], 1, "cannot import 'no_such_module'"),
+        (["worker", "tests.cli_activities:NOPE", "--task-queue", "q"], 1, "no attribute 'NOPE'"),
+        (["worker", "tests.cli_activities:ALL_ACTIVITIES", "--task-queue", "q"], 1,
+         "'multiply' is a plain def: run it with --threads N or --processes N"),
+        (["worker", "tests.cli_activities", "--task-queue", "q", "--threads", "1",
+          "--processes", "1"], 2, "not both"),
+        (["worker", "tests.cli_activities:greet"], 2, "Missing option '--task-queue'"),
+        (["frobnicate"], 2, "No such command 'frobnicate'"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(
+    args: list[str], code: int, fragment: str, errands: Callable[..., Ran]
+) -> None:
+    ran = errands(*args)
+
+    assert_one_error_line(ran, code, fragment)
+    assert ran.stdout == ""
+
+
+def test_a_file_that_is_not_a_store_is_a_one_line_error(
+    tmp_path: Path, errands: Callable[..., Ran]
+) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database, it is a shopping list\n" * 100)
+
+    ran = errands("count", "--url", f"sqlite:///{junk}")
+
+    assert_one_error_line(ran, 1, "not an errands SQLite store")
+
+
+def test_help_lists_every_command(errands: Callable[..., Ran]) -> None:
+    ran = errands("--help")
+
+    assert ran.code == 0
+    commands = ran.stdout.split("Commands:")[1].split()
+    for name in ("worker", "start", "execute", "describe", "result", "cancel", "terminate",
+                 "list", "count", "migrate", "prune"):  # fmt: skip
+        assert name in commands
+
+
+# --------------------------------------------------------------------------- stopping workers
+
+
+def test_sigterm_mid_activity_fails_the_attempt_so_another_worker_retries_it(
+    tmp_path: Path, errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    runs = tmp_path / "runs.txt"
+    first = start_worker(ACTIVITIES, "--task-queue", "q", "--graceful-shutdown-timeout", "200ms")
+    errands("start", "hang_on_first_attempt", "--id", "h", "--task-queue", "q",
+            "--input", json.dumps(str(runs)))  # fmt: skip
+    wait_until(lambda: f"start h 1 {first.pid}" in lines_of(runs), "attempt 1 starting")
+
+    first.proc.send_signal(signal.SIGTERM)
+
+    assert first.wait_exit() == 0
+    log = first.log()
+    assert "SIGTERM: shutting down" in log
+    assert (
+        "activity 'h' (hang_on_first_attempt) attempt 1 interrupted by worker shutdown, will retry"
+        in log
+    )
+    pending = errands("describe", "h", "--json").json()
+    assert (pending["status"], pending["attempt"]) == ("RUNNING", 2)
+    assert pending["last_failure"]["error_type"] == "WorkerShutdown"
+
+    second = start_worker(ACTIVITIES, "--task-queue", "q", name="second")
+    retried = errands("result", "h", "--json").json()
+
+    assert retried["result"] == {"attempt": 2, "pid": second.pid}
+
+
+def test_the_first_signal_lets_a_running_activity_finish_within_the_grace_period(
+    tmp_path: Path, errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    runs = tmp_path / "runs.txt"
+    worker = start_worker(ACTIVITIES, "--task-queue", "q")  # default grace: 10 s
+    errands("start", "finish_after", "--id", "f", "--task-queue", "q",
+            "--input", "1.0", "--input", json.dumps(str(runs)))  # fmt: skip
+    wait_until(lambda: f"start f 1 {worker.pid}" in lines_of(runs), "attempt 1 starting")
+
+    worker.proc.send_signal(signal.SIGINT)
+
+    assert worker.wait_exit() == 0
+    assert "SIGINT: shutting down" in worker.log()
+    assert errands("result", "f", "--json").json()["result"] == {"attempt": 1, "pid": worker.pid}
+
+
+def test_a_second_signal_cancels_running_activities_without_waiting_out_the_grace_period(
+    tmp_path: Path, errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    runs = tmp_path / "runs.txt"
+    worker = start_worker(ACTIVITIES, "--task-queue", "q", "--graceful-shutdown-timeout", "20s")
+    errands("start", "hang_on_first_attempt", "--id", "h", "--task-queue", "q",
+            "--input", json.dumps(str(runs)))  # fmt: skip
+    wait_until(lambda: f"start h 1 {worker.pid}" in lines_of(runs), "attempt 1 starting")
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for_log("SIGTERM: shutting down")
+    signalled = time.monotonic()
+
+    worker.proc.send_signal(signal.SIGTERM)
+
+    assert worker.wait_exit() == 0
+    assert time.monotonic() - signalled < 10, "the second signal did not cut the 20 s grace"
+    assert "SIGTERM again: cancelling running activities now" in worker.log()
+    pending = errands("describe", "h", "--json").json()
+    assert (pending["status"], pending["attempt"]) == ("RUNNING", 2)
+    assert pending["last_failure"]["error_type"] == "WorkerShutdown"
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_migrate_makes_a_new_store_and_prints_its_schema_version(
+    tmp_path: Path, errands: Callable[..., Ran]
+) -> None:
+    path = tmp_path / "fresh.db"
+
+    ran = errands("migrate", "--url", f"sqlite:///{path}")
+
+    assert (ran.code, ran.stdout) == (0, f"SQLiteStore is at schema version {SCHEMA_VERSION}.\n")
+    assert path.exists()
+
+
+def test_prune_deletes_closed_activities_older_than_asked(errands: Callable[..., Ran]) -> None:
+    errands("start", "greet", "--id", "old", "--task-queue", "nobody")
+    errands("start", "greet", "--id", "open", "--task-queue", "nobody")
+    errands("terminate", "old")
+
+    kept = errands("prune", "--older-than", "1h")
+    pruned = errands("prune", "--older-than", "0s")
+
+    assert kept.stdout.startswith("Deleted 0 activities closed before ")
+    assert pruned.stdout.startswith("Deleted 1 activities closed before ")
+    assert_one_error_line(errands("describe", "old"), 1, "no activity execution 'old'")
+    assert errands("describe", "open", "--json").json()["status"] == "RUNNING"
