@@ -149,8 +149,21 @@ meanwhile) inserts again before giving up."""
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,54}\Z")
 
 _BEGIN = (
-    "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT extract(epoch FROM clock_timestamp())::float8"
+    "BEGIN ISOLATION LEVEL READ COMMITTED; "
+    "SELECT extract(epoch FROM clock_timestamp())::float8, NULL::text"
 )
+# A batch that will write takes its transaction id at once (it needs one
+# anyway): its COMMIT can then go with the NOTIFY in one round trip, and if the
+# connection drops unanswered, the id tells whether the commit went through.
+_BEGIN_WRITING = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED; "
+    "SELECT extract(epoch FROM clock_timestamp())::float8, pg_current_xact_id()::text"
+)
+_XID = "SELECT pg_current_xact_id_if_assigned()::text"
+
+# Kinds that always (or nearly always) write; claims, timer passes and other
+# ops often find nothing to do.
+_WRITING_KINDS = frozenset({"start", "heartbeat", "complete", "interrupt"})
 
 _CHANGED_VERBS = ("INSERT", "UPDATE", "DELETE")
 
@@ -374,7 +387,7 @@ class _Writer:
         self._pool = pool
         self._target = target
         self._handlers = handlers
-        self._notify_sql = notify_sql
+        self._commit_sql = f"{notify_sql}; COMMIT"
         self._after_commit = after_commit
         self._on_closed = on_closed
         self._conn: Conn | None = None
@@ -503,19 +516,19 @@ class _Writer:
             xid: str | None = None
             try:
                 cursor = conn.cursor()
-                cursor.execute(_BEGIN)
+                writing = any(item.kind in _WRITING_KINDS for item in batch)
+                cursor.execute(_BEGIN_WRITING if writing else _BEGIN)
                 cursor.nextset()
                 row = cursor.fetchone()
                 assert row is not None
                 tx = _Tx(cursor, float(row[0]))
+                xid = row[1]
                 outcomes = self._apply(tx, batch)
-                if tx.changed:
-                    # The transaction id, to learn its fate if the connection
-                    # drops before COMMIT is answered.
-                    found = cursor.execute(self._notify_sql).fetchone()
+                if tx.changed and xid is None:
+                    found = cursor.execute(_XID).fetchone()
                     xid = None if found is None else found[0]
                 committing = True
-                cursor.execute("COMMIT")
+                cursor.execute(self._commit_sql if tx.changed else "COMMIT")
                 return outcomes, tx.changed, tx.closed, lost + tx.handoffs
             except BaseException as e:
                 if _is_broken(conn):
@@ -1171,7 +1184,7 @@ class PostgresStore(Store):
                 "op": _run_each,
                 "interrupt": _run_each,
             },
-            f"SELECT pg_current_xact_id_if_assigned()::text, pg_notify('{channel}', '{token}')",
+            f"SELECT pg_notify('{channel}', '{token}')",
             self._signals.fire_threadsafe,
             self._emit_closed,
         )
