@@ -29,6 +29,11 @@ tokens: dict[str, bytes] = {}
 """Task tokens the activities hand out, by activity id."""
 
 
+@pytest.fixture(autouse=True)
+def _fresh_tokens() -> None:
+    tokens.clear()  # each variant of a test reuses the same activity ids
+
+
 @activity.defn
 async def hand_off() -> str:
     info = activity.info()

@@ -455,6 +455,7 @@ async def test_terminate_interrupts_a_running_activity_and_refuses_its_late_resu
     assert isinstance(failure, exceptions.TerminatedError)
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])
 async def test_a_request_made_while_the_worker_starts_up_still_reaches_the_activity(
     client: Client, task_queue: str, probe: Probe
 ) -> None:

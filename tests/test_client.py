@@ -780,6 +780,7 @@ async def test_an_unknown_url_scheme_is_a_value_error() -> None:
         await Client.connect("mysql://localhost/errands")
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])
 async def test_every_store_connection_uses_synchronous_full(client: Client, db_path: Path) -> None:
     # Note: SQLite builds compiled with DEFAULT_SYNCHRONOUS=2 (FULL) already
     # default to it, so there this catches only a store that lowers it.

@@ -352,6 +352,7 @@ async def test_quoted_values_match_ids_with_quotes(client: Client, task_queue: s
     assert await ids(client, "ActivityId STARTS_WITH 'it'''") == ["it's"]
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])
 async def test_an_injection_looking_value_matches_nothing_and_harms_nothing(
     population: Population, db_path: Path
 ) -> None:

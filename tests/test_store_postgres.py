@@ -18,7 +18,7 @@ import time
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,78 +40,10 @@ from errands.exceptions import (
 from errands.store import NewExecution, Store, open_store
 from errands.worker import Worker
 from tests import procs
+from tests.conftest import admin, psycopg, with_params
 
-try:
-    import psycopg
-except ImportError:  # pragma: no cover - the dev extra installs it
-    psycopg = None  # type: ignore[assignment]
-
-PG_URL = os.environ.get("ERRANDS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CEILING_S = 30.0
 _schemas = itertools.count()
-
-
-def _unreachable_reason() -> str | None:
-    if psycopg is None:
-        return "psycopg is not installed (pip install -e '.[dev]')"
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return None
-    except psycopg.Error as e:
-        return str(e).strip()
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> str:
-    """The server's URL; skips (or, with ERRANDS_REQUIRE_PG=1, fails) when unreachable."""
-    reason = _unreachable_reason()
-    if reason is not None:
-        message = (
-            f"PostgreSQL at {PG_URL} is not reachable ({reason}); set ERRANDS_TEST_PG_URL "
-            "to run these tests"
-        )
-        if os.environ.get("ERRANDS_REQUIRE_PG") == "1":
-            pytest.fail(message + " (ERRANDS_REQUIRE_PG=1: PostgreSQL tests must run)")
-        pytest.skip(message)
-    return PG_URL
-
-
-def with_params(url: str, **params: str) -> str:
-    """``url`` with query parameters added."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query) + list(params.items())
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-
-
-def admin(sql: str, params: tuple[Any, ...] = (), url: str = PG_URL) -> list[tuple[Any, ...]]:
-    """Run one statement on its own autocommit connection; its rows."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(sql, params)  # type: ignore[arg-type]
-        return cursor.fetchall() if cursor.description else []
-
-
-@pytest.fixture
-def pg_schema(pg_server: str) -> Iterator[str]:
-    """A schema name no other test (or test run) uses; dropped afterwards."""
-    name = f"errands_t{os.getpid()}_{next(_schemas)}_{uuid.uuid4().hex[:6]}"
-    yield name
-    admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
-
-@pytest.fixture
-def pg_url(pg_server: str, pg_schema: str) -> str:
-    """The store URL of this test's schema."""
-    return with_params(pg_server, schema=pg_schema)
-
-
-@pytest.fixture
-async def pg_client(pg_url: str) -> AsyncIterator[Client]:
-    """A client on this test's schema, closed afterwards."""
-    client = await Client.connect(pg_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def terminate_backends(schema: str) -> int:

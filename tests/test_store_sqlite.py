@@ -22,6 +22,13 @@ from errands.store import ClaimedTask
 from errands.worker import Worker
 from tests import procs
 
+
+@pytest.fixture
+def store_kind() -> str:
+    """This module is about the SQLite store only."""
+    return "sqlite"
+
+
 CEILING_S = 30.0
 
 
