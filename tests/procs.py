@@ -13,6 +13,10 @@ parent starts it with ``sys.executable`` and ``cwd=REPO_ROOT``). Commands:
   worker does, only more often), printing ``ready <pid>`` once it runs.
 - ``connect``: wait for a go-file, then connect to a (brand-new) store and
   start one activity; prints ``ok <run_id>``.
+- ``fleet-client``: wait for a go-file, then run ``fleet_step`` for the ids
+  ``<prefix>-<first>`` ... with at most ``--in-flight`` executions open at once
+  (start, then await the result), and print one JSON line: each id's result
+  and each id's error, if any.
 
 The parent side is ``Child``: it starts a command with stdout and stderr in
 files, waits for a line with a generous ceiling, and kills the process.
@@ -38,7 +42,8 @@ from typing import Any
 
 from errands import activity
 from errands.client import Client
-from errands.exceptions import ActivityAlreadyStartedError
+from errands.common import RetryPolicy
+from errands.exceptions import ActivityAlreadyStartedError, ApplicationError
 from errands.worker import Worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +126,22 @@ async def echo(value: str) -> str:
     return value
 
 
+@activity.defn
+async def fleet_step(log_path: str, fail_first: bool, seconds: float) -> str:
+    """Append ``start <id> <attempt> <pid>`` as the attempt begins; attempt 1
+    of a ``fail_first`` activity then fails (retryably). Otherwise sleep,
+    append ``done <id> <attempt> <pid>`` and return ``<id> <attempt> <pid>``."""
+    info = activity.info()
+    mark = f"{info.activity_id} {info.attempt} {os.getpid()}"
+    append_line(log_path, f"start {mark}")
+    if fail_first and info.attempt == 1:
+        raise ApplicationError("the first attempt fails", type="FleetFlaky")
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+    append_line(log_path, f"done {mark}")
+    return mark
+
+
 ACTIVITIES = [
     record_run,
     count_until_retried,
@@ -128,6 +149,7 @@ ACTIVITIES = [
     sleep_then_return,
     heartbeat_then_sleep,
     echo,
+    fleet_step,
 ]
 
 
@@ -247,6 +269,44 @@ async def _connect(args: argparse.Namespace) -> None:
         await client.close()
 
 
+async def _fleet_client(args: argparse.Namespace) -> None:
+    client = await Client.connect(args.url)
+    retry = RetryPolicy(initial_interval=timedelta(seconds=args.retry_interval))
+    gate = asyncio.Semaphore(args.in_flight)
+    results: dict[str, str] = {}
+    errors: dict[str, str] = {}
+
+    async def run(i: int) -> None:
+        activity_id = f"{args.prefix}-{i}"
+        async with gate:
+            try:
+                handle = await client.start_activity(
+                    fleet_step,
+                    args=[args.log, i % args.fail_every == 0, args.seconds],
+                    id=activity_id,
+                    task_queue=args.queue,
+                    start_to_close_timeout=timedelta(seconds=args.start_to_close),
+                    retry_policy=retry,
+                )
+                results[activity_id] = await handle.result()
+            except Exception as e:  # reported to the parent, which fails the test
+                errors[activity_id] = repr(e)
+
+    try:
+        _say("ready")
+        await _wait_for_file(args.go)
+        began = time.monotonic()
+        await asyncio.gather(*(run(i) for i in range(args.first, args.first + args.count)))
+        elapsed = time.monotonic() - began
+        _say(
+            json.dumps(
+                {"pid": os.getpid(), "elapsed": elapsed, "results": results, "errors": errors}
+            )
+        )
+    finally:
+        await client.close()
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     parser = argparse.ArgumentParser(prog="python -m tests.procs")
@@ -274,6 +334,19 @@ def main(argv: list[str]) -> None:
     connect.add_argument("--url", required=True)
     connect.add_argument("--queue", required=True)
     connect.add_argument("--go", required=True)
+    fleet = commands.add_parser("fleet-client")
+    fleet.add_argument("--url", required=True)
+    fleet.add_argument("--queue", required=True)
+    fleet.add_argument("--prefix", required=True)
+    fleet.add_argument("--first", type=int, required=True)
+    fleet.add_argument("--count", type=int, required=True)
+    fleet.add_argument("--in-flight", type=int, required=True)
+    fleet.add_argument("--log", required=True)
+    fleet.add_argument("--fail-every", type=int, required=True)
+    fleet.add_argument("--seconds", type=float, required=True)
+    fleet.add_argument("--start-to-close", type=float, required=True)
+    fleet.add_argument("--retry-interval", type=float, required=True)
+    fleet.add_argument("--go", required=True)
     args = parser.parse_args(argv)
     run = {
         "worker": _worker,
@@ -281,6 +354,7 @@ def main(argv: list[str]) -> None:
         "start-loop": _start_loop,
         "start-same": _start_same,
         "connect": _connect,
+        "fleet-client": _fleet_client,
     }[args.command]
     asyncio.run(run(args))
 

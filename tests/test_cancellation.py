@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -15,19 +15,16 @@ import pytest
 
 from errands import activity, exceptions
 from errands.client import (
-    ActivityExecutionDescription,
     ActivityExecutionStatus,
-    ActivityHandle,
     Client,
     PendingActivityState,
 )
 from errands.common import RetryPolicy
 from errands.store.sqlite import SQLiteStore
 from errands.worker import Worker
+from tests.support import describe_until, failure_of, wait_event
 
 TIMEOUT = timedelta(seconds=30)
-CEILING_S = 30.0
-"""Longest a test waits for a condition that should hold far sooner."""
 CANCEL_CEILING_S = 5.0
 """Generous bound on cancel delivery (the design's target is p50 under 50 ms)."""
 
@@ -56,45 +53,6 @@ def probe(task_queue: str) -> Iterator[Probe]:
     probes[task_queue] = Probe()
     yield probes[task_queue]
     del probes[task_queue]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, ceiling_s: float = CEILING_S
-) -> None:
-    deadline = time.monotonic() + ceiling_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {ceiling_s} s: {what}")
-        await asyncio.sleep(0.01)
-
-
-async def describe_until(
-    handle: ActivityHandle[Any],
-    condition: Callable[[ActivityExecutionDescription], bool],
-    what: str,
-) -> ActivityExecutionDescription:
-    found: list[ActivityExecutionDescription] = []
-
-    async def check() -> bool:
-        found[:] = [await handle.describe()]
-        return condition(found[0])
-
-    await eventually(check, what)
-    return found[0]
-
-
-async def wait_event(event: asyncio.Event, what: str, ceiling_s: float = CEILING_S) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), ceiling_s)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"not within {ceiling_s} s: {what}") from None
-
-
-async def failure_of(handle: ActivityHandle[Any]) -> exceptions.FailureError:
-    with pytest.raises(exceptions.ActivityFailedError) as caught:
-        await handle.result()
-    assert caught.value.__cause__ is caught.value.cause
-    return caught.value.cause
 
 
 # --------------------------------------------------------------------------- activities

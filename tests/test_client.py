@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +18,6 @@ import pytest
 
 from errands import activity, exceptions
 from errands.client import (
-    ActivityExecutionDescription,
     ActivityExecutionStatus,
     ActivityHandle,
     Client,
@@ -32,10 +31,9 @@ from errands.common import (
 )
 from errands.store.sqlite import SQLiteStore, _connect
 from errands.worker import Worker
+from tests.support import describe_until, eventually, failure_of
 
 TIMEOUT = timedelta(seconds=30)
-CEILING_S = 30.0
-"""Longest a test waits for a condition that should hold far sooner."""
 
 
 @dataclass
@@ -68,35 +66,6 @@ def probe(task_queue: str) -> Iterator[Probe]:
     probes[task_queue] = Probe()
     yield probes[task_queue]
     del probes[task_queue]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + CEILING_S
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {CEILING_S} s: {what}")
-        await asyncio.sleep(0.01)
-
-
-async def describe_until(
-    handle: ActivityHandle[Any],
-    condition: Callable[[ActivityExecutionDescription], bool],
-    what: str,
-) -> ActivityExecutionDescription:
-    found: list[ActivityExecutionDescription] = []
-
-    async def check() -> bool:
-        found[:] = [await handle.describe()]
-        return condition(found[0])
-
-    await eventually(check, what)
-    return found[0]
-
-
-async def failure_of(handle: ActivityHandle[Any]) -> exceptions.FailureError:
-    with pytest.raises(exceptions.ActivityFailedError) as caught:
-        await handle.result()
-    return caught.value.cause
 
 
 # --------------------------------------------------------------------------- activities

@@ -14,7 +14,7 @@ import multiprocessing.managers
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +33,7 @@ from errands.client import (
 from errands.common import RetryPolicy
 from errands.worker import SharedStateManager, Worker
 from tests import pool_activities as acts
+from tests.support import describe_until, eventually, failure_of
 
 SPAWN = multiprocessing.get_context("spawn")
 TIMEOUT = timedelta(seconds=30)
@@ -87,32 +88,6 @@ def pool_worker(
     )
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, ceiling_s: float = CEILING_S
-) -> None:
-    deadline = time.monotonic() + ceiling_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {ceiling_s} s: {what}")
-        await asyncio.sleep(0.01)
-
-
-async def describe_until(
-    handle: ActivityHandle[Any],
-    condition: Callable[[ActivityExecutionDescription], bool],
-    what: str,
-    include_heartbeat_details: bool = False,
-) -> ActivityExecutionDescription:
-    found: list[ActivityExecutionDescription] = []
-
-    async def check() -> bool:
-        found[:] = [await handle.describe(include_heartbeat_details=include_heartbeat_details)]
-        return condition(found[0])
-
-    await eventually(check, what)
-    return found[0]
-
-
 async def heartbeat_stored(handle: ActivityHandle[Any]) -> ActivityExecutionDescription:
     return await describe_until(
         handle,
@@ -120,12 +95,6 @@ async def heartbeat_stored(handle: ActivityHandle[Any]) -> ActivityExecutionDesc
         "the child's heartbeat reaches the store",
         include_heartbeat_details=True,
     )
-
-
-async def failure_of(handle: ActivityHandle[Any]) -> exceptions.FailureError:
-    with pytest.raises(exceptions.ActivityFailedError) as caught:
-        await asyncio.wait_for(handle.result(), CEILING_S)
-    return caught.value.cause
 
 
 async def cancel_and_time(handle: ActivityHandle[Any]) -> tuple[exceptions.FailureError, float]:

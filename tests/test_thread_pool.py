@@ -10,7 +10,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,12 +22,12 @@ from errands import activity, exceptions
 from errands.client import (
     ActivityExecutionDescription,
     ActivityExecutionStatus,
-    ActivityHandle,
     Client,
     PendingActivityState,
 )
 from errands.common import RetryPolicy
 from errands.worker import Worker
+from tests.support import describe_until, eventually, failure_of
 
 TIMEOUT = timedelta(seconds=30)
 CEILING_S = 30.0
@@ -77,44 +77,11 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, ceiling_s: float = CEILING_S
-) -> None:
-    deadline = time.monotonic() + ceiling_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {ceiling_s} s: {what}")
-        await asyncio.sleep(0.005)
-
-
 async def wait_flag(event: threading.Event, what: str, ceiling_s: float = CEILING_S) -> None:
     async def check() -> bool:
         return event.is_set()
 
     await eventually(check, what, ceiling_s)
-
-
-async def describe_until(
-    handle: ActivityHandle[Any],
-    condition: Callable[[ActivityExecutionDescription], bool],
-    what: str,
-    ceiling_s: float = CEILING_S,
-    include_heartbeat_details: bool = False,
-) -> ActivityExecutionDescription:
-    found: list[ActivityExecutionDescription] = []
-
-    async def check() -> bool:
-        found[:] = [await handle.describe(include_heartbeat_details=include_heartbeat_details)]
-        return condition(found[0])
-
-    await eventually(check, what, ceiling_s)
-    return found[0]
-
-
-async def failure_of(handle: ActivityHandle[Any]) -> exceptions.FailureError:
-    with pytest.raises(exceptions.ActivityFailedError) as caught:
-        await handle.result()
-    return caught.value.cause
 
 
 def spin_for(seconds: float) -> int:
