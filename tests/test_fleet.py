@@ -11,13 +11,16 @@ leave no ``start`` line are ones the killed worker had claimed but not yet begun
 they are in the store as STARTED attempts of the killed worker's identity, and
 that set is final once the process (and, on PostgreSQL, every backend of its
 connections) is gone, so the test reads it right after the kill, long before
-start_to_close could retry them.
+start_to_close could retry them. The worker is killed while it holds attempts:
+the test freezes it (SIGSTOP), looks, and kills it or lets it go on (SIGCONT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -27,8 +30,8 @@ from typing import Any
 import pytest
 
 from errands._lifecycle import RunState, Status
+from errands._query import parse_query
 from errands.client import ActivityExecutionStatus, Client
-from errands.store import Condition, Query
 from tests import procs
 from tests.conftest import admin, with_params
 
@@ -67,6 +70,17 @@ def read_log(path: Path) -> list[tuple[str, str, int, str]]:
 async def count_completed(client: Client, task_queue: str) -> int:
     query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Completed'"
     return (await client.count_activities(query)).count
+
+
+async def attempts_held(client: Client, task_queue: str, pid: int) -> dict[str, int]:
+    """The attempt each execution STARTED on the worker process ``pid`` is on."""
+    running = parse_query(f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'")
+    return {
+        r.activity_id: r.attempt
+        for r in await client.store.list(client.namespace, running)
+        if r.run_state in (RunState.STARTED, RunState.CANCEL_REQUESTED)
+        and (r.identity or "").startswith(f"{pid}@")
+    }
 
 
 def wait_for_backends_gone(application_name: str) -> None:
@@ -119,30 +133,28 @@ async def test_a_fleet_runs_every_activity_to_one_outcome_through_retries_and_a_
         go.touch()
         began = time.monotonic()
 
-        # When KILL_AT of the activities completed, SIGKILL one worker.
+        # Once KILL_AT of the activities completed, SIGKILL one worker at a
+        # moment it holds attempts: freeze it, look, and kill it or let it go on.
         deadline = began + CEILING_S
-        while (completed := await count_completed(client, task_queue)) < KILL_AT * n:
-            assert time.monotonic() < deadline, f"only {completed} of {n} completed"
+        kill_tries = 0
+        while True:
+            assert time.monotonic() < deadline, "the worker never got to be killed mid-run"
             for child in [victim, *survivors, *clients]:
                 assert child.proc.poll() is None, f"{child.name} died: {child.stderr()[-3000:]}"
+            if await count_completed(client, task_queue) >= KILL_AT * n:
+                os.kill(victim.pid, signal.SIGSTOP)
+                kill_tries += 1
+                if await attempts_held(client, task_queue, victim.pid):
+                    break
+                os.kill(victim.pid, signal.SIGCONT)
             await asyncio.sleep(0.02)
         victim.kill()
         killed_at = time.monotonic()
         if store_kind == "postgres":
             await asyncio.to_thread(wait_for_backends_gone, victim_app)
-
-        # What the killed worker held: its STARTED attempts, final from now on
-        # (nobody else may touch them until start_to_close has passed).
-        victim_identity = f"{victim.pid}@"
-        running = Query(
-            (Condition("TaskQueue", "=", task_queue), Condition("ExecutionStatus", "=", "Running"))
-        )
-        held = {
-            r.activity_id: r.attempt
-            for r in await client.store.list(client.namespace, running)
-            if r.run_state in (RunState.STARTED, RunState.CANCEL_REQUESTED)
-            and (r.identity or "").startswith(victim_identity)
-        }
+        # What the killed worker held (its STARTED attempts) is final from now
+        # on: nobody else may touch them until start_to_close has passed.
+        held = await attempts_held(client, task_queue, victim.pid)
         snapshot_s = time.monotonic() - killed_at
         assert snapshot_s < START_TO_CLOSE_S / 2, f"the snapshot took {snapshot_s:.1f} s"
 
@@ -162,7 +174,7 @@ async def test_a_fleet_runs_every_activity_to_one_outcome_through_retries_and_a_
     assert sorted(results) == sorted(ids)
 
     # One execution per id, each COMPLETED, nothing else in the store.
-    everything = Query((Condition("TaskQueue", "=", task_queue),))
+    everything = parse_query(f"TaskQueue = '{task_queue}'")
     records = await client.store.list(client.namespace, everything)
     assert Counter(r.activity_id for r in records) == Counter(ids), "an id is missing or doubled"
     assert {r.status for r in records} == {Status.COMPLETED}
@@ -184,7 +196,9 @@ async def test_a_fleet_runs_every_activity_to_one_outcome_through_retries_and_a_
         (activity_id, attempt) for kind, activity_id, attempt, _ in lines if kind == "start"
     )
     assert [key for key, times in starts.items() if times > 1] == [], "an attempt ran twice"
-    never_began = {(a, held[a]) for a in held} - set(starts)
+    never_began = set(held.items()) - set(starts)
+    began_on = {(a, attempt): pid for kind, a, attempt, pid in lines if kind == "start"}
+    assert {began_on[k] for k in set(held.items()) & set(starts)} <= {str(victim.pid)}
     attempts_of: dict[str, set[int]] = {}
     for activity_id, attempt in [*starts, *never_began]:
         attempts_of.setdefault(activity_id, set()).add(attempt)
@@ -230,7 +244,7 @@ async def test_a_fleet_runs_every_activity_to_one_outcome_through_retries_and_a_
     run_s = finished_at - began
     print(
         f"\nfleet on {store_kind}: {n} activities in {run_s:.1f} s ({n / run_s:.0f}/s), "
-        f"killed at {killed_at - began:.1f} s holding {len(held)} attempts "
+        f"killed at {killed_at - began:.1f} s (try {kill_tries}) holding {len(held)} attempts "
         f"({len(never_began)} never began), snapshot {snapshot_s * 1000:.0f} ms, "
         f"clients {[round(r['elapsed'], 1) for r in reports]} s, attempts per pid {dict(by_pid)}"
     )
