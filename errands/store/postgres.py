@@ -72,6 +72,7 @@ from errands.exceptions import (
     StoreError,
     TimeoutType,
 )
+from errands.store import _rows
 from errands.store._base import (
     ClaimedTask,
     ClaimResult,
@@ -86,19 +87,6 @@ from errands.store._base import (
     Store,
 )
 from errands.store._signal import ChangeSignals
-
-# Row decoding is shared with the SQLite store: both keep the same columns.
-from errands.store.sqlite import (
-    _DECIDE_COLUMNS,
-    _QUERY_FIELDS,
-    _RECORD_COLUMNS,
-    _TASK_COLUMNS,
-    _not_found,
-    _policy,
-    _policy_text,
-    _record,
-    _task,
-)
 
 logger = logging.getLogger("errands.store.postgres")
 
@@ -771,7 +759,7 @@ class _Claim:
             "WHERE id IN (SELECT id FROM executions WHERE namespace = %(ns)s "
             "AND task_queue = %(tq)s AND run_state = 'SCHEDULED' AND ready_at <= %(now)s "
             f"AND deadline > %(now)s{type_filter} ORDER BY priority_key, ready_at, id "
-            f"LIMIT %(n)s FOR UPDATE SKIP LOCKED) RETURNING {_TASK_COLUMNS}) "
+            f"LIMIT %(n)s FOR UPDATE SKIP LOCKED) RETURNING {_rows.TASK_COLUMNS}) "
             "SELECT c.*, nxt.ready FROM (SELECT CASE WHEN (SELECT count(*) FROM claimed) "
             "< %(max)s THEN (SELECT min(ready_at) FROM executions WHERE namespace = %(ns)s "
             f"AND task_queue = %(tq)s AND run_state = 'SCHEDULED'{type_filter} "
@@ -818,7 +806,7 @@ class _Claim:
             next_ready = max(next_ready, now + 1.0 / rate)
         rows.sort(key=lambda r: (r[16], r[9], r[17]))
         return ClaimResult(
-            [_task(r) for r in rows], None if next_ready is None else tx.local(next_ready)
+            [_rows.task(r) for r in rows], None if next_ready is None else tx.local(next_ready)
         )
 
 
@@ -869,7 +857,7 @@ def _find_open(
             (namespace, activity_id, run_id),
         ).fetchone()
     if row is None:
-        raise ActivityNotFoundError(_not_found(namespace, activity_id, run_id))
+        raise ActivityNotFoundError(_rows.not_found(namespace, activity_id, run_id))
     if row[2] != Status.RUNNING.value:
         raise ActivityAlreadyClosedError(
             f"cannot {verb} activity {activity_id!r} (run {row[1]}): it already closed {row[2]}"
@@ -919,7 +907,7 @@ def _apply_failure(
     ) = row
     now = tx.now
     decision = lc.after_failure(
-        policy=_policy(policy_text),
+        policy=_rows.policy(policy_text),
         attempt=attempt,
         failure=info,
         cancel_requested=bool(cancel_requested),
@@ -1045,7 +1033,7 @@ def _expire_if_due(tx: _Tx, run_id: str) -> None:
     so that an outcome or heartbeat arriving after the deadline finds its attempt
     stale instead of overtaking the timeout."""
     row = tx.execute(
-        f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE run_id = %s AND status = 'RUNNING' "
+        f"SELECT {_rows.DECIDE_COLUMNS} FROM executions WHERE run_id = %s AND status = 'RUNNING' "
         "AND deadline <= %s FOR UPDATE",
         (run_id, tx.now),
     ).fetchone()
@@ -1077,7 +1065,7 @@ def _where(namespace: str, query: Query) -> tuple[str, list[Any]]:
     clauses = ["namespace = %s"]
     params: list[Any] = [namespace]
     for cond in query.conditions:
-        column = _QUERY_FIELDS[cond.field]
+        column = _rows.QUERY_FIELDS[cond.field]
         if cond.op == "STARTS_WITH":
             clauses.append(f"starts_with({column}, %s)")
             params.append(cond.value)
@@ -1378,7 +1366,7 @@ class PostgresStore(Store):
                     new.schedule_to_start_s,
                     new.start_to_close_s,
                     new.heartbeat_s,
-                    _policy_text(new.retry_policy),
+                    _rows.policy_text(new.retry_policy),
                     new.priority_key,
                     new.start_delay_s,
                     new.summary,
@@ -1548,7 +1536,7 @@ class PostgresStore(Store):
     async def fail(self, run_id: str, attempt: int, failure: FailureReport) -> Status | None:
         def op(tx: _Tx) -> Status | None:
             row = tx.execute(
-                f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE run_id = %(run_id)s "
+                f"SELECT {_rows.DECIDE_COLUMNS} FROM executions WHERE run_id = %(run_id)s "
                 f"AND attempt = %(attempt)s AND {_CURRENT_ATTEMPT} FOR UPDATE",
                 {"run_id": run_id, "attempt": attempt, "now": tx.now},
             ).fetchone()
@@ -1637,7 +1625,7 @@ class PostgresStore(Store):
         # Rows another transaction holds are skipped: it is changing them, and
         # the next pass looks again.
         due_sql = (
-            f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE {scope} AND status = 'RUNNING' "
+            f"SELECT {_rows.DECIDE_COLUMNS} FROM executions WHERE {scope} AND status = 'RUNNING' "
             "AND deadline <= %(now)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
         )
 
@@ -1678,19 +1666,19 @@ class PostgresStore(Store):
         def read(cursor: Cursor) -> ExecutionRecord:
             if run_id is None:
                 row = cursor.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM executions WHERE namespace = %s "
+                    f"SELECT {_rows.RECORD_COLUMNS} FROM executions WHERE namespace = %s "
                     "AND activity_id = %s ORDER BY id DESC LIMIT 1",
                     (namespace, activity_id),
                 ).fetchone()
             else:
                 row = cursor.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM executions WHERE namespace = %s "
+                    f"SELECT {_rows.RECORD_COLUMNS} FROM executions WHERE namespace = %s "
                     "AND activity_id = %s AND run_id = %s",
                     (namespace, activity_id, run_id),
                 ).fetchone()
             if row is None:
-                raise ActivityNotFoundError(_not_found(namespace, activity_id, run_id))
-            return _record(row)
+                raise ActivityNotFoundError(_rows.not_found(namespace, activity_id, run_id))
+            return _rows.record(row)
 
         return await self._read(read)
 
@@ -1699,9 +1687,9 @@ class PostgresStore(Store):
 
         def read(cursor: Cursor) -> list[ExecutionRecord]:
             return [
-                _record(row)
+                _rows.record(row)
                 for row in cursor.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM executions WHERE run_id = ANY(%s)", (ids,)
+                    f"SELECT {_rows.RECORD_COLUMNS} FROM executions WHERE run_id = ANY(%s)", (ids,)
                 )
             ]
 
@@ -1727,13 +1715,13 @@ class PostgresStore(Store):
         self, namespace: str, query: Query, *, limit: int | None = None
     ) -> list[ExecutionRecord]:
         where, params = _where(namespace, query)
-        sql = f"SELECT {_RECORD_COLUMNS} FROM executions WHERE {where} ORDER BY id DESC"
+        sql = f"SELECT {_rows.RECORD_COLUMNS} FROM executions WHERE {where} ORDER BY id DESC"
         if limit is not None:
             sql += " LIMIT %s"
             params.append(limit)
 
         def read(cursor: Cursor) -> list[ExecutionRecord]:
-            return [_record(row) for row in cursor.execute(sql, params)]
+            return [_rows.record(row) for row in cursor.execute(sql, params)]
 
         return await self._read(read)
 

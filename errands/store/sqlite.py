@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -35,7 +34,7 @@ from typing import Any, TypeVar
 
 from errands import _lifecycle as lc
 from errands._lifecycle import FAR, RunState, Status
-from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy, RetryPolicy
+from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy
 from errands.exceptions import (
     ActivityAlreadyClosedError,
     ActivityAlreadyStartedError,
@@ -44,6 +43,7 @@ from errands.exceptions import (
     StoreError,
     TimeoutType,
 )
+from errands.store import _rows
 from errands.store._base import (
     ClaimedTask,
     ClaimResult,
@@ -74,117 +74,6 @@ IDLE_WAIT_S = 0.1
 
 MAX_BATCH = 2_000
 """Most changes one group commit holds."""
-
-_RECORD_COLUMNS = (
-    "namespace, activity_id, run_id, activity_type, task_queue, status, run_state, attempt, "
-    "input, result, failure, timeout_type, heartbeat_details, heartbeat_count, "
-    "last_heartbeat_time, schedule_time, ready_at, started_time, close_time, "
-    "schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s, retry_policy, "
-    "priority_key, start_delay_s, canceled_reason, identity, summary, retry_interval_s, "
-    "cancel_requested"
-)
-
-_TASK_COLUMNS = (
-    "namespace, activity_id, run_id, activity_type, task_queue, attempt, input, "
-    "heartbeat_details, schedule_time, ready_at, started_time, schedule_to_close_s, "
-    "schedule_to_start_s, start_to_close_s, heartbeat_s, retry_policy, priority_key, id"
-)
-
-# The columns the lifecycle needs to decide a failure or a timeout.
-_DECIDE_COLUMNS = (
-    "id, run_id, attempt, run_state, retry_policy, cancel_requested, s2c_deadline, ready_at, "
-    "started_time, last_heartbeat_time, schedule_to_start_s, start_to_close_s, heartbeat_s, "
-    "deadline"
-)
-
-_QUERY_FIELDS = {
-    "ActivityId": "activity_id",
-    "ActivityType": "activity_type",
-    "TaskQueue": "task_queue",
-    "ExecutionStatus": "status",
-}
-
-_policy_cache: dict[str, RetryPolicy] = {}
-
-
-def _policy(text: str) -> RetryPolicy:
-    # Retry policies repeat across executions: parse each distinct one once.
-    policy = _policy_cache.get(text)
-    if policy is None:
-        if len(_policy_cache) > 1000:
-            _policy_cache.clear()
-        policy = _policy_cache[text] = RetryPolicy.from_dict(json.loads(text))
-    return policy
-
-
-_policy_text_cache: dict[RetryPolicy, str] = {}
-
-
-def _policy_text(policy: RetryPolicy) -> str:
-    text = _policy_text_cache.get(policy)
-    if text is None:
-        if len(_policy_text_cache) > 1000:
-            _policy_text_cache.clear()
-        text = _policy_text_cache[policy] = json.dumps(policy.to_dict(), separators=(",", ":"))
-    return text
-
-
-def _record(row: Sequence[Any]) -> ExecutionRecord:
-    return ExecutionRecord(
-        namespace=row[0],
-        activity_id=row[1],
-        run_id=row[2],
-        activity_type=row[3],
-        task_queue=row[4],
-        status=Status(row[5]),
-        run_state=None if row[6] is None else RunState(row[6]),
-        attempt=row[7],
-        input=row[8],
-        result=row[9],
-        failure=row[10],
-        timeout_type=None if row[11] is None else TimeoutType(row[11]),
-        heartbeat_details=row[12],
-        heartbeat_count=row[13],
-        last_heartbeat_time=row[14],
-        schedule_time=row[15],
-        current_attempt_scheduled_time=row[16],
-        started_time=row[17],
-        close_time=row[18],
-        schedule_to_close_s=row[19],
-        schedule_to_start_s=row[20],
-        start_to_close_s=row[21],
-        heartbeat_s=row[22],
-        retry_policy=_policy(row[23]),
-        priority_key=row[24],
-        start_delay_s=row[25],
-        canceled_reason=row[26],
-        identity=row[27],
-        summary=row[28],
-        retry_interval_s=row[29],
-        cancel_requested=bool(row[30]),
-    )
-
-
-def _task(row: Sequence[Any]) -> ClaimedTask:
-    return ClaimedTask(
-        namespace=row[0],
-        activity_id=row[1],
-        run_id=row[2],
-        activity_type=row[3],
-        task_queue=row[4],
-        attempt=row[5],
-        input=row[6],
-        heartbeat_details=row[7],
-        schedule_time=row[8],
-        current_attempt_scheduled_time=row[9],
-        started_time=row[10],
-        schedule_to_close_s=row[11],
-        schedule_to_start_s=row[12],
-        start_to_close_s=row[13],
-        heartbeat_s=row[14],
-        retry_policy=_policy(row[15]),
-        priority_key=row[16],
-    )
 
 
 def path_from_url(url: str) -> str:
@@ -583,7 +472,7 @@ class SQLiteStore(Store):
     # ---------------------------------------------------------------- start
 
     async def start(self, new: NewExecution) -> StartResult:
-        policy_text = _policy_text(new.retry_policy)
+        policy_text = _rows.policy_text(new.retry_policy)
 
         def op(conn: sqlite3.Connection, now: float) -> StartResult:
             if new.id_reuse_policy is not ActivityIDReusePolicy.ALLOW_DUPLICATE:
@@ -773,7 +662,7 @@ class SQLiteStore(Store):
     async def fail(self, run_id: str, attempt: int, failure: FailureReport) -> Status | None:
         def op(conn: sqlite3.Connection, now: float) -> Status | None:
             row = conn.execute(
-                f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE {_CURRENT_ATTEMPT}",
+                f"SELECT {_rows.DECIDE_COLUMNS} FROM executions WHERE {_CURRENT_ATTEMPT}",
                 (run_id, attempt, now),
             ).fetchone()
             if row is None:
@@ -858,7 +747,7 @@ class SQLiteStore(Store):
         where = "namespace = ? AND status = 'RUNNING' AND deadline <= ?"
         if run_ids is not None:
             where += f" AND run_id IN ({','.join('?' * len(run_ids))})"
-        due_sql = f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE {where} LIMIT ?"
+        due_sql = f"SELECT {_rows.DECIDE_COLUMNS} FROM executions WHERE {where} LIMIT ?"
         next_sql = (
             "SELECT min(deadline) FROM executions WHERE namespace = ? AND status = 'RUNNING'"
             if run_ids is None
@@ -899,19 +788,19 @@ class SQLiteStore(Store):
         def read(conn: sqlite3.Connection) -> ExecutionRecord:
             if run_id is None:
                 row = conn.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM executions WHERE namespace = ? "
+                    f"SELECT {_rows.RECORD_COLUMNS} FROM executions WHERE namespace = ? "
                     "AND activity_id = ? ORDER BY id DESC LIMIT 1",
                     (namespace, activity_id),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM executions WHERE namespace = ? "
+                    f"SELECT {_rows.RECORD_COLUMNS} FROM executions WHERE namespace = ? "
                     "AND activity_id = ? AND run_id = ?",
                     (namespace, activity_id, run_id),
                 ).fetchone()
             if row is None:
-                raise ActivityNotFoundError(_not_found(namespace, activity_id, run_id))
-            return _record(row)
+                raise ActivityNotFoundError(_rows.not_found(namespace, activity_id, run_id))
+            return _rows.record(row)
 
         return await self._read(read)
 
@@ -923,9 +812,9 @@ class SQLiteStore(Store):
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 out.extend(
-                    _record(row)
+                    _rows.record(row)
                     for row in conn.execute(
-                        f"SELECT {_RECORD_COLUMNS} FROM executions "
+                        f"SELECT {_rows.RECORD_COLUMNS} FROM executions "
                         f"WHERE run_id IN ({','.join('?' * len(chunk))})",
                         chunk,
                     )
@@ -957,13 +846,13 @@ class SQLiteStore(Store):
         self, namespace: str, query: Query, *, limit: int | None = None
     ) -> list[ExecutionRecord]:
         where, params = _where(namespace, query)
-        sql = f"SELECT {_RECORD_COLUMNS} FROM executions WHERE {where} ORDER BY id DESC"
+        sql = f"SELECT {_rows.RECORD_COLUMNS} FROM executions WHERE {where} ORDER BY id DESC"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
 
         def read(conn: sqlite3.Connection) -> list[ExecutionRecord]:
-            return [_record(row) for row in conn.execute(sql, params)]
+            return [_rows.record(row) for row in conn.execute(sql, params)]
 
         return await self._read(read)
 
@@ -1071,7 +960,7 @@ class _Claim:
             ":now + coalesce(heartbeat_s, 1e15)) "
             "WHERE id IN (SELECT id FROM executions WHERE namespace = :ns AND task_queue = :tq "
             f"AND run_state = 'SCHEDULED' AND ready_at <= :now AND deadline > :now{type_filter} "
-            f"ORDER BY priority_key, ready_at, id LIMIT :n) RETURNING {_TASK_COLUMNS}"
+            f"ORDER BY priority_key, ready_at, id LIMIT :n) RETURNING {_rows.TASK_COLUMNS}"
         )
         self.next_sql = (
             "SELECT min(ready_at) FROM executions WHERE namespace = :ns AND task_queue = :tq "
@@ -1115,7 +1004,7 @@ class _Claim:
             if rate is not None and next_ready is not None and n < self.max_tasks:
                 next_ready = max(next_ready, now + 1.0 / rate)
         rows.sort(key=lambda r: (r[16], r[9], r[17]))
-        return ClaimResult([_task(r) for r in rows], next_ready)
+        return ClaimResult([_rows.task(r) for r in rows], next_ready)
 
 
 @dataclass
@@ -1125,11 +1014,6 @@ class _Armed:
     claim: _Claim
     deliver: Callable[[builtins.list[ClaimedTask]], None]
     loop: asyncio.AbstractEventLoop
-
-
-def _not_found(namespace: str, activity_id: str, run_id: str | None) -> str:
-    run = "" if run_id is None else f" run {run_id!r}"
-    return f"no activity execution {activity_id!r}{run} in namespace {namespace!r}"
 
 
 def _find_open(
@@ -1148,7 +1032,7 @@ def _find_open(
             (namespace, activity_id, run_id),
         ).fetchone()
     if row is None:
-        raise ActivityNotFoundError(_not_found(namespace, activity_id, run_id))
+        raise ActivityNotFoundError(_rows.not_found(namespace, activity_id, run_id))
     if row[2] != Status.RUNNING.value:
         raise ActivityAlreadyClosedError(
             f"cannot {verb} activity {activity_id!r} (run {row[1]}): it already closed {row[2]}"
@@ -1183,7 +1067,7 @@ def _apply_failure(
         deadline,
     ) = row
     decision = lc.after_failure(
-        policy=_policy(policy_text),
+        policy=_rows.policy(policy_text),
         attempt=attempt,
         failure=info,
         cancel_requested=bool(cancel_requested),
@@ -1339,7 +1223,7 @@ def _expire_if_due(
     so that an outcome or heartbeat arriving after the deadline finds its attempt
     stale instead of overtaking the timeout."""
     row = conn.execute(
-        f"SELECT {_DECIDE_COLUMNS} FROM executions WHERE run_id = ? AND status = 'RUNNING' "
+        f"SELECT {_rows.DECIDE_COLUMNS} FROM executions WHERE run_id = ? AND status = 'RUNNING' "
         "AND deadline <= ?",
         (run_id, now),
     ).fetchone()
@@ -1381,7 +1265,7 @@ def _where(namespace: str, query: Query) -> tuple[str, list[Any]]:
     clauses = ["namespace = ?"]
     params: list[Any] = [namespace]
     for cond in query.conditions:
-        column = _QUERY_FIELDS[cond.field]
+        column = _rows.QUERY_FIELDS[cond.field]
         if cond.op == "STARTS_WITH":
             clauses.append(f"substr({column}, 1, ?) = ?")
             params.extend([len(cond.value), cond.value])
