@@ -1,0 +1,107 @@
+"""CPU time and peak resident memory of processes, read from /proc (Linux).
+
+A run measures the processes of its side: its own process and every
+descendant (pool children, the multiprocessing manager), and for Temporal the
+dev server too. Only the standard library, so a process-pool child that
+imports this package pulls in nothing more."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` (all its threads); None once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """``VmHWM`` of ``pid``: its peak resident set since it started (or since
+    :func:`reset_peak_rss`); None once gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Restart ``pid``'s VmHWM from its current RSS (``clear_refs`` 5); False
+    when the kernel refuses, and the peak then counts from the process's start."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below ``pid`` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def side_pids(server_pid: int) -> list[int]:
+    """This process, its descendants, and ``server_pid`` when not 0."""
+    me = os.getpid()
+    return [me, *descendants(me), *([server_pid] if server_pid else [])]
+
+
+class CpuMeter:
+    """CPU seconds that a set of processes spends between :meth:`start` and
+    :meth:`stop`, split into this process tree and the server. A process
+    that appears in between counts from zero; one that exits in between is
+    not counted (the workloads start their pools before measuring)."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self._before: dict[int, float] = {}
+
+    def _sample(self) -> dict[int, float]:
+        samples = {pid: cpu_seconds(pid) for pid in side_pids(self.server_pid)}
+        return {pid: s for pid, s in samples.items() if s is not None}
+
+    def start(self) -> None:
+        self._before = self._sample()
+
+    def stop(self) -> tuple[float, float]:
+        """(CPU seconds of this process tree, of the server) since start()."""
+        after = self._sample()
+        spent = {pid: s - self._before.get(pid, 0.0) for pid, s in after.items()}
+        server = spent.pop(self.server_pid, 0.0) if self.server_pid else 0.0
+        return sum(spent.values()), server
+
+
+def peak_rss_mib(server_pid: int) -> tuple[float, float]:
+    """(summed VmHWM of this process tree, the server's VmHWM) in MiB."""
+    tree = [os.getpid(), *descendants(os.getpid())]
+    own = sum(peak_rss_bytes(pid) or 0 for pid in tree)
+    server = (peak_rss_bytes(server_pid) or 0) if server_pid else 0
+    return own / MIB, server / MIB

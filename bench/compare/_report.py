@@ -1,0 +1,197 @@
+"""From the runs' figures to the table: each figure's median with its
+min-max over the runs, the ratio between the systems (how many times better
+the better one is) and the issue's goals."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from bench.compare._sides import LABELS, TEMPORAL
+
+
+@dataclass(frozen=True)
+class Metric:
+    workload: str
+    key: str  # in a run's figures
+    label: str
+    unit: str
+    higher_is_better: bool = False
+    goal: str = ""  # "ratio>=100": errands that many times better; "below 50": errands' median
+    count: bool = False  # 0/1 per run, shown as "k/n runs"
+
+
+METRICS = [
+    Metric("throughput-async", "throughput", "throughput", "activities/s", True, "ratio>=100"),
+    Metric("throughput-async", "cpu_per_1k", "CPU per 1,000 activities", "s"),
+    Metric("throughput-async", "rss_mib", "peak RSS", "MiB"),
+    Metric("latency", "p50", "round trip p50", "ms", goal="ratio>=20"),
+    Metric("latency", "p99", "round trip p99", "ms"),
+    Metric("throughput-thread", "throughput", "throughput", "activities/s", True),
+    Metric("throughput-thread", "cpu_per_1k", "CPU per 1,000 activities", "s"),
+    Metric("throughput-thread", "rss_mib", "peak RSS", "MiB"),
+    Metric("throughput-process", "throughput", "throughput", "activities/s", True),
+    Metric("throughput-process", "cpu_per_1k", "CPU per 1,000 activities", "s"),
+    Metric("throughput-process", "rss_mib", "peak RSS", "MiB"),
+    Metric("cancel-async", "p50", "cancel seen, p50", "ms", goal="below 50"),
+    Metric("cancel-async", "max", "cancel seen, max", "ms"),
+    Metric("cancel-thread", "p50", "cancel seen, p50", "ms", goal="below 50"),
+    Metric("cancel-thread", "max", "cancel seen, max", "ms"),
+    Metric("crash-recovery", "recovery_s", "SIGKILL to attempt 2 start", "s"),
+    Metric("crash-recovery", "late_s", "attempt 2 start past its earliest due time", "s"),
+    Metric(
+        "crash-recovery",
+        "details_arrived",
+        "heartbeat details reached attempt 2",
+        "runs",
+        True,
+        count=True,
+    ),
+    Metric("crash-recovery", "lost_ticks", "heartbeat ticks lost (100 ms each)", "ticks"),
+]
+
+
+@dataclass
+class Summary:
+    """One figure of one system over its runs."""
+
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "median": self.median,
+            "min": min(self.values),
+            "max": max(self.values),
+            "runs": self.values,
+        }
+
+
+def summarize(runs: list[dict[str, Any]], key: str) -> Summary | None:
+    values = [r[key] for r in runs if "error" not in r and r.get(key) is not None]
+    return Summary(values) if values else None
+
+
+def number(v: float) -> str:
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def cell(metric: Metric, summary: Summary | None, missing: str) -> str:
+    if summary is None:
+        return missing
+    if metric.count:
+        return f"{int(sum(summary.values))}/{len(summary.values)} runs"
+    text = number(summary.median)
+    if len(summary.values) > 1:
+        text += f" ({number(min(summary.values))}-{number(max(summary.values))})"
+    return text
+
+
+def advantage(metric: Metric, errands: Summary | None, temporal: Summary | None) -> float | None:
+    """How many times better errands' median is than Temporal's (below 1:
+    Temporal is better); None when either is missing or zero."""
+    if errands is None or temporal is None or metric.count:
+        return None
+    e, t = errands.median, temporal.median
+    if e <= 0 or t <= 0:
+        return None
+    return e / t if metric.higher_is_better else t / e
+
+
+def winner(metric: Metric, errands: Summary | None, temporal: Summary | None) -> str:
+    if errands is None or temporal is None:
+        return "-"
+    e = sum(errands.values) / len(errands.values) if metric.count else errands.median
+    t = sum(temporal.values) / len(temporal.values) if metric.count else temporal.median
+    if e == t:
+        return "tie"
+    return "errands" if (e > t) == metric.higher_is_better else "Temporal"
+
+
+def ratio_cell(metric: Metric, errands: Summary | None, temporal: Summary | None) -> str:
+    who = winner(metric, errands, temporal)
+    x = advantage(metric, errands, temporal)
+    if x is None or who == "tie":
+        return who
+    return f"{number(x if x >= 1 else 1 / x)}x {who}"
+
+
+def goal_cell(metric: Metric, errands: Summary | None, temporal: Summary | None) -> str:
+    if not metric.goal:
+        return ""
+    kind, bound = metric.goal.split(">=") if ">=" in metric.goal else metric.goal.split()
+    if kind == "ratio":
+        x = advantage(metric, errands, temporal)
+        verdict = "n/a" if x is None else ("met" if x >= float(bound) else "MISSED")
+        return f">= {bound}x: {verdict}"
+    verdict = "n/a" if errands is None else ("met" if errands.median < float(bound) else "MISSED")
+    return f"< {bound} ms: {verdict}"
+
+
+def build_rows(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    systems: list[str],
+    temporal_ok: bool,
+) -> list[dict[str, Any]]:
+    """One row per figure of every workload that ran: its summaries per
+    system, ratio and goal per errands store."""
+    rows = []
+    for metric in METRICS:
+        by_system = results.get(metric.workload)
+        if by_system is None:
+            continue
+        summaries = {s: summarize(by_system.get(s, []), metric.key) for s in systems}
+        temporal = summaries.get(TEMPORAL)
+        row: dict[str, Any] = {
+            "workload": metric.workload,
+            "figure": metric.label,
+            "unit": metric.unit,
+            "better": "higher" if metric.higher_is_better else "lower",
+            "cells": {},
+            "ratio": {},
+            "winner": {},
+            "goal": {},
+            "summaries": {s: (v.to_json() if v else None) for s, v in summaries.items()},
+        }
+        for system in systems:
+            missing = "n/a" if system == TEMPORAL and not temporal_ok else "error"
+            row["cells"][system] = cell(metric, summaries[system], missing)
+            if system == TEMPORAL:
+                continue
+            row["ratio"][system] = ratio_cell(metric, summaries[system], temporal)
+            row["winner"][system] = winner(metric, summaries[system], temporal)
+            row["goal"][system] = goal_cell(metric, summaries[system], temporal)
+        rows.append(row)
+    return rows
+
+
+def render(rows: list[dict[str, Any]], systems: list[str], temporal_label: str) -> str:
+    errands_systems = [s for s in systems if s != TEMPORAL]
+    several = len(errands_systems) > 1
+    header = ["workload", "figure"]
+    header += [LABELS[s] for s in errands_systems] + [temporal_label]
+    for s in errands_systems:
+        suffix = f" ({LABELS[s].split('(')[1][:-1]})" if several else ""
+        header += [f"ratio{suffix}", f"goal{suffix}"]
+    lines = [header]
+    for row in rows:
+        line = [row["workload"], f"{row['figure']} ({row['unit']})"]
+        line += [row["cells"][s] for s in errands_systems] + [row["cells"][TEMPORAL]]
+        for s in errands_systems:
+            line += [row["ratio"][s], row["goal"][s]]
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for k, line in enumerate(lines):
+        out.append("  ".join(c.ljust(wd) for c, wd in zip(line, widths, strict=True)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * wd for wd in widths))
+    return "\n".join(out)
