@@ -28,9 +28,13 @@ Workloads (sizes are flags; ``--quick`` makes them small and runs each once):
 throughput-async
     ``--n`` (2000) trivial async activities, ``--in-flight`` (200) lanes each
     doing start + result in turn; activities/s. With it, resource use: CPU
-    seconds per 1,000 activities of the side's processes (client+worker
-    process and its children; for Temporal also the server) and their summed
-    peak RSS (VmHWM; the server's peak is restarted at each run).
+    seconds per 1,000 activities of the side's processes (the client+worker
+    process and its children; for Temporal also the server; for errands on
+    PostgreSQL also the backends serving its connections, when the database
+    runs on this machine, but not the database's background processes) and
+    their summed peak RSS (VmHWM; the Temporal server's peak is restarted at
+    each run; the PostgreSQL server's memory is not counted: its shared
+    buffers would be counted once per backend).
 latency
     ``--latency-rounds`` (200) sequential start -> result round trips; p50, p99.
 throughput-thread

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 import bench.compare
 from bench import workloads as w
 from bench.compare import _pool, _report, _server
-from bench.compare._sides import ERRANDS_POSTGRES, ERRANDS_SQLITE, LABELS, TEMPORAL
+from bench.compare._sides import ERRANDS_POSTGRES, ERRANDS_SQLITE, LABELS, TEMPORAL, split_schema
 from bench.compare._workloads import WORKLOADS, RunSpec, run_one, serve_worker
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -107,20 +108,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # --------------------------------------------------------------------------- runs
 
 
-def postgres_run_url(base: str) -> tuple[str, str]:
-    """``base`` with a fresh schema of its own; (url, schema)."""
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
+def postgres_run_url(base: str) -> str:
+    """``base`` with a fresh schema of its own."""
     parts = urllib.parse.urlsplit(base)
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
     query = [*urllib.parse.parse_qsl(parts.query), ("schema", schema)]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query))), schema
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-def drop_schema(base: str, schema: str) -> None:
+def drop_schema(url: str) -> None:
     import psycopg
 
-    parts = urllib.parse.urlsplit(base)  # without errands' own ?schema= parameter
-    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "schema"]
-    conninfo = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    conninfo, schema = split_schema(url)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
@@ -143,9 +142,12 @@ async def run_child(spec: RunSpec, timeout: float) -> dict[str, Any]:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
-        os.killpg(proc.pid, 9)
+        os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         return {"error": f"killed after {timeout:.0f} s"}
+    except BaseException:  # interrupted: the run's processes go too
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     lines = out.decode(errors="replace").splitlines()
     found = [line for line in lines if line.startswith(RESULT_PREFIX)]
     if proc.returncode == 0 and found:
@@ -243,6 +245,11 @@ async def compare(args: argparse.Namespace) -> int:
     notes.append(
         "Temporal wins: " + ("; ".join(temporal_wins) if temporal_wins else "nowhere") + "."
     )
+    if args.postgres:
+        notes.append(
+            "errands (PostgreSQL): CPU includes the backends serving its connections, "
+            "peak RSS does not include the database."
+        )
     for note in notes:
         print(f"note: {note}")
     for error in errors:
@@ -299,13 +306,11 @@ async def run_all(
                 done += 1
                 run_dir = tmp / f"{workload}-{run}-{system}"
                 run_dir.mkdir()
-                schema = ""
                 if system == TEMPORAL:
                     assert server is not None
                     target, server_pid = server.address, server.pid
                 elif system == ERRANDS_POSTGRES:
-                    target, schema = postgres_run_url(args.postgres)
-                    server_pid = 0
+                    target, server_pid = postgres_run_url(args.postgres), 0
                 else:
                     target, server_pid = f"sqlite:///{run_dir / 'errands.db'}", 0
                 spec = RunSpec(
@@ -331,8 +336,8 @@ async def run_all(
                 try:
                     figures = await run_child(spec, args.run_timeout)
                 finally:
-                    if schema:
-                        await asyncio.to_thread(drop_schema, args.postgres, schema)
+                    if system == ERRANDS_POSTGRES:
+                        await asyncio.to_thread(drop_schema, target)
                 if "error" in figures:
                     errors.append(f"{workload} run {run + 1} {LABELS[system]}: {figures['error']}")
                 elapsed = time.perf_counter() - began

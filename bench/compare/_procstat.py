@@ -1,13 +1,14 @@
 """CPU time and peak resident memory of processes, read from /proc (Linux).
 
 A run measures the processes of its side: its own process and every
-descendant (pool children, the multiprocessing manager), and for Temporal the
-dev server too. Only the standard library, so a process-pool child that
-imports this package pulls in nothing more."""
+descendant (pool children, the multiprocessing manager, worker processes),
+and the server's: Temporal's dev server, or the PostgreSQL backends that
+serve the run's connections."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -68,40 +69,48 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def side_pids(server_pid: int) -> list[int]:
-    """This process, its descendants, and ``server_pid`` when not 0."""
-    me = os.getpid()
-    return [me, *descendants(me), *([server_pid] if server_pid else [])]
+def tree_pids() -> list[int]:
+    """This process and its descendants."""
+    return [os.getpid(), *descendants(os.getpid())]
 
 
 class CpuMeter:
     """CPU seconds that a set of processes spends between :meth:`start` and
-    :meth:`stop`, split into this process tree and the server. A process
-    that appears in between counts from zero; one that exits in between is
-    not counted (the workloads start their pools before measuring)."""
+    :meth:`stop`: this process tree, and the server's processes that
+    ``server_pids()`` names (Temporal's server; the PostgreSQL backends
+    serving the run). A process that appears in between counts from zero;
+    one that exits in between is not counted (the workloads start their pools
+    and connections before measuring)."""
 
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pids: Callable[[], list[int]]) -> None:
+        self.server_pids = server_pids
         self._before: dict[int, float] = {}
+        self._server_seen = True
 
     def _sample(self) -> dict[int, float]:
-        samples = {pid: cpu_seconds(pid) for pid in side_pids(self.server_pid)}
+        server = self.server_pids()
+        samples = {pid: cpu_seconds(pid) for pid in server}
+        self._server_seen = self._server_seen and all(v is not None for v in samples.values())
+        samples.update({pid: cpu_seconds(pid) for pid in tree_pids()})
         return {pid: s for pid, s in samples.items() if s is not None}
 
     def start(self) -> None:
+        self._server_seen = True
         self._before = self._sample()
 
-    def stop(self) -> tuple[float, float]:
-        """(CPU seconds of this process tree, of the server) since start()."""
+    def stop(self) -> tuple[float, float | None]:
+        """(CPU seconds of this process tree, of the server's processes or
+        None when some are not on this machine) since start()."""
+        server = set(self.server_pids())
         after = self._sample()
         spent = {pid: s - self._before.get(pid, 0.0) for pid, s in after.items()}
-        server = spent.pop(self.server_pid, 0.0) if self.server_pid else 0.0
-        return sum(spent.values()), server
+        server_s = sum(s for pid, s in spent.items() if pid in server)
+        tree_s = sum(s for pid, s in spent.items() if pid not in server)
+        return tree_s, server_s if self._server_seen else None
 
 
 def peak_rss_mib(server_pid: int) -> tuple[float, float]:
     """(summed VmHWM of this process tree, the server's VmHWM) in MiB."""
-    tree = [os.getpid(), *descendants(os.getpid())]
-    own = sum(peak_rss_bytes(pid) or 0 for pid in tree)
+    own = sum(peak_rss_bytes(pid) or 0 for pid in tree_pids())
     server = (peak_rss_bytes(server_pid) or 0) if server_pid else 0
     return own / MIB, server / MIB

@@ -6,6 +6,7 @@ when a run uses it, so an errands run never loads temporalio."""
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,33 @@ class Side:
                 return True
             seen = seen.__cause__
         return False
+
+
+def split_schema(url: str) -> tuple[str, str]:
+    """A PostgreSQL store URL as (the URL without ``?schema=``, the schema)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query)
+    schema = next((v for k, v in query if k == "schema"), "")
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "schema"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), schema
+
+
+def postgres_backends(url: str) -> Callable[[], list[int]]:
+    """A function naming the PostgreSQL backends that serve errands on
+    ``url``'s schema (errands names its connections ``errands:<schema>``)."""
+    conninfo, schema = split_schema(url)
+
+    def pids() -> list[int]:
+        import psycopg
+
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                (f"errands:{schema}",),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    return pids
 
 
 def side_for(system: str, target: str, mode: str = "") -> Side:

@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from bench import workloads as w
 from bench.compare import _crash
 from bench.compare._pool import Pool, activity_pool
 from bench.compare._procstat import CpuMeter, peak_rss_mib, reset_peak_rss
-from bench.compare._sides import Side, side_for
+from bench.compare._sides import ERRANDS_POSTGRES, Side, postgres_backends, side_for
 
 WORKLOADS = (
     "throughput-async",
@@ -110,7 +111,7 @@ async def throughput(side: Side, calls: Any, spec: RunSpec, pool: Pool | None) -
     n = {"throughput-async": spec.n, "throughput-thread": spec.thread_n}.get(
         spec.workload, spec.process_n
     )
-    meter = CpuMeter(spec.server_pid)
+    meter = CpuMeter(_server_pids(spec))
     meter.start()
     figures = await w.throughput(
         THROUGHPUT_NAME[spec.workload],
@@ -126,13 +127,21 @@ async def throughput(side: Side, calls: Any, spec: RunSpec, pool: Pool | None) -
     return {
         "throughput": figures[0].value,
         "wall_s": figures[1].value,
-        "cpu_per_1k": 1000 * (cpu_tree + cpu_server) / activities,
+        "cpu_per_1k": None if cpu_server is None else 1000 * (cpu_tree + cpu_server) / activities,
         "cpu_client_worker_s": cpu_tree,
         "cpu_server_s": cpu_server,
         "rss_mib": rss_tree + rss_server,
         "rss_client_worker_mib": rss_tree,
         "rss_server_mib": rss_server,
     }
+
+
+def _server_pids(spec: RunSpec) -> Callable[[], list[int]]:
+    """The server processes whose CPU counts for the run: Temporal's server,
+    the PostgreSQL backends serving the run's schema, or none (SQLite)."""
+    if spec.system == ERRANDS_POSTGRES:
+        return postgres_backends(spec.target)
+    return lambda: [spec.server_pid] if spec.server_pid else []
 
 
 async def latency(side: Side, calls: Any, spec: RunSpec) -> dict[str, Any]:
