@@ -20,6 +20,10 @@ from typing import Any
 
 from bench import workloads as w
 from bench.activities import noop_sync
+from bench.retention import RUNS as RETENTION_RUNS
+from bench.retention import retention
+from bench.stores import StoreTarget
+from bench.stores import read_settings as read_store_settings
 from errands.client import Client
 
 WORKLOADS = [
@@ -33,16 +37,20 @@ WORKLOADS = [
     "throughput-process",
     "cancel-thread",
     "cancel-process",
+    "scaling",
+    "retention",
 ]
 """1p: worker and client in one process; 2p: the worker in a child process;
 thread/process: sync activities on a thread pool / process pool of a worker in
-the client's process."""
+the client's process; scaling: 1, 2, 4 worker processes and the client in this
+one; retention: claims with and without a million closed rows, and prune."""
 
 THREAD_SHARE = 0.7
 """throughput-thread must reach this share of throughput-1p (same run)."""
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+WORKLOAD_TIMEOUT_S = 900.0
+"""A workload still running after this is stopped and reported as an error."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -70,6 +78,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="NAME",
         help=", ".join(WORKLOADS),
     )
+    p.add_argument(
+        "--scaling-workers",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4],
+        metavar="COUNT",
+        help="worker process counts of the scaling workload (its N and in-flight: --n, "
+        "--in-flight)",
+    )
+    p.add_argument(
+        "--closed-rows",
+        type=int,
+        default=1_000_000,
+        help="closed executions in the table for the retention workload",
+    )
+    p.add_argument(
+        "--retention-n", type=int, default=2000, help="activities per retention throughput run"
+    )
+    p.add_argument(
+        "--claim-rounds",
+        type=int,
+        default=1000,
+        help="tasks started, then claimed one claim_batch call each (retention)",
+    )
+    p.add_argument(
+        "--url",
+        help="run on this store: postgresql://... (a fresh schema per workload, dropped "
+        "afterwards) or sqlite:///dir/name.db (files dir/name-<workload>.db); default: SQLite "
+        "files in a temporary directory",
+    )
     p.add_argument("--json", type=Path, help="where to write results (default bench/results/)")
     return p.parse_args(argv)
 
@@ -82,26 +120,34 @@ def parse_worker_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def read_settings(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """What this run ran with; the pragmas are read on the store's own connection."""
-
-    def pragmas(conn: sqlite3.Connection) -> dict[str, Any]:
-        names = ("journal_mode", "synchronous", "busy_timeout")
-        return {n: conn.execute(f"PRAGMA {n}").fetchone()[0] for n in names}
-
-    client = await Client.connect(f"sqlite:///{tmp / 'settings.db'}")
+async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[str, Any]:
+    """What this run ran with; the store's settings are read on the store's
+    own connection (of a store made for this and removed)."""
+    url = store.url_for("settings")
     try:
-        found = await client.store._read(pragmas)  # type: ignore[attr-defined]
+        client = await Client.connect(url)
+        try:
+            found = await read_store_settings(client, store.kind)
+        finally:
+            await client.close()
     finally:
-        await client.close()
-    found["synchronous"] = SYNCHRONOUS.get(found["synchronous"], found["synchronous"])
+        await asyncio.to_thread(store.drop, url)
+    versions: dict[str, Any]
+    if store.kind == "sqlite":
+        versions = {"sqlite": sqlite3.sqlite_version}
+    else:
+        import psycopg
+
+        versions = {"psycopg": psycopg.__version__, "libpq": psycopg.pq.version()}
     git = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=w.REPO_ROOT, capture_output=True, text=True
     )
     return {
+        "store": store.describe(),
         "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        **{f"PRAGMA {k}": v for k, v in found.items()},
+        **versions,
+        **found,
+        "load average (1, 5, 15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "errands commit": git.stdout.strip() or "unknown",
@@ -115,14 +161,51 @@ async def read_settings(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "sync slots (worker's)": "min(in-flight, pool size)",
         "process n": args.process_n,
         "process breakdown rounds": args.breakdown_rounds,
+        "scaling worker processes": " ".join(map(str, args.scaling_workers)),
+        "retention closed rows": args.closed_rows,
+        "retention n": f"{args.retention_n} a run, the median of {RETENTION_RUNS} runs",
+        "retention claim rounds": args.claim_rounds,
         "workloads": " ".join(args.only),
     }
 
 
-async def run_workload(name: str, args: argparse.Namespace, tmp: Path) -> list[w.Figure]:
-    """One workload on a fresh store file, with its own worker (and pool)."""
+async def run_workload(
+    name: str, args: argparse.Namespace, tmp: Path, store: StoreTarget
+) -> list[w.Figure]:
+    """One workload on a fresh store (or, for scaling and retention, one per
+    measurement), each removed afterwards."""
+    if name == "retention":
+        return await retention(
+            store, args.closed_rows, args.retention_n, args.in_flight, args.claim_rounds
+        )
+    if name == "scaling":
+        rates = {}
+        for workers in args.scaling_workers:
+            url = store.url_for(f"scaling-{workers}")
+            try:
+                client = await Client.connect(url)
+                try:
+                    rates[workers] = await w.scaling_rate(
+                        client, url, "bench", workers, args.n, args.in_flight
+                    )
+                finally:
+                    await client.close()
+            finally:
+                await asyncio.to_thread(store.drop, url)
+        return w.scaling_figures(rates)
+    url = store.url_for(name)
+    try:
+        return await run_activity_workload(name, args, tmp, url)
+    finally:
+        await asyncio.to_thread(store.drop, url)
+
+
+async def run_activity_workload(
+    name: str, args: argparse.Namespace, tmp: Path, url: str
+) -> list[w.Figure]:
+    """One of the throughput, latency and cancel workloads on the fresh store
+    at ``url``, with its own worker (and pool)."""
     kind, where = name.split("-")
-    url = f"sqlite:///{tmp / name}.db"
     client = await Client.connect(url)
     try:
         async with (
@@ -177,7 +260,12 @@ def print_table(figures: list[w.Figure], errors: dict[str, str]) -> None:
 async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="errands-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        settings = await read_settings(args, tmp)
+        try:
+            store = StoreTarget.create(args.url, tmp)
+        except ValueError as e:
+            print(f"python -m bench: {e}", file=sys.stderr)
+            return 2
+        settings = await read_settings(args, store)
         print("settings:")
         for key, value in settings.items():
             print(f"  {key}: {value}")
@@ -188,12 +276,20 @@ async def run(args: argparse.Namespace) -> int:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             began = time.perf_counter()
             try:
-                figures += await run_workload(name, args, tmp)
+                figures += await asyncio.wait_for(
+                    run_workload(name, args, tmp, store), WORKLOAD_TIMEOUT_S
+                )
             except Exception as e:
-                traceback.print_exc()
-                errors[name] = f"{type(e).__name__}: {e}"
+                if (
+                    isinstance(e, TimeoutError)
+                    and time.perf_counter() - began >= WORKLOAD_TIMEOUT_S
+                ):
+                    errors[name] = f"did not finish within {WORKLOAD_TIMEOUT_S:.0f} s"
+                else:
+                    traceback.print_exc()
+                    errors[name] = f"{type(e).__name__}: {e}"
             print(f"  {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
-    figures = w.judge_thread_throughput(figures, THREAD_SHARE)
+    figures = w.judge_thread_throughput(w.apply_targets(figures, store.kind), THREAD_SHARE)
     print_table(figures, errors)
     path = args.json or RESULTS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

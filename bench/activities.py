@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 from errands import activity, exceptions
 
@@ -79,8 +81,8 @@ def child_ready(hold_s: float) -> int:
     return os.getpid()
 
 
-ALL = [noop, spin]
+ALL: list[Callable[..., Any]] = [noop, spin]
 """The async activities (every worker registers them)."""
 
-SYNC = [noop_sync, spin_sync]
+SYNC: list[Callable[..., Any]] = [noop_sync, spin_sync]
 """The plain ``def`` activities (workers with a pool register them too)."""
