@@ -1482,7 +1482,12 @@ class PostgresStore(Store):
                     break
             else:
                 return
-        result = armed.claim.run(tx)
+        try:
+            result = armed.claim.run(tx)
+        except BaseException:
+            with self._armed_lock:  # not claimed: its poller must find it still armed
+                self._armed.setdefault(key, []).append(armed)
+            raise
         if result.tasks:
             tx.handoffs.append((armed, result.tasks))
         else:

@@ -623,7 +623,12 @@ class SQLiteStore(Store):
                     break
             else:
                 return
-        result = armed.claim.run(conn, now)
+        try:
+            result = armed.claim.run(conn, now)
+        except BaseException:
+            with self._armed_lock:  # not claimed: its poller must find it still armed
+                self._armed.setdefault(key, []).append(armed)
+            raise
         if result.tasks:
             self._writer.handoffs.append((armed, result.tasks))
         else:

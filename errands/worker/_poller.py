@@ -16,6 +16,9 @@ logger = logging.getLogger("errands.worker")
 IDLE_POLL_S = 1.0
 """Longest an idle poller waits before looking again without a wake-up."""
 
+DELIVERY_WAIT_S = 10.0
+"""Longest a poller waits for the tasks of an armed claim that fired."""
+
 STORE_RETRY_S = 1.0
 """Pause after the store failed a claim."""
 
@@ -140,5 +143,14 @@ class Poller:
             finally:
                 if disarm is not None and not disarm():
                     # It fired: count its tasks before claiming again, or the
-                    # slots they take would be claimed twice.
-                    await delivered.wait()
+                    # slots they take would be claimed twice. The store always
+                    # delivers (an empty list if the claim rolled back); the
+                    # bound only keeps a store bug from stopping all claims.
+                    await wait_any(delivered, timeout=DELIVERY_WAIT_S)
+                    if not delivered.is_set():
+                        logger.error(
+                            "a claim armed on task queue %r was not delivered "
+                            "within %.0f s; claiming again",
+                            self._task_queue,
+                            DELIVERY_WAIT_S,
+                        )
