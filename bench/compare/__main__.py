@@ -245,6 +245,8 @@ async def compare(args: argparse.Namespace) -> int:
     notes.append(
         "Temporal wins: " + ("; ".join(temporal_wins) if temporal_wins else "nowhere") + "."
     )
+    if args.quick:
+        notes.append("--quick: a smoke run at small sizes; its figures do not judge the goals.")
     if args.postgres:
         notes.append(
             "errands (PostgreSQL): CPU includes the backends serving its connections, "
