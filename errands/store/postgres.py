@@ -73,6 +73,7 @@ from errands.exceptions import (
     TimeoutType,
 )
 from errands.store import _rows
+from errands.store._armed import Armed, ArmedClaims
 from errands.store._base import (
     ClaimedTask,
     ClaimResult,
@@ -306,7 +307,7 @@ class _Tx:
         """Add to a database time to get this machine's clock (for wait hints)."""
         self.changed = False
         self.closed: list[ClosedRun] = []
-        self.handoffs: list[tuple[_Armed, list[ClaimedTask]]] = []
+        self.handoffs: list[tuple[Armed[_Claim], list[ClaimedTask]]] = []
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Cursor:
         cursor = self.cursor.execute(sql, params)
@@ -431,7 +432,7 @@ class _Writer:
             # one bad change cannot fail the others.
             outcomes: list[tuple[_Pending, Outcome]] = []
             closed: list[ClosedRun] = []
-            handoffs: list[tuple[_Armed, list[ClaimedTask]]] = []
+            handoffs: list[tuple[Armed[_Claim], list[ClaimedTask]]] = []
             changed = False
             for item in batch:
                 alone = self._transaction([item])
@@ -484,13 +485,13 @@ class _Writer:
             list[tuple[_Pending, Outcome]],
             bool,
             list[ClosedRun],
-            list[tuple[_Armed, list[ClaimedTask]]],
+            list[tuple[Armed[_Claim], list[ClaimedTask]]],
         ]
         | None
     ):
         """Run the batch in one transaction: (outcomes, changed, closed,
         handoffs), or None when an unexpected error aborted it."""
-        lost: list[tuple[_Armed, list[ClaimedTask]]] = []  # handoffs of aborted tries
+        lost: list[tuple[Armed[_Claim], list[ClaimedTask]]] = []  # handoffs of aborted tries
         for tries_left in range(WRITE_TRIES - 1, -1, -1):
             last_try = tries_left == 0
             try:
@@ -610,7 +611,7 @@ class _Writer:
             time.sleep(0.005)
 
     @staticmethod
-    def _deliver_lost(lost: list[tuple[_Armed, list[ClaimedTask]]]) -> None:
+    def _deliver_lost(lost: list[tuple[Armed[_Claim], list[ClaimedTask]]]) -> None:
         for armed, tasks in lost:
             with contextlib.suppress(RuntimeError):
                 armed.loop.call_soon_threadsafe(armed.deliver, tasks)
@@ -826,15 +827,6 @@ def _queue_tokens(tx: _Tx, namespace: str, task_queue: str, rate: float) -> floa
     ).fetchone()
     assert row is not None
     return float(min(capacity, row[0] + max(0.0, tx.now - row[1]) * rate))
-
-
-@dataclass
-class _Armed:
-    """A poller waiting for work: claimed for in the next start's transaction."""
-
-    claim: _Claim
-    deliver: Callable[[builtins.list[ClaimedTask]], None]
-    loop: asyncio.AbstractEventLoop
 
 
 # --------------------------------------------------------------------------- lifecycle helpers
@@ -1156,8 +1148,7 @@ class PostgresStore(Store):
         self.schema = schema
         self.target = _describe_target(conninfo, schema)
         self._pool = pool
-        self._armed: dict[tuple[str, str], builtins.list[_Armed]] = {}
-        self._armed_lock = threading.Lock()
+        self._armed: ArmedClaims[_Claim] = ArmedClaims()
         self._signals = ChangeSignals()
         channel = f"errands_{schema}"
         token = uuid.uuid4().hex
@@ -1309,7 +1300,12 @@ class PostgresStore(Store):
         if self._armed:
             for new in made:
                 if not new.start_delay_s:
-                    self._claim_for_armed(tx, new.namespace, new.task_queue, new.activity_type)
+                    self._armed.claim_for(
+                        (new.namespace, new.task_queue),
+                        new.activity_type,
+                        lambda claim: claim.run(tx),
+                        tx.handoffs,
+                    )
         return [o if o is not None else (None, None) for o in out]
 
     @staticmethod
@@ -1449,50 +1445,9 @@ class PostgresStore(Store):
         deliver: Callable[[builtins.list[ClaimedTask]], None],
     ) -> Callable[[], bool]:
         claim = _Claim(namespace, task_queue, max_tasks, identity, only_types, exclude_types, None)
-        armed = _Armed(claim, deliver, asyncio.get_running_loop())
-        key = (namespace, task_queue)
-        with self._armed_lock:
-            self._armed.setdefault(key, []).append(armed)
-
-        def disarm() -> bool:
-            with self._armed_lock:
-                waiting = self._armed.get(key)
-                if waiting is not None and armed in waiting:
-                    waiting.remove(armed)
-                    if not waiting:
-                        del self._armed[key]
-                    return True
-                return False
-
-        return disarm
-
-    def _claim_for_armed(self, tx: _Tx, namespace: str, task_queue: str, type_: str) -> None:
-        """In a start's transaction: claim for a poller that waits on the queue,
-        so the task is started without a commit of its own."""
-        key = (namespace, task_queue)
-        with self._armed_lock:
-            waiting = self._armed.get(key)
-            if not waiting:
-                return
-            for i, armed in enumerate(waiting):
-                if armed.claim.takes(type_):
-                    del waiting[i]
-                    if not waiting:
-                        del self._armed[key]
-                    break
-            else:
-                return
-        try:
-            result = armed.claim.run(tx)
-        except BaseException:
-            with self._armed_lock:  # not claimed: its poller must find it still armed
-                self._armed.setdefault(key, []).append(armed)
-            raise
-        if result.tasks:
-            tx.handoffs.append((armed, result.tasks))
-        else:
-            with self._armed_lock:  # nothing claimable after all: keep waiting
-                self._armed.setdefault(key, []).append(armed)
+        return self._armed.arm(
+            (namespace, task_queue), Armed(claim, deliver, asyncio.get_running_loop())
+        )
 
     # ---------------------------------------------------------------- attempt outcomes
 

@@ -44,6 +44,7 @@ from errands.exceptions import (
     TimeoutType,
 )
 from errands.store import _rows
+from errands.store._armed import Armed, ArmedClaims
 from errands.store._base import (
     ClaimedTask,
     ClaimResult,
@@ -236,10 +237,10 @@ class _Writer:
         self._on_closed = on_closed
         self.closed: list[ClosedRun] = []
         """Executions the current transaction closes (ops append; writer thread only)."""
-        self.handoffs: list[tuple[_Armed, list[ClaimedTask]]] = []
+        self.handoffs: list[tuple[Armed[_Claim], list[ClaimedTask]]] = []
         """Tasks the current transaction claimed for waiting pollers."""
         self._committed_closed: list[ClosedRun] = []
-        self._committed_handoffs: list[tuple[_Armed, list[ClaimedTask]]] = []
+        self._committed_handoffs: list[tuple[Armed[_Claim], list[ClaimedTask]]] = []
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="errands-sqlite-writer", daemon=True)
         self._thread.start()
@@ -390,8 +391,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str, writer_conn: sqlite3.Connection) -> None:
         super().__init__()
         self.path = path
-        self._armed: dict[tuple[str, str], builtins.list[_Armed]] = {}
-        self._armed_lock = threading.Lock()
+        self._armed: ArmedClaims[_Claim] = ArmedClaims()
         self._signals = ChangeSignals()
         self._writer = _Writer(
             writer_conn,
@@ -531,8 +531,11 @@ class SQLiteStore(Store):
             )
             if cursor.rowcount == 1:
                 if ready_at <= now and self._armed:
-                    self._claim_for_armed(
-                        conn, now, new.namespace, new.task_queue, new.activity_type
+                    self._armed.claim_for(
+                        (new.namespace, new.task_queue),
+                        new.activity_type,
+                        lambda claim: claim.run(conn, now),
+                        self._writer.handoffs,
                     )
                 return StartResult(new.run_id, created=True)
             running = conn.execute(
@@ -588,52 +591,9 @@ class SQLiteStore(Store):
         deliver: Callable[[builtins.list[ClaimedTask]], None],
     ) -> Callable[[], bool]:
         claim = _Claim(namespace, task_queue, max_tasks, identity, only_types, exclude_types, None)
-        armed = _Armed(claim, deliver, asyncio.get_running_loop())
-        key = (namespace, task_queue)
-        with self._armed_lock:
-            self._armed.setdefault(key, []).append(armed)
-
-        def disarm() -> bool:
-            with self._armed_lock:
-                waiting = self._armed.get(key)
-                if waiting is not None and armed in waiting:
-                    waiting.remove(armed)
-                    if not waiting:
-                        del self._armed[key]
-                    return True
-                return False
-
-        return disarm
-
-    def _claim_for_armed(
-        self, conn: sqlite3.Connection, now: float, namespace: str, task_queue: str, type_: str
-    ) -> None:
-        """In a start's transaction: claim for a poller that waits on the queue,
-        so the task is started without a commit of its own."""
-        key = (namespace, task_queue)
-        with self._armed_lock:
-            waiting = self._armed.get(key)
-            if not waiting:
-                return
-            for i, armed in enumerate(waiting):
-                if armed.claim.takes(type_):
-                    del waiting[i]
-                    if not waiting:
-                        del self._armed[key]
-                    break
-            else:
-                return
-        try:
-            result = armed.claim.run(conn, now)
-        except BaseException:
-            with self._armed_lock:  # not claimed: its poller must find it still armed
-                self._armed.setdefault(key, []).append(armed)
-            raise
-        if result.tasks:
-            self._writer.handoffs.append((armed, result.tasks))
-        else:
-            with self._armed_lock:  # nothing claimable after all: keep waiting
-                self._armed.setdefault(key, []).append(armed)
+        return self._armed.arm(
+            (namespace, task_queue), Armed(claim, deliver, asyncio.get_running_loop())
+        )
 
     # ---------------------------------------------------------------- attempt outcomes
 
@@ -1010,15 +970,6 @@ class _Claim:
                 next_ready = max(next_ready, now + 1.0 / rate)
         rows.sort(key=lambda r: (r[16], r[9], r[17]))
         return ClaimResult([_rows.task(r) for r in rows], next_ready)
-
-
-@dataclass
-class _Armed:
-    """A poller waiting for work: claimed for in the next start's transaction."""
-
-    claim: _Claim
-    deliver: Callable[[builtins.list[ClaimedTask]], None]
-    loop: asyncio.AbstractEventLoop
 
 
 def _find_open(

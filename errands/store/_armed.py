@@ -1,0 +1,107 @@
+"""Claims armed by idle pollers (``Store.arm_claim``), shared by both stores.
+
+A poller that found nothing registers its claim here; the next start made by
+this process on that queue runs the claim inside its own transaction and hands
+the tasks over after the commit. Taking a claim out, and putting it back when
+nothing came of it, happen under one lock, so a poller's ``disarm()`` always
+knows whether its claim fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from errands.store._base import ClaimedTask, ClaimResult
+
+
+class _Claimable(Protocol):
+    def takes(self, activity_type: str) -> bool: ...
+
+
+C = TypeVar("C", bound=_Claimable)
+
+Key = tuple[str, str]
+"""(namespace, task queue)."""
+
+
+@dataclass(eq=False)
+class Armed(Generic[C]):
+    """A poller waiting for work, with the claim to run for it."""
+
+    claim: C
+    deliver: Callable[[builtins.list[ClaimedTask]], None]
+    loop: asyncio.AbstractEventLoop
+
+
+class ArmedClaims(Generic[C]):
+    """The armed claims of one store, by queue. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[Key, list[Armed[C]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def arm(self, key: Key, armed: Armed[C]) -> Callable[[], bool]:
+        """Register; return the poller's ``disarm``: True if withdrawn, False
+        if the claim fired (its delivery is then on its way)."""
+        with self._lock:
+            self._waiting.setdefault(key, []).append(armed)
+
+        def disarm() -> bool:
+            with self._lock:
+                waiting = self._waiting.get(key)
+                if waiting is None or armed not in waiting:
+                    return False
+                waiting.remove(armed)
+                if not waiting:
+                    del self._waiting[key]
+                return True
+
+        return disarm
+
+    def claim_for(
+        self,
+        key: Key,
+        activity_type: str,
+        run: Callable[[C], ClaimResult],
+        handoffs: list[tuple[Armed[C], builtins.list[ClaimedTask]]],
+    ) -> None:
+        """In a start's transaction: run the claim of a poller waiting on the
+        queue for this type, and note its tasks for delivery after the commit.
+        A claim that finds nothing, or raises, stays armed."""
+        armed = self._take(key, activity_type)
+        if armed is None:
+            return
+        try:
+            result = run(armed.claim)
+        except BaseException:
+            self._put_back(key, armed)
+            raise
+        if result.tasks:
+            handoffs.append((armed, result.tasks))
+        else:
+            self._put_back(key, armed)
+
+    def _take(self, key: Key, activity_type: str) -> Armed[C] | None:
+        with self._lock:
+            waiting = self._waiting.get(key)
+            if not waiting:
+                return None
+            for i, armed in enumerate(waiting):
+                if armed.claim.takes(activity_type):
+                    del waiting[i]
+                    if not waiting:
+                        del self._waiting[key]
+                    return armed
+            return None
+
+    def _put_back(self, key: Key, armed: Armed[C]) -> None:
+        with self._lock:
+            self._waiting.setdefault(key, []).append(armed)
