@@ -12,18 +12,43 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from errands.store._base import ClaimedTask, ClaimResult
 
 
-class _Claimable(Protocol):
-    def takes(self, activity_type: str) -> bool: ...
+class ClaimSpec:
+    """What one claim asks for: the queue, how many, for whom, which types.
+    Each store subclasses it with the SQL that carries it out."""
+
+    def __init__(
+        self,
+        namespace: str,
+        task_queue: str,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        queue_rate_per_s: float | None,
+    ) -> None:
+        self.namespace = namespace
+        self.task_queue = task_queue
+        self.max_tasks = max_tasks
+        self.identity = identity
+        self.only_types = None if only_types is None else frozenset(only_types)
+        self.exclude_types = frozenset(exclude_types)
+        self.queue_rate_per_s = queue_rate_per_s
+
+    def takes(self, activity_type: str) -> bool:
+        """Whether this claim's type filter admits the type."""
+        if self.only_types is not None and activity_type not in self.only_types:
+            return False
+        return activity_type not in self.exclude_types
 
 
-C = TypeVar("C", bound=_Claimable)
+C = TypeVar("C", bound=ClaimSpec)
 
 Key = tuple[str, str]
 """(namespace, task queue)."""

@@ -73,7 +73,7 @@ from errands.exceptions import (
     TimeoutType,
 )
 from errands.store import _rows
-from errands.store._armed import Armed, ArmedClaims
+from errands.store._armed import Armed, ArmedClaims, ClaimSpec
 from errands.store._base import (
     ClaimedTask,
     ClaimResult,
@@ -718,7 +718,7 @@ class _Listener:
 # --------------------------------------------------------------------------- claims
 
 
-class _Claim:
+class _Claim(ClaimSpec):
     """One claim's SQL, built once: take up to ``max_tasks`` ready attempts of a
     queue, smallest priority key first, then in the order they became ready."""
 
@@ -732,13 +732,9 @@ class _Claim:
         exclude_types: Sequence[str],
         queue_rate_per_s: float | None,
     ) -> None:
-        self.namespace = namespace
-        self.task_queue = task_queue
-        self.max_tasks = max_tasks
-        self.identity = identity
-        self.only_types = None if only_types is None else frozenset(only_types)
-        self.exclude_types = frozenset(exclude_types)
-        self.queue_rate_per_s = queue_rate_per_s
+        super().__init__(
+            namespace, task_queue, max_tasks, identity, only_types, exclude_types, queue_rate_per_s
+        )
         type_filter = ""
         self.args: dict[str, Any] = {"ns": namespace, "tq": task_queue}
         if only_types is not None:
@@ -767,12 +763,6 @@ class _Claim:
             "AND id NOT IN (SELECT id FROM claimed)) END AS ready) AS nxt "
             "LEFT JOIN claimed AS c ON true"
         )
-
-    def takes(self, activity_type: str) -> bool:
-        """Whether this claim's type filter admits the type."""
-        if self.only_types is not None and activity_type not in self.only_types:
-            return False
-        return activity_type not in self.exclude_types
 
     def run(self, tx: _Tx) -> ClaimResult:
         """Claim, inside the writer's transaction."""

@@ -44,7 +44,7 @@ from errands.exceptions import (
     TimeoutType,
 )
 from errands.store import _rows
-from errands.store._armed import Armed, ArmedClaims
+from errands.store._armed import Armed, ArmedClaims, ClaimSpec
 from errands.store._base import (
     ClaimedTask,
     ClaimResult,
@@ -886,7 +886,7 @@ class SQLiteStore(Store):
 # ------------------------------------------------------------------ helpers (writer thread)
 
 
-class _Claim:
+class _Claim(ClaimSpec):
     """One claim's SQL, built once: take up to ``max_tasks`` ready attempts of a
     queue, smallest priority key first, then in the order they became ready."""
 
@@ -900,13 +900,9 @@ class _Claim:
         exclude_types: Sequence[str],
         queue_rate_per_s: float | None,
     ) -> None:
-        self.namespace = namespace
-        self.task_queue = task_queue
-        self.max_tasks = max_tasks
-        self.identity = identity
-        self.only_types = None if only_types is None else frozenset(only_types)
-        self.exclude_types = frozenset(exclude_types)
-        self.queue_rate_per_s = queue_rate_per_s
+        super().__init__(
+            namespace, task_queue, max_tasks, identity, only_types, exclude_types, queue_rate_per_s
+        )
         type_filter = ""
         self.type_args: dict[str, Any] = {}
         if only_types is not None:
@@ -931,12 +927,6 @@ class _Claim:
             "SELECT min(ready_at) FROM executions WHERE namespace = :ns AND task_queue = :tq "
             f"AND run_state = 'SCHEDULED'{type_filter}"
         )
-
-    def takes(self, activity_type: str) -> bool:
-        """Whether this claim's type filter admits the type."""
-        if self.only_types is not None and activity_type not in self.only_types:
-            return False
-        return activity_type not in self.exclude_types
 
     def run(self, conn: sqlite3.Connection, now: float) -> ClaimResult:
         """Claim, inside the writer's transaction."""
