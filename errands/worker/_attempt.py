@@ -329,7 +329,7 @@ class Attempt:
                 task.activity_id,
                 task.activity_type,
                 task.attempt,
-                time.time() - task.started_time,
+                time.monotonic() - self._claimed_at,  # started_time: the store's clock
             )
 
     async def _fail(self, error: BaseException, what: str) -> None:
