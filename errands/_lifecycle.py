@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from errands.common import RetryPolicy
+from errands.common import ActivityIDReusePolicy, RetryPolicy
 from errands.exceptions import TimeoutType
 
 FAR = 1.0e15
@@ -160,6 +160,78 @@ def started_timeout_type(
         since = attempt_started if last_heartbeat is None else max(last_heartbeat, attempt_started)
         if now >= since + heartbeat_s:
             return TimeoutType.HEARTBEAT
+    return None
+
+
+def started_deadline(
+    *,
+    attempt_started: float,
+    start_to_close_s: float | None,
+    heartbeat_s: float | None,
+    last_heartbeat: float | None,
+    schedule_to_close_deadline: float,
+) -> float:
+    """The next timeout of a STARTED attempt: the earliest of schedule_to_close,
+    start_to_close and the heartbeat deadline."""
+    since = attempt_started if last_heartbeat is None else max(attempt_started, last_heartbeat)
+    return min(
+        schedule_to_close_deadline,
+        FAR if start_to_close_s is None else attempt_started + start_to_close_s,
+        FAR if heartbeat_s is None else since + heartbeat_s,
+    )
+
+
+@dataclass(frozen=True)
+class StartTimes:
+    """The times a new execution is recorded with."""
+
+    ready_at: float
+    schedule_to_close_deadline: float
+    deadline: float
+
+
+def start_times(
+    *,
+    now: float,
+    start_delay_s: float | None,
+    schedule_to_close_s: float | None,
+    schedule_to_start_s: float | None,
+) -> StartTimes:
+    """When a new execution becomes claimable, when it must close, and its
+    first deadline."""
+    ready_at = now + (start_delay_s or 0.0)
+    s2c = FAR if schedule_to_close_s is None else now + schedule_to_close_s
+    return StartTimes(
+        ready_at=ready_at,
+        schedule_to_close_deadline=s2c,
+        deadline=scheduled_deadline(
+            ready_at=ready_at,
+            schedule_to_start_s=schedule_to_start_s,
+            schedule_to_close_deadline=s2c,
+        ),
+    )
+
+
+def reuse_refused(policy: ActivityIDReusePolicy, latest_status: Status | None) -> bool:
+    """Whether the id reuse policy refuses a new run of an id whose latest run
+    has ``latest_status`` (None: the id was never used). A running id is a
+    conflict, not a reuse: see ``ActivityIDConflictPolicy``."""
+    if latest_status is None or latest_status is Status.RUNNING:
+        return False
+    if policy is ActivityIDReusePolicy.REJECT_DUPLICATE:
+        return True
+    if policy is ActivityIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY:
+        return latest_status is Status.COMPLETED
+    return False
+
+
+def interrupt_kind(status: Status, run_state: RunState | None) -> str | None:
+    """What a running attempt must be told, given its execution's state:
+    "terminate", "cancel", or None."""
+    if status is Status.TERMINATED:
+        return "terminate"
+    if run_state is RunState.CANCEL_REQUESTED:
+        return "cancel"
     return None
 
 

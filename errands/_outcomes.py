@@ -1,52 +1,86 @@
 """Waiting for executions to close, for ``ActivityHandle.result()``.
 
-Executions closed by this process are resolved in memory, straight from the
-commit that closed them. For the rest, one store read per change covers every
-waiting ``result()`` of the client; the due timers of awaited executions are
-fired here too, so an attempt of a dead worker still times out with no other
-worker alive.
+The store's change feed brings a ``Closed`` change, with the outcome, for
+every run this watcher awaits: straight from the commit when this process
+closed it, or read once by the store when another process did. A run is
+looked up once when its wait begins, unless the watcher was told to expect
+it before it was started (``execute_activity``): then no close can have
+passed unseen. The due timers of awaited executions are fired here too, so
+an attempt of a dead worker still times out with no other worker alive.
+
+A store that fails (restarted, connection lost) never fails a waiting
+``result()``: the watcher logs once and keeps trying with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Sequence
 
 from errands._aio import wait_any
 from errands.store import ClosedRun, Store
+from errands.store._changes import Closed, Resync, Subscription
+
+logger = logging.getLogger("errands.client")
 
 TIMER_INTERVAL_S = 1.0
-"""How often awaited executions' due timers are fired, and the longest wait
-between two looks without a change signal."""
+"""How often awaited executions' due timers are fired."""
 
-MIN_POLL_GAP_S = 0.001
-"""Shortest gap between two looks, so a busy store is not read at every commit."""
+RETRY_S = (0.05, 5.0)
+"""First and longest pause between two tries while the store fails."""
 
 
 class OutcomeWatcher:
-    """Resolves ``wait(run_id)`` when the execution closes."""
+    """Resolves ``wait(run_id)`` when the execution closes. One per event loop."""
 
     def __init__(self, store: Store, namespace: str) -> None:
         self._store = store
         self._namespace = namespace
         self._waiters: dict[str, list[asyncio.Future[ClosedRun]]] = {}
+        self._expected: set[str] = set()
+        self._unlooked: set[str] = set()
+        self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        store.add_closed_listener(self._closed_threadsafe)
+
+    def _subscription(self) -> Subscription:
+        if self._sub is None or self._sub.closed:
+            self._sub = self._store.feed.subscribe(Closed, keys=())
+        return self._sub
+
+    def expect(self, run_id: str) -> None:
+        """Watch for the run's close from now on: call it before the run is
+        started, and its wait needs no first look."""
+        self._subscription().add_keys([run_id])
+        self._expected.add(run_id)
+
+    def forget(self, run_id: str) -> None:
+        """Stop expecting a run that was not started after all."""
+        self._expected.discard(run_id)
+        if run_id not in self._waiters and self._sub is not None:
+            self._sub.discard_keys([run_id])
 
     def close(self) -> None:
-        """Stop listening to the store."""
-        self._store.remove_closed_listener(self._closed_threadsafe)
-        if self._task is not None:
-            self._task.cancel()
+        """Stop watching; callable from any thread."""
+        if self._sub is not None:
+            self._sub.close()
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(RuntimeError):  # its loop closed
+                task.get_loop().call_soon_threadsafe(task.cancel)
 
     async def wait(self, run_id: str) -> ClosedRun:
         """Return when the execution with this run id is closed."""
-        self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[ClosedRun] = self._loop.create_future()
+        future: asyncio.Future[ClosedRun] = asyncio.get_running_loop().create_future()
+        sub = self._subscription()
         self._waiters.setdefault(run_id, []).append(future)
+        if run_id in self._expected:
+            self._expected.discard(run_id)
+        else:
+            sub.add_keys([run_id])
+            self._unlooked.add(run_id)
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         else:
@@ -59,43 +93,46 @@ class OutcomeWatcher:
                 futures.remove(future)
                 if not futures:
                     del self._waiters[run_id]
+                    sub.discard_keys([run_id])
 
-    def _closed_threadsafe(self, closed: Sequence[ClosedRun]) -> None:
-        # Called on the store's writer thread right after a commit.
-        loop = self._loop
-        if loop is None or not self._waiters:
-            return  # a waiter that registers later looks in the store first
-        try:
-            loop.call_soon_threadsafe(self._resolve_all, closed)
-        except RuntimeError:  # the loop closed
-            self._loop = None
-
-    def _resolve_all(self, closed: Sequence[ClosedRun]) -> None:
-        for run in closed:
-            for future in self._waiters.pop(run.run_id, ()):
-                if not future.done():
-                    future.set_result(run)
-
-    def _fail_all(self, error: BaseException) -> None:
-        for futures in self._waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_exception(error)
-        self._waiters.clear()
+    def _resolve(self, run: ClosedRun) -> None:
+        for future in self._waiters.pop(run.run_id, ()):
+            if not future.done():
+                future.set_result(run)
+        if self._sub is not None:
+            self._sub.discard_keys([run.run_id])
 
     async def _run(self) -> None:
+        sub = self._subscription()
         last_timers = time.monotonic()
+        pause = 0.0
         while self._waiters:
-            changed = self._store.change_event()
             self._kick.clear()
+            for change in sub.take():
+                if isinstance(change, Closed) and change.outcome is not None:
+                    self._resolve(change.outcome)
+                elif isinstance(change, Closed):
+                    self._unlooked.add(change.run_id)
+                elif isinstance(change, Resync):
+                    self._unlooked.update(self._waiters)
+            looking = [r for r in self._unlooked if r in self._waiters]
+            self._unlooked.clear()
             try:
-                self._resolve_all(await self._store.closed_runs(list(self._waiters)))
+                if looking:
+                    for run in await self._store.closed_runs(looking):
+                        self._resolve(run)
                 if self._waiters and time.monotonic() - last_timers >= TIMER_INTERVAL_S:
                     last_timers = time.monotonic()
                     await self._store.fire_due_timers(self._namespace, run_ids=list(self._waiters))
             except Exception as e:
-                self._fail_all(e)
-                return
+                self._unlooked.update(looking)
+                pause = min(max(pause * 2, RETRY_S[0]), RETRY_S[1])
+                if pause == RETRY_S[0]:
+                    logger.warning("waiting for results: the store failed (%s); retrying", e)
+                await wait_any(self._kick, timeout=pause)
+                continue
+            if pause:
+                logger.warning("waiting for results: the store works again")
+                pause = 0.0
             if self._waiters:
-                await asyncio.sleep(MIN_POLL_GAP_S)
-                await wait_any(changed, self._kick, timeout=TIMER_INTERVAL_S)
+                await wait_any(sub.event, self._kick, timeout=TIMER_INTERVAL_S)

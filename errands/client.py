@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import enum
 import os
 import random
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -59,12 +62,14 @@ DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
 DEFAULT_RETENTION = timedelta(days=7)
 """How long closed executions are kept."""
 
-OUTCOME_TIMER_INTERVAL_S = 1.0
-"""How often a client awaiting results fires its executions' due timers."""
-
 ReturnType = TypeVar("ReturnType")
 
 _NO_ARG: Any = object()
+
+_expect_result: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "errands_expect_result", default=False
+)
+"""Set while execute_activity starts an activity whose result it will await."""
 
 
 class ActivityExecutionStatus(enum.IntEnum):
@@ -227,7 +232,9 @@ class Client:
         self.data_converter = data_converter or DataConverter()
         self.max_payload_bytes = max_payload_bytes
         self.retention = retention
-        self._watcher: OutcomeWatcher | None = None
+        self._watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OutcomeWatcher] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     async def connect(
@@ -264,8 +271,8 @@ class Client:
 
     async def close(self) -> None:
         """Close the store's connections."""
-        if self._watcher is not None:
-            self._watcher.close()
+        for watcher in list(self._watchers.values()):
+            watcher.close()
         await self._store.close()
 
     async def __aenter__(self) -> Client:
@@ -356,28 +363,41 @@ class Client:
                 f"arguments of activity {name!r} are {len(data)} bytes encoded, over the "
                 f"{self.max_payload_bytes}-byte payload limit"
             )
-        result = await self._store.start(
-            NewExecution(
-                namespace=self.namespace,
-                activity_id=id,
-                run_id=_new_run_id(),
-                activity_type=name,
-                task_queue=task_queue,
-                input=data,
-                schedule_to_close_s=s2c,
-                schedule_to_start_s=_seconds(
-                    "schedule_to_start_timeout", schedule_to_start_timeout
-                ),
-                start_to_close_s=stc if stc is not None else s2c,
-                heartbeat_s=_seconds("heartbeat_timeout", heartbeat_timeout),
-                retry_policy=retry_policy or RetryPolicy(),
-                priority_key=(priority or Priority()).effective_key,
-                start_delay_s=delay,
-                summary=summary,
-                id_reuse_policy=id_reuse_policy,
-                id_conflict_policy=id_conflict_policy,
+        run_id = _new_run_id()
+        expecting = _expect_result.get()
+        if expecting:
+            # execute_activity: watch for the close before the start commits,
+            # so waiting for it needs no first look.
+            self._outcomes().expect(run_id)
+        try:
+            result = await self._store.start(
+                NewExecution(
+                    namespace=self.namespace,
+                    activity_id=id,
+                    run_id=run_id,
+                    activity_type=name,
+                    task_queue=task_queue,
+                    input=data,
+                    schedule_to_close_s=s2c,
+                    schedule_to_start_s=_seconds(
+                        "schedule_to_start_timeout", schedule_to_start_timeout
+                    ),
+                    start_to_close_s=stc if stc is not None else s2c,
+                    heartbeat_s=_seconds("heartbeat_timeout", heartbeat_timeout),
+                    retry_policy=retry_policy or RetryPolicy(),
+                    priority_key=(priority or Priority()).effective_key,
+                    start_delay_s=delay,
+                    summary=summary,
+                    id_reuse_policy=id_reuse_policy,
+                    id_conflict_policy=id_conflict_policy,
+                )
             )
-        )
+        except BaseException:
+            if expecting:
+                self._outcomes().forget(run_id)
+            raise
+        if expecting and result.run_id != run_id:  # USE_EXISTING gave another run
+            self._outcomes().forget(run_id)
         handle: ActivityHandle[Any] = ActivityHandle(self, id, result.run_id, result_type)
         handle._exists = True
         return handle
@@ -404,24 +424,28 @@ class Client:
     ) -> Any:
         """``start_activity`` and await its result: the same arguments and
         errors, plus ``ActivityFailedError`` if the execution did not complete."""
-        handle = await self.start_activity(
-            activity,
-            arg,
-            args=args,
-            id=id,
-            task_queue=task_queue,
-            result_type=result_type,
-            schedule_to_close_timeout=schedule_to_close_timeout,
-            schedule_to_start_timeout=schedule_to_start_timeout,
-            start_to_close_timeout=start_to_close_timeout,
-            heartbeat_timeout=heartbeat_timeout,
-            retry_policy=retry_policy,
-            id_reuse_policy=id_reuse_policy,
-            id_conflict_policy=id_conflict_policy,
-            start_delay=start_delay,
-            priority=priority,
-            summary=summary,
-        )
+        token = _expect_result.set(True)
+        try:
+            handle = await self.start_activity(
+                activity,
+                arg,
+                args=args,
+                id=id,
+                task_queue=task_queue,
+                result_type=result_type,
+                schedule_to_close_timeout=schedule_to_close_timeout,
+                schedule_to_start_timeout=schedule_to_start_timeout,
+                start_to_close_timeout=start_to_close_timeout,
+                heartbeat_timeout=heartbeat_timeout,
+                retry_policy=retry_policy,
+                id_reuse_policy=id_reuse_policy,
+                id_conflict_policy=id_conflict_policy,
+                start_delay=start_delay,
+                priority=priority,
+                summary=summary,
+            )
+        finally:
+            _expect_result.reset(token)
         return await handle.result()
 
     # ---------------------------------------------------------------- finding
@@ -488,10 +512,16 @@ class Client:
 
     # ---------------------------------------------------------------- internals
 
+    def _outcomes(self) -> OutcomeWatcher:
+        """The outcome watcher of the running event loop."""
+        loop = asyncio.get_running_loop()
+        watcher = self._watchers.get(loop)
+        if watcher is None:
+            watcher = self._watchers[loop] = OutcomeWatcher(self._store, self.namespace)
+        return watcher
+
     async def _wait_closed(self, run_id: str) -> ClosedRun:
-        if self._watcher is None:
-            self._watcher = OutcomeWatcher(self._store, self.namespace)
-        return await self._watcher.wait(run_id)
+        return await self._outcomes().wait(run_id)
 
     async def _failure(self, record: ExecutionRecord) -> FailureError | None:
         converter = self.data_converter

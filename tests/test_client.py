@@ -757,15 +757,15 @@ async def test_every_store_connection_uses_synchronous_full(client: Client, db_p
     assert isinstance(store, SQLiteStore)
     full = 2
 
-    def pragma(conn: sqlite3.Connection, _now: float = 0.0) -> int:
+    def pragma(conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA synchronous").fetchone()[0])
 
     # The writer's and the reader's own connections, each on its own thread.
-    assert await store._write(pragma) == full
-    assert await store._read(pragma) == full
-    # The data_version watcher opens its connection through the same function.
-    watcher_like = _connect(str(db_path))
+    assert await store._op(lambda tx: pragma(tx.cursor)) == full
+    assert await store._read(lambda tx: pragma(tx.cursor)) == full
+    # Every connection is opened by the same function.
+    another = _connect(str(db_path))
     try:
-        assert pragma(watcher_like) == full
+        assert pragma(another) == full
     finally:
-        watcher_like.close()
+        another.close()

@@ -96,7 +96,6 @@ EXPORTS: dict[str, set[str]] = {
         "ExecutionRecord",
         "FailureReport",
         "HeartbeatResult",
-        "Interrupt",
         "NewExecution",
         "Query",
         "StartResult",

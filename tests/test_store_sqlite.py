@@ -229,8 +229,8 @@ async def test_the_store_connections_use_wal_full_sync_and_the_busy_timeout(
         )
 
     expected = ("wal", 2, sqlite_store.BUSY_TIMEOUT_MS, None)  # synchronous 2 is FULL
-    assert await store._write(lambda conn, now: pragmas(conn)) == expected
-    assert await store._read(pragmas) == expected
+    assert await store._op(lambda tx: pragmas(tx.cursor)) == expected
+    assert await store._read(lambda tx: pragmas(tx.cursor)) == expected
     conn = sqlite_store._connect(str(db_path))
     try:
         assert pragmas(conn) == expected

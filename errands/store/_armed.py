@@ -1,8 +1,9 @@
-"""Claims armed by idle pollers (``Store.arm_claim``), shared by both stores.
+"""Claims armed by idle pollers (``Store.arm_claim``).
 
 A poller that found nothing registers its claim here; the next start made by
-this process on that queue runs the claim inside its own transaction and hands
-the tasks over after the commit. Taking a claim out, and putting it back when
+this process on that queue, or the next change another process announces for
+it, runs the claim inside its own transaction and hands the result over after
+the commit. Taking a claim out, and putting it back when
 nothing came of it, happen under one lock, so a poller's ``disarm()`` always
 knows whether its claim fired.
 """
@@ -10,13 +11,12 @@ knows whether its claim fired.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from errands.store._base import ClaimedTask, ClaimResult
+from errands.store._base import ClaimResult
 
 
 class ClaimSpec:
@@ -59,7 +59,9 @@ class Armed(Generic[C]):
     """A poller waiting for work, with the claim to run for it."""
 
     claim: C
-    deliver: Callable[[builtins.list[ClaimedTask]], None]
+    deliver: Callable[[ClaimResult, int], None]
+    """Called on ``loop`` with the claim's result and the number of the commit
+    that made it (0 if it rolled back)."""
     loop: asyncio.AbstractEventLoop
 
 
@@ -96,7 +98,7 @@ class ArmedClaims(Generic[C]):
         key: Key,
         activity_type: str,
         run: Callable[[C], ClaimResult],
-        handoffs: list[tuple[Armed[C], builtins.list[ClaimedTask]]],
+        handoffs: list[tuple[Armed[C], ClaimResult]],
     ) -> None:
         """In a start's transaction: run the claim of a poller waiting on the
         queue for this type, and note its tasks for delivery after the commit.
@@ -110,9 +112,35 @@ class ArmedClaims(Generic[C]):
             self._put_back(key, armed)
             raise
         if result.tasks:
-            handoffs.append((armed, result.tasks))
+            handoffs.append((armed, result))
         else:
             self._put_back(key, armed)
+
+    def claim_all(
+        self,
+        key: Key,
+        run: Callable[[C], ClaimResult],
+        handoffs: list[tuple[Armed[C], ClaimResult]],
+    ) -> bool:
+        """In an intake of another process's change to the queue: run every
+        claim armed on it (the change does not say which types it concerns).
+        Claims that find nothing stay armed. False if none was armed."""
+        with self._lock:
+            waiting = self._waiting.pop(key, [])
+        kept: list[Armed[C]] = []
+        done = 0
+        try:
+            for armed in waiting:
+                result = run(armed.claim)
+                done += 1
+                if result.tasks:
+                    handoffs.append((armed, result))
+                else:
+                    kept.append(armed)
+        finally:
+            for armed in kept + waiting[done:]:
+                self._put_back(key, armed)
+        return bool(waiting)
 
     def _take(self, key: Key, activity_type: str) -> Armed[C] | None:
         with self._lock:

@@ -9,14 +9,17 @@ retries and timeouts come from ``errands._lifecycle``.
 from __future__ import annotations
 
 import abc
-import asyncio
 import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from errands._lifecycle import AttemptFailure, RunState, Status
 from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy, RetryPolicy
 from errands.exceptions import TimeoutType
+
+if TYPE_CHECKING:
+    from errands.store._changes import Feed
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,6 @@ class ClosedRun:
 
 
 @dataclass(frozen=True)
-class Interrupt:
-    """A request, found by ``poll_interrupts``, to stop a running attempt."""
-
-    run_id: str
-    attempt: int
-    kind: str  # "cancel" or "terminate"
-
-
-@dataclass(frozen=True)
 class ExecutionRecord:
     """One execution as the store holds it."""
 
@@ -179,22 +173,9 @@ class Store(abc.ABC):
     is one atomic conditional update. Errors of the database are raised as
     ``errands.exceptions.StoreError`` from the driver's error."""
 
-    def __init__(self) -> None:
-        self._closed_listeners: builtins.list[Callable[[Sequence[ClosedRun]], None]] = []
-
-    def add_closed_listener(self, listener: Callable[[Sequence[ClosedRun]], None]) -> None:
-        """Call ``listener`` (from any thread) with the executions each commit
-        of this process closes, right after the commit."""
-        self._closed_listeners.append(listener)
-
-    def remove_closed_listener(self, listener: Callable[[Sequence[ClosedRun]], None]) -> None:
-        """Stop calling a listener added with ``add_closed_listener``."""
-        if listener in self._closed_listeners:
-            self._closed_listeners.remove(listener)
-
-    def _emit_closed(self, closed: Sequence[ClosedRun]) -> None:
-        for listener in list(self._closed_listeners):
-            listener(closed)
+    feed: Feed
+    """The change feed: every committed transition, by this process or another,
+    for waiters to subscribe to (see ``errands.store._changes``)."""
 
     @abc.abstractmethod
     async def start(self, new: NewExecution) -> StartResult:
@@ -228,14 +209,16 @@ class Store(abc.ABC):
         identity: str,
         only_types: Sequence[str] | None,
         exclude_types: Sequence[str],
-        deliver: Callable[[builtins.list[ClaimedTask]], None],
+        deliver: Callable[[ClaimResult, int], None],
     ) -> Callable[[], bool] | None:
         """Optional: a poller that found nothing asks the store to claim for it
-        inside the transaction of the next start on its queue made by this
-        process, and to ``deliver`` the tasks (on the poller's loop) after that
-        commit. Returns a function that withdraws the request: True if it was
-        withdrawn, False if it already fired (its ``deliver`` call, perhaps of
-        an empty list, is then on its way). None if the store does not do this."""
+        inside the transaction of the next change to its queue (a start by
+        this process, or another process's change as it arrives), and to
+        ``deliver`` the result and the number of the commit that made it (on
+        the poller's loop) after that commit. Returns a function that
+        withdraws the request: True if it was withdrawn, False if it already
+        fired (its ``deliver`` call, perhaps of an empty result, is then on
+        its way). None if the store does not do this."""
         return None
 
     @abc.abstractmethod
@@ -314,22 +297,6 @@ class Store(abc.ABC):
     async def prune(self, namespace: str, closed_before: float, *, batch: int = 1000) -> int:
         """Delete closed executions closed before the time, a batch per
         transaction. Returns how many were deleted."""
-
-    @abc.abstractmethod
-    async def interrupts_cursor(self) -> int:
-        """The position after the newest cancel / terminate request."""
-
-    @abc.abstractmethod
-    async def poll_interrupts(
-        self, namespace: str, after: int
-    ) -> tuple[builtins.list[Interrupt], int]:
-        """Cancel and terminate requests for started attempts made after the
-        cursor, and the new cursor."""
-
-    @abc.abstractmethod
-    def change_event(self) -> asyncio.Event:
-        """An event set at the next change to the store, by this process or
-        another. Take it before looking, then wait on it."""
 
     @abc.abstractmethod
     async def close(self) -> None:

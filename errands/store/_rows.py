@@ -1,11 +1,10 @@
-"""Execution rows as both stores keep them: the columns they select, and how
-a row becomes an ExecutionRecord or a ClaimedTask. The two backends store the
-same columns, so they decode them with the same code."""
+"""Execution rows as both dialects keep them, and how a row becomes an
+ExecutionRecord or a ClaimedTask: by column name, never by position."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from errands._lifecycle import RunState, Status
@@ -13,27 +12,8 @@ from errands.common import RetryPolicy
 from errands.exceptions import TimeoutType
 from errands.store._base import ClaimedTask, ExecutionRecord
 
-RECORD_COLUMNS = (
-    "namespace, activity_id, run_id, activity_type, task_queue, status, run_state, attempt, "
-    "input, result, failure, timeout_type, heartbeat_details, heartbeat_count, "
-    "last_heartbeat_time, schedule_time, ready_at, started_time, close_time, "
-    "schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s, retry_policy, "
-    "priority_key, start_delay_s, canceled_reason, identity, summary, retry_interval_s, "
-    "cancel_requested"
-)
-
-TASK_COLUMNS = (
-    "namespace, activity_id, run_id, activity_type, task_queue, attempt, input, "
-    "heartbeat_details, schedule_time, ready_at, started_time, schedule_to_close_s, "
-    "schedule_to_start_s, start_to_close_s, heartbeat_s, retry_policy, priority_key, id"
-)
-
-# The columns the lifecycle needs to decide a failure or a timeout.
-DECIDE_COLUMNS = (
-    "id, run_id, attempt, run_state, retry_policy, cancel_requested, s2c_deadline, ready_at, "
-    "started_time, last_heartbeat_time, schedule_to_start_s, start_to_close_s, heartbeat_s, "
-    "deadline"
-)
+Row = Mapping[str, Any]
+"""A row as both dialects return it: values by column name."""
 
 QUERY_FIELDS = {
     "ActivityId": "activity_id",
@@ -41,6 +21,7 @@ QUERY_FIELDS = {
     "TaskQueue": "task_queue",
     "ExecutionStatus": "status",
 }
+"""Visibility query fields and the columns they name."""
 
 _policy_cache: dict[str, RetryPolicy] = {}
 
@@ -69,64 +50,69 @@ def policy_text(retry_policy: RetryPolicy) -> str:
     return text
 
 
-def record(row: Sequence[Any]) -> ExecutionRecord:
-    """An ExecutionRecord from a row of RECORD_COLUMNS."""
+def record(row: Row) -> ExecutionRecord:
+    """An ExecutionRecord from a row of the ``executions`` table."""
     return ExecutionRecord(
-        namespace=row[0],
-        activity_id=row[1],
-        run_id=row[2],
-        activity_type=row[3],
-        task_queue=row[4],
-        status=Status(row[5]),
-        run_state=None if row[6] is None else RunState(row[6]),
-        attempt=row[7],
-        input=row[8],
-        result=row[9],
-        failure=row[10],
-        timeout_type=None if row[11] is None else TimeoutType(row[11]),
-        heartbeat_details=row[12],
-        heartbeat_count=row[13],
-        last_heartbeat_time=row[14],
-        schedule_time=row[15],
-        current_attempt_scheduled_time=row[16],
-        started_time=row[17],
-        close_time=row[18],
-        schedule_to_close_s=row[19],
-        schedule_to_start_s=row[20],
-        start_to_close_s=row[21],
-        heartbeat_s=row[22],
-        retry_policy=policy(row[23]),
-        priority_key=row[24],
-        start_delay_s=row[25],
-        canceled_reason=row[26],
-        identity=row[27],
-        summary=row[28],
-        retry_interval_s=row[29],
-        cancel_requested=bool(row[30]),
+        namespace=row["namespace"],
+        activity_id=row["activity_id"],
+        run_id=row["run_id"],
+        activity_type=row["activity_type"],
+        task_queue=row["task_queue"],
+        status=Status(row["status"]),
+        run_state=None if row["run_state"] is None else RunState(row["run_state"]),
+        attempt=row["attempt"],
+        input=bytes(row["input"]),
+        result=optional_bytes(row["result"]),
+        failure=optional_bytes(row["failure"]),
+        timeout_type=None if row["timeout_type"] is None else TimeoutType(row["timeout_type"]),
+        heartbeat_details=optional_bytes(row["heartbeat_details"]),
+        heartbeat_count=row["heartbeat_count"],
+        last_heartbeat_time=row["last_heartbeat_time"],
+        schedule_time=row["schedule_time"],
+        current_attempt_scheduled_time=row["ready_at"],
+        started_time=row["started_time"],
+        close_time=row["close_time"],
+        schedule_to_close_s=row["schedule_to_close_s"],
+        schedule_to_start_s=row["schedule_to_start_s"],
+        start_to_close_s=row["start_to_close_s"],
+        heartbeat_s=row["heartbeat_s"],
+        retry_policy=policy(row["retry_policy"]),
+        priority_key=row["priority_key"],
+        start_delay_s=row["start_delay_s"],
+        canceled_reason=row["canceled_reason"],
+        identity=row["identity"],
+        summary=row["summary"],
+        retry_interval_s=row["retry_interval_s"],
+        cancel_requested=bool(row["cancel_requested"]),
     )
 
 
-def task(row: Sequence[Any]) -> ClaimedTask:
-    """A ClaimedTask from a row of TASK_COLUMNS."""
+def task(row: Row) -> ClaimedTask:
+    """A ClaimedTask from a row a claim returned."""
     return ClaimedTask(
-        namespace=row[0],
-        activity_id=row[1],
-        run_id=row[2],
-        activity_type=row[3],
-        task_queue=row[4],
-        attempt=row[5],
-        input=row[6],
-        heartbeat_details=row[7],
-        schedule_time=row[8],
-        current_attempt_scheduled_time=row[9],
-        started_time=row[10],
-        schedule_to_close_s=row[11],
-        schedule_to_start_s=row[12],
-        start_to_close_s=row[13],
-        heartbeat_s=row[14],
-        retry_policy=policy(row[15]),
-        priority_key=row[16],
+        namespace=row["namespace"],
+        activity_id=row["activity_id"],
+        run_id=row["run_id"],
+        activity_type=row["activity_type"],
+        task_queue=row["task_queue"],
+        attempt=row["attempt"],
+        input=bytes(row["input"]),
+        heartbeat_details=optional_bytes(row["heartbeat_details"]),
+        schedule_time=row["schedule_time"],
+        current_attempt_scheduled_time=row["ready_at"],
+        started_time=row["started_time"],
+        schedule_to_close_s=row["schedule_to_close_s"],
+        schedule_to_start_s=row["schedule_to_start_s"],
+        start_to_close_s=row["start_to_close_s"],
+        heartbeat_s=row["heartbeat_s"],
+        retry_policy=policy(row["retry_policy"]),
+        priority_key=row["priority_key"],
     )
+
+
+def optional_bytes(value: Any) -> bytes | None:
+    """A nullable binary column as bytes (drivers may return memoryview)."""
+    return None if value is None else bytes(value)
 
 
 def not_found(namespace: str, activity_id: str, run_id: str | None) -> str:

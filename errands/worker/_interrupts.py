@@ -1,28 +1,20 @@
-"""Watch cancel and terminate requests for this worker's running attempts.
+"""Hand cancel and terminate requests to this worker's running attempts.
 
-One query per wake-up covers every running attempt: it reads the requests
-made since the last look (a cursor into the store's interrupt log), woken by
-the store's change signal (data_version on SQLite).
+The store's change feed delivers an ``Interrupted`` change for every request
+made in this process, and for those made elsewhere that concern an attempt
+this process claimed (the store reads their state once per change); this
+watcher only routes them. Nothing is polled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 
-from errands._aio import wait_any
 from errands.activity import ActivityCancellationDetails
-from errands.store import Interrupt, Store
-
-logger = logging.getLogger("errands.worker")
-
-IDLE_POLL_S = 1.0
-"""Longest wait between looks when no change is signalled."""
-
-MIN_POLL_GAP_S = 0.002
-"""Shortest gap between two looks, so a busy store is not read at every commit."""
+from errands.store import Store
+from errands.store._changes import Interrupted, Subscription
 
 EARLY_KEEP_S = 60.0
 """How long a request for an attempt this worker has not registered yet is kept."""
@@ -34,51 +26,52 @@ class InterruptWatcher:
     def __init__(
         self,
         store: Store,
-        namespace: str,
-        deliver: Callable[[Interrupt], bool],
+        deliver: Callable[[Interrupted], bool],
     ) -> None:
         self._store = store
-        self._namespace = namespace
         self._deliver = deliver
         # Requests seen before their attempt registered (a claim racing a cancel).
-        self._early: dict[tuple[str, int], tuple[Interrupt, float]] = {}
-        self._cursor: int | None = None
+        self._early: dict[tuple[str, int], tuple[Interrupted, float]] = {}
+        self._sub: Subscription | None = None
 
-    async def read_cursor(self) -> None:
-        """Note where the interrupt log ends. Await it before the worker claims
-        anything: a request for an attempt is logged after its claim, so none
-        can fall behind the cursor (reading it later could skip one)."""
-        self._cursor = await self._store.interrupts_cursor()
+    def subscribe(self) -> None:
+        """Start receiving requests. Call it before the worker claims anything,
+        so that no request for a claimed attempt can pass unseen."""
+        self._sub = self._store.feed.subscribe(Interrupted)
 
-    def take_early(self, run_id: str, attempt: int) -> Interrupt | None:
+    def take_early(self, run_id: str, attempt: int) -> Interrupted | None:
         """A request that arrived before the attempt registered, if any."""
         found = self._early.pop((run_id, attempt), None)
         return None if found is None else found[0]
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Watch until ``stop`` is set."""
-        cursor = self._cursor if self._cursor is not None else await self._store.interrupts_cursor()
-        while not stop.is_set():
-            changed = self._store.change_event()
-            try:
-                interrupts, cursor = await self._store.poll_interrupts(self._namespace, cursor)
-            except Exception:
-                logger.exception("cannot read cancel requests; retrying")
-                await wait_any(stop, timeout=IDLE_POLL_S)
-                continue
-            now = time.monotonic()
-            for interrupt in interrupts:
-                if not self._deliver(interrupt):
-                    self._early[(interrupt.run_id, interrupt.attempt)] = (interrupt, now)
-            if self._early:
-                for key, (_, seen) in list(self._early.items()):
-                    if now - seen > EARLY_KEEP_S:
-                        del self._early[key]
-            await asyncio.sleep(MIN_POLL_GAP_S)
-            await wait_any(changed, stop, timeout=IDLE_POLL_S)
+        """Route requests until ``stop`` is set."""
+        if self._sub is None:
+            self.subscribe()
+        assert self._sub is not None
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                changed = asyncio.ensure_future(self._sub.event.wait())
+                await asyncio.wait([changed, stopped], return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                self._route([c for c in self._sub.take() if isinstance(c, Interrupted)])
+        finally:
+            stopped.cancel()
+            self._sub.close()
+
+    def _route(self, interrupts: list[Interrupted]) -> None:
+        now = time.monotonic()
+        for interrupt in interrupts:
+            if not self._deliver(interrupt):
+                self._early[(interrupt.run_id, interrupt.attempt)] = (interrupt, now)
+        if self._early:
+            for key, (_, seen) in list(self._early.items()):
+                if now - seen > EARLY_KEEP_S:
+                    del self._early[key]
 
 
-def details_for(interrupt: Interrupt) -> ActivityCancellationDetails:
+def details_for(interrupt: Interrupted) -> ActivityCancellationDetails:
     """The cancellation details an interrupt means to the activity."""
     if interrupt.kind == "terminate":
         return ActivityCancellationDetails(not_found=True)

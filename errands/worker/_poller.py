@@ -1,5 +1,13 @@
-"""Claim work: wait for free slots or a wake-up, then claim up to the free
-slots in one store call."""
+"""Claim work: wait for free slots or a change on the queue, then claim up to
+the free slots in one store call.
+
+An idle poller arms a claim with the store, which runs it inside the
+transaction that brings work (a start in this process, or the intake of
+another process's change) and hands the tasks over after the commit: the
+task starts without a claim of its own. The poller wakes only for changes to
+its queue (the store's change feed), or when a known future task becomes
+ready.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from errands._aio import wait_any
-from errands.store import ClaimedTask, Store
+from errands.store import ClaimedTask, ClaimResult, Store
+from errands.store._changes import Change, Claimable, Started, Subscription
 
 logger = logging.getLogger("errands.worker")
 
-IDLE_POLL_S = 1.0
-"""Longest an idle poller waits before looking again without a wake-up."""
+IDLE_POLL_S = 30.0
+"""Longest an idle poller waits before looking again without a change (the
+change feed announces all work; this only bounds the cost of a bug)."""
 
 DELIVERY_WAIT_S = 10.0
 """Longest a poller waits for the tasks of an armed claim that fired."""
@@ -75,6 +85,8 @@ class Poller:
         self._bucket = None if max_per_second is None else _TokenBucket(max_per_second)
         self._queue_rate = queue_rate_per_s
         self._slot_freed = asyncio.Event()
+        self._next_ready: float | None = None
+        """When the queue's next known task becomes ready (this machine's clock)."""
 
     def slot_freed(self) -> None:
         """An attempt of this kind ended."""
@@ -82,75 +94,118 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and start tasks until ``stop`` is set."""
-        while not stop.is_set():
-            free = self._slots - self._running()
-            if free <= 0:
-                self._slot_freed.clear()
-                if self._slots - self._running() <= 0:
-                    await wait_any(self._slot_freed, stop, timeout=None)
-                continue
-            if self._bucket is not None:
-                free = min(free, self._bucket.available())
+        sub = self._store.feed.subscribe(
+            Started, Claimable, keys=[(self._namespace, self._task_queue)]
+        )
+        try:
+            need_claim = True
+            while not stop.is_set():
+                free = self._slots - self._running()
                 if free <= 0:
-                    await wait_any(stop, timeout=self._bucket.seconds_to_next())
+                    self._slot_freed.clear()
+                    if self._slots - self._running() <= 0:
+                        await wait_any(self._slot_freed, stop, timeout=None)
+                    need_claim = True
                     continue
-            changed = self._store.change_event()
-            try:
-                result = await self._store.claim_batch(
-                    self._namespace,
-                    self._task_queue,
-                    max_tasks=free,
-                    identity=self._identity,
-                    only_types=self._only_types,
-                    exclude_types=self._exclude_types,
-                    queue_rate_per_s=self._queue_rate,
-                )
-            except Exception:
-                logger.exception("claiming from task queue %r failed; retrying", self._task_queue)
-                await wait_any(stop, timeout=STORE_RETRY_S)
-                continue
-            if self._bucket is not None:
-                self._bucket.take(len(result.tasks))
-            for task in result.tasks:
-                self._start(task)
-            if len(result.tasks) >= free:
-                continue
-            timeout = IDLE_POLL_S
-            if result.next_ready_at is not None:
-                timeout = min(timeout, max(0.0, result.next_ready_at - time.time()))
-            disarm = None
-            delivered = asyncio.Event()
-            if self._bucket is None and self._queue_rate is None:
-                # A start made by this process claims for us in its own
-                # transaction: the task starts without a commit of its own.
+                if self._bucket is not None:
+                    free = min(free, self._bucket.available())
+                    if free <= 0:
+                        await wait_any(stop, timeout=self._bucket.seconds_to_next())
+                        continue
+                if need_claim:
+                    result = await self._claim(free, stop)
+                    if result is None or len(result.tasks) >= free:
+                        continue
+                    free -= len(result.tasks)
+                need_claim = await self._idle(sub, free, stop)
+        finally:
+            sub.close()
 
-                def deliver(tasks: list[ClaimedTask], delivered: asyncio.Event = delivered) -> None:
-                    for task in tasks:
-                        self._start(task)
-                    delivered.set()
+    async def _claim(self, free: int, stop: asyncio.Event) -> ClaimResult | None:
+        try:
+            result = await self._store.claim_batch(
+                self._namespace,
+                self._task_queue,
+                max_tasks=free,
+                identity=self._identity,
+                only_types=self._only_types,
+                exclude_types=self._exclude_types,
+                queue_rate_per_s=self._queue_rate,
+            )
+        except Exception:
+            logger.exception("claiming from task queue %r failed; retrying", self._task_queue)
+            await wait_any(stop, timeout=STORE_RETRY_S)
+            return None
+        self._next_ready = result.next_ready_at
+        if self._bucket is not None:
+            self._bucket.take(len(result.tasks))
+        for task in result.tasks:
+            self._start(task)
+        return result
 
-                disarm = self._store.arm_claim(
-                    self._namespace,
-                    self._task_queue,
-                    max_tasks=free - len(result.tasks),
-                    identity=self._identity,
-                    only_types=self._only_types,
-                    exclude_types=self._exclude_types,
-                    deliver=deliver,
-                )
-            try:
-                await wait_any(changed, stop, timeout=timeout)
-            finally:
-                if disarm is not None and not disarm():
-                    # It fired: count its tasks before claiming again, or the
-                    # slots they take would be claimed twice. The store always
-                    # delivers (an empty list if the claim rolled back); the
-                    # bound only keeps a store bug from stopping all claims.
-                    await wait_any(delivered, timeout=DELIVERY_WAIT_S)
-                    if not delivered.is_set():
-                        logger.error(
-                            "a claim armed on task queue %r was not delivered "
-                            "within %.0f s; claiming again",
-                            self._task_queue,
-                            DELIVERY_WAIT_S,
-                        )
+    async def _idle(self, sub: Subscription, free: int, stop: asyncio.Event) -> bool:
+        """Wait for work with ``free`` slots: a change to the queue, a known
+        task becoming ready, or an armed claim's delivery. Whether to claim."""
+        delivered: list[tuple[ClaimResult, int]] = []
+        got = asyncio.Event()
+        disarm = None
+        if self._bucket is None and self._queue_rate is None:
+
+            def deliver(result: ClaimResult, serial: int) -> None:
+                for task in result.tasks:
+                    self._start(task)
+                delivered.append((result, serial))
+                got.set()
+
+            disarm = self._store.arm_claim(
+                self._namespace,
+                self._task_queue,
+                max_tasks=free,
+                identity=self._identity,
+                only_types=self._only_types,
+                exclude_types=self._exclude_types,
+                deliver=deliver,
+            )
+        timeout = IDLE_POLL_S
+        if self._next_ready is not None:
+            timeout = min(timeout, max(0.0, self._next_ready - time.time()))
+        try:
+            await wait_any(sub.event, got, stop, timeout=timeout)
+        finally:
+            fired = disarm is not None and not disarm()
+            if fired:
+                # Count its tasks before claiming again, or the slots they take
+                # would be claimed twice. The store always delivers (an empty
+                # result if the claim rolled back); the bound only keeps a
+                # store bug from stopping all claims.
+                await wait_any(got, timeout=DELIVERY_WAIT_S)
+        if fired and not got.is_set():
+            logger.error(
+                "a claim armed on task queue %r was not delivered within %.0f s; claiming again",
+                self._task_queue,
+                DELIVERY_WAIT_S,
+            )
+            return True
+        if delivered:
+            result, serial = delivered[0]
+            self._next_ready = result.next_ready_at
+            if not serial or len(result.tasks) >= free:
+                return True  # it rolled back, or filled the slots: look again
+            # Changes the delivering commit already covered need no claim.
+            return self._wanted(sub.take(after=serial))
+        if self._next_ready is not None and self._next_ready <= time.time():
+            sub.take()
+            return True
+        return self._wanted(sub.take()) or timeout >= IDLE_POLL_S
+
+    def _wanted(self, changes: Sequence[Change]) -> bool:
+        """Whether changes to the queue call for a claim (a later ready time
+        only moves the wake-up)."""
+        claim = False
+        for change in changes:
+            if isinstance(change, Claimable) and change.at > time.time():
+                if self._next_ready is None or change.at < self._next_ready:
+                    self._next_ready = change.at
+            else:
+                claim = True
+        return claim

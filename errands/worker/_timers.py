@@ -1,7 +1,10 @@
 """Fire due timers (timeouts) and prune old executions.
 
 Every worker does this for its whole namespace with the store's conditional
-updates, so a timeout fires even if the worker that ran the attempt died.
+updates, so a timeout fires even if the worker that ran the attempt died. A
+timer sleeps until the earliest deadline it knows of; the change feed tells
+it of earlier ones (a claim, a start, a retry, made by any process), so it
+never polls while nothing is due.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ import time
 
 from errands._aio import wait_any
 from errands.store import Store
+from errands.store._changes import Change, Deadline
 
 logger = logging.getLogger("errands.worker")
 
-TIMER_POLL_S = 1.0
-"""Longest wait between two looks for due timers."""
+SAFETY_LOOK_S = 10.0
+"""Longest wait between two looks for due timers (the change feed announces
+every deadline; this bounds the cost of a missed one)."""
 
 MIN_GAP_S = 0.02
 """Shortest gap between two looks, however busy the store."""
+
+STORE_RETRY_S = 1.0
+"""Pause after the store failed a look."""
 
 PRUNE_INTERVAL_S = 600.0
 """How often closed executions past retention are deleted."""
@@ -34,32 +42,50 @@ class TimerFirer:
         self._retention_s = retention_s
         self._kick = asyncio.Event()
         self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+        self._planned = 0.0
+        """When the next look is due (this machine's clock)."""
 
     def fire_soon(self) -> None:
         """Look for due timers now (an attempt noticed its own timeout)."""
         self._kick.set()
 
+    def _earlier(self, change: Change) -> bool:
+        return isinstance(change, Deadline) and change.at < self._planned
+
     async def run(self, stop: asyncio.Event) -> None:
         """Fire timers until ``stop`` is set."""
-        while not stop.is_set():
-            self._kick.clear()
-            timeout = TIMER_POLL_S
-            try:
-                nxt = await self._store.fire_due_timers(self._namespace)
-                if nxt is not None:
-                    timeout = min(timeout, max(0.0, nxt - time.time()))
-                if time.monotonic() >= self._next_prune:
-                    self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
-                    pruned = await self._store.prune(
-                        self._namespace, time.time() - self._retention_s
-                    )
-                    if pruned:
-                        logger.info("pruned %d closed executions past retention", pruned)
-            except Exception:
-                logger.exception("firing timers failed; retrying")
-            # A change (another process's start, say) may bring an earlier
-            # deadline: look again then, but not more often than MIN_GAP_S.
-            changed = self._store.change_event()
-            await wait_any(self._kick, stop, timeout=min(timeout, MIN_GAP_S))
-            if timeout > MIN_GAP_S:
-                await wait_any(self._kick, stop, changed, timeout=timeout - MIN_GAP_S)
+        sub = self._store.feed.subscribe(Deadline, keys=[self._namespace], where=self._earlier)
+        try:
+            while not stop.is_set():
+                self._kick.clear()
+                self._planned = float("inf")  # while looking, any deadline may be news
+                self._planned = time.time() + await self._look()
+                await wait_any(self._kick, stop, timeout=MIN_GAP_S)
+                while not stop.is_set() and not self._kick.is_set():
+                    for change in sub.take():
+                        if isinstance(change, Deadline):
+                            self._planned = min(self._planned, change.at)
+                        else:  # Resync
+                            self._planned = time.time()
+                    left = self._planned - time.time()
+                    if left <= 0:
+                        break
+                    await wait_any(sub.event, self._kick, stop, timeout=left)
+        finally:
+            sub.close()
+
+    async def _look(self) -> float:
+        """Fire what is due; seconds until the next look."""
+        try:
+            nxt = await self._store.fire_due_timers(self._namespace)
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+                pruned = await self._store.prune(self._namespace, time.time() - self._retention_s)
+                if pruned:
+                    logger.info("pruned %d closed executions past retention", pruned)
+        except Exception:
+            logger.exception("firing timers failed; retrying")
+            return STORE_RETRY_S
+        if nxt is None:
+            return SAFETY_LOOK_S
+        return min(SAFETY_LOOK_S, max(0.0, nxt - time.time()))

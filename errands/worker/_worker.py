@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from errands.activity import ActivityCancellationDetails, _Definition, _Signal
-from errands.store import ClaimedTask, Interrupt
+from errands.store import ClaimedTask
+from errands.store._changes import Interrupted
 from errands.worker._attempt import Attempt, AttemptEnv
 from errands.worker._interrupts import InterruptWatcher, details_for
 from errands.worker._poller import Poller
@@ -159,7 +160,7 @@ class Worker:
         self._shutdown_requested = asyncio.Event()
         self._cut_grace = asyncio.Event()
         self._wire()
-        await self._watcher.read_cursor()  # before the first claim, or a request could be missed
+        self._watcher.subscribe()  # before the first claim, or a request could be missed
         stop_background = asyncio.Event()
         background = [
             asyncio.ensure_future(self._watcher.run(stop_background)),
@@ -205,7 +206,7 @@ class Worker:
             on_done=self._attempt_done,
             fire_timers=lambda _run_id: timers.fire_soon(),
         )
-        self._watcher = InterruptWatcher(store, namespace, self._deliver_interrupt)
+        self._watcher = InterruptWatcher(store, self._deliver_interrupt)
         sync_names = [n for n, d in self._definitions.items() if not d.is_async]
         async_names = [n for n, d in self._definitions.items() if d.is_async]
         # Unknown types go to the dynamic activity's kind (async when there is none).
@@ -334,7 +335,7 @@ class Worker:
     def _attempt_done(self, attempt: Attempt) -> None:
         self._running.pop((attempt.task.run_id, attempt.task.attempt), None)
 
-    def _deliver_interrupt(self, interrupt: Interrupt) -> bool:
+    def _deliver_interrupt(self, interrupt: Interrupted) -> bool:
         attempt = self._running.get((interrupt.run_id, interrupt.attempt))
         if attempt is None:
             return False

@@ -1,0 +1,374 @@
+"""The change feed: what a committed transaction changed, as typed values, and
+the subscriptions that wake a waiter only for the changes it asked for.
+
+The store's writer publishes every committed transition here right after the
+commit. Changes committed by other processes arrive through the dialect's
+wake-up mechanism (NOTIFY payloads on PostgreSQL, the ``changes`` table on
+SQLite) and are published the same way. A waiter subscribes to kinds and,
+optionally, keys (a queue, a run id) and receives only those::
+
+    sub = store.feed.subscribe(Started, Claimable, keys=[("default", "images")])
+    try:
+        while True:
+            ...look in the store...
+            changes = await sub.wait(timeout=1.0)   # [] on timeout
+    finally:
+        sub.close()
+
+A subscription collects changes from the moment it is made, so a change
+committed between a look and the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import zlib
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from errands.store._base import ClosedRun
+
+QueueKey = tuple[str, str]
+"""(namespace, task queue)."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """A new execution is claimable now on ``queue``."""
+
+    queue: QueueKey
+
+    @property
+    def key(self) -> Hashable:
+        return self.queue
+
+
+@dataclass(frozen=True)
+class Claimable:
+    """An execution of ``queue`` becomes claimable at ``at`` (this machine's
+    clock): a retry after its backoff, a delayed start."""
+
+    queue: QueueKey
+    at: float
+
+    @property
+    def key(self) -> Hashable:
+        return self.queue
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The execution ``run_id`` closed. ``outcome`` is known when the change
+    comes from this process's commit or was read for an awaiting subscriber."""
+
+    run_id: str
+    outcome: ClosedRun | None = None
+
+    @property
+    def key(self) -> Hashable:
+        return self.run_id
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A running attempt of ``run_id`` is asked to stop: ``kind`` is "cancel"
+    or "terminate"; ``attempt`` is the attempt it concerns (0: unknown)."""
+
+    run_id: str
+    kind: str
+    attempt: int = 0
+
+    @property
+    def key(self) -> Hashable:
+        return self.run_id
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A timeout of namespace ``namespace`` falls due at ``at`` (this machine's
+    clock), perhaps earlier than any a timer knew of."""
+
+    namespace: str
+    at: float
+
+    @property
+    def key(self) -> Hashable:
+        return self.namespace
+
+
+@dataclass(frozen=True)
+class OptionsChanged:
+    """The options of ``run_id`` changed."""
+
+    run_id: str
+
+    @property
+    def key(self) -> Hashable:
+        return self.run_id
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Changes may have been missed (a lost connection): look again."""
+
+    @property
+    def key(self) -> Hashable:
+        return None
+
+
+Change = Started | Claimable | Closed | Interrupted | Deadline | OptionsChanged | Resync
+Kind = type[Started] | type[Claimable] | type[Closed] | type[Interrupted] | type[Deadline]
+AnyKind = Kind | type[OptionsChanged] | type[Resync]
+
+RUN_KINDS: tuple[AnyKind, ...] = (Closed, Interrupted, OptionsChanged)
+"""Kinds keyed by a run id."""
+
+BUCKETS = 64
+"""Run ids fall into this many buckets where a change can only be recorded
+coarsely (the SQLite ``changes`` table keeps one row per kind and bucket)."""
+
+
+def bucket(run_id: str) -> int:
+    """The bucket of a run id."""
+    return zlib.crc32(run_id.encode()) % BUCKETS
+
+
+@dataclass(frozen=True)
+class RunBucket:
+    """Some run of ``bucket`` had a change of ``kind`` (how the SQLite change
+    table records run changes); the store resolves it into the changes of the
+    runs its waiters care about before anyone sees it."""
+
+    kind: AnyKind
+    bucket: int
+
+    @property
+    def key(self) -> Hashable:
+        return self.bucket
+
+
+Hint = Change | RunBucket
+"""A change as another process announced it, before the store resolves it."""
+
+_NAMES: dict[AnyKind, str] = {
+    Started: "started",
+    Claimable: "claimable",
+    Closed: "closed",
+    Interrupted: "interrupt",
+    Deadline: "deadline",
+    OptionsChanged: "options",
+}
+_KINDS = {name: kind for kind, name in _NAMES.items()}
+
+
+def to_wire(change: Change) -> list[Any]:
+    """A change as a JSON-able list, for another process (see from_wire)."""
+    if isinstance(change, (Started, Claimable)):
+        at = change.at if isinstance(change, Claimable) else None
+        return [_NAMES[type(change)], *change.queue, at]
+    if isinstance(change, Interrupted):
+        return ["interrupt", change.run_id, change.kind, change.attempt]
+    if isinstance(change, Deadline):
+        return ["deadline", change.namespace, change.at]
+    if isinstance(change, (Closed, OptionsChanged)):
+        return [_NAMES[type(change)], change.run_id]
+    return ["resync"]
+
+
+def from_wire(item: list[Any]) -> Change:
+    """The change a ``to_wire`` list stands for. Raises ValueError if none."""
+    try:
+        name = item[0]
+        if name == "started":
+            return Started((item[1], item[2]))
+        if name == "claimable":
+            return Claimable((item[1], item[2]), float(item[3]))
+        if name == "interrupt":
+            return Interrupted(item[1], item[2], int(item[3]))
+        if name == "deadline":
+            return Deadline(item[1], float(item[2]))
+        if name == "closed":
+            return Closed(item[1])
+        if name == "options":
+            return OptionsChanged(item[1])
+        if name == "resync":
+            return Resync()
+    except (IndexError, TypeError, ValueError) as e:
+        raise ValueError(f"not a change: {item!r}") from e
+    raise ValueError(f"not a change: {item!r}")
+
+
+def to_row(change: Change) -> tuple[str, str, float | None]:
+    """(kind, key, at) of the row a change bumps in a change table: queues and
+    namespaces by name, run ids by bucket."""
+    if isinstance(change, (Started, Claimable)):
+        at = change.at if isinstance(change, Claimable) else None
+        return _NAMES[type(change)], json.dumps(change.queue), at
+    if isinstance(change, Deadline):
+        return "deadline", change.namespace, change.at
+    if isinstance(change, (Closed, Interrupted, OptionsChanged)):
+        return _NAMES[type(change)], str(bucket(change.run_id)), None
+    return "resync", "", None
+
+
+def from_row(kind: str, key: str, at: float | None) -> Hint:
+    """The hint a change-table row stands for. Raises ValueError if none."""
+    try:
+        if kind in ("started", "claimable"):
+            namespace, task_queue = json.loads(key)
+            if kind == "started" or at is None:
+                return Started((namespace, task_queue))
+            return Claimable((namespace, task_queue), float(at))
+        if kind == "deadline":
+            return Deadline(key, float(at if at is not None else 0.0))
+        if kind in ("closed", "interrupt", "options"):
+            return RunBucket(_KINDS[kind], int(key))
+        if kind == "resync":
+            return Resync()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"not a change row: {(kind, key, at)!r}") from e
+    raise ValueError(f"not a change row: {(kind, key, at)!r}")
+
+
+class Subscription:
+    """The changes of some kinds (and keys) for one waiter on one event loop."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        kinds: Iterable[AnyKind],
+        keys: Iterable[Hashable] | None,
+        where: Callable[[Change], bool] | None,
+    ) -> None:
+        self._feed = feed
+        self.kinds = frozenset(kinds)
+        self.keys: frozenset[Hashable] | None = None if keys is None else frozenset(keys)
+        self.where = where
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, Change]] = []
+        self._scheduled = False
+        self.closed = False
+
+    def add_keys(self, keys: Iterable[Hashable]) -> None:
+        """Also receive changes for these keys."""
+        with self._feed.lock:
+            self.keys = (self.keys or frozenset()) | frozenset(keys)
+
+    def discard_keys(self, keys: Iterable[Hashable]) -> None:
+        """Stop receiving changes for these keys."""
+        with self._feed.lock:
+            if self.keys is not None:
+                self.keys = self.keys - frozenset(keys)
+
+    def wants(self, change: Change) -> bool:
+        """Whether this subscription receives the change."""
+        if type(change) is Resync:
+            return True
+        if type(change) not in self.kinds:
+            return False
+        if self.keys is not None and change.key not in self.keys:
+            return False
+        return self.where is None or self.where(change)
+
+    def push(self, changes: Sequence[Change], serial: int = 0) -> None:
+        """Hand over changes of the commit numbered ``serial``; any thread."""
+        with self._lock:
+            self._pending.extend((serial, c) for c in changes)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop closed: nobody waits any more
+            self.close()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self._event.set()
+
+    def take(self, after: int = -1) -> list[Change]:
+        """The changes received since the last take (never blocks), leaving
+        out those of commits numbered ``after`` or lower."""
+        with self._lock:
+            taken, self._pending = self._pending, []
+            self._event.clear()
+        return [change for serial, change in taken if serial > after]
+
+    async def wait(self, timeout: float | None) -> list[Change]:
+        """The changes received since the last take, waiting up to ``timeout``
+        seconds for the first one (None: no limit); [] on timeout."""
+        if not self._pending and not self.closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+        return self.take()
+
+    @property
+    def event(self) -> asyncio.Event:
+        """Set when changes are pending (for waiting on several things at once)."""
+        return self._event
+
+    def close(self) -> None:
+        """Stop receiving changes."""
+        self.closed = True
+        self._feed.unsubscribe(self)
+
+
+class Feed:
+    """Where a store publishes its changes, and waiters subscribe to them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._subs: list[Subscription] = []
+
+    def subscribe(
+        self,
+        *kinds: AnyKind,
+        keys: Iterable[Hashable] | None = None,
+        where: Callable[[Change], bool] | None = None,
+    ) -> Subscription:
+        """Receive changes of these kinds (of these keys only, unless None;
+        for which ``where`` holds, if given; called on the publishing
+        thread). Every subscription also receives Resync. Call on the loop
+        that will wait."""
+        sub = Subscription(self, kinds, keys, where)
+        with self.lock:
+            self._subs = [*self._subs, sub]
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self.lock:
+            self._subs = [s for s in self._subs if s is not sub]
+
+    def subscribed_runs(self, kind: AnyKind) -> set[str]:
+        """The run ids that subscriptions to ``kind`` name."""
+        found: set[str] = set()
+        for sub in self._subs:
+            if kind in sub.kinds and sub.keys is not None:
+                found.update(k for k in sub.keys if isinstance(k, str))
+        return found
+
+    def wants(self, kind: AnyKind) -> bool:
+        """Whether any subscription receives changes of the kind."""
+        return any(kind in sub.kinds for sub in self._subs)
+
+    def publish(self, changes: Sequence[Change], serial: int = 0) -> None:
+        """Hand each subscription the changes it asked for (of the commit
+        numbered ``serial``); any thread."""
+        if not changes:
+            return
+        for sub in self._subs:
+            mine = [c for c in changes if sub.wants(c)]
+            if mine:
+                sub.push(mine, serial)
+
+    def close(self) -> None:
+        """Wake every waiter once more (the store closed)."""
+        for sub in list(self._subs):
+            sub.push([Resync()])

@@ -1,0 +1,897 @@
+"""The store core: the one Store both databases share.
+
+It speaks the lifecycle over a dialect's named statements: every change is
+one conditional statement (or a locked read and the update it decides),
+queued to the writer (group commit) and answered after its commit; reads run
+on reader threads. What a commit changed is published on the change feed
+(``store.feed``) and announced to other processes by the dialect; what other
+processes announce comes back through ``_arrived`` and is resolved here into
+the changes this process's waiters asked for (a closed run's outcome, an
+interrupt of a held attempt), in one transaction with the claims armed by
+idle pollers.
+
+Decisions (retry or close, which timeout, id reuse) come from
+``errands._lifecycle``; the SQL from the dialect's catalogue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from errands import _lifecycle as lc
+from errands._lifecycle import FAR, RunState, Status
+from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy
+from errands.exceptions import (
+    ActivityAlreadyClosedError,
+    ActivityAlreadyStartedError,
+    ActivityNotFoundError,
+    ErrandsError,
+    StoreError,
+    TimeoutType,
+)
+from errands.store import _rows
+from errands.store._armed import Armed, ArmedClaims, ClaimSpec
+from errands.store._base import (
+    ClaimResult,
+    ClosedRun,
+    ExecutionRecord,
+    FailureReport,
+    HeartbeatResult,
+    NewExecution,
+    Query,
+    StartResult,
+    Store,
+)
+from errands.store._changes import (
+    Change,
+    Claimable,
+    Closed,
+    Deadline,
+    Feed,
+    Hint,
+    Interrupted,
+    Resync,
+    RunBucket,
+    Started,
+    bucket,
+)
+from errands.store._dialect import Dialect, Tx
+from errands.store._rows import Row
+from errands.store._writer import Outcome, Writer
+
+logger = logging.getLogger("errands.store")
+
+T = TypeVar("T")
+
+START_RETRIES = 5
+"""How often a start whose id conflict vanished (the running execution closed
+meanwhile) inserts again before giving up."""
+
+NO_LIMIT = 2**62
+"""A LIMIT that limits nothing."""
+
+
+def _run_each(tx: Tx, ops: list[Callable[[Tx], Any]]) -> list[Outcome]:
+    """Run changes one at a time; a refused one (id in use, not found, ...)
+    wrote nothing and fails alone."""
+    out: list[Outcome] = []
+    for op in ops:
+        try:
+            out.append((op(tx), None))
+        except ErrandsError as e:
+            out.append((None, e))
+    return out
+
+
+class Claim(ClaimSpec):
+    """One claim: up to ``max_tasks`` ready attempts of a queue."""
+
+    def params(self, tx: Tx, n: int) -> dict[str, Any]:
+        return {
+            "ns": self.namespace,
+            "tq": self.task_queue,
+            "now": tx.now,
+            "far": FAR,
+            "identity": self.identity,
+            "n": max(0, n),
+            "max": self.max_tasks,
+            "only": None if self.only_types is None else sorted(self.only_types),
+            "skip": sorted(self.exclude_types) or None,
+        }
+
+    def run(self, tx: Tx) -> ClaimResult:
+        """Claim, inside the writer's transaction."""
+        n, tokens, rate = self.max_tasks, None, self.queue_rate_per_s
+        if rate is not None:
+            tokens = _queue_tokens(tx, self.namespace, self.task_queue, rate)
+            n = min(n, int(tokens))
+        params = self.params(tx, n)
+        rows = tx.fetch("claim", **params) if n > 0 else []
+        tasks = [row for row in rows if row["run_id"] is not None]
+        if tokens is not None and tasks:
+            tx.run("queue_rate_spend", **params, tokens=tokens - len(tasks))
+        next_ready: float | None = None
+        if len(tasks) < self.max_tasks:
+            if rows and "next_ready" in rows[0]:  # the claim found it too
+                next_ready = rows[0]["next_ready"]
+            else:
+                next_ready = tx.one("next_ready", **params)["next_ready"]  # type: ignore[index]
+            if rate is not None and next_ready is not None and n < self.max_tasks:
+                next_ready = max(next_ready, tx.now + 1.0 / rate)
+        if tasks:
+            tx.changed = True
+            tasks.sort(key=lambda r: (r["priority_key"], r["ready_at"], r["id"]))
+            for row in tasks:
+                tx.claimed[row["run_id"]] = row["attempt"]
+            tx.changes.append(Deadline(self.namespace, min(row["deadline"] for row in tasks)))
+        return ClaimResult(
+            [_rows.task(row) for row in tasks], None if next_ready is None else tx.local(next_ready)
+        )
+
+
+def _queue_tokens(tx: Tx, namespace: str, task_queue: str, rate: float) -> float:
+    """The tokens in the queue's bucket now (its row locked until commit, so
+    two processes never spend the same tokens)."""
+    capacity = max(1.0, rate)
+    tx.run("queue_rate_add", ns=namespace, tq=task_queue, tokens=capacity, now=tx.now)
+    row = tx.one("queue_rate_lock", ns=namespace, tq=task_queue)
+    assert row is not None
+    return float(min(capacity, row["tokens"] + max(0.0, tx.now - row["updated"]) * rate))
+
+
+class CoreStore(Store):
+    """The Store over a dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        super().__init__()
+        self._dialect = dialect
+        self.label = dialect.label
+        self.feed = Feed()
+        self._armed: ArmedClaims[Claim] = ArmedClaims()
+        self._held: dict[str, int] = {}
+        """Attempts this process claimed and has not reported (writer thread)."""
+        self._serial = 0
+        self._serial_lock = threading.Lock()
+        self._writer = Writer(
+            dialect,
+            {
+                "start": self._bulk_start,
+                "intake": self._intake,
+                "claim": _run_each,
+                "heartbeat": self._bulk_heartbeat,
+                "complete": self._bulk_complete,
+                "op": _run_each,
+            },
+            self._after_commit,
+            self._deliver_lost,
+        )
+        self._readers = ThreadPoolExecutor(dialect.readers, thread_name_prefix="errands-reader")
+        self.reads = 0
+        """Reads run (for tests and bench that count round trips)."""
+        self._closed = False
+
+    @property
+    def round_trips(self) -> int:
+        """Transactions and reads this store has run: its database round trips
+        (not counting the dialect's cheap wake-up checks)."""
+        return self._writer.transactions + self.reads
+
+    # ---------------------------------------------------------------- plumbing
+
+    async def _write(self, kind: str, arg: Any) -> Any:
+        if self._closed:
+            raise StoreError(f"{self.label} is closed")
+        return await self._writer.submit(kind, arg)
+
+    async def _op(self, op: Callable[[Tx], T]) -> T:
+        result: T = await self._write("op", op)
+        return result
+
+    async def _read(self, fn: Callable[[Tx], T]) -> T:
+        if self._closed:
+            raise StoreError(f"{self.label} is closed")
+        self.reads += 1
+        return await asyncio.get_running_loop().run_in_executor(
+            self._readers, self._dialect.read, fn
+        )
+
+    def start_watching(self) -> None:
+        """Hear of other processes' commits from now on (blocks until listening)."""
+        self._dialect.watch(self._arrived)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.feed.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._writer.stop)
+        await loop.run_in_executor(None, self._readers.shutdown, True)
+        await loop.run_in_executor(None, self._dialect.close)
+
+    # ---------------------------------------------------------------- after a commit
+
+    def _after_commit(self, tx: Tx) -> None:
+        """On the writer's thread, after ``tx`` committed: hand claims over,
+        note held attempts, publish what it changed."""
+        with self._serial_lock:
+            self._serial += 1
+            serial = self._serial
+        for run_id in tx.released:
+            self._held.pop(run_id, None)
+        self._held.update(tx.claimed)
+        for armed, result in tx.handoffs:
+            try:
+                armed.loop.call_soon_threadsafe(armed.deliver, result, serial)
+            except RuntimeError:  # the loop closed: the tasks time out and retry
+                logger.warning("claimed %d tasks for a poller whose loop closed", len(result.tasks))
+        changes = [_localized(c, tx.offset) for c in tx.changes] + tx.local_changes
+        self.feed.publish(_collapsed(changes), serial)
+
+    def _deliver_lost(self, lost: list[Any]) -> None:
+        # Claims that rolled back: tell their pollers nothing came.
+        for armed, _ in lost:
+            with contextlib.suppress(RuntimeError):
+                armed.loop.call_soon_threadsafe(armed.deliver, ClaimResult([], None), 0)
+
+    # ---------------------------------------------------------------- other processes
+
+    def _arrived(self, hints: list[Hint] | None) -> None:
+        """The dialect heard of another process's commit (any thread): resolve
+        and publish it through the writer, which also runs the armed claims
+        it concerns in the same transaction."""
+        if not self._closed:
+            self._writer.post("intake", hints)
+
+    def _intake(self, tx: Tx, items: list[list[Hint] | None]) -> list[Outcome]:
+        hints: list[Hint] = []
+        for item in items:
+            if item is not None:
+                hints.extend(item)
+        if any(item is None for item in items):
+            hints.extend(self._dialect.pull(tx))
+        runs: list[Hint] = []
+        for hint in hints:
+            if isinstance(hint, (Started, Claimable)):
+                self._intake_queue(tx, hint)
+            elif isinstance(hint, (Closed, Interrupted, RunBucket)):
+                runs.append(hint)
+            elif isinstance(hint, Deadline):
+                tx.local_changes.append(Deadline(hint.namespace, tx.local(hint.at)))
+            else:
+                tx.local_changes.append(hint)
+        if runs:
+            self._resolve_runs(tx, runs)
+        return [(None, None)] * len(items)
+
+    def _intake_queue(self, tx: Tx, hint: Started | Claimable) -> None:
+        """Run the claims idle pollers armed on the queue; wake the others."""
+        if isinstance(hint, Claimable):
+            hint = Claimable(hint.queue, tx.local(hint.at))
+            if hint.at > time.time():
+                tx.local_changes.append(hint)
+                return
+        try:
+            ran = self._armed.claim_all(hint.queue, lambda claim: claim.run(tx), tx.handoffs)
+        except self._dialect.driver_errors as e:
+            if not self._dialect.contended(e):
+                raise
+            ran = False  # another process is writing: the pollers claim for themselves
+        if not ran:
+            tx.local_changes.append(hint)
+
+    def _resolve_runs(self, tx: Tx, hints: list[Hint]) -> None:
+        """Read the state of the runs the hints may concern that this process
+        awaits or holds; publish their closes and interrupts."""
+        awaited = self.feed.subscribed_runs(Closed)
+        held = dict(self._held)
+        exact = {h.run_id for h in hints if isinstance(h, (Closed, Interrupted))}
+        buckets = {h.bucket for h in hints if isinstance(h, RunBucket)}
+        candidates = [
+            r for r in awaited | set(held) if r in exact or (buckets and bucket(r) in buckets)
+        ]
+        if not candidates:
+            return
+        for row in tx.fetch("states_of_runs", ids=candidates):
+            run_id, status = row["run_id"], Status(row["status"])
+            if status is not Status.RUNNING and run_id in awaited:
+                tx.local_changes.append(
+                    Closed(run_id, ClosedRun(run_id, status, _rows.optional_bytes(row["result"])))
+                )
+            if run_id in held:
+                state = None if row["run_state"] is None else RunState(row["run_state"])
+                kind = lc.interrupt_kind(status, state)
+                if kind is not None and row["attempt"] == held[run_id]:
+                    tx.local_changes.append(Interrupted(run_id, kind, row["attempt"]))
+                if status is not Status.RUNNING:
+                    self._held.pop(run_id, None)
+
+    # ---------------------------------------------------------------- start
+
+    async def start(self, new: NewExecution) -> StartResult:
+        result: StartResult = await self._write("start", new)
+        return result
+
+    def _bulk_start(self, tx: Tx, news: list[NewExecution]) -> list[Outcome]:
+        out: list[Outcome | None] = [None] * len(news)
+        insert: list[int] = []
+        for i, new in enumerate(news):
+            refused = _reuse_refusal(tx, new)
+            if refused is not None:
+                out[i] = (None, refused)
+            else:
+                insert.append(i)
+        created = _insert(tx, [news[i] for i in insert])
+        made: list[NewExecution] = []
+        for i in insert:
+            new = news[i]
+            if new.run_id in created:
+                out[i] = (StartResult(new.run_id, created=True), None)
+                made.append(new)
+            else:
+                out[i] = _start_conflict(tx, new, made)
+        for new in made:
+            if not new.start_delay_s and self._armed:
+                self._armed.claim_for(
+                    (new.namespace, new.task_queue),
+                    new.activity_type,
+                    lambda claim: claim.run(tx),
+                    tx.handoffs,
+                )
+        return [o if o is not None else (None, None) for o in out]
+
+    # ---------------------------------------------------------------- claim
+
+    async def claim_batch(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None = None,
+        exclude_types: Sequence[str] = (),
+        queue_rate_per_s: float | None = None,
+    ) -> ClaimResult:
+        if only_types is not None and not only_types:
+            return ClaimResult([], None)
+        claim = Claim(
+            namespace, task_queue, max_tasks, identity, only_types, exclude_types, queue_rate_per_s
+        )
+        result: ClaimResult = await self._write("claim", claim.run)
+        return result
+
+    def arm_claim(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        deliver: Callable[[ClaimResult, int], None],
+    ) -> Callable[[], bool]:
+        claim = Claim(namespace, task_queue, max_tasks, identity, only_types, exclude_types, None)
+        return self._armed.arm(
+            (namespace, task_queue), Armed(claim, deliver, asyncio.get_running_loop())
+        )
+
+    # ---------------------------------------------------------------- attempt outcomes
+
+    async def heartbeat(self, run_id: str, attempt: int, details: bytes | None) -> HeartbeatResult:
+        result: HeartbeatResult = await self._write("heartbeat", (run_id, attempt, details))
+        return result
+
+    def _bulk_heartbeat(self, tx: Tx, beats: list[tuple[str, int, bytes | None]]) -> list[Outcome]:
+        rows = [{"run_id": r, "attempt": a, "data": d} for r, a, d in beats]
+        found = tx.each("heartbeat", rows, key="run_id", now=tx.now, far=FAR)
+        accepted = {row["run_id"]: bool(row["cancel_requested"]) for row in found}
+        out: list[Outcome] = []
+        for run_id, _, _ in beats:
+            cancel = accepted.get(run_id)
+            if cancel is None:
+                _expire_if_due(tx, run_id)
+                out.append((HeartbeatResult(accepted=False, cancel_requested=False), None))
+            else:
+                out.append((HeartbeatResult(accepted=True, cancel_requested=cancel), None))
+        return out
+
+    async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
+        done: bool = await self._write("complete", (run_id, attempt, result))
+        return done
+
+    def _bulk_complete(self, tx: Tx, outcomes: list[tuple[str, int, bytes]]) -> list[Outcome]:
+        rows = [{"run_id": r, "attempt": a, "data": d} for r, a, d in outcomes]
+        done = {
+            row["run_id"] for row in tx.each("complete", rows, key="run_id", now=tx.now, far=FAR)
+        }
+        out: list[Outcome] = []
+        for run_id, _, data in outcomes:
+            tx.released.add(run_id)
+            if run_id in done:
+                tx.changes.append(Closed(run_id, ClosedRun(run_id, Status.COMPLETED, data)))
+                out.append((True, None))
+            else:
+                _expire_if_due(tx, run_id)
+                out.append((False, None))
+        return out
+
+    async def fail(self, run_id: str, attempt: int, failure: FailureReport) -> Status | None:
+        def op(tx: Tx) -> Status | None:
+            tx.released.add(run_id)
+            row = tx.one("current_attempt", run_id=run_id, attempt=attempt, now=tx.now)
+            if row is None:
+                _expire_if_due(tx, run_id)
+                return None
+            return _apply_failure(tx, row, failure.info, failure.data)
+
+        return await self._op(op)
+
+    async def report_cancelled(self, run_id: str, attempt: int, failure: bytes) -> bool:
+        def op(tx: Tx) -> bool:
+            tx.released.add(run_id)
+            row = tx.one(
+                "close_cancelled",
+                run_id=run_id,
+                attempt=attempt,
+                failure=failure,
+                now=tx.now,
+                far=FAR,
+            )
+            if row is not None:
+                tx.changes.append(Closed(run_id, ClosedRun(run_id, Status.CANCELED)))
+                return True
+            _expire_if_due(tx, run_id)
+            return False
+
+        return await self._op(op)
+
+    # ---------------------------------------------------------------- client requests
+
+    async def request_cancel(
+        self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
+    ) -> Status:
+        def op(tx: Tx) -> Status:
+            row = _find_open(tx, namespace, activity_id, run_id, "cancel")
+            found_run = row["run_id"]
+            if row["run_state"] == RunState.SCHEDULED.value:
+                tx.run("cancel_scheduled", id=row["id"], reason=reason, now=tx.now, far=FAR)
+                tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.CANCELED)))
+                return Status.CANCELED
+            if row["run_state"] == RunState.STARTED.value:
+                tx.run("cancel_started", id=row["id"], reason=reason)
+                tx.changes.append(Interrupted(found_run, "cancel", row["attempt"]))
+            return Status.RUNNING
+
+        return await self._op(op)
+
+    async def terminate(
+        self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
+    ) -> None:
+        def op(tx: Tx) -> None:
+            row = _find_open(tx, namespace, activity_id, run_id, "terminate")
+            found_run = row["run_id"]
+            tx.run("terminate", id=row["id"], reason=reason, now=tx.now, far=FAR)
+            tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.TERMINATED)))
+            if row["run_state"] != RunState.SCHEDULED.value:
+                tx.changes.append(Interrupted(found_run, "terminate", row["attempt"]))
+
+        await self._op(op)
+
+    # ---------------------------------------------------------------- timers
+
+    async def fire_due_timers(
+        self, namespace: str, *, run_ids: Sequence[str] | None = None, limit: int = 500
+    ) -> float | None:
+        if run_ids is not None and not run_ids:
+            return None
+        ids = None if run_ids is None else list(run_ids)
+
+        def peek(tx: Tx) -> tuple[float | None, float]:
+            if ids is None:
+                row = tx.one("next_deadline", ns=namespace, now=tx.now)
+            else:
+                row = tx.one("next_deadline_of_runs", ids=ids, now=tx.now)
+            assert row is not None
+            nxt = row["next_deadline"]
+            return (None if nxt is None else float(nxt)), float(row["db_now"])
+
+        def op(tx: Tx) -> float | None:
+            if ids is None:
+                rows = tx.fetch("due", ns=namespace, now=tx.now, limit=limit)
+            else:
+                rows = tx.fetch("due_of_runs", ids=ids, now=tx.now, limit=limit)
+            for row in rows:
+                _fire_timer(tx, row)
+            if len(rows) == limit:
+                return time.time()  # more are due: come back at once
+            nxt, _ = peek(tx)
+            return None if nxt is None or nxt >= FAR else tx.local(nxt)
+
+        # Look first on a reader: most looks find nothing due and need not
+        # queue behind the writer's transactions.
+        upcoming, db_now = await self._read(peek)
+        if upcoming is None or upcoming >= FAR:
+            return None
+        if upcoming > db_now:
+            return upcoming + (time.time() - db_now)
+        return await self._op(op)
+
+    # ---------------------------------------------------------------- reads
+
+    async def describe(
+        self, namespace: str, activity_id: str, run_id: str | None = None
+    ) -> ExecutionRecord:
+        def read(tx: Tx) -> ExecutionRecord:
+            if run_id is None:
+                row = tx.one("describe_latest", ns=namespace, activity_id=activity_id)
+            else:
+                row = tx.one("describe_run", ns=namespace, activity_id=activity_id, run_id=run_id)
+            if row is None:
+                raise ActivityNotFoundError(_rows.not_found(namespace, activity_id, run_id))
+            return _rows.record(row)
+
+        return await self._read(read)
+
+    async def get_by_run_ids(self, run_ids: Sequence[str]) -> builtins.list[ExecutionRecord]:
+        ids = list(run_ids)
+
+        def read(tx: Tx) -> builtins.list[ExecutionRecord]:
+            return [_rows.record(row) for row in tx.fetch("records_of_runs", ids=ids)]
+
+        return await self._read(read)
+
+    async def closed_runs(self, run_ids: Sequence[str]) -> builtins.list[ClosedRun]:
+        ids = list(run_ids)
+
+        def read(tx: Tx) -> builtins.list[ClosedRun]:
+            return [
+                ClosedRun(row["run_id"], Status(row["status"]), _rows.optional_bytes(row["result"]))
+                for row in tx.fetch("states_of_runs", ids=ids)
+                if row["status"] != Status.RUNNING.value
+            ]
+
+        return await self._read(read)
+
+    async def list(
+        self, namespace: str, query: Query, *, limit: int | None = None
+    ) -> builtins.list[ExecutionRecord]:
+        where, params = _where(self._dialect, namespace, query)
+        sql_name = "list_executions"
+
+        def read(tx: Tx) -> builtins.list[ExecutionRecord]:
+            limited = {**params, "limit": NO_LIMIT if limit is None else limit}
+            rows = self._dialect.query(tx, sql_name, limited, slots={"where": where})
+            return [_rows.record(row) for row in rows]
+
+        return await self._read(read)
+
+    async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
+        where, params = _where(self._dialect, namespace, query)
+
+        def read(tx: Tx) -> tuple[int, dict[Status, int]]:
+            groups: dict[Status, int] = {}
+            total = 0
+            for row in self._dialect.query(tx, "count_executions", params, slots={"where": where}):
+                groups[Status(row["status"])] = int(row["n"])
+                total += int(row["n"])
+            return total, (groups if query.group_by_status else {})
+
+        return await self._read(read)
+
+    async def prune(self, namespace: str, closed_before: float, *, batch: int = 1000) -> int:
+        batch = min(batch, 1000)
+
+        def op(tx: Tx) -> int:
+            return tx.run("prune", ns=namespace, before=closed_before, limit=batch)
+
+        total = 0
+        while True:
+            n = await self._op(op)
+            total += n
+            if n < batch:
+                return total
+
+
+# ------------------------------------------------------------------ lifecycle over statements
+
+
+def _reuse_refusal(tx: Tx, new: NewExecution) -> ActivityAlreadyStartedError | None:
+    if new.id_reuse_policy is ActivityIDReusePolicy.ALLOW_DUPLICATE:
+        return None
+    latest = tx.one("latest_of_id", ns=new.namespace, activity_id=new.activity_id)
+    status = None if latest is None else Status(latest["status"])
+    if not lc.reuse_refused(new.id_reuse_policy, status):
+        return None
+    assert latest is not None and status is not None
+    return ActivityAlreadyStartedError(
+        f"activity id {new.activity_id!r} was used by a closed execution "
+        f"({status.value}) and the reuse policy is {new.id_reuse_policy.name}",
+        activity_id=new.activity_id,
+        run_id=latest["run_id"],
+    )
+
+
+def _insert(tx: Tx, news: list[NewExecution]) -> set[str]:
+    """Insert new executions; the run ids of those inserted (the others' ids
+    are running already, or their run ids are taken)."""
+    if not news:
+        return set()
+    rows = []
+    planned = []
+    for new in news:
+        times = lc.start_times(
+            now=tx.now,
+            start_delay_s=new.start_delay_s,
+            schedule_to_close_s=new.schedule_to_close_s,
+            schedule_to_start_s=new.schedule_to_start_s,
+        )
+        planned.append(times)
+        rows.append(
+            {
+                "namespace": new.namespace,
+                "activity_id": new.activity_id,
+                "run_id": new.run_id,
+                "activity_type": new.activity_type,
+                "task_queue": new.task_queue,
+                "input": new.input,
+                "ready_at": times.ready_at,
+                "s2c_deadline": times.schedule_to_close_deadline,
+                "deadline": times.deadline,
+                "schedule_to_close_s": new.schedule_to_close_s,
+                "schedule_to_start_s": new.schedule_to_start_s,
+                "start_to_close_s": new.start_to_close_s,
+                "heartbeat_s": new.heartbeat_s,
+                "retry_policy": _rows.policy_text(new.retry_policy),
+                "priority_key": new.priority_key,
+                "start_delay_s": new.start_delay_s,
+                "summary": new.summary,
+            }
+        )
+    created = {
+        row["run_id"]
+        for row in tx.each("insert_execution", rows, key="run_id", now=tx.now, far=FAR)
+    }
+    for new, times in zip(news, planned, strict=True):
+        if new.run_id not in created:
+            continue
+        queue = (new.namespace, new.task_queue)
+        if times.ready_at > tx.now:
+            tx.changes.append(Claimable(queue, times.ready_at))
+        else:
+            tx.changes.append(Started(queue))
+        if times.deadline < FAR:
+            tx.changes.append(Deadline(new.namespace, times.deadline))
+    return created
+
+
+def _start_conflict(tx: Tx, new: NewExecution, made: list[NewExecution]) -> Outcome:
+    """The id of ``new`` was running (or its run id taken) when inserted:
+    return the running run (USE_EXISTING), refuse, or insert again if the
+    running one closed meanwhile."""
+    for _ in range(START_RETRIES):
+        running = tx.one("running_of_id", ns=new.namespace, activity_id=new.activity_id)
+        if running is not None:
+            if new.id_conflict_policy is ActivityIDConflictPolicy.USE_EXISTING:
+                return StartResult(running["run_id"], created=False), None
+            return None, ActivityAlreadyStartedError(
+                f"activity id {new.activity_id!r} is already running (run {running['run_id']})",
+                activity_id=new.activity_id,
+                run_id=running["run_id"],
+            )
+        if tx.one("run_id_taken", run_id=new.run_id) is not None:
+            return None, ActivityAlreadyStartedError(
+                f"run id {new.run_id!r} is already in use", activity_id=new.activity_id
+            )
+        refused = _reuse_refusal(tx, new)
+        if refused is not None:
+            return None, refused
+        if _insert(tx, [new]):
+            made.append(new)
+            return StartResult(new.run_id, created=True), None
+    return None, ActivityAlreadyStartedError(
+        f"activity id {new.activity_id!r} is being started and closed concurrently; try again",
+        activity_id=new.activity_id,
+    )
+
+
+def _find_open(tx: Tx, namespace: str, activity_id: str, run_id: str | None, verb: str) -> Row:
+    """The execution a cancel or terminate is about (locked where the dialect
+    locks rows). Raises ActivityNotFoundError / ActivityAlreadyClosedError."""
+    if run_id is None:
+        row = tx.one("find_latest", ns=namespace, activity_id=activity_id)
+    else:
+        row = tx.one("find_run", ns=namespace, activity_id=activity_id, run_id=run_id)
+    if row is None:
+        raise ActivityNotFoundError(_rows.not_found(namespace, activity_id, run_id))
+    if row["status"] != Status.RUNNING.value:
+        raise ActivityAlreadyClosedError(
+            f"cannot {verb} activity {activity_id!r} (run {row['run_id']}): "
+            f"it already closed {row['status']}"
+        )
+    return row
+
+
+def _apply_failure(
+    tx: Tx, row: Row, info: lc.AttemptFailure, failure_data: bytes | None
+) -> Status | None:
+    """Retry or close the execution whose decide-columns are ``row``,
+    conditional on the attempt and deadline it was read with; None if it
+    changed meanwhile."""
+    decision = lc.after_failure(
+        policy=_rows.policy(row["retry_policy"]),
+        attempt=row["attempt"],
+        failure=info,
+        cancel_requested=bool(row["cancel_requested"]),
+        schedule_to_close_deadline=row["s2c_deadline"],
+        now=tx.now,
+    )
+    timeout_type = None if info.timeout_type is None else int(info.timeout_type)
+    same = {"id": row["id"], "attempt": row["attempt"], "deadline_was": row["deadline"]}
+    if isinstance(decision, lc.Retry):
+        deadline = lc.scheduled_deadline(
+            ready_at=decision.ready_at,
+            schedule_to_start_s=row["schedule_to_start_s"],
+            schedule_to_close_deadline=row["s2c_deadline"],
+        )
+        done = tx.run(
+            "retry",
+            **same,
+            next_attempt=decision.attempt,
+            ready_at=decision.ready_at,
+            deadline=deadline,
+            failure=failure_data,
+            timeout_type=timeout_type,
+            interval_s=decision.interval_s,
+            far=FAR,
+        )
+        if done != 1:
+            return None
+        queue = (row["namespace"], row["task_queue"])
+        tx.changes.append(Claimable(queue, decision.ready_at))
+        if deadline < FAR:
+            tx.changes.append(Deadline(row["namespace"], deadline))
+        return Status.RUNNING
+    done = tx.run(
+        "close_failed",
+        **same,
+        status=decision.status.value,
+        failure=failure_data,
+        timeout_type=timeout_type,
+        now=tx.now,
+        far=FAR,
+    )
+    if done != 1:
+        return None
+    tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], decision.status)))
+    return decision.status
+
+
+def _close_timed_out(tx: Tx, row: Row, fired: TimeoutType) -> None:
+    done = tx.run(
+        "close_failed",
+        id=row["id"],
+        attempt=row["attempt"],
+        deadline_was=row["deadline"],
+        status=Status.TIMED_OUT.value,
+        failure=None,
+        timeout_type=int(fired),
+        now=tx.now,
+        far=FAR,
+    )
+    if done == 1:
+        tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], Status.TIMED_OUT)))
+
+
+def _reset_deadline(tx: Tx, row: Row, deadline: float) -> None:
+    tx.run("reset_deadline", id=row["id"], deadline_was=row["deadline"], deadline=deadline)
+
+
+def _fire_timer(tx: Tx, row: Row) -> None:
+    """Apply the timeout of a row whose deadline passed (or put back its real
+    deadline if the stored one was stale)."""
+    now, s2c = tx.now, row["s2c_deadline"]
+    if row["run_state"] == RunState.SCHEDULED.value:
+        fired = lc.scheduled_timeout_type(
+            now=now,
+            ready_at=row["ready_at"],
+            schedule_to_start_s=row["schedule_to_start_s"],
+            schedule_to_close_deadline=s2c,
+        )
+        if fired is not None:
+            _close_timed_out(tx, row, fired)
+        else:
+            real = lc.scheduled_deadline(
+                ready_at=row["ready_at"],
+                schedule_to_start_s=row["schedule_to_start_s"],
+                schedule_to_close_deadline=s2c,
+            )
+            _reset_deadline(tx, row, real)
+        return
+    timing: dict[str, Any] = {
+        "attempt_started": row["started_time"],
+        "start_to_close_s": row["start_to_close_s"],
+        "heartbeat_s": row["heartbeat_s"],
+        "last_heartbeat": row["last_heartbeat_time"],
+        "schedule_to_close_deadline": s2c,
+    }
+    fired = lc.started_timeout_type(now=now, **timing)
+    if fired is None:
+        _reset_deadline(tx, row, lc.started_deadline(**timing))
+    elif fired is TimeoutType.SCHEDULE_TO_CLOSE:
+        _close_timed_out(tx, row, fired)
+    else:
+        info = lc.AttemptFailure(lc.FailureKind.TIMEOUT, timeout_type=fired)
+        _apply_failure(tx, row, info, None)
+
+
+def _expire_if_due(tx: Tx, run_id: str) -> None:
+    """Fire the run's timeout if its deadline has passed but no timer fired it
+    yet, so that an outcome or heartbeat arriving after the deadline finds its
+    attempt stale instead of overtaking the timeout."""
+    row = tx.one("due_of_run", run_id=run_id, now=tx.now)
+    if row is not None:
+        _fire_timer(tx, row)
+
+
+def _where(dialect: Dialect, namespace: str, query: Query) -> tuple[str, dict[str, Any]]:
+    """A parsed visibility query as SQL conditions over bound parameters."""
+    clauses = [f"namespace = {dialect.param('ns')}"]
+    params: dict[str, Any] = {"ns": namespace}
+    for i, cond in enumerate(query.conditions):
+        column = _rows.QUERY_FIELDS[cond.field]
+        name = f"q{i}"
+        params[name] = cond.value
+        p = dialect.param(name)
+        if cond.op == "STARTS_WITH":
+            clauses.append(f"substr({column}, 1, length({p})) = {p}")
+        elif cond.op in ("=", "!="):
+            clauses.append(f"{column} {'<>' if cond.op == '!=' else '='} {p}")
+        else:
+            raise ValueError(f"unsupported operator {cond.op!r}")
+    return " AND ".join(clauses), params
+
+
+def _localized(change: Change, offset: float) -> Change:
+    """A change with its times on this machine's clock."""
+    if offset == 0.0:
+        return change
+    if isinstance(change, Claimable):
+        return Claimable(change.queue, change.at + offset)
+    if isinstance(change, Deadline):
+        return Deadline(change.namespace, change.at + offset)
+    return change
+
+
+def _collapsed(changes: list[Change]) -> list[Change]:
+    """The changes with repeats folded: one Started per queue, the earliest
+    Claimable per queue and Deadline per namespace."""
+    out: list[Change] = []
+    seen: set[Any] = set()
+    claimable: dict[Any, Claimable] = {}
+    deadlines: dict[str, Deadline] = {}
+    for change in changes:
+        if isinstance(change, Claimable):
+            known = claimable.get(change.queue)
+            if known is None or change.at < known.at:
+                claimable[change.queue] = change
+        elif isinstance(change, Deadline):
+            deadline = deadlines.get(change.namespace)
+            if deadline is None or change.at < deadline.at:
+                deadlines[change.namespace] = change
+        elif isinstance(change, (Started, Resync)):
+            if change not in seen:
+                seen.add(change)
+                out.append(change)
+        else:
+            out.append(change)
+    return out + list(claimable.values()) + list(deadlines.values())

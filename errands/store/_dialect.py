@@ -1,0 +1,179 @@
+"""What a database must supply to the store core: its named statements, its
+connections and transactions, and how it hears of other processes' commits.
+Everything else (group commit, retries, settling callers, row decoding and
+every lifecycle decision) is the core's, written once.
+
+A dialect decides nothing about executions: it runs the statement the core
+names, with the parameters the core gives, and returns rows by column name.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from errands.exceptions import StoreError
+from errands.store._catalogue import Catalogue
+from errands.store._changes import Change, Hint
+from errands.store._rows import Row
+
+T = TypeVar("T")
+
+
+class Tx:
+    """One transaction: the statements it runs, the clock it reads ("now",
+    the database's on PostgreSQL), and what it did, for the core to publish
+    after the commit."""
+
+    def __init__(self, dialect: Dialect, cursor: Any, now: float, xid: str | None = None) -> None:
+        self.dialect = dialect
+        self.cursor = cursor
+        self.now = now
+        self.offset = time.time() - now
+        """Add to a database time to get this machine's clock."""
+        self.xid = xid
+        """The transaction id, when the dialect can ask a lost commit's fate by it."""
+        self.changed = False
+        """Whether a statement changed a row."""
+        self.changes: list[Change] = []
+        """What this transaction changed, on the database clock: published here
+        and announced to the other processes."""
+        self.local_changes: list[Change] = []
+        """Changes learnt from other processes, published here only."""
+        self.handoffs: list[Any] = []
+        """Claims made for waiting pollers, delivered after the commit."""
+        self.claimed: dict[str, int] = {}
+        """Run ids (and attempts) this transaction started for this process."""
+        self.released: set[str] = set()
+        """Run ids whose attempt this process reported."""
+
+    def fetch(self, name: str, **params: Any) -> list[Row]:
+        """The rows a statement returns."""
+        return self.dialect.query(self, name, params)
+
+    def one(self, name: str, **params: Any) -> Row | None:
+        """The first row a statement returns, or None."""
+        rows = self.dialect.query(self, name, params)
+        return rows[0] if rows else None
+
+    def run(self, name: str, **params: Any) -> int:
+        """Run a statement; how many rows it changed."""
+        return self.dialect.update(self, name, params)
+
+    def each(
+        self, name: str, rows: Sequence[Mapping[str, Any]], *, key: str, **params: Any
+    ) -> list[Row]:
+        """Run a statement for many rows (one bulk statement where the dialect
+        can: ``key`` names the column no two rows of one statement may share);
+        the rows it returns, together."""
+        return self.dialect.each(self, name, rows, key, params)
+
+    def local(self, db_time: float) -> float:
+        """A database time on this machine's clock."""
+        return db_time + self.offset
+
+
+class Dialect(abc.ABC):
+    """One database's statements, connections and wake-up mechanics."""
+
+    catalogue: Catalogue
+    label: str
+    """The store as messages name it ("SQLite store 'x.db'")."""
+    readers: int = 1
+    """Reader threads the core runs."""
+    driver_errors: tuple[type[BaseException], ...] = ()
+    """The driver's exceptions (translated to StoreError at this seam)."""
+
+    # -- statements ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def query(
+        self, tx: Tx, name: str, params: dict[str, Any], slots: dict[str, str] | None = None
+    ) -> list[Row]:
+        """Run a named statement (its ``{slot}`` parts filled with SQL the core
+        built from bound parameters only); its rows."""
+
+    @abc.abstractmethod
+    def update(self, tx: Tx, name: str, params: dict[str, Any]) -> int:
+        """Run a named statement; how many rows it changed."""
+
+    @abc.abstractmethod
+    def each(
+        self,
+        tx: Tx,
+        name: str,
+        rows: Sequence[Mapping[str, Any]],
+        key: str,
+        params: dict[str, Any],
+    ) -> list[Row]:
+        """Run a named statement for many rows; the rows it returns."""
+
+    @abc.abstractmethod
+    def param(self, name: str) -> str:
+        """The placeholder of a named parameter in this dialect's SQL."""
+
+    # -- the writer's transactions (writer thread) ---------------------------
+
+    @abc.abstractmethod
+    def begin(self, kinds: frozenset[str]) -> Tx:
+        """Begin a transaction on the writer's connection (connecting if
+        needed) for a batch of these kinds of change (see ``_writer.KINDS``;
+        ``_writer.WRITING_KINDS`` nearly always change rows)."""
+
+    @abc.abstractmethod
+    def commit(self, tx: Tx) -> None:
+        """Announce ``tx.changes`` to the other processes and commit."""
+
+    @abc.abstractmethod
+    def rollback(self, tx: Tx) -> None:
+        """Roll back (never raises)."""
+
+    def lost(self) -> bool:
+        """After an error: whether the writer's connection is gone (it is
+        then dropped, and the next begin connects anew)."""
+        return False
+
+    def fate(self, xid: str) -> str:
+        """What became of a transaction whose connection dropped while it
+        committed: "committed", "aborted" or "unknown"."""
+        return "unknown"
+
+    def contended(self, error: BaseException) -> bool:
+        """Whether a driver error inside a transaction that began reading
+        means another process holds the write lock (the transaction can go
+        on reading); False by default."""
+        return False
+
+    def pull(self, tx: Tx) -> list[Hint]:
+        """Changes other processes announced since the last pull, read inside
+        ``tx`` (for dialects that record them in a table); [] by default."""
+        return []
+
+    def pull_needed(self) -> bool:
+        """Whether a pull can find anything (a cheap check on the writer's
+        thread before any transaction begins); True by default."""
+        return True
+
+    # -- reads (reader threads) ----------------------------------------------
+
+    @abc.abstractmethod
+    def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` with a Tx on a reading connection."""
+
+    # -- wake-ups and life ----------------------------------------------------
+
+    @abc.abstractmethod
+    def watch(self, arrived: Callable[[list[Hint] | None], None]) -> None:
+        """Start telling ``arrived`` of other processes' commits: with the
+        changes when the dialect receives them, or None when the core must
+        ``pull`` them. Returns once watching."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop watching and release every connection (blocking)."""
+
+    @abc.abstractmethod
+    def translate(self, error: BaseException) -> StoreError:
+        """A driver error as the StoreError callers see."""

@@ -1,0 +1,249 @@
+-- The PostgreSQL store's statements. Parameters are named (%(name)s); a list
+-- parameter is an array. Times are float8 seconds since the epoch on the
+-- database clock; 1e15 stands for "no deadline" (lifecycle.FAR, passed in as
+-- %(far)s). Bulk statements (insert_execution, heartbeat, complete) take their
+-- rows as one JSON array of objects (%(rows)s; bytes in base64) and their keys
+-- as an array (%(keys)s): "run_id = ANY(...)" steers the planner to the
+-- run_id index. Rows another transaction changes are locked (FOR UPDATE)
+-- before a decision is taken on them.
+
+-- name: latest_of_id
+-- The latest run of an activity id: its status and run id.
+SELECT status, run_id FROM executions WHERE namespace = %(ns)s AND activity_id = %(activity_id)s
+ORDER BY id DESC LIMIT 1
+
+-- name: insert_execution
+-- Record new SCHEDULED executions in bulk; returns the run ids inserted (an
+-- id running already, or a run id taken, inserts nothing).
+INSERT INTO executions (namespace, activity_id, run_id, activity_type, task_queue, status,
+    run_state, attempt, input, schedule_time, ready_at, s2c_deadline, attempt_deadline,
+    deadline, schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s,
+    retry_policy, priority_key, start_delay_s, summary)
+SELECT r.namespace, r.activity_id, r.run_id, r.activity_type, r.task_queue, 'RUNNING',
+    'SCHEDULED', 1, decode(r.input, 'base64'), %(now)s, r.ready_at, r.s2c_deadline, %(far)s,
+    r.deadline, r.schedule_to_close_s, r.schedule_to_start_s, r.start_to_close_s, r.heartbeat_s,
+    r.retry_policy, r.priority_key, r.start_delay_s, r.summary
+FROM json_to_recordset(%(rows)s::json) AS r(namespace text, activity_id text, run_id text,
+    activity_type text, task_queue text, input text, ready_at float8, s2c_deadline float8,
+    deadline float8, schedule_to_close_s float8, schedule_to_start_s float8,
+    start_to_close_s float8, heartbeat_s float8, retry_policy text, priority_key int,
+    start_delay_s float8, summary text)
+ON CONFLICT DO NOTHING
+RETURNING run_id
+
+-- name: running_of_id
+-- The running execution of an activity id, if any.
+SELECT run_id FROM executions WHERE namespace = %(ns)s AND activity_id = %(activity_id)s
+AND status = 'RUNNING'
+
+-- name: run_id_taken
+-- Whether a run id is in use.
+SELECT run_id FROM executions WHERE run_id = %(run_id)s
+
+-- name: claim
+-- Start up to %(n)s ready attempts of a queue (smallest priority key first,
+-- then in the order they became ready; rows other claims hold are skipped)
+-- and, when fewer than %(max)s are taken, find when the queue's next one
+-- becomes claimable, in one round trip. Always returns a row: with nothing
+-- claimed its task columns are NULL.
+WITH claimed AS (
+    UPDATE executions SET run_state = 'STARTED', started_time = %(now)s,
+        identity = %(identity)s,
+        attempt_deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, %(far)s)),
+        deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, %(far)s),
+            %(now)s + coalesce(heartbeat_s, %(far)s))
+    WHERE id IN (SELECT id FROM executions WHERE namespace = %(ns)s AND task_queue = %(tq)s
+        AND run_state = 'SCHEDULED' AND ready_at <= %(now)s AND deadline > %(now)s
+        AND (%(only)s::text[] IS NULL OR activity_type = ANY(%(only)s::text[]))
+        AND (%(skip)s::text[] IS NULL OR activity_type <> ALL(%(skip)s::text[]))
+        ORDER BY priority_key, ready_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+    RETURNING *)
+SELECT c.*, nxt.next_ready FROM (
+    SELECT CASE WHEN (SELECT count(*) FROM claimed) < %(max)s THEN (
+        SELECT min(ready_at) FROM executions WHERE namespace = %(ns)s AND task_queue = %(tq)s
+        AND run_state = 'SCHEDULED'
+        AND (%(only)s::text[] IS NULL OR activity_type = ANY(%(only)s::text[]))
+        AND (%(skip)s::text[] IS NULL OR activity_type <> ALL(%(skip)s::text[]))
+        AND id NOT IN (SELECT id FROM claimed)) END AS next_ready) AS nxt
+LEFT JOIN claimed AS c ON true
+
+-- name: next_ready
+-- When the queue's next scheduled execution becomes claimable.
+SELECT min(ready_at) AS next_ready FROM executions WHERE namespace = %(ns)s
+AND task_queue = %(tq)s AND run_state = 'SCHEDULED'
+AND (%(only)s::text[] IS NULL OR activity_type = ANY(%(only)s::text[]))
+AND (%(skip)s::text[] IS NULL OR activity_type <> ALL(%(skip)s::text[]))
+
+-- name: queue_rate_add
+-- Make a queue's token bucket, full, if it has none.
+INSERT INTO queue_rates (namespace, task_queue, tokens, updated)
+VALUES (%(ns)s, %(tq)s, %(tokens)s, %(now)s) ON CONFLICT DO NOTHING
+
+-- name: queue_rate_lock
+-- A queue's token bucket, locked until commit (so two processes never spend
+-- the same tokens).
+SELECT tokens, updated FROM queue_rates WHERE namespace = %(ns)s AND task_queue = %(tq)s
+FOR UPDATE
+
+-- name: queue_rate_spend
+-- Leave %(tokens)s in a queue's bucket.
+UPDATE queue_rates SET tokens = %(tokens)s, updated = %(now)s
+WHERE namespace = %(ns)s AND task_queue = %(tq)s
+
+-- name: heartbeat
+-- Record heartbeats of current attempts in bulk (NULL details keep the old
+-- ones) and push their heartbeat deadlines; stale attempts return no row.
+UPDATE executions e SET
+    heartbeat_details = coalesce(decode(r.data, 'base64'), e.heartbeat_details),
+    heartbeat_count = e.heartbeat_count + 1, last_heartbeat_time = %(now)s,
+    deadline = CASE WHEN e.heartbeat_s IS NULL THEN e.attempt_deadline
+        ELSE least(e.attempt_deadline, %(now)s + e.heartbeat_s) END
+FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, data text)
+WHERE e.run_id = ANY(%(keys)s) AND e.run_id = r.run_id AND e.attempt = r.attempt
+AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED') AND e.deadline > %(now)s
+RETURNING e.run_id, e.cancel_requested
+
+-- name: complete
+-- Close current attempts' executions COMPLETED in bulk (keeping the last
+-- attempt's failure for describe); stale attempts return no row.
+UPDATE executions e SET status = 'COMPLETED', run_state = NULL,
+    result = decode(r.data, 'base64'), close_time = %(now)s, deadline = %(far)s
+FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, data text)
+WHERE e.run_id = ANY(%(keys)s) AND e.run_id = r.run_id AND e.attempt = r.attempt
+AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED') AND e.deadline > %(now)s
+RETURNING e.run_id
+
+-- name: close_cancelled
+-- Close the current attempt's execution CANCELED; no row if the attempt is stale.
+UPDATE executions SET status = 'CANCELED', run_state = NULL, failure = %(failure)s,
+    timeout_type = NULL, close_time = %(now)s, deadline = %(far)s
+WHERE run_id = %(run_id)s AND attempt = %(attempt)s
+AND run_state IN ('STARTED', 'CANCEL_REQUESTED') AND deadline > %(now)s
+RETURNING run_id
+
+-- name: current_attempt
+-- What the lifecycle needs to decide a failure of the current attempt, locked;
+-- no row if the attempt is stale.
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline
+FROM executions WHERE run_id = %(run_id)s AND attempt = %(attempt)s
+AND run_state IN ('STARTED', 'CANCEL_REQUESTED') AND deadline > %(now)s FOR UPDATE
+
+-- name: due_of_run
+-- The lifecycle's view of a run whose deadline has passed, if it has, locked.
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline
+FROM executions WHERE run_id = %(run_id)s AND status = 'RUNNING' AND deadline <= %(now)s
+FOR UPDATE
+
+-- name: due
+-- Open executions of a namespace whose deadline has passed, locked; rows
+-- another transaction holds are skipped (it is changing them; the next pass
+-- looks again).
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline
+FROM executions WHERE namespace = %(ns)s AND status = 'RUNNING' AND deadline <= %(now)s
+LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+
+-- name: due_of_runs
+-- Those of some runs whose deadline has passed, locked (held ones skipped).
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline
+FROM executions WHERE run_id = ANY(%(ids)s) AND status = 'RUNNING' AND deadline <= %(now)s
+LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+
+-- name: next_deadline
+-- The earliest deadline of a namespace's open executions, and the database clock.
+SELECT min(deadline) AS next_deadline, extract(epoch FROM clock_timestamp())::float8 AS db_now
+FROM executions WHERE namespace = %(ns)s AND status = 'RUNNING'
+
+-- name: next_deadline_of_runs
+-- The earliest deadline of some open runs, and the database clock.
+SELECT min(deadline) AS next_deadline, extract(epoch FROM clock_timestamp())::float8 AS db_now
+FROM executions WHERE run_id = ANY(%(ids)s) AND status = 'RUNNING'
+
+-- name: retry
+-- Schedule the next attempt, if the row is still as the decision read it.
+UPDATE executions SET run_state = 'SCHEDULED', attempt = %(next_attempt)s,
+    ready_at = %(ready_at)s, deadline = %(deadline)s, attempt_deadline = %(far)s,
+    failure = %(failure)s, timeout_type = %(timeout_type)s, retry_interval_s = %(interval_s)s
+WHERE id = %(id)s AND attempt = %(attempt)s AND deadline = %(deadline_was)s
+
+-- name: close_failed
+-- Close FAILED or TIMED_OUT after an attempt's failure, if the row is still as
+-- the decision read it.
+UPDATE executions SET status = %(status)s, run_state = NULL, failure = %(failure)s,
+    timeout_type = %(timeout_type)s, close_time = %(now)s, deadline = %(far)s
+WHERE id = %(id)s AND attempt = %(attempt)s AND deadline = %(deadline_was)s
+
+-- name: reset_deadline
+-- Put back a row's real deadline (a timer found the stored one stale).
+UPDATE executions SET deadline = %(deadline)s WHERE id = %(id)s AND deadline = %(deadline_was)s
+
+-- name: find_latest
+-- The execution a cancel or terminate without a run id is about, locked.
+SELECT id, run_id, status, run_state, attempt, namespace, task_queue FROM executions
+WHERE namespace = %(ns)s AND activity_id = %(activity_id)s ORDER BY id DESC LIMIT 1 FOR UPDATE
+
+-- name: find_run
+-- The execution a cancel or terminate of one run is about, locked.
+SELECT id, run_id, status, run_state, attempt, namespace, task_queue FROM executions
+WHERE namespace = %(ns)s AND activity_id = %(activity_id)s AND run_id = %(run_id)s FOR UPDATE
+
+-- name: cancel_scheduled
+-- Close a scheduled execution CANCELED.
+UPDATE executions SET status = 'CANCELED', run_state = NULL, close_time = %(now)s,
+    canceled_reason = %(reason)s, cancel_requested = true, deadline = %(far)s WHERE id = %(id)s
+
+-- name: cancel_started
+-- Ask a started attempt to stop (its worker learns it through the change feed).
+UPDATE executions SET run_state = 'CANCEL_REQUESTED', cancel_requested = true,
+    canceled_reason = %(reason)s WHERE id = %(id)s
+
+-- name: terminate
+-- Close an open execution TERMINATED.
+UPDATE executions SET status = 'TERMINATED', run_state = NULL, close_time = %(now)s,
+    canceled_reason = %(reason)s, deadline = %(far)s WHERE id = %(id)s
+
+-- name: describe_latest
+-- The latest run of an activity id.
+SELECT * FROM executions WHERE namespace = %(ns)s AND activity_id = %(activity_id)s
+ORDER BY id DESC LIMIT 1
+
+-- name: describe_run
+-- One run of an activity id.
+SELECT * FROM executions WHERE namespace = %(ns)s AND activity_id = %(activity_id)s
+AND run_id = %(run_id)s
+
+-- name: records_of_runs
+-- The executions with these run ids.
+SELECT * FROM executions WHERE run_id = ANY(%(ids)s)
+
+-- name: states_of_runs
+-- Status, state, attempt and result of these runs. (Open ones are not left
+-- out in SQL: "status <> 'RUNNING'" would let the planner scan the retention
+-- index of every closed execution.)
+SELECT run_id, status, run_state, attempt, result FROM executions WHERE run_id = ANY(%(ids)s)
+
+-- name: list_executions
+-- Executions matching a visibility query ({where}), newest first.
+SELECT * FROM executions WHERE {where} ORDER BY id DESC LIMIT %(limit)s
+
+-- name: count_executions
+-- How many executions match a visibility query ({where}), per status.
+SELECT status, count(*) AS n FROM executions WHERE {where} GROUP BY status
+
+-- name: prune
+-- Delete up to %(limit)s executions of a namespace closed before %(before)s.
+DELETE FROM executions WHERE id IN (SELECT id FROM executions WHERE namespace = %(ns)s
+    AND status <> 'RUNNING' AND close_time < %(before)s LIMIT %(limit)s)
+
+-- name: notify_and_commit
+-- Tell the other processes' listeners what this transaction changed (one
+-- payload per notification, each under PostgreSQL's 8,000 bytes) and commit,
+-- in one round trip. {channel} and {payloads} are filled in as literals.
+SELECT pg_notify({channel}, p) FROM unnest({payloads}::text[]) AS p; COMMIT

@@ -1,0 +1,332 @@
+"""The embedded store: one SQLite file in WAL mode, shared by any number of
+processes on one machine. This module is the SQLite dialect of the store
+core (``errands.store._core``): its statements (``statements.sql``), its
+connections, and how it hears other processes' commits.
+
+- The writer's connection (on the core's writer thread) runs each group
+  commit in ``BEGIN IMMEDIATE``. A transaction that changed something also
+  bumps, for each kind of change and key, a row of the ``changes`` table.
+- Other processes' commits: a watch on the ``-wal`` file (``_watch.py``)
+  asks the writer to look; it reads ``PRAGMA data_version`` (which moves
+  only when *another* connection committed, and costs no disk read in WAL
+  mode) and only then reads the ``changes`` rows past the last one it saw.
+- Readers (one connection per reader thread) serve describe / list / count.
+
+``PRAGMA synchronous=FULL``: an acknowledged change survives a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from errands.exceptions import StoreError
+from errands.store import _migrations
+from errands.store._catalogue import Catalogue
+from errands.store._changes import Hint, from_row, to_row
+from errands.store._core import CoreStore
+from errands.store._dialect import Dialect, Tx
+from errands.store._rows import Row
+from errands.store.sqlite._watch import WalWatch
+
+logger = logging.getLogger("errands.store.sqlite")
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+"""How long a connection waits for another one's write lock before "locked"."""
+
+SCHEMA_VERSION = _migrations.newest("sqlite")
+"""The newest schema this code knows."""
+
+CATALOGUE = Catalogue.load("SQLite", "errands.store.sqlite")
+
+
+def path_from_url(url: str) -> str:
+    """The file path of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL.
+
+    Raises ValueError for any other URL.
+    """
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(
+            f"not a SQLite URL: {url!r} (expected sqlite:///relative.db or sqlite:////absolute.db)"
+        )
+    return url[len(prefix) :]
+
+
+def _translate(error: BaseException, path: str) -> StoreError:
+    text = str(error)
+    if "locked" in text or "busy" in text:
+        return StoreError(f"SQLite store {path!r} is locked: {text}")
+    if "not a database" in text or "malformed" in text:
+        return StoreError(f"{path!r} is not an errands SQLite store: {text}")
+    return StoreError(f"SQLite store {path!r} failed: {text}")
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StoreError(
+            f"cannot open SQLite store {path!r}: directory {directory!r} does not exist"
+        )
+    try:
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(f"SQLite store {path!r} could not switch to WAL (got {mode!r})")
+        conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.Error as e:
+        raise _translate(e, path) from e
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Apply pending migrations under ``BEGIN IMMEDIATE``; return the version.
+
+    Raises StoreError if the file's schema is newer than this code.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS errands_schema "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
+            )
+            current = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM errands_schema"
+            ).fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"SQLite store {path!r} has schema version {current}, newer than this "
+                    f"errands (knows up to {SCHEMA_VERSION}); upgrade errands"
+                )
+            for version, name, sql in _migrations.migrations("sqlite"):
+                if version <= current:
+                    continue
+                # executescript would commit; run statement by statement inside our transaction.
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO errands_schema (version, name, applied) VALUES (?, ?, ?)",
+                    (version, name, time.time()),
+                )
+                logger.info("SQLite store %s: applied migration %s", path, name)
+                current = version
+            conn.execute("COMMIT")
+            return int(current)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as e:
+        raise _translate(e, path) from e
+
+
+def _split_sql(script: str) -> Iterator[str]:
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            stripped = "\n".join(
+                part for part in statement.splitlines() if not part.strip().startswith("--")
+            ).strip()
+            if stripped:
+                yield stripped
+            statement = ""
+
+
+def _bind(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as sqlite3 takes them: lists as JSON text (read with json_each)."""
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
+
+
+class SQLiteDialect(Dialect):
+    """Statements, connections and wake-ups of one SQLite file."""
+
+    catalogue = CATALOGUE
+    readers = 1
+    driver_errors = (sqlite3.Error,)
+
+    def __init__(self, path: str, writer: sqlite3.Connection) -> None:
+        self.path = path
+        self.label = f"SQLite store {path!r}"
+        self._writer = writer
+        self._readers: list[sqlite3.Connection] = []
+        self._reader_local = threading.local()
+        self._lock = threading.Lock()
+        self._version = self._data_version()
+        self._seq = int(writer.execute(CATALOGUE["changes_head"]).fetchone()["seq"])
+        self._watch: WalWatch | None = None
+        self._look_posted = threading.Event()
+
+    # -- statements
+
+    def query(
+        self, tx: Tx, name: str, params: dict[str, Any], slots: dict[str, str] | None = None
+    ) -> list[Row]:
+        sql = CATALOGUE[name]
+        if slots:
+            for slot, text in slots.items():
+                sql = sql.replace("{" + slot + "}", text)
+        rows: list[Row] = tx.cursor.execute(sql, _bind(params)).fetchall()
+        return rows
+
+    def update(self, tx: Tx, name: str, params: dict[str, Any]) -> int:
+        count = int(tx.cursor.execute(CATALOGUE[name], _bind(params)).rowcount)
+        if count > 0:
+            tx.changed = True
+        return count
+
+    def each(
+        self,
+        tx: Tx,
+        name: str,
+        rows: Sequence[Mapping[str, Any]],
+        key: str,
+        params: dict[str, Any],
+    ) -> list[Row]:
+        # In-process SQLite runs a statement per row about as fast as one bulk one.
+        sql, out = CATALOGUE[name], []
+        for row in rows:
+            out.extend(tx.cursor.execute(sql, _bind({**params, **row})).fetchall())
+        return out
+
+    def param(self, name: str) -> str:
+        return f":{name}"
+
+    # -- the writer's transactions
+
+    def begin(self, kinds: frozenset[str]) -> Tx:
+        # A batch that only takes in other processes' changes begins reading
+        # (it takes the write lock only if it claims for an armed poller).
+        self._writer.execute("BEGIN" if kinds == {"intake"} else "BEGIN IMMEDIATE")
+        return Tx(self, self._writer, time.time())
+
+    def commit(self, tx: Tx) -> None:
+        if tx.changes:
+            rows: dict[tuple[str, str], float | None] = {}
+            for change in tx.changes:
+                kind, key, at = to_row(change)
+                known = rows.get((kind, key))
+                rows[(kind, key)] = (
+                    at if known is None or (at is not None and at < known) else known
+                )
+            sql = CATALOGUE["announce"]
+            for (kind, key), at in rows.items():
+                self._writer.execute(sql, {"kind": kind, "key": key, "at": at, "now": tx.now})
+        self._writer.execute("COMMIT")
+
+    def rollback(self, tx: Tx) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._writer.execute("ROLLBACK")
+
+    def contended(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError) and (
+            "locked" in str(error) or "busy" in str(error)
+        )
+
+    # -- other processes' commits
+
+    def _data_version(self) -> int | None:
+        try:
+            version: int = self._writer.execute("PRAGMA data_version").fetchone()[0]
+            return version
+        except sqlite3.Error as e:
+            logger.warning("%s: cannot read data_version: %s", self.label, e)
+            return None
+
+    def pull_needed(self) -> bool:
+        self._look_posted.clear()
+        version = self._data_version()
+        if version == self._version:
+            return False
+        self._version = version
+        if self._watch is not None:
+            self._watch.moved()
+        return True
+
+    def pull(self, tx: Tx) -> list[Hint]:
+        self._look_posted.clear()
+        hints: list[Hint] = []
+        for row in tx.cursor.execute(CATALOGUE["changes_since"], {"seq": self._seq}):
+            self._seq = max(self._seq, int(row["seq"]))
+            try:
+                hints.append(from_row(row["kind"], row["key"], row["at"]))
+            except ValueError as e:
+                logger.warning("%s: %s", self.label, e)
+        return hints
+
+    def watch(self, arrived: Callable[[list[Hint] | None], None]) -> None:
+        def look() -> None:
+            if not self._look_posted.is_set():
+                self._look_posted.set()
+                arrived(None)
+
+        self._watch = WalWatch(self.path + "-wal", look)
+
+    # -- reads
+
+    def read(self, fn: Callable[[Tx], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._reader_local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        try:
+            return fn(Tx(self, conn, time.time()))
+        except sqlite3.Error as e:
+            raise _translate(e, self.path) from e
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+        with self._lock:
+            conns, self._readers = [self._writer, *self._readers], []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def translate(self, error: BaseException) -> StoreError:
+        return _translate(error, self.path)
+
+
+class SQLiteStore(CoreStore):
+    """The Store on one SQLite file. Open it with ``await SQLiteStore.open(path)``."""
+
+    def __init__(self, dialect: SQLiteDialect) -> None:
+        super().__init__(dialect)
+        self.path = dialect.path
+
+    @classmethod
+    async def open(cls, path: str) -> SQLiteStore:
+        """Open (creating if missing) and migrate the store at ``path``.
+
+        Raises StoreError if the directory is missing, the file is not a
+        database, the schema is newer than this code, or the file stays locked.
+        """
+
+        def setup() -> SQLiteStore:
+            conn = _connect(path)
+            try:
+                migrate(conn, path)
+                store = cls(SQLiteDialect(path, conn))
+            except BaseException:
+                conn.close()
+                raise
+            store.start_watching()
+            return store
+
+        return await asyncio.get_running_loop().run_in_executor(None, setup)

@@ -1,0 +1,225 @@
+-- The SQLite store's statements. Parameters are named (:name); a parameter
+-- holding a list arrives as JSON text and is read with json_each. Times are
+-- REAL seconds since the epoch; 1e15 stands for "no deadline" (lifecycle.FAR,
+-- passed in as :far).
+
+-- name: latest_of_id
+-- The latest run of an activity id: its status and run id.
+SELECT status, run_id FROM executions WHERE namespace = :ns AND activity_id = :activity_id
+ORDER BY id DESC LIMIT 1
+
+-- name: insert_execution
+-- Record a new SCHEDULED execution, one row per call; returns its run id, or
+-- no row when the id is running already (or the run id is taken).
+INSERT OR IGNORE INTO executions (namespace, activity_id, run_id, activity_type, task_queue,
+    status, run_state, attempt, input, schedule_time, ready_at, s2c_deadline, attempt_deadline,
+    deadline, schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s,
+    retry_policy, priority_key, start_delay_s, summary)
+VALUES (:namespace, :activity_id, :run_id, :activity_type, :task_queue, 'RUNNING', 'SCHEDULED',
+    1, :input, :now, :ready_at, :s2c_deadline, :far, :deadline, :schedule_to_close_s,
+    :schedule_to_start_s, :start_to_close_s, :heartbeat_s, :retry_policy, :priority_key,
+    :start_delay_s, :summary)
+RETURNING run_id
+
+-- name: running_of_id
+-- The running execution of an activity id, if any.
+SELECT run_id FROM executions WHERE namespace = :ns AND activity_id = :activity_id
+AND status = 'RUNNING'
+
+-- name: run_id_taken
+-- Whether a run id is in use.
+SELECT run_id FROM executions WHERE run_id = :run_id
+
+-- name: claim
+-- Start up to :n ready attempts of a queue: smallest priority key first, then
+-- in the order they became ready (:only / :skip filter types, JSON or NULL).
+UPDATE executions SET run_state = 'STARTED', started_time = :now, identity = :identity,
+    attempt_deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, :far)),
+    deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, :far),
+        :now + coalesce(heartbeat_s, :far))
+WHERE id IN (SELECT id FROM executions WHERE namespace = :ns AND task_queue = :tq
+    AND run_state = 'SCHEDULED' AND ready_at <= :now AND deadline > :now
+    AND (:only IS NULL OR activity_type IN (SELECT value FROM json_each(:only)))
+    AND (:skip IS NULL OR activity_type NOT IN (SELECT value FROM json_each(:skip)))
+    ORDER BY priority_key, ready_at, id LIMIT :n)
+RETURNING *
+
+-- name: next_ready
+-- When the queue's next scheduled execution becomes claimable.
+SELECT min(ready_at) AS next_ready FROM executions WHERE namespace = :ns AND task_queue = :tq
+AND run_state = 'SCHEDULED'
+AND (:only IS NULL OR activity_type IN (SELECT value FROM json_each(:only)))
+AND (:skip IS NULL OR activity_type NOT IN (SELECT value FROM json_each(:skip)))
+
+-- name: queue_rate_add
+-- Make a queue's token bucket, full, if it has none.
+INSERT INTO queue_rates (namespace, task_queue, tokens, updated) VALUES (:ns, :tq, :tokens, :now)
+ON CONFLICT DO NOTHING
+
+-- name: queue_rate_lock
+-- A queue's token bucket (the writer holds the database's write lock).
+SELECT tokens, updated FROM queue_rates WHERE namespace = :ns AND task_queue = :tq
+
+-- name: queue_rate_spend
+-- Leave :tokens in a queue's bucket.
+UPDATE queue_rates SET tokens = :tokens, updated = :now WHERE namespace = :ns AND task_queue = :tq
+
+-- name: heartbeat
+-- Record a heartbeat of the current attempt (NULL details keep the old ones)
+-- and push its heartbeat deadline; no row if the attempt is stale.
+UPDATE executions SET heartbeat_details = coalesce(:data, heartbeat_details),
+    heartbeat_count = heartbeat_count + 1, last_heartbeat_time = :now,
+    deadline = CASE WHEN heartbeat_s IS NULL THEN attempt_deadline
+        ELSE min(attempt_deadline, :now + heartbeat_s) END
+WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED')
+AND deadline > :now
+RETURNING run_id, cancel_requested
+
+-- name: complete
+-- Close the current attempt's execution COMPLETED (keeping the last attempt's
+-- failure for describe); no row if the attempt is stale.
+UPDATE executions SET status = 'COMPLETED', run_state = NULL, result = :data,
+    close_time = :now, deadline = :far
+WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED')
+AND deadline > :now
+RETURNING run_id
+
+-- name: close_cancelled
+-- Close the current attempt's execution CANCELED; no row if the attempt is stale.
+UPDATE executions SET status = 'CANCELED', run_state = NULL, failure = :failure,
+    timeout_type = NULL, close_time = :now, deadline = :far
+WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED')
+AND deadline > :now
+RETURNING run_id
+
+-- name: current_attempt
+-- What the lifecycle needs to decide a failure of the current attempt; no row
+-- if the attempt is stale.
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline
+FROM executions WHERE run_id = :run_id AND attempt = :attempt
+AND run_state IN ('STARTED', 'CANCEL_REQUESTED') AND deadline > :now
+
+-- name: due_of_run
+-- The lifecycle's view of a run whose deadline has passed, if it has.
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline
+FROM executions WHERE run_id = :run_id AND status = 'RUNNING' AND deadline <= :now
+
+-- name: due
+-- Open executions of a namespace whose deadline has passed.
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline
+FROM executions WHERE namespace = :ns AND status = 'RUNNING' AND deadline <= :now LIMIT :limit
+
+-- name: due_of_runs
+-- Those of some runs (:ids, JSON) whose deadline has passed.
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline
+FROM executions WHERE run_id IN (SELECT value FROM json_each(:ids)) AND status = 'RUNNING'
+AND deadline <= :now LIMIT :limit
+
+-- name: next_deadline
+-- The earliest deadline of a namespace's open executions, and the clock.
+SELECT min(deadline) AS next_deadline, :now AS db_now FROM executions
+WHERE namespace = :ns AND status = 'RUNNING'
+
+-- name: next_deadline_of_runs
+-- The earliest deadline of some open runs (:ids, JSON), and the clock.
+SELECT min(deadline) AS next_deadline, :now AS db_now FROM executions
+WHERE run_id IN (SELECT value FROM json_each(:ids)) AND status = 'RUNNING'
+
+-- name: retry
+-- Schedule the next attempt, if the row is still as the decision read it.
+UPDATE executions SET run_state = 'SCHEDULED', attempt = :next_attempt, ready_at = :ready_at,
+    deadline = :deadline, attempt_deadline = :far, failure = :failure,
+    timeout_type = :timeout_type, retry_interval_s = :interval_s
+WHERE id = :id AND attempt = :attempt AND deadline = :deadline_was
+
+-- name: close_failed
+-- Close FAILED or TIMED_OUT after an attempt's failure, if the row is still as
+-- the decision read it.
+UPDATE executions SET status = :status, run_state = NULL, failure = :failure,
+    timeout_type = :timeout_type, close_time = :now, deadline = :far
+WHERE id = :id AND attempt = :attempt AND deadline = :deadline_was
+
+-- name: reset_deadline
+-- Put back a row's real deadline (a timer found the stored one stale).
+UPDATE executions SET deadline = :deadline WHERE id = :id AND deadline = :deadline_was
+
+-- name: find_latest
+-- The execution a cancel or terminate without a run id is about.
+SELECT id, run_id, status, run_state, attempt, namespace, task_queue FROM executions
+WHERE namespace = :ns AND activity_id = :activity_id ORDER BY id DESC LIMIT 1
+
+-- name: find_run
+-- The execution a cancel or terminate of one run is about.
+SELECT id, run_id, status, run_state, attempt, namespace, task_queue FROM executions
+WHERE namespace = :ns AND activity_id = :activity_id AND run_id = :run_id
+
+-- name: cancel_scheduled
+-- Close a scheduled execution CANCELED.
+UPDATE executions SET status = 'CANCELED', run_state = NULL, close_time = :now,
+    canceled_reason = :reason, cancel_requested = 1, deadline = :far WHERE id = :id
+
+-- name: cancel_started
+-- Ask a started attempt to stop (its worker learns it through the change feed).
+UPDATE executions SET run_state = 'CANCEL_REQUESTED', cancel_requested = 1,
+    canceled_reason = :reason WHERE id = :id
+
+-- name: terminate
+-- Close an open execution TERMINATED.
+UPDATE executions SET status = 'TERMINATED', run_state = NULL, close_time = :now,
+    canceled_reason = :reason, deadline = :far WHERE id = :id
+
+-- name: describe_latest
+-- The latest run of an activity id.
+SELECT * FROM executions WHERE namespace = :ns AND activity_id = :activity_id
+ORDER BY id DESC LIMIT 1
+
+-- name: describe_run
+-- One run of an activity id.
+SELECT * FROM executions WHERE namespace = :ns AND activity_id = :activity_id
+AND run_id = :run_id
+
+-- name: records_of_runs
+-- The executions with these run ids (:ids, JSON).
+SELECT * FROM executions WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: states_of_runs
+-- Status, state, attempt and result of these runs (:ids, JSON).
+SELECT run_id, status, run_state, attempt, result FROM executions
+WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: list_executions
+-- Executions matching a visibility query ({where}), newest first.
+SELECT * FROM executions WHERE {where} ORDER BY id DESC LIMIT :limit
+
+-- name: count_executions
+-- How many executions match a visibility query ({where}), per status.
+SELECT status, count(*) AS n FROM executions WHERE {where} GROUP BY status
+
+-- name: prune
+-- Delete up to :limit executions of a namespace closed before :before.
+DELETE FROM executions WHERE id IN (SELECT id FROM executions WHERE namespace = :ns
+    AND status != 'RUNNING' AND close_time < :before LIMIT :limit)
+
+-- name: announce
+-- Record that a transaction changed something of a kind and key, for the
+-- other processes' change watchers (read with changes_since).
+INSERT INTO changes (kind, key, seq, at) VALUES (:kind, :key,
+    (SELECT coalesce(max(seq), 0) + 1 FROM changes), :at)
+ON CONFLICT (kind, key) DO UPDATE SET seq = excluded.seq,
+    at = CASE WHEN changes.at < :now THEN excluded.at ELSE min(changes.at, excluded.at) END
+
+-- name: changes_since
+-- What other transactions changed since the watcher last looked.
+SELECT kind, key, seq, at FROM changes WHERE seq > :seq ORDER BY seq
+
+-- name: changes_head
+-- Where the change log ends now.
+SELECT coalesce(max(seq), 0) AS seq FROM changes
