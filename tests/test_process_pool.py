@@ -14,7 +14,7 @@ import multiprocessing.managers
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -24,50 +24,30 @@ import pytest
 
 from errands import activity, exceptions
 from errands.client import (
-    ActivityExecutionDescription,
     ActivityExecutionStatus,
-    ActivityHandle,
     Client,
     PendingActivityState,
 )
 from errands.common import RetryPolicy
 from errands.worker import SharedStateManager, Worker
 from tests import pool_activities as acts
-from tests.support import describe_until, eventually, failure_of
-
-SPAWN = multiprocessing.get_context("spawn")
-TIMEOUT = timedelta(seconds=30)
-CEILING_S = 30.0
-"""Longest a test waits for a condition that should hold far sooner."""
-CANCEL_CEILING_S = 5.0
-"""A cancelled child must end within this long of ``cancel()`` (DESIGN.md §5)."""
-FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100))
-
-
-@pytest.fixture(scope="module")
-def mp_manager() -> Iterator[multiprocessing.managers.SyncManager]:
-    """One manager process for the module (each worker gets its own
-    SharedStateManager on it: a worker closes its manager when it stops)."""
-    manager = SPAWN.Manager()
-    try:
-        yield manager
-    finally:
-        manager.shutdown()
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ProcessPoolExecutor]:
-    """Two spawn children shared by the tests that leave them healthy."""
-    executor = ProcessPoolExecutor(2, mp_context=SPAWN)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+from tests.support import (
+    CANCEL_CEILING_S,
+    CEILING_S,
+    FAST_RETRY,
+    SPAWN,
+    TIMEOUT,
+    cancel_and_time,
+    eventually,
+    failure_of,
+    heartbeat_stored,
+)
 
 
 @pytest.fixture
-def shared_state(mp_manager: multiprocessing.managers.SyncManager) -> SharedStateManager:
-    return SharedStateManager.create_from_multiprocessing(mp_manager)
+def pool(process_pool: ProcessPoolExecutor) -> ProcessPoolExecutor:
+    """The module's two spawn children (conftest.py)."""
+    return process_pool
 
 
 def pool_worker(
@@ -86,28 +66,6 @@ def pool_worker(
         shared_state_manager=shared_state,
         **options,
     )
-
-
-async def heartbeat_stored(handle: ActivityHandle[Any]) -> ActivityExecutionDescription:
-    return await describe_until(
-        handle,
-        lambda d: d.last_heartbeat_time is not None,
-        "the child's heartbeat reaches the store",
-        include_heartbeat_details=True,
-    )
-
-
-async def cancel_and_time(handle: ActivityHandle[Any]) -> tuple[exceptions.FailureError, float]:
-    """Cancel; return the failure and how long the execution took to close
-    (failing the test if it is still open after CANCEL_CEILING_S)."""
-    began = time.monotonic()
-    await handle.cancel()
-    with pytest.raises(exceptions.ActivityFailedError) as caught:
-        try:
-            await asyncio.wait_for(handle.result(), CANCEL_CEILING_S)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"still running {CANCEL_CEILING_S} s after cancel()") from None
-    return caught.value.cause, time.monotonic() - began
 
 
 # --------------------------------------------------------------------------- worker checks

@@ -12,9 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -27,45 +25,22 @@ from errands.client import (
 )
 from errands.common import RetryPolicy
 from errands.worker import Worker
-from tests.support import describe_until, eventually, failure_of
+from tests.support import (
+    CANCEL_CEILING_S,
+    CEILING_S,
+    FAST_RETRY,
+    TIMEOUT,
+    Probe,
+    describe_until,
+    eventually,
+    failure_of,
+    my_probe,
+    wait_event,
+)
 
-TIMEOUT = timedelta(seconds=30)
-CEILING_S = 30.0
-"""Longest a test (or an activity) waits for a condition that should hold far sooner."""
-CANCEL_CEILING_S = 5.0
-"""Generous bound on cancel delivery (the design's target is p50 under 50 ms)."""
 POOL_PREFIX = "errands-test-pool"
-FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100))
 BUSY_LOOP_S = 0.01
 """How long the race test holds the event loop while an activity ends."""
-
-
-@dataclass
-class Probe:
-    """What the thread activities of one test report, and the gates they wait on."""
-
-    started: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-    seen: dict[str, Any] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    running: int = 0
-    most_running: int = 0
-
-
-# One probe per test, keyed by the test's task queue.
-probes: dict[str, Probe] = {}
-
-
-def my_probe() -> Probe:
-    return probes[activity.info().task_queue]
-
-
-@pytest.fixture
-def probe(task_queue: str) -> Iterator[Probe]:
-    probes[task_queue] = Probe()
-    yield probes[task_queue]
-    probes[task_queue].release.set()  # never leave a pool thread blocked on a failed test
-    del probes[task_queue]
 
 
 @pytest.fixture
@@ -75,13 +50,6 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-
-
-async def wait_flag(event: threading.Event, what: str, ceiling_s: float = CEILING_S) -> None:
-    async def check() -> bool:
-        return event.is_set()
-
-    await eventually(check, what, ceiling_s)
 
 
 def spin_for(seconds: float) -> int:
@@ -130,7 +98,7 @@ def report_the_context(word: str) -> str:
     activity.logger.info("thread activity says %s", word)
     activity.heartbeat("progress", 7)
     probe.started.set()
-    probe.release.wait(CEILING_S)
+    probe.release.wait_sync(CEILING_S)
     return f"{word} from {info.activity_id}"
 
 
@@ -170,7 +138,7 @@ def ignore_the_cancel() -> str:
     probe = my_probe()
     activity.heartbeat("working")
     probe.started.set()
-    probe.release.wait(CEILING_S)
+    probe.release.wait_sync(CEILING_S)
     spin_for(0.05)
     return "finished anyway"
 
@@ -179,7 +147,7 @@ def ignore_the_cancel() -> str:
 def never_heartbeat() -> str:
     probe = my_probe()
     probe.started.set()
-    probe.release.wait(CEILING_S)
+    probe.release.wait_sync(CEILING_S)
     spin_for(0.05)
     return f"finished, is_cancelled={activity.is_cancelled()}"
 
@@ -250,16 +218,13 @@ def sync_beside_async() -> str:
 def block_until_released(n: int) -> int:
     """Blocks until the test sets its own gate (``probe.seen["gates"][n]``)."""
     probe = my_probe()
-    with probe.lock:
-        probe.running += 1
-        probe.most_running = max(probe.most_running, probe.running)
+    probe.enter()
     try:
         gate: threading.Event = probe.seen["gates"][n]
         if not gate.wait(CEILING_S):
             raise RuntimeError(f"gate {n} was not opened")
     finally:
-        with probe.lock:
-            probe.running -= 1
+        probe.leave()
     return n
 
 
@@ -336,7 +301,7 @@ async def test_the_activity_context_works_inside_the_pool_thread(
             start_to_close_timeout=TIMEOUT,
             heartbeat_timeout=timedelta(seconds=20),
         )
-        await wait_flag(probe.started, "the activity runs")
+        await wait_event(probe.started, "the activity runs")
         desc = await describe_until(
             handle,
             lambda d: d.last_heartbeat_time is not None,
@@ -385,7 +350,7 @@ async def test_a_heartbeating_thread_spinning_in_python_gets_cancelled_error_and
         handle = await client.start_activity(
             heartbeat_then_spin, id="spin", task_queue=task_queue, start_to_close_timeout=TIMEOUT
         )
-        await wait_flag(probe.started, "the activity heartbeats and spins")
+        await wait_event(probe.started, "the activity heartbeats and spins")
         await describe_until(
             handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
         )
@@ -415,7 +380,7 @@ async def test_with_no_thread_cancel_exception_the_thread_sees_is_cancelled_and_
         handle = await client.start_activity(
             poll_for_the_cancel, id="poll", task_queue=task_queue, start_to_close_timeout=TIMEOUT
         )
-        await wait_flag(probe.started, "the activity heartbeats")
+        await wait_event(probe.started, "the activity heartbeats")
         await describe_until(
             handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
         )
@@ -436,7 +401,7 @@ async def test_a_thread_that_ignores_a_delivered_cancel_completes(
         handle = await client.start_activity(
             ignore_the_cancel, id="ignore", task_queue=task_queue, start_to_close_timeout=TIMEOUT
         )
-        await wait_flag(probe.started, "the activity heartbeats")
+        await wait_event(probe.started, "the activity heartbeats")
         await describe_until(
             handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
         )
@@ -460,7 +425,7 @@ async def test_a_thread_that_never_heartbeats_runs_to_its_end_and_completes(
         handle = await client.start_activity(
             never_heartbeat, id="quiet", task_queue=task_queue, start_to_close_timeout=TIMEOUT
         )
-        await wait_flag(probe.started, "the activity runs")
+        await wait_event(probe.started, "the activity runs")
         await handle.cancel()
         await describe_until(
             handle,
@@ -502,7 +467,7 @@ async def test_a_cancel_racing_the_end_of_an_activity_never_lands_in_the_next_ta
                 task_queue=task_queue,
                 start_to_close_timeout=TIMEOUT,
             )
-            await wait_flag(probe.started, f"round {i}: the racer heartbeats")
+            await wait_event(probe.started, f"round {i}: the racer heartbeats")
             tracking = i % 2 == 1
             if tracking:
                 probe.seen["end_at"] = time.monotonic() + offset_s
@@ -567,7 +532,7 @@ async def test_nested_shields_defer_the_cancel_exception_until_the_outermost_blo
         handle = await client.start_activity(
             shielded, id="shielded", task_queue=task_queue, start_to_close_timeout=TIMEOUT
         )
-        await wait_flag(probe.started, "the activity is inside both shields")
+        await wait_event(probe.started, "the activity is inside both shields")
         await describe_until(
             handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
         )
@@ -705,7 +670,7 @@ async def test_shutdown_waits_for_a_thread_activity_that_notices_it_within_the_g
             task_queue=task_queue,
             start_to_close_timeout=TIMEOUT,
         )
-        await wait_flag(probe.started, "the activity waits for shutdown")
+        await wait_event(probe.started, "the activity waits for shutdown")
         began = time.monotonic()
     took = time.monotonic() - began
     assert await handle.result() == "before=False noticed=True after=True"
@@ -732,7 +697,7 @@ async def test_a_thread_activity_running_past_the_grace_period_is_cancelled_and_
             start_to_close_timeout=TIMEOUT,
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100)),
         )
-        await wait_flag(probe.started, "attempt 1 runs")
+        await wait_event(probe.started, "attempt 1 runs")
         began = time.monotonic()
     took = time.monotonic() - began
     assert grace_s <= took < grace_s + CANCEL_CEILING_S
