@@ -24,8 +24,7 @@ from errands.common import RetryPolicy
 from errands.exceptions import ActivityAlreadyClosedError, CancelledError, TimeoutError, TimeoutType
 from errands.store import Condition, Query
 from tests import procs
-
-CEILING_S = 30.0
+from tests.support import CEILING_S
 
 ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 

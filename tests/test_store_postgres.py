@@ -41,8 +41,8 @@ from errands.store import NewExecution, Store, open_store
 from errands.worker import Worker
 from tests import procs
 from tests.conftest import admin, psycopg, with_params
+from tests.support import CEILING_S, eventually
 
-CEILING_S = 30.0
 _schemas = itertools.count()
 
 
@@ -55,15 +55,6 @@ def terminate_backends(schema: str) -> int:
         (f"errands:{schema}",),
     )
     return len(rows)
-
-
-async def eventually(condition: Any, what: str, timeout: float = CEILING_S) -> None:
-    """Poll an async condition until true (every 10 ms, up to ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- activities
