@@ -17,7 +17,7 @@ import os
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pytest
 
 from errands.client import Client
 from errands.worker import SharedStateManager
-from tests.support import SPAWN, Probe, probes
+from tests.support import POOL_PREFIX, SPAWN, Probe, probes
 
 try:
     import psycopg
@@ -90,7 +90,17 @@ def probe(task_queue: str) -> Iterator[Probe]:
         del probes[task_queue]
 
 
-# --------------------------------------------------------------------------- process pools
+# --------------------------------------------------------------------------- pools
+
+
+@pytest.fixture
+def thread_pool() -> Iterator[ThreadPoolExecutor]:
+    """Four threads named POOL_PREFIX-..., for this test."""
+    executor = ThreadPoolExecutor(4, thread_name_prefix=POOL_PREFIX)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(scope="module")

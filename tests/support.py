@@ -36,6 +36,9 @@ FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100))
 SPAWN = multiprocessing.get_context("spawn")
 """The start method of every process pool and manager the tests make."""
 
+POOL_PREFIX = "errands-test-pool"
+"""The name of every pool thread the tests make."""
+
 
 # --------------------------------------------------------------------------- waiting
 
@@ -103,11 +106,13 @@ async def failure_of(
     return caught.value.cause
 
 
-async def cancel_and_time(handle: ActivityHandle[Any]) -> tuple[exceptions.FailureError, float]:
+async def cancel_and_time(
+    handle: ActivityHandle[Any], reason: str | None = None
+) -> tuple[exceptions.FailureError, float]:
     """Cancel; the failure and how long the execution took to close (failing
     the test if it is still open CANCEL_CEILING_S after ``cancel()``)."""
     began = time.monotonic()
-    await handle.cancel()
+    await handle.cancel(reason)
     try:
         cause = await failure_of(handle, CANCEL_CEILING_S)
     except asyncio.TimeoutError:
