@@ -249,8 +249,7 @@ async def test_the_same_ids_started_from_several_client_processes_run_once_each(
             )
             for i in range(clients)
         ]
-        for starter in starters:
-            await starter.wait_for_line("ready")
+        await procs.all_ready(starters)
         go.touch()
         reports = [json.loads((await s.wait_for_line("{"))[0]) for s in starters]
         for starter in starters:

@@ -154,8 +154,9 @@ async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(
             )
             for i in range(6)
         ]
-        await asyncio.sleep(0)  # all spawned before the go-file appears
-        go.write_text("go")
+        await procs.all_ready(kids)
+        assert admin("SELECT 1 FROM pg_namespace WHERE nspname = %s", (pg_schema,)) == []
+        go.touch()
         lines = [(await kid.wait_for_line("ok"))[0] for kid in kids]
 
     assert len({line.split()[1] for line in lines}) == 6, lines
@@ -409,9 +410,8 @@ async def test_two_processes_starting_the_same_ids_create_each_exactly_once(
             )
             for seed in (1, 2)
         ]
-        for kid in kids:
-            await kid.wait_for_line("ready")
-        go.write_text("go")
+        await procs.all_ready(kids)
+        go.touch()
         reports = [json.loads((await kid.wait_for_line("{"))[0]) for kid in kids]
 
     created: dict[str, str] = {}

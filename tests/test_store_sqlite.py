@@ -161,6 +161,7 @@ async def test_many_processes_connecting_to_a_new_file_at_once_all_succeed(
             )
             for i in range(n)
         ]
+        await procs.all_ready(connectors)
         assert not db_path.exists()
         go.touch()
         for child in connectors:
