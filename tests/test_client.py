@@ -733,9 +733,10 @@ async def test_every_store_connection_uses_synchronous_full(client: Client, db_p
     # The writer's and the reader's own connections, each on its own thread.
     assert await store._write(pragma) == full
     assert await store._read(pragma) == full
-    # The data_version watcher opens its connection through the same function.
-    watcher_like = _connect(str(db_path))
+    # Every connection the store opens later (a reader thread's, say) comes from
+    # the same function: a fresh one is FULL too.
+    fresh = _connect(str(db_path))
     try:
-        assert pragma(watcher_like) == full
+        assert pragma(fresh) == full
     finally:
-        watcher_like.close()
+        fresh.close()
