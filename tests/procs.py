@@ -468,6 +468,23 @@ class Children:
         await child.wait_for_line("ready")
         return child
 
+    def connector(self, name: str, url: str, queue: str, go: Path) -> Child:
+        """A ``connect`` child: it says ready, connects once ``go`` exists and
+        starts one activity."""
+        return self.spawn(name, "connect", "--url", url, "--queue", queue, "--go", str(go))
+
+    def starter(
+        self, name: str, url: str, queue: str, *, prefix: str, count: int, seed: int, go: Path
+    ) -> Child:
+        """A ``start-same`` child: it says ready, then once ``go`` exists starts
+        ``<prefix>-0`` ... ``<prefix>-<count - 1>`` in an order shuffled by ``seed``."""
+        return self.spawn(
+            name,
+            "start-same",
+            *("--url", url, "--queue", queue, "--prefix", prefix),
+            *("--count", str(count), "--seed", str(seed), "--go", str(go)),
+        )
+
     def __enter__(self) -> Children:
         return self
 

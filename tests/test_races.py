@@ -231,21 +231,8 @@ async def test_the_same_ids_started_from_several_client_processes_run_once_each(
     go = tmp_path / "go"
     with procs.Children(tmp_path) as children:
         starters = [
-            children.spawn(
-                f"starter-{i}",
-                "start-same",
-                "--url",
-                db_url,
-                "--queue",
-                task_queue,
-                "--prefix",
-                "same",
-                "--count",
-                str(n),
-                "--seed",
-                str(i),
-                "--go",
-                str(go),
+            children.starter(
+                f"starter-{i}", db_url, task_queue, prefix="same", count=n, seed=i, go=go
             )
             for i in range(clients)
         ]

@@ -148,12 +148,7 @@ async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(
 ) -> None:
     go = tmp_path / "go"
     with procs.Children(tmp_path) as children:
-        kids = [
-            children.spawn(
-                f"connect-{i}", "connect", "--url", pg_url, "--queue", task_queue, "--go", str(go)
-            )
-            for i in range(6)
-        ]
+        kids = [children.connector(f"connect-{i}", pg_url, task_queue, go) for i in range(6)]
         await procs.all_ready(kids)
         assert admin("SELECT 1 FROM pg_namespace WHERE nspname = %s", (pg_schema,)) == []
         go.touch()
@@ -392,21 +387,8 @@ async def test_two_processes_starting_the_same_ids_create_each_exactly_once(
     go = tmp_path / "go"
     with procs.Children(tmp_path) as children:
         kids = [
-            children.spawn(
-                f"starter-{seed}",
-                "start-same",
-                "--url",
-                pg_url,
-                "--queue",
-                task_queue,
-                "--prefix",
-                "same",
-                "--count",
-                str(n),
-                "--seed",
-                str(seed),
-                "--go",
-                str(go),
+            children.starter(
+                f"starter-{seed}", pg_url, task_queue, prefix="same", count=n, seed=seed, go=go
             )
             for seed in (1, 2)
         ]
