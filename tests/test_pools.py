@@ -47,7 +47,7 @@ class Pool:
     """One pool kind as a test sees it."""
 
     kind: str
-    """"thread" or "process"."""
+    """Either "thread" or "process"."""
     executor: Executor
     manager: multiprocessing.managers.SyncManager | None
     """A process pool's workers each need a SharedStateManager on it; a thread pool's none."""
