@@ -15,15 +15,7 @@ from typing import Any
 
 from errands import activity
 from errands.exceptions import ApplicationError
-
-
-def _append_line(path: str, line: str) -> None:
-    """Append one line in a single O_APPEND write (lines of many processes never interleave)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+from tests.procs import append_line
 
 
 @activity.defn
@@ -56,7 +48,7 @@ async def heartbeat_forever() -> None:
 async def finish_after(seconds: float, log_path: str) -> dict[str, Any]:
     """Note its start, sleep ``seconds`` (shutdown or not), return attempt and pid."""
     info = activity.info()
-    _append_line(log_path, f"start {info.activity_id} {info.attempt} {os.getpid()}")
+    append_line(log_path, f"start {info.activity_id} {info.attempt} {os.getpid()}")
     await asyncio.sleep(seconds)
     return {"attempt": info.attempt, "pid": os.getpid()}
 
@@ -66,7 +58,7 @@ async def hang_on_first_attempt(log_path: str) -> dict[str, Any]:
     """Attempt 1 notes its start and sleeps until it is cancelled; later attempts
     return their attempt number and pid."""
     info = activity.info()
-    _append_line(log_path, f"start {info.activity_id} {info.attempt} {os.getpid()}")
+    append_line(log_path, f"start {info.activity_id} {info.attempt} {os.getpid()}")
     if info.attempt == 1:
         await asyncio.sleep(3600)
     return {"attempt": info.attempt, "pid": os.getpid()}

@@ -12,16 +12,20 @@ module) that is about SQLite only says so with
 from __future__ import annotations
 
 import itertools
+import multiprocessing.managers
 import os
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from errands.client import Client
+from errands.worker import SharedStateManager
+from tests.support import POOL_PREFIX, SPAWN, Probe, probes
 
 try:
     import psycopg
@@ -73,6 +77,57 @@ async def client(db_url: str) -> AsyncIterator[Client]:
 def task_queue() -> str:
     """A task queue name no other test uses."""
     return f"tq-{os.getpid()}-{next(_queues)}"
+
+
+@pytest.fixture
+def probe(task_queue: str) -> Iterator[Probe]:
+    """This test's Probe, which its activities find by the task queue (``my_probe()``)."""
+    probes[task_queue] = Probe()
+    try:
+        yield probes[task_queue]
+    finally:
+        probes[task_queue].release.set()  # never leave an activity blocked on a failed test
+        del probes[task_queue]
+
+
+# --------------------------------------------------------------------------- pools
+
+
+@pytest.fixture
+def thread_pool() -> Iterator[ThreadPoolExecutor]:
+    """Four threads named POOL_PREFIX-..., for this test."""
+    executor = ThreadPoolExecutor(4, thread_name_prefix=POOL_PREFIX)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def mp_manager() -> Iterator[multiprocessing.managers.SyncManager]:
+    """One manager process per test module (each worker gets its own
+    SharedStateManager on it: a worker closes its manager when it stops)."""
+    manager = SPAWN.Manager()
+    try:
+        yield manager
+    finally:
+        manager.shutdown()
+
+
+@pytest.fixture(scope="module")
+def process_pool() -> Iterator[ProcessPoolExecutor]:
+    """Two spawn children per test module, shared by the tests that leave them healthy."""
+    executor = ProcessPoolExecutor(2, mp_context=SPAWN)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def shared_state(mp_manager: multiprocessing.managers.SyncManager) -> SharedStateManager:
+    """A SharedStateManager for one worker, on the module's manager process."""
+    return SharedStateManager.create_from_multiprocessing(mp_manager)
 
 
 # --------------------------------------------------------------------------- PostgreSQL

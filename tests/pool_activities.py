@@ -1,15 +1,18 @@
-"""Activities for the process-pool tests. They live at module level in a module
-of their own so that a ``spawn`` child can import them by name (a pool pickles
-the function as ``tests.pool_activities.<name>``).
+"""Activities for the pool tests (tests/test_pools.py, test_process_pool.py).
+They live at module level in a module of their own so that a ``spawn`` child
+can import them by name (a pool pickles the function as
+``tests.pool_activities.<name>``); the thread-pool variants run the same ones.
 
-The tests talk to a child through what crosses the process boundary anyway:
-arguments, results, heartbeats, log records, and gate files (a child waits for
-a path to exist; the test creates it)."""
+The tests talk to an activity through what crosses the process boundary
+anyway: arguments, results, heartbeats, log records, and files (a gate the
+activity waits for, a report it writes)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -27,14 +30,16 @@ def _wait_for_file(path: str) -> None:
         time.sleep(0.01)
 
 
-def _spin_forever() -> None:
-    """Pure-Python work that never blocks in C and never polls is_cancelled()."""
-    n = 0
-    while True:
-        n += 1
+def spin_until_cancel_lands() -> None:
+    """Pure-Python work that never blocks in C and never polls is_cancelled();
+    only a cancel exception ends it (a RuntimeError after GATE_CEILING_S)."""
+    deadline = time.monotonic() + GATE_CEILING_S
+    while time.monotonic() < deadline:
+        pass
+    raise RuntimeError(f"no cancel exception landed within {GATE_CEILING_S} s")
 
 
-def _spin_for(seconds: float) -> int:
+def spin_for(seconds: float) -> int:
     """Pure-Python work for ``seconds`` (many bytecodes for an exception to land on)."""
     n = 0
     deadline = time.monotonic() + seconds
@@ -53,15 +58,32 @@ def child_pid() -> int:
     return os.getpid()
 
 
+def _where() -> list[Any]:
+    """The process and the thread this runs in."""
+    return [os.getpid(), threading.current_thread().name]
+
+
 @activity.defn
-def report_from_the_child(gate: str) -> dict[str, Any]:
-    """Heartbeats its pid, waits for the gate, returns what the child saw."""
-    activity.heartbeat("child", os.getpid())
+def where_it_runs() -> list[Any]:
+    return _where()
+
+
+@activity.defn
+def report_the_context(gate: str) -> dict[str, Any]:
+    """Heartbeats where it runs, waits for the gate, returns what the context says."""
+    activity.heartbeat("running", *_where())
     _wait_for_file(gate)
     info = activity.info()
+    try:
+        activity.client()
+    except RuntimeError as e:
+        client_error = str(e)
+    else:
+        client_error = None
     return {
-        "pid": os.getpid(),
+        "where": _where(),
         "activity_id": info.activity_id,
+        "activity_run_id": info.activity_run_id,
         "activity_type": info.activity_type,
         "attempt": info.attempt,
         "task_queue": info.task_queue,
@@ -75,19 +97,20 @@ def report_from_the_child(gate: str) -> dict[str, Any]:
         "is_worker_shutdown": activity.is_worker_shutdown(),
         "waited_for_cancel": activity.wait_for_cancelled_sync(0.05),
         "waited_for_shutdown": activity.wait_for_worker_shutdown_sync(0.05),
+        "client_error": client_error,
     }
 
 
 @activity.defn
-def log_from_the_child(word: str) -> int:
-    activity.logger.info("hello from the child: %s", word)
-    return os.getpid()
+def log_a_line(word: str) -> list[Any]:
+    activity.logger.info("hello from the pool: %s", word)
+    return _where()
 
 
 @activity.defn
 def heartbeat_then_spin() -> str:
     activity.heartbeat("spinning")
-    _spin_forever()
+    spin_until_cancel_lands()
     return "unreachable"
 
 
@@ -103,12 +126,13 @@ def catch_the_cancel_and_report() -> dict[str, Any]:
     """Lets the worker's CancelledError land, catches it, and returns what it saw."""
     activity.heartbeat("spinning")
     try:
-        _spin_forever()
+        spin_until_cancel_lands()
     except exceptions.CancelledError as e:
         details = activity.cancellation_details()
         return {
             "caught": type(e).__module__ + "." + type(e).__qualname__,
             "is_cancelled": activity.is_cancelled(),
+            "waited": activity.wait_for_cancelled_sync(0),
             "details": None if details is None else dataclasses.asdict(details),
         }
     return {"caught": None}
@@ -120,7 +144,7 @@ def poll_for_the_cancel() -> dict[str, Any]:
     pure-Python work after it shows that no exception is raised into it."""
     activity.heartbeat("waiting")
     waited = activity.wait_for_cancelled_sync(GATE_CEILING_S)
-    _spin_for(0.2)
+    spin_for(0.2)
     details = activity.cancellation_details()
     return {
         "waited": waited,
@@ -166,12 +190,24 @@ def finish_on_worker_shutdown() -> dict[str, bool]:
 
 
 @activity.defn
-def sleep_unless_retried() -> str:
-    """Attempt 1 sleeps (in C) until the worker's shutdown cancel interrupts it."""
+def outlast_the_grace_period(report: str, sleep: bool) -> str:
+    """Attempt 1 heartbeats, then sleeps (in C: only a process's cancel signal
+    interrupts that) or spins in Python until the worker's shutdown cancel
+    lands; it writes the cancellation details it saw to ``report`` as JSON."""
     attempt = activity.info().attempt
     if attempt == 1:
-        activity.heartbeat("sleeping")
-        time.sleep(3600)
+        activity.heartbeat("busy")
+        try:
+            if sleep:
+                time.sleep(GATE_CEILING_S)
+            else:
+                spin_until_cancel_lands()
+        except exceptions.CancelledError:
+            details = activity.cancellation_details()
+            with open(report, "w") as f:
+                json.dump(None if details is None else dataclasses.asdict(details), f)
+            raise
+        raise RuntimeError(f"no cancel interrupted the sleep within {GATE_CEILING_S} s")
     return f"attempt {attempt} finished"
 
 
@@ -193,10 +229,10 @@ def shielded_steps() -> list[str]:
         with activity.shield_thread_cancel_exception():
             with activity.shield_thread_cancel_exception():
                 steps.append(f"inner waited={activity.wait_for_cancelled_sync(GATE_CEILING_S)}")
-                _spin_for(0.1)
+                spin_for(0.1)
                 time.sleep(0.1)  # a signal would interrupt this sleep
                 steps.append("inner block ends")
-            _spin_for(0.1)
+            spin_for(0.1)
             steps.append(f"outer block ends, is_cancelled={activity.is_cancelled()}")
         steps.append("after the outer block")
     except exceptions.CancelledError:
@@ -210,7 +246,7 @@ def end_after(gate: str, spin_s: float) -> int:
     Python: the test opens the gate as it cancels, so the end races the cancel."""
     activity.heartbeat("about to end", os.getpid())
     _wait_for_file(gate)
-    _spin_for(spin_s)
+    spin_for(spin_s)
     return os.getpid()
 
 
@@ -218,7 +254,7 @@ def end_after(gate: str, spin_s: float) -> int:
 def run_after_the_race() -> int:
     """Pure Python and a short sleep on the child the racer used: a stray
     cancel signal would land here."""
-    _spin_for(0.003)
+    spin_for(0.003)
     time.sleep(0.003)
     return os.getpid()
 

@@ -11,15 +11,17 @@ parent starts it with ``sys.executable`` and ``cwd=REPO_ROOT``). Commands:
   order) and print one JSON line: the ids it created and the ones refused.
 - ``fire-timers``: fire the namespace's due timers in a tight loop (what every
   worker does, only more often), printing ``ready <pid>`` once it runs.
-- ``connect``: wait for a go-file, then connect to a (brand-new) store and
-  start one activity; prints ``ok <run_id>``.
+- ``connect``: print ``ready``, wait for a go-file, then connect to a
+  (brand-new) store and start one activity; prints ``ok <run_id>``.
 - ``fleet-client``: wait for a go-file, then run ``fleet_step`` for the ids
   ``<prefix>-<first>`` ... with at most ``--in-flight`` executions open at once
   (start, then await the result), and print one JSON line: each id's result
   and each id's error, if any.
 
 The parent side is ``Child``: it starts a command with stdout and stderr in
-files, waits for a line with a generous ceiling, and kills the process.
+files, waits for a line with a generous ceiling, and kills the process; and
+``all_ready``, after which the parent creates the go-file of children that all
+said ``ready``, so they set off together.
 The activities are module level, so the parent can start them by function.
 """
 
@@ -36,6 +38,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -254,6 +257,7 @@ async def _start_same(args: argparse.Namespace) -> None:
 
 
 async def _connect(args: argparse.Namespace) -> None:
+    _say("ready")  # everything is imported: only the connect itself is left
     await _wait_for_file(args.go)
     client = await Client.connect(args.url)
     try:
@@ -436,6 +440,14 @@ class Child:
         self.kill()
 
 
+async def all_ready(children: Sequence[Child]) -> None:
+    """Wait until every one of ``children`` has printed ``ready``: it has
+    imported everything and polls for its go-file every millisecond, so once
+    the parent creates that file they all set off within about a millisecond."""
+    for child in children:
+        await child.wait_for_line("ready")
+
+
 class Children:
     """Starts children and kills every one of them on exit."""
 
@@ -455,6 +467,23 @@ class Children:
         )
         await child.wait_for_line("ready")
         return child
+
+    def connector(self, name: str, url: str, queue: str, go: Path) -> Child:
+        """A ``connect`` child: it says ready, connects once ``go`` exists and
+        starts one activity."""
+        return self.spawn(name, "connect", "--url", url, "--queue", queue, "--go", str(go))
+
+    def starter(
+        self, name: str, url: str, queue: str, *, prefix: str, count: int, seed: int, go: Path
+    ) -> Child:
+        """A ``start-same`` child: it says ready, then once ``go`` exists starts
+        ``<prefix>-0`` ... ``<prefix>-<count - 1>`` in an order shuffled by ``seed``."""
+        return self.spawn(
+            name,
+            "start-same",
+            *("--url", url, "--queue", queue, "--prefix", prefix),
+            *("--count", str(count), "--seed", str(seed), "--go", str(go)),
+        )
 
     def __enter__(self) -> Children:
         return self

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -15,13 +14,11 @@ from typing import Any
 import pytest
 
 from errands import activity
-from errands.client import ActivityExecutionDescription, ActivityHandle, Client
-from errands.common import Priority, RawValue, RetryPolicy
+from errands.client import Client
+from errands.common import Priority, RawValue
 from errands.exceptions import ApplicationError
 from errands.worker import Worker
-
-TIMEOUT = timedelta(seconds=10)
-FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100))
+from tests.support import FAST_RETRY, TIMEOUT, describe_until
 
 # What activities saw, keyed by task queue (every test has its own).
 seen_infos: dict[str, list[activity.Info]] = defaultdict(list)
@@ -104,22 +101,6 @@ def sync_activity_fn(x: int) -> int:
 
 
 sync_activity = activity.defn(name="sync-one")(sync_activity_fn)
-
-
-async def wait_for(
-    handle: ActivityHandle[Any],
-    condition: Callable[[ActivityExecutionDescription], bool],
-    timeout_s: float = 30.0,
-) -> ActivityExecutionDescription:
-    """Poll describe() until the condition holds (or fail after the ceiling)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        desc = await handle.describe()
-        if condition(desc):
-            return desc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s: {desc}")
-        await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- defn
@@ -400,7 +381,11 @@ async def test_an_unknown_activity_type_fails_retryably_naming_it_and_the_regist
             start_to_close_timeout=TIMEOUT,
             retry_policy=FAST_RETRY,
         )
-        desc = await wait_for(handle, lambda d: d.attempt > 1 and d.last_failure is not None)
+        desc = await describe_until(
+            handle,
+            lambda d: d.attempt > 1 and d.last_failure is not None,
+            "the first attempt fails and a retry is scheduled",
+        )
         await handle.terminate("done looking")
     assert desc.status.name == "RUNNING"
     failure = desc.last_failure

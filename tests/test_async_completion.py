@@ -3,9 +3,6 @@ raise_complete_async(), and an AsyncActivityHandle finishes it."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -21,9 +18,7 @@ from errands.client import (
 )
 from errands.common import RetryPolicy
 from errands.worker import Worker
-
-TIMEOUT = timedelta(seconds=30)
-CEILING_S = 30.0
+from tests.support import TIMEOUT, eventually
 
 tokens: dict[str, bytes] = {}
 """Task tokens the activities hand out, by activity id."""
@@ -46,14 +41,6 @@ def hand_off_from_a_thread() -> str:
     info = activity.info()
     tokens[f"{info.activity_id}/{info.attempt}"] = info.task_token
     activity.raise_complete_async()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + CEILING_S
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {CEILING_S} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def token_of(activity_id: str, attempt: int = 1) -> bytes:

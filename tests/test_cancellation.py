@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -22,38 +19,15 @@ from errands.client import (
 from errands.common import RetryPolicy
 from errands.store.sqlite import SQLiteStore
 from errands.worker import Worker
-from tests.support import describe_until, failure_of, wait_event
-
-TIMEOUT = timedelta(seconds=30)
-CANCEL_CEILING_S = 5.0
-"""Generous bound on cancel delivery (the design's target is p50 under 50 ms)."""
-
-
-@dataclass
-class Probe:
-    """What the activities of one test report back, and the gates they wait on."""
-
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    cancel_seen: asyncio.Event = field(default_factory=asyncio.Event)
-    attempts: int = 0
-    seen: dict[str, Any] = field(default_factory=dict)
-
-
-# One probe per test, keyed by the test's task queue.
-probes: dict[str, Probe] = {}
-
-
-def my_probe() -> Probe:
-    return probes[activity.info().task_queue]
-
-
-@pytest.fixture
-def probe(task_queue: str) -> Iterator[Probe]:
-    probes[task_queue] = Probe()
-    yield probes[task_queue]
-    del probes[task_queue]
-
+from tests.support import (
+    CANCEL_CEILING_S,
+    TIMEOUT,
+    Probe,
+    describe_until,
+    failure_of,
+    my_probe,
+    wait_event,
+)
 
 # --------------------------------------------------------------------------- activities
 

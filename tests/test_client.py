@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,41 +30,13 @@ from errands.common import (
 )
 from errands.store.sqlite import SQLiteStore, _connect
 from errands.worker import Worker
-from tests.support import describe_until, eventually, failure_of
-
-TIMEOUT = timedelta(seconds=30)
+from tests.support import TIMEOUT, Probe, describe_until, eventually, failure_of, my_probe
 
 
 @dataclass
 class Greeting:
     text: str
     times: int
-
-
-@dataclass
-class Probe:
-    """What the activities of one test report back, and the gate they wait on."""
-
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    order: list[str] = field(default_factory=list)
-    start_times: list[float] = field(default_factory=list)
-    running: int = 0
-    most_running: int = 0
-
-
-# One probe per test, keyed by the test's task queue.
-probes: dict[str, Probe] = {}
-
-
-def my_probe() -> Probe:
-    return probes[activity.info().task_queue]
-
-
-@pytest.fixture
-def probe(task_queue: str) -> Iterator[Probe]:
-    probes[task_queue] = Probe()
-    yield probes[task_queue]
-    del probes[task_queue]
 
 
 # --------------------------------------------------------------------------- activities
@@ -125,12 +96,11 @@ async def record_start() -> float:
 @activity.defn
 async def count_concurrency() -> None:
     probe = my_probe()
-    probe.running += 1
-    probe.most_running = max(probe.most_running, probe.running)
+    probe.enter()
     try:
         await asyncio.sleep(0.05)
     finally:
-        probe.running -= 1
+        probe.leave()
 
 
 @activity.defn
@@ -763,9 +733,10 @@ async def test_every_store_connection_uses_synchronous_full(client: Client, db_p
     # The writer's and the reader's own connections, each on its own thread.
     assert await store._op(lambda tx: pragma(tx.cursor)) == full
     assert await store._read(lambda tx: pragma(tx.cursor)) == full
-    # Every connection is opened by the same function.
-    another = _connect(str(db_path))
+    # Every connection the store opens later (a reader thread's, say) comes from
+    # the same function: a fresh one is FULL too.
+    fresh = _connect(str(db_path))
     try:
-        assert pragma(another) == full
+        assert pragma(fresh) == full
     finally:
-        another.close()
+        fresh.close()

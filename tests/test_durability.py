@@ -4,40 +4,18 @@ clients are real OS processes on the test's SQLite file."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 from errands.client import (
     ActivityExecutionDescription,
     ActivityExecutionStatus,
-    ActivityHandle,
     Client,
     PendingActivityState,
 )
-from errands.common import RetryPolicy
 from errands.worker import Worker
 from tests import procs
-
-CEILING_S = 30.0
-
-FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100))
-
-
-async def wait_for_description(
-    handle: ActivityHandle[object],
-    condition: Callable[[ActivityExecutionDescription], Awaitable[bool]],
-    what: str,
-) -> ActivityExecutionDescription:
-    """Poll describe() until ``condition`` holds (ceiling CEILING_S)."""
-    deadline = time.monotonic() + CEILING_S
-    while True:
-        desc = await handle.describe(include_heartbeat_details=True)
-        if await condition(desc):
-            return desc
-        assert time.monotonic() < deadline, f"never {what}; last: {desc}"
-        await asyncio.sleep(0.01)
+from tests.support import CEILING_S, FAST_RETRY, describe_until, eventually
 
 
 async def assert_one_outcome(client: Client, activity_ids: list[str]) -> None:
@@ -81,7 +59,9 @@ async def test_a_sigkilled_heartbeating_worker_is_retried_elsewhere_from_its_las
             details = await desc.heartbeat_details()
             return bool(details) and details[0] >= 1
 
-        seen = await wait_for_description(handle, progressed, "heartbeated twice")
+        seen = await describe_until(
+            handle, progressed, "heartbeated twice", include_heartbeat_details=True
+        )
         assert seen.last_worker_identity is not None
         assert seen.last_worker_identity.startswith(f"{first.pid}@")
         assert seen.attempt == 1
@@ -128,7 +108,7 @@ async def test_a_sigkilled_worker_without_heartbeats_is_retried_after_start_to_c
         async def started(desc: ActivityExecutionDescription) -> bool:
             return desc.run_state is PendingActivityState.STARTED and log.exists()
 
-        seen = await wait_for_description(handle, started, "started")
+        seen = await describe_until(handle, started, "started")
         assert seen.last_started_time is not None
         started_at = seen.last_started_time.timestamp()
         first.kill()
@@ -200,10 +180,7 @@ async def test_every_attempt_in_flight_on_a_sigkilled_worker_reaches_one_outcome
                 for activity_id in ids
             )
         )
-        deadline = time.monotonic() + CEILING_S
-        while len(log_lines(log)) < len(ids):
-            assert time.monotonic() < deadline, f"only {len(log_lines(log))} attempts started"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(log_lines(log)) >= len(ids), "every attempt started")
         first.kill()
         second = await children.worker("worker-2", db_url, task_queue)
         results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), CEILING_S)

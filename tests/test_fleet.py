@@ -128,8 +128,7 @@ async def test_a_fleet_runs_every_activity_to_one_outcome_through_retries_and_a_
             )
             for c in range(CLIENTS)
         ]
-        for c in clients:
-            await c.wait_for_line("ready")
+        await procs.all_ready(clients)
         go.touch()
         began = time.monotonic()
 

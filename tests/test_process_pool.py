@@ -1,20 +1,20 @@
-"""Plain ``def`` activities on a real ProcessPoolExecutor with ``spawn`` children
-and a real multiprocessing manager (DESIGN.md §2 "Executors" and
-"Cancellation", §5 "Executors"; issue 4 points 1, 3, 4, 6, 7), on a real
-Worker over a real SQLite file. The activities live in tests/pool_activities.py
-so that the children can import them by name."""
+"""What only a process pool does with plain ``def`` activities, on a real
+ProcessPoolExecutor with ``spawn`` children and a real multiprocessing manager
+(DESIGN.md §2 "Executors" and "Cancellation", §5 "Executors"; issue 4 points
+1, 3, 4, 6, 7) and a real Worker over each store. What both pool kinds do is
+tested once for both in test_pools.py. The activities live in
+tests/pool_activities.py so that the children can import them by name."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import multiprocessing
 import multiprocessing.managers
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -24,50 +24,28 @@ import pytest
 
 from errands import activity, exceptions
 from errands.client import (
-    ActivityExecutionDescription,
     ActivityExecutionStatus,
-    ActivityHandle,
     Client,
-    PendingActivityState,
 )
 from errands.common import RetryPolicy
 from errands.worker import SharedStateManager, Worker
 from tests import pool_activities as acts
-from tests.support import describe_until, eventually, failure_of
-
-SPAWN = multiprocessing.get_context("spawn")
-TIMEOUT = timedelta(seconds=30)
-CEILING_S = 30.0
-"""Longest a test waits for a condition that should hold far sooner."""
-CANCEL_CEILING_S = 5.0
-"""A cancelled child must end within this long of ``cancel()`` (DESIGN.md §5)."""
-FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100))
-
-
-@pytest.fixture(scope="module")
-def mp_manager() -> Iterator[multiprocessing.managers.SyncManager]:
-    """One manager process for the module (each worker gets its own
-    SharedStateManager on it: a worker closes its manager when it stops)."""
-    manager = SPAWN.Manager()
-    try:
-        yield manager
-    finally:
-        manager.shutdown()
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ProcessPoolExecutor]:
-    """Two spawn children shared by the tests that leave them healthy."""
-    executor = ProcessPoolExecutor(2, mp_context=SPAWN)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+from tests.support import (
+    CANCEL_CEILING_S,
+    CEILING_S,
+    FAST_RETRY,
+    SPAWN,
+    TIMEOUT,
+    cancel_and_time,
+    failure_of,
+    heartbeat_stored,
+)
 
 
 @pytest.fixture
-def shared_state(mp_manager: multiprocessing.managers.SyncManager) -> SharedStateManager:
-    return SharedStateManager.create_from_multiprocessing(mp_manager)
+def pool(process_pool: ProcessPoolExecutor) -> ProcessPoolExecutor:
+    """The module's two spawn children (conftest.py)."""
+    return process_pool
 
 
 def pool_worker(
@@ -86,28 +64,6 @@ def pool_worker(
         shared_state_manager=shared_state,
         **options,
     )
-
-
-async def heartbeat_stored(handle: ActivityHandle[Any]) -> ActivityExecutionDescription:
-    return await describe_until(
-        handle,
-        lambda d: d.last_heartbeat_time is not None,
-        "the child's heartbeat reaches the store",
-        include_heartbeat_details=True,
-    )
-
-
-async def cancel_and_time(handle: ActivityHandle[Any]) -> tuple[exceptions.FailureError, float]:
-    """Cancel; return the failure and how long the execution took to close
-    (failing the test if it is still open after CANCEL_CEILING_S)."""
-    began = time.monotonic()
-    await handle.cancel()
-    with pytest.raises(exceptions.ActivityFailedError) as caught:
-        try:
-            await asyncio.wait_for(handle.result(), CANCEL_CEILING_S)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"still running {CANCEL_CEILING_S} s after cancel()") from None
-    return caught.value.cause, time.monotonic() - began
 
 
 # --------------------------------------------------------------------------- worker checks
@@ -136,49 +92,7 @@ async def test_a_shared_state_manager_of_the_wrong_kind_is_refused(
         )
 
 
-# --------------------------------------------------------------------------- context in the child
-
-
-async def test_heartbeats_and_info_work_in_the_child(
-    client: Client,
-    task_queue: str,
-    pool: ProcessPoolExecutor,
-    shared_state: SharedStateManager,
-    tmp_path: Path,
-) -> None:
-    gate = tmp_path / "gate"
-    async with pool_worker(client, task_queue, pool, shared_state, [acts.report_from_the_child]):
-        handle = await client.start_activity(
-            acts.report_from_the_child,
-            str(gate),
-            id="report",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-            heartbeat_timeout=timedelta(seconds=20),
-        )
-        desc = await heartbeat_stored(handle)
-        details = list(await desc.heartbeat_details())
-        assert details[0] == "child"
-        assert details[1] != os.getpid()
-        assert desc.run_state is PendingActivityState.STARTED
-        gate.touch()
-        seen = await asyncio.wait_for(handle.result(), CEILING_S)
-
-    assert seen["pid"] == details[1]
-    assert (seen["activity_id"], seen["activity_type"], seen["attempt"], seen["task_queue"]) == (
-        "report",
-        "report_from_the_child",
-        1,
-        task_queue,
-    )
-    assert seen["heartbeat_timeout_s"] == 20
-    assert len(bytes.fromhex(seen["task_token"])) > 0
-    assert seen["in_activity"] is True
-    assert seen["is_cancelled"] is False
-    assert seen["cancellation_details"] is None
-    assert seen["is_worker_shutdown"] is False
-    assert seen["waited_for_cancel"] is False
-    assert seen["waited_for_shutdown"] is False
+# --------------------------------------------------------------------------- heartbeats
 
 
 async def test_child_heartbeats_are_throttled_and_the_latest_reaches_the_store_at_the_end(
@@ -208,58 +122,7 @@ async def test_child_heartbeats_are_throttled_and_the_latest_reaches_the_store_a
     assert closed.total_heartbeat_count <= 2
 
 
-async def test_the_activity_logger_in_the_child_reaches_the_workers_logging(
-    client: Client,
-    task_queue: str,
-    pool: ProcessPoolExecutor,
-    shared_state: SharedStateManager,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="errands.activity")
-
-    def from_the_child() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if "hello from the child: kiwi" in r.getMessage()]
-
-    async with pool_worker(client, task_queue, pool, shared_state, [acts.log_from_the_child]):
-        child = await client.execute_activity(
-            acts.log_from_the_child,
-            "kiwi",
-            id="logger",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-        )
-
-        async def logged() -> bool:
-            return bool(from_the_child())
-
-        await eventually(logged, "the child's log record reaches the worker")
-
-    (record,) = from_the_child()
-    assert record.name == "errands.activity"
-    assert record.levelno == logging.INFO
-    assert record.process == child != os.getpid()
-    assert "logger" in record.getMessage()  # the activity id the adapter adds
-    assert getattr(record, "activity_id", None) == "logger"
-
-
 # --------------------------------------------------------------------------- cancellation
-
-
-async def test_a_heartbeating_child_spinning_in_python_ends_canceled_within_5_s(
-    client: Client, task_queue: str, pool: ProcessPoolExecutor, shared_state: SharedStateManager
-) -> None:
-    async with pool_worker(client, task_queue, pool, shared_state, [acts.heartbeat_then_spin]):
-        handle = await client.start_activity(
-            acts.heartbeat_then_spin,
-            id="spin",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-        )
-        await heartbeat_stored(handle)
-        cause, took = await cancel_and_time(handle)
-        assert isinstance(cause, exceptions.CancelledError)
-        assert took < CANCEL_CEILING_S
-        assert (await handle.describe()).status is ActivityExecutionStatus.CANCELED
 
 
 async def test_a_heartbeating_child_in_a_long_sleep_ends_canceled_within_5_s(
@@ -277,56 +140,6 @@ async def test_a_heartbeating_child_in_a_long_sleep_ends_canceled_within_5_s(
         assert isinstance(cause, exceptions.CancelledError)
         assert took < CANCEL_CEILING_S
         assert (await handle.describe()).status is ActivityExecutionStatus.CANCELED
-
-
-async def test_the_cancel_exception_and_cancellation_details_reach_the_child(
-    client: Client, task_queue: str, pool: ProcessPoolExecutor, shared_state: SharedStateManager
-) -> None:
-    async with pool_worker(
-        client, task_queue, pool, shared_state, [acts.catch_the_cancel_and_report]
-    ):
-        handle = await client.start_activity(
-            acts.catch_the_cancel_and_report,
-            id="details",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-        )
-        await heartbeat_stored(handle)
-        await handle.cancel()
-        seen = await asyncio.wait_for(handle.result(), CANCEL_CEILING_S)
-        # It caught the exception and returned a value: COMPLETED.
-        assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
-
-    assert seen["caught"] == "errands.exceptions.CancelledError"
-    assert seen["is_cancelled"] is True
-    assert seen["details"] == {
-        "not_found": False,
-        "cancel_requested": True,
-        "paused": False,
-        "timed_out": False,
-        "worker_shutdown": False,
-        "reset": False,
-    }
-
-
-async def test_with_no_thread_cancel_exception_the_child_sees_the_cancel_and_completes(
-    client: Client, task_queue: str, pool: ProcessPoolExecutor, shared_state: SharedStateManager
-) -> None:
-    async with pool_worker(client, task_queue, pool, shared_state, [acts.poll_for_the_cancel]):
-        handle = await client.start_activity(
-            acts.poll_for_the_cancel,
-            id="poll",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-        )
-        await heartbeat_stored(handle)
-        await handle.cancel()
-        seen = await asyncio.wait_for(handle.result(), CEILING_S)
-        assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
-
-    assert seen["waited"] is True
-    assert seen["is_cancelled"] is True
-    assert seen["details"]["cancel_requested"] is True
 
 
 # --------------------------------------------------------------------------- failures
@@ -472,103 +285,7 @@ async def test_a_child_that_dies_fails_its_attempt_retryably_and_the_pool_is_rep
         own_pool.shutdown(wait=True, cancel_futures=True)
 
 
-# --------------------------------------------------------------------------- executors side by side
-
-
-@activity.defn
-async def async_on_the_loop() -> bool:
-    return asyncio.get_running_loop() is not None
-
-
-async def test_async_activities_run_on_the_loop_beside_a_process_pool(
-    client: Client, task_queue: str, pool: ProcessPoolExecutor, shared_state: SharedStateManager
-) -> None:
-    async with pool_worker(
-        client, task_queue, pool, shared_state, [async_on_the_loop, acts.child_pid]
-    ):
-        assert await client.execute_activity(
-            async_on_the_loop, id="async", task_queue=task_queue, start_to_close_timeout=TIMEOUT
-        )
-        assert (
-            await client.execute_activity(
-                acts.child_pid, id="sync", task_queue=task_queue, start_to_close_timeout=TIMEOUT
-            )
-            != os.getpid()
-        )
-
-
-# --------------------------------------------------------------------------- shutdown
-
-
-async def test_shutdown_waits_for_a_child_that_notices_it_within_the_grace_period(
-    client: Client, task_queue: str, pool: ProcessPoolExecutor, shared_state: SharedStateManager
-) -> None:
-    worker = pool_worker(
-        client,
-        task_queue,
-        pool,
-        shared_state,
-        [acts.finish_on_worker_shutdown],
-        graceful_shutdown_timeout=timedelta(seconds=20),
-    )
-    async with worker:
-        handle = await client.start_activity(
-            acts.finish_on_worker_shutdown,
-            id="graceful",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-        )
-        await heartbeat_stored(handle)
-        began = time.monotonic()
-    took = time.monotonic() - began
-    assert await handle.result() == {"before": False, "noticed": True, "after": True}
-    assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
-    assert took < 10, "shutdown waited for the whole grace period"
-
-
-async def test_a_child_sleeping_past_the_grace_period_is_cancelled_and_another_worker_retries_it(
-    client: Client,
-    task_queue: str,
-    pool: ProcessPoolExecutor,
-    mp_manager: multiprocessing.managers.SyncManager,
-) -> None:
-    grace_s = 0.3
-    first = pool_worker(
-        client,
-        task_queue,
-        pool,
-        SharedStateManager.create_from_multiprocessing(mp_manager),
-        [acts.sleep_unless_retried],
-        graceful_shutdown_timeout=timedelta(seconds=grace_s),
-    )
-    async with first:
-        handle = await client.start_activity(
-            acts.sleep_unless_retried,
-            id="sleeper",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-            retry_policy=FAST_RETRY,
-        )
-        await heartbeat_stored(handle)
-        began = time.monotonic()
-    took = time.monotonic() - began
-    assert grace_s <= took < grace_s + CANCEL_CEILING_S
-
-    desc = await handle.describe()
-    assert (desc.status, desc.attempt) == (ActivityExecutionStatus.RUNNING, 2)
-    assert isinstance(desc.last_failure, exceptions.ApplicationError)
-    assert desc.last_failure.type == "WorkerShutdown"
-    assert not desc.last_failure.non_retryable
-
-    second = pool_worker(
-        client,
-        task_queue,
-        pool,
-        SharedStateManager.create_from_multiprocessing(mp_manager),
-        [acts.sleep_unless_retried],
-    )
-    async with second:
-        assert await asyncio.wait_for(handle.result(), CEILING_S) == "attempt 2 finished"
+# --------------------------------------------------------------------------- executors and races
 
 
 async def test_a_thread_pool_is_not_mistaken_for_a_process_pool(
@@ -589,27 +306,6 @@ async def test_a_thread_pool_is_not_mistaken_for_a_process_pool(
                 )
                 == os.getpid()
             )
-
-
-async def test_nested_shields_defer_the_cancel_exception_in_the_child_until_the_outermost_exits(
-    client: Client, task_queue: str, pool: ProcessPoolExecutor, shared_state: SharedStateManager
-) -> None:
-    async with pool_worker(client, task_queue, pool, shared_state, [acts.shielded_steps]):
-        handle = await client.start_activity(
-            acts.shielded_steps,
-            id="shielded",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-        )
-        await heartbeat_stored(handle)
-        await handle.cancel()
-        steps = await asyncio.wait_for(handle.result(), CEILING_S)
-    assert steps == [
-        "inner waited=True",
-        "inner block ends",
-        "outer block ends, is_cancelled=True",
-        "CancelledError",
-    ]
 
 
 async def test_a_cancel_racing_the_end_of_a_child_activity_never_lands_in_the_next_one(

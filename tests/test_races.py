@@ -24,8 +24,7 @@ from errands.common import RetryPolicy
 from errands.exceptions import ActivityAlreadyClosedError, CancelledError, TimeoutError, TimeoutType
 from errands.store import Condition, Query
 from tests import procs
-
-CEILING_S = 30.0
+from tests.support import CEILING_S
 
 ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 
@@ -232,26 +231,12 @@ async def test_the_same_ids_started_from_several_client_processes_run_once_each(
     go = tmp_path / "go"
     with procs.Children(tmp_path) as children:
         starters = [
-            children.spawn(
-                f"starter-{i}",
-                "start-same",
-                "--url",
-                db_url,
-                "--queue",
-                task_queue,
-                "--prefix",
-                "same",
-                "--count",
-                str(n),
-                "--seed",
-                str(i),
-                "--go",
-                str(go),
+            children.starter(
+                f"starter-{i}", db_url, task_queue, prefix="same", count=n, seed=i, go=go
             )
             for i in range(clients)
         ]
-        for starter in starters:
-            await starter.wait_for_line("ready")
+        await procs.all_ready(starters)
         go.touch()
         reports = [json.loads((await s.wait_for_line("{"))[0]) for s in starters]
         for starter in starters:

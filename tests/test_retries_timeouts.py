@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,17 +20,13 @@ import pytest
 from errands import _lifecycle as lc
 from errands import activity, exceptions
 from errands.client import (
-    ActivityExecutionDescription,
     ActivityExecutionStatus,
-    ActivityHandle,
     Client,
     PendingActivityState,
 )
 from errands.common import RetryPolicy
 from errands.worker import Worker
-
-CEILING_S = 30.0
-"""Longest any condition is waited for; a test that needs it has failed."""
+from tests.support import CEILING_S, describe_until, eventually, failure_of
 
 LONG = timedelta(seconds=30)
 """A timeout that must not fire during a test."""
@@ -63,38 +58,6 @@ def record_run() -> activity.Info:
         Run(info.attempt, info.started_time, tuple(info.heartbeat_details))
     )
     return info
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CEILING_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def describe_until(
-    handle: ActivityHandle[Any],
-    condition: Callable[[ActivityExecutionDescription], bool],
-    what: str,
-) -> ActivityExecutionDescription:
-    deadline = time.monotonic() + CEILING_S
-    while True:
-        desc = await handle.describe()
-        if condition(desc):
-            return desc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}; last: {desc}")
-        await asyncio.sleep(0.01)
-
-
-async def failure_of(result: Awaitable[Any]) -> exceptions.FailureError:
-    """The cause of the ActivityFailedError that awaiting ``result`` raises."""
-    with pytest.raises(exceptions.ActivityFailedError) as caught:
-        await asyncio.wait_for(result, CEILING_S)
-    err = caught.value
-    assert err.__cause__ is err.cause
-    return err.cause
 
 
 # ------------------------------------------------------------------ activities
@@ -269,7 +232,7 @@ async def test_a_non_retryable_application_error_ends_failed_at_once(
             start_to_close_timeout=LONG,
             retry_policy=policy,
         )
-        cause = await failure_of(handle.result())
+        cause = await failure_of(handle)
     assert isinstance(cause, exceptions.ApplicationError)
     assert cause.type == "CardDeclined"
     assert cause.message == "card declined"
@@ -296,7 +259,7 @@ async def test_a_plain_exception_whose_class_is_listed_non_retryable_ends_failed
             start_to_close_timeout=LONG,
             retry_policy=policy,
         )
-        cause = await failure_of(handle.result())
+        cause = await failure_of(handle)
     assert isinstance(cause, exceptions.ApplicationError)
     assert cause.type == "ValueError"
     assert cause.message == "bad value in attempt 1"
@@ -321,7 +284,7 @@ async def test_a_plain_exception_whose_class_is_not_listed_is_retried(
             start_to_close_timeout=LONG,
             retry_policy=policy,
         )
-        cause = await failure_of(handle.result())
+        cause = await failure_of(handle)
     assert isinstance(cause, exceptions.ApplicationError)
     assert cause.message == "bad value in attempt 2"
     assert [r.attempt for r in runs["retried-value"]] == [1, 2]
@@ -339,7 +302,7 @@ async def test_used_up_attempts_end_failed_with_the_last_attempts_error(
             start_to_close_timeout=LONG,
             retry_policy=policy,
         )
-        cause = await failure_of(handle.result())
+        cause = await failure_of(handle)
     assert isinstance(cause, exceptions.ApplicationError)
     assert cause.type == "RuntimeError"
     assert cause.message == "failure of attempt 3"
@@ -366,7 +329,7 @@ async def test_start_to_close_timeout_retries_and_then_ends_timed_out(
             start_to_close_timeout=timedelta(milliseconds=300),
             retry_policy=policy,
         )
-        cause = await failure_of(handle.result())
+        cause = await failure_of(handle)
     assert isinstance(cause, exceptions.TimeoutError)
     assert cause.type is exceptions.TimeoutType.START_TO_CLOSE
     assert [r.attempt for r in runs["slow"]] == [1, 2]
@@ -390,7 +353,7 @@ async def test_heartbeat_timeout_retries_with_the_last_details_and_then_ends_tim
             heartbeat_timeout=timedelta(milliseconds=300),
             retry_policy=policy,
         )
-        cause = await failure_of(handle.result())
+        cause = await failure_of(handle)
     assert isinstance(cause, exceptions.TimeoutError)
     assert cause.type is exceptions.TimeoutType.HEARTBEAT
     assert list(cause.last_heartbeat_details) == ["progress of attempt 2"]
@@ -416,7 +379,7 @@ async def test_schedule_to_close_timeout_ends_timed_out_even_with_retries_left(
             start_to_close_timeout=LONG,
             retry_policy=policy,
         )
-        cause = await failure_of(handle.result())
+        cause = await failure_of(handle)
     assert isinstance(cause, exceptions.TimeoutError)
     assert cause.type is exceptions.TimeoutType.SCHEDULE_TO_CLOSE
     assert [r.attempt for r in runs["overall"]] == [1]
@@ -440,7 +403,7 @@ async def test_a_retry_that_would_start_after_the_schedule_to_close_deadline_is_
             schedule_to_close_timeout=timedelta(seconds=1),
             retry_policy=policy,
         )
-        cause = await failure_of(handle.result())
+        cause = await failure_of(handle)
     assert isinstance(cause, exceptions.ApplicationError)
     assert cause.message == "failure of attempt 1"
     assert [r.attempt for r in runs["no-time-left"]] == [1]
@@ -460,7 +423,7 @@ async def test_schedule_to_start_timeout_fires_without_any_worker(
         schedule_to_start_timeout=timedelta(milliseconds=200),
     )
     # Only this client's result() is there to fire the timer.
-    cause = await failure_of(handle.result())
+    cause = await failure_of(handle)
     assert isinstance(cause, exceptions.TimeoutError)
     assert cause.type is exceptions.TimeoutType.SCHEDULE_TO_START
     desc = await handle.describe()
@@ -528,7 +491,7 @@ async def test_a_completion_racing_a_timeout_leaves_exactly_one_outcome(
             asyncio.gather(*(h.result() for h in handles), return_exceptions=True), CEILING_S
         )
         # Every attempt reaches its end and reports; leaving the worker awaits the reports.
-        await wait_until(
+        await eventually(
             lambda: all(len(returned[h.id]) == len(runs[h.id]) for h in handles),
             "every attempt to return",
         )

@@ -41,8 +41,8 @@ from errands.store._changes import Started
 from errands.worker import Worker
 from tests import procs
 from tests.conftest import admin, psycopg, with_params
+from tests.support import CEILING_S, eventually
 
-CEILING_S = 30.0
 _schemas = itertools.count()
 
 
@@ -55,15 +55,6 @@ def terminate_backends(schema: str) -> int:
         (f"errands:{schema}",),
     )
     return len(rows)
-
-
-async def eventually(condition: Any, what: str, timeout: float = CEILING_S) -> None:
-    """Poll an async condition until true (every 10 ms, up to ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- activities
@@ -157,14 +148,10 @@ async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(
 ) -> None:
     go = tmp_path / "go"
     with procs.Children(tmp_path) as children:
-        kids = [
-            children.spawn(
-                f"connect-{i}", "connect", "--url", pg_url, "--queue", task_queue, "--go", str(go)
-            )
-            for i in range(6)
-        ]
-        await asyncio.sleep(0)  # all spawned before the go-file appears
-        go.write_text("go")
+        kids = [children.connector(f"connect-{i}", pg_url, task_queue, go) for i in range(6)]
+        await procs.all_ready(kids)
+        assert admin("SELECT 1 FROM pg_namespace WHERE nspname = %s", (pg_schema,)) == []
+        go.touch()
         lines = [(await kid.wait_for_line("ok"))[0] for kid in kids]
 
     assert len({line.split()[1] for line in lines}) == 6, lines
@@ -403,27 +390,13 @@ async def test_two_processes_starting_the_same_ids_create_each_exactly_once(
     go = tmp_path / "go"
     with procs.Children(tmp_path) as children:
         kids = [
-            children.spawn(
-                f"starter-{seed}",
-                "start-same",
-                "--url",
-                pg_url,
-                "--queue",
-                task_queue,
-                "--prefix",
-                "same",
-                "--count",
-                str(n),
-                "--seed",
-                str(seed),
-                "--go",
-                str(go),
+            children.starter(
+                f"starter-{seed}", pg_url, task_queue, prefix="same", count=n, seed=seed, go=go
             )
             for seed in (1, 2)
         ]
-        for kid in kids:
-            await kid.wait_for_line("ready")
-        go.write_text("go")
+        await procs.all_ready(kids)
+        go.touch()
         reports = [json.loads((await kid.wait_for_line("{"))[0]) for kid in kids]
 
     created: dict[str, str] = {}

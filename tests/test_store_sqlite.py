@@ -155,12 +155,8 @@ async def test_many_processes_connecting_to_a_new_file_at_once_all_succeed(
     go = tmp_path / "go"
     n = 8
     with procs.Children(tmp_path) as children:
-        connectors = [
-            children.spawn(
-                f"connect-{i}", "connect", "--url", db_url, "--queue", task_queue, "--go", str(go)
-            )
-            for i in range(n)
-        ]
+        connectors = [children.connector(f"connect-{i}", db_url, task_queue, go) for i in range(n)]
+        await procs.all_ready(connectors)
         assert not db_path.exists()
         go.touch()
         for child in connectors:

@@ -28,8 +28,8 @@ Seen = list[Any]
 # --------------------------------------------------------------------------- activities
 
 
-@activity.defn
-async def describe_context_async(greeting: str) -> dict[str, Any]:
+def _describe_context(greeting: str) -> dict[str, Any]:
+    """Heartbeat twice, then report what the activity context says."""
     activity.heartbeat(greeting, 1)
     activity.heartbeat(greeting, 2)
     info = activity.info()
@@ -43,23 +43,16 @@ async def describe_context_async(greeting: str) -> dict[str, Any]:
         "shutdown": activity.is_worker_shutdown(),
         "thread": threading.get_ident(),
     }
+
+
+@activity.defn
+async def describe_context_async(greeting: str) -> dict[str, Any]:
+    return _describe_context(greeting)
 
 
 def describe_context_sync(greeting: str) -> dict[str, Any]:
     """Not decorated: the environment runs any callable."""
-    activity.heartbeat(greeting, 1)
-    activity.heartbeat(greeting, 2)
-    info = activity.info()
-    return {
-        "in_activity": activity.in_activity(),
-        "activity_id": info.activity_id,
-        "attempt": info.attempt,
-        "heartbeat_details": info.heartbeat_details,
-        "payload_converter": activity.payload_converter(),
-        "cancelled": activity.is_cancelled(),
-        "shutdown": activity.is_worker_shutdown(),
-        "thread": threading.get_ident(),
-    }
+    return _describe_context(greeting)
 
 
 @activity.defn

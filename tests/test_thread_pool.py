@@ -1,20 +1,16 @@
-"""Plain ``def`` activities on a real ThreadPoolExecutor (DESIGN.md §2
-"Executors" and "Cancellation", §5 "Executors"; issue 4 points 1, 2, 5, 6, 7),
-on a real Worker over a real SQLite file."""
+"""What only a thread pool does with plain ``def`` activities, on a real
+ThreadPoolExecutor (DESIGN.md §2 "Executors" and "Cancellation", §5
+"Executors"; issue 4 points 1, 2, 5, 6, 7) and a real Worker over each store.
+What both pool kinds do is tested once for both in test_pools.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import logging
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -27,78 +23,22 @@ from errands.client import (
 )
 from errands.common import RetryPolicy
 from errands.worker import Worker
-from tests.support import describe_until, eventually, failure_of
+from tests.pool_activities import spin_for, spin_until_cancel_lands
+from tests.support import (
+    CANCEL_CEILING_S,
+    CEILING_S,
+    FAST_RETRY,
+    POOL_PREFIX,
+    TIMEOUT,
+    Probe,
+    describe_until,
+    eventually,
+    my_probe,
+    wait_event,
+)
 
-TIMEOUT = timedelta(seconds=30)
-CEILING_S = 30.0
-"""Longest a test (or an activity) waits for a condition that should hold far sooner."""
-CANCEL_CEILING_S = 5.0
-"""Generous bound on cancel delivery (the design's target is p50 under 50 ms)."""
-POOL_PREFIX = "errands-test-pool"
-FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100))
 BUSY_LOOP_S = 0.01
 """How long the race test holds the event loop while an activity ends."""
-
-
-@dataclass
-class Probe:
-    """What the thread activities of one test report, and the gates they wait on."""
-
-    started: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-    seen: dict[str, Any] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    running: int = 0
-    most_running: int = 0
-
-
-# One probe per test, keyed by the test's task queue.
-probes: dict[str, Probe] = {}
-
-
-def my_probe() -> Probe:
-    return probes[activity.info().task_queue]
-
-
-@pytest.fixture
-def probe(task_queue: str) -> Iterator[Probe]:
-    probes[task_queue] = Probe()
-    yield probes[task_queue]
-    probes[task_queue].release.set()  # never leave a pool thread blocked on a failed test
-    del probes[task_queue]
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    executor = ThreadPoolExecutor(4, thread_name_prefix=POOL_PREFIX)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-async def wait_flag(event: threading.Event, what: str, ceiling_s: float = CEILING_S) -> None:
-    async def check() -> bool:
-        return event.is_set()
-
-    await eventually(check, what, ceiling_s)
-
-
-def spin_for(seconds: float) -> int:
-    """Pure-Python work: many bytecodes for a raised-in exception to land on."""
-    n = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        n += 1
-    return n
-
-
-def spin_until_cancel_lands() -> None:
-    """Pure-Python work that never polls is_cancelled() and never blocks in C."""
-    deadline = time.monotonic() + CEILING_S
-    while time.monotonic() < deadline:
-        pass
-    raise RuntimeError(f"no cancel exception landed within {CEILING_S} s")
 
 
 # --------------------------------------------------------------------------- activities
@@ -107,31 +47,6 @@ def spin_until_cancel_lands() -> None:
 @activity.defn
 def sync_identity(value: int) -> int:
     return value
-
-
-@activity.defn
-def report_the_context(word: str) -> str:
-    probe = my_probe()
-    info = activity.info()
-    probe.seen.update(
-        thread=threading.current_thread().name,
-        info=info,
-        in_activity=activity.in_activity(),
-        is_cancelled=activity.is_cancelled(),
-        cancellation_details=activity.cancellation_details(),
-        is_worker_shutdown=activity.is_worker_shutdown(),
-        waited_for_cancel=activity.wait_for_cancelled_sync(0.05),
-        waited_for_shutdown=activity.wait_for_worker_shutdown_sync(timedelta(milliseconds=50)),
-    )
-    try:
-        activity.client()
-    except RuntimeError as e:
-        probe.seen["client_error"] = str(e)
-    activity.logger.info("thread activity says %s", word)
-    activity.heartbeat("progress", 7)
-    probe.started.set()
-    probe.release.wait(CEILING_S)
-    return f"{word} from {info.activity_id}"
 
 
 @activity.defn
@@ -153,24 +68,12 @@ def heartbeat_then_spin() -> str:
 
 
 @activity.defn(no_thread_cancel_exception=True)
-def poll_for_the_cancel() -> str:
-    probe = my_probe()
-    activity.heartbeat("waiting")
-    probe.started.set()
-    waited = activity.wait_for_cancelled_sync(CEILING_S)
-    spin_for(0.2)  # no exception may land in here
-    details = activity.cancellation_details()
-    probe.seen.update(waited=waited, details=details)
-    return f"saw the cancel: {activity.is_cancelled()}"
-
-
-@activity.defn(no_thread_cancel_exception=True)
 def ignore_the_cancel() -> str:
     """Heartbeats, so the cancel is delivered, but never looks at it."""
     probe = my_probe()
     activity.heartbeat("working")
     probe.started.set()
-    probe.release.wait(CEILING_S)
+    probe.release.wait_sync(CEILING_S)
     spin_for(0.05)
     return "finished anyway"
 
@@ -179,7 +82,7 @@ def ignore_the_cancel() -> str:
 def never_heartbeat() -> str:
     probe = my_probe()
     probe.started.set()
-    probe.release.wait(CEILING_S)
+    probe.release.wait_sync(CEILING_S)
     spin_for(0.05)
     return f"finished, is_cancelled={activity.is_cancelled()}"
 
@@ -209,81 +112,17 @@ def run_after_the_race() -> int:
 
 
 @activity.defn
-def shielded() -> str:
-    probe = my_probe()
-    activity.heartbeat("shielded")
-    steps: list[str] = []
-    probe.seen["steps"] = steps
-    try:
-        with activity.shield_thread_cancel_exception():
-            with activity.shield_thread_cancel_exception():
-                probe.started.set()
-                steps.append(f"inner waited={activity.wait_for_cancelled_sync(CEILING_S)}")
-                spin_for(0.1)
-                steps.append("inner block ends")
-            spin_for(0.1)
-            steps.append(f"outer block ends, is_cancelled={activity.is_cancelled()}")
-        steps.append("after the outer block")
-    except exceptions.CancelledError:
-        steps.append("CancelledError")
-        raise
-    return "unreachable"
-
-
-@activity.defn
-async def async_beside_threads() -> str:
-    probe = my_probe()
-    probe.seen["async_thread"] = threading.current_thread()
-    probe.seen["async_loop"] = asyncio.get_running_loop()
-    probe.seen["async_client"] = activity.client()
-    await asyncio.sleep(0)
-    return "async ran"
-
-
-@activity.defn
-def sync_beside_async() -> str:
-    my_probe().seen["sync_thread"] = threading.current_thread()
-    return "sync ran"
-
-
-@activity.defn
 def block_until_released(n: int) -> int:
     """Blocks until the test sets its own gate (``probe.seen["gates"][n]``)."""
     probe = my_probe()
-    with probe.lock:
-        probe.running += 1
-        probe.most_running = max(probe.most_running, probe.running)
+    probe.enter()
     try:
         gate: threading.Event = probe.seen["gates"][n]
         if not gate.wait(CEILING_S):
             raise RuntimeError(f"gate {n} was not opened")
     finally:
-        with probe.lock:
-            probe.running -= 1
+        probe.leave()
     return n
-
-
-@activity.defn
-def finish_on_worker_shutdown() -> str:
-    probe = my_probe()
-    before = activity.is_worker_shutdown()
-    probe.started.set()
-    noticed = activity.wait_for_worker_shutdown_sync(CEILING_S)
-    return f"before={before} noticed={noticed} after={activity.is_worker_shutdown()}"
-
-
-@activity.defn
-def outlast_the_grace_period() -> str:
-    probe = my_probe()
-    attempt = activity.info().attempt
-    if attempt == 1:
-        probe.started.set()
-        try:
-            spin_until_cancel_lands()
-        except exceptions.CancelledError:
-            probe.seen["details"] = activity.cancellation_details()
-            raise
-    return f"attempt {attempt} finished"
 
 
 # --------------------------------------------------------------------------- worker checks
@@ -297,10 +136,10 @@ async def test_a_worker_with_a_sync_activity_and_no_executor_is_refused_naming_i
 
 
 async def test_a_thread_pool_needs_no_shared_state_manager(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor
+    client: Client, task_queue: str, thread_pool: ThreadPoolExecutor
 ) -> None:
     async with Worker(
-        client, task_queue=task_queue, activities=[sync_identity], activity_executor=pool
+        client, task_queue=task_queue, activities=[sync_identity], activity_executor=thread_pool
     ):
         assert (
             await client.execute_activity(
@@ -314,129 +153,19 @@ async def test_a_thread_pool_needs_no_shared_state_manager(
         )
 
 
-# --------------------------------------------------------------------------- context in the thread
-
-
-async def test_the_activity_context_works_inside_the_pool_thread(
-    client: Client,
-    task_queue: str,
-    pool: ThreadPoolExecutor,
-    probe: Probe,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="errands.activity")
-    async with Worker(
-        client, task_queue=task_queue, activities=[report_the_context], activity_executor=pool
-    ):
-        handle = await client.start_activity(
-            report_the_context,
-            "hello",
-            id="context",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-            heartbeat_timeout=timedelta(seconds=20),
-        )
-        await wait_flag(probe.started, "the activity runs")
-        desc = await describe_until(
-            handle,
-            lambda d: d.last_heartbeat_time is not None,
-            "the thread's heartbeat reaches the store",
-            include_heartbeat_details=True,
-        )
-        assert list(await desc.heartbeat_details()) == ["progress", 7]
-        assert desc.run_state is PendingActivityState.STARTED
-        probe.release.set()
-        assert await handle.result() == "hello from context"
-
-    seen = probe.seen
-    assert seen["thread"].startswith(POOL_PREFIX)
-    info: activity.Info = seen["info"]
-    assert (info.activity_id, info.activity_type, info.attempt, info.task_queue) == (
-        "context",
-        "report_the_context",
-        1,
-        task_queue,
-    )
-    assert info.heartbeat_timeout == timedelta(seconds=20)
-    assert info.activity_run_id == handle.run_id
-    assert seen["in_activity"] is True
-    assert seen["is_cancelled"] is False
-    assert seen["cancellation_details"] is None
-    assert seen["is_worker_shutdown"] is False
-    assert seen["waited_for_cancel"] is False
-    assert seen["waited_for_shutdown"] is False
-    assert "async activities only" in seen["client_error"]
-    records = [r for r in caplog.records if "thread activity says hello" in r.getMessage()]
-    assert len(records) == 1
-    assert records[0].name == "errands.activity"
-    assert records[0].threadName.startswith(POOL_PREFIX)
-    assert getattr(records[0], "activity_id", None) == "context"
-
-
 # --------------------------------------------------------------------------- cancellation
 
 
-async def test_a_heartbeating_thread_spinning_in_python_gets_cancelled_error_and_ends_canceled(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
-) -> None:
-    async with Worker(
-        client, task_queue=task_queue, activities=[heartbeat_then_spin], activity_executor=pool
-    ):
-        handle = await client.start_activity(
-            heartbeat_then_spin, id="spin", task_queue=task_queue, start_to_close_timeout=TIMEOUT
-        )
-        await wait_flag(probe.started, "the activity heartbeats and spins")
-        await describe_until(
-            handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
-        )
-        cancelled_at = time.monotonic()
-        await handle.cancel("stop spinning")
-        cause = await failure_of(handle)
-        assert time.monotonic() - cancelled_at < CANCEL_CEILING_S
-        assert isinstance(cause, exceptions.CancelledError)
-        desc = await handle.describe()
-        assert desc.status is ActivityExecutionStatus.CANCELED
-        assert desc.canceled_reason == "stop spinning"
-
-    assert probe.seen["caught"] is exceptions.CancelledError
-    assert probe.seen["is_cancelled"] is True
-    assert probe.seen["waited"] is True
-    details: activity.ActivityCancellationDetails = probe.seen["details"]
-    assert details.cancel_requested
-    assert not (details.not_found or details.timed_out or details.worker_shutdown)
-
-
-async def test_with_no_thread_cancel_exception_the_thread_sees_is_cancelled_and_completes(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
-) -> None:
-    async with Worker(
-        client, task_queue=task_queue, activities=[poll_for_the_cancel], activity_executor=pool
-    ):
-        handle = await client.start_activity(
-            poll_for_the_cancel, id="poll", task_queue=task_queue, start_to_close_timeout=TIMEOUT
-        )
-        await wait_flag(probe.started, "the activity heartbeats")
-        await describe_until(
-            handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
-        )
-        await handle.cancel()
-        assert await handle.result() == "saw the cancel: True"
-        assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
-
-    assert probe.seen["waited"] is True
-    assert probe.seen["details"].cancel_requested
-
-
 async def test_a_thread_that_ignores_a_delivered_cancel_completes(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+    client: Client, task_queue: str, thread_pool: ThreadPoolExecutor, probe: Probe
 ) -> None:
     async with Worker(
-        client, task_queue=task_queue, activities=[ignore_the_cancel], activity_executor=pool
+        client, task_queue=task_queue, activities=[ignore_the_cancel], activity_executor=thread_pool
     ):
         handle = await client.start_activity(
             ignore_the_cancel, id="ignore", task_queue=task_queue, start_to_close_timeout=TIMEOUT
         )
-        await wait_flag(probe.started, "the activity heartbeats")
+        await wait_event(probe.started, "the activity heartbeats")
         await describe_until(
             handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
         )
@@ -452,15 +181,15 @@ async def test_a_thread_that_ignores_a_delivered_cancel_completes(
 
 
 async def test_a_thread_that_never_heartbeats_runs_to_its_end_and_completes(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
+    client: Client, task_queue: str, thread_pool: ThreadPoolExecutor, probe: Probe
 ) -> None:
     async with Worker(
-        client, task_queue=task_queue, activities=[never_heartbeat], activity_executor=pool
+        client, task_queue=task_queue, activities=[never_heartbeat], activity_executor=thread_pool
     ):
         handle = await client.start_activity(
             never_heartbeat, id="quiet", task_queue=task_queue, start_to_close_timeout=TIMEOUT
         )
-        await wait_flag(probe.started, "the activity runs")
+        await wait_event(probe.started, "the activity runs")
         await handle.cancel()
         await describe_until(
             handle,
@@ -502,7 +231,7 @@ async def test_a_cancel_racing_the_end_of_an_activity_never_lands_in_the_next_ta
                 task_queue=task_queue,
                 start_to_close_timeout=TIMEOUT,
             )
-            await wait_flag(probe.started, f"round {i}: the racer heartbeats")
+            await wait_event(probe.started, f"round {i}: the racer heartbeats")
             tracking = i % 2 == 1
             if tracking:
                 probe.seen["end_at"] = time.monotonic() + offset_s
@@ -558,61 +287,6 @@ async def test_a_cancel_racing_the_end_of_an_activity_never_lands_in_the_next_ta
     assert not failures, failures
     assert sum(outcomes.values()) == rounds
     assert set(outcomes) <= {ActivityExecutionStatus.CANCELED, ActivityExecutionStatus.COMPLETED}
-
-
-async def test_nested_shields_defer_the_cancel_exception_until_the_outermost_block_exits(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
-) -> None:
-    async with Worker(client, task_queue=task_queue, activities=[shielded], activity_executor=pool):
-        handle = await client.start_activity(
-            shielded, id="shielded", task_queue=task_queue, start_to_close_timeout=TIMEOUT
-        )
-        await wait_flag(probe.started, "the activity is inside both shields")
-        await describe_until(
-            handle, lambda d: d.last_heartbeat_time is not None, "the heartbeat is stored"
-        )
-        await handle.cancel()
-        cause = await failure_of(handle)
-        assert isinstance(cause, exceptions.CancelledError)
-        assert (await handle.describe()).status is ActivityExecutionStatus.CANCELED
-
-    assert probe.seen["steps"] == [
-        "inner waited=True",
-        "inner block ends",
-        "outer block ends, is_cancelled=True",
-        "CancelledError",
-    ]
-
-
-async def test_async_activities_still_run_on_the_event_loop_when_an_executor_is_set(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
-) -> None:
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        activities=[async_beside_threads, sync_beside_async],
-        activity_executor=pool,
-    ):
-        assert (
-            await client.execute_activity(
-                async_beside_threads,
-                id="async",
-                task_queue=task_queue,
-                start_to_close_timeout=TIMEOUT,
-            )
-            == "async ran"
-        )
-        assert (
-            await client.execute_activity(
-                sync_beside_async, id="sync", task_queue=task_queue, start_to_close_timeout=TIMEOUT
-            )
-            == "sync ran"
-        )
-
-    assert probe.seen["async_thread"] is threading.current_thread()
-    assert probe.seen["async_loop"] is asyncio.get_running_loop()
-    assert probe.seen["async_client"] is client
-    assert probe.seen["sync_thread"].name.startswith(POOL_PREFIX)
 
 
 # --------------------------------------------------------------------------- slots
@@ -686,75 +360,6 @@ async def test_the_worker_never_claims_more_sync_activities_than_the_pool_can_st
 
 
 # --------------------------------------------------------------------------- shutdown
-
-
-async def test_shutdown_waits_for_a_thread_activity_that_notices_it_within_the_grace_period(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
-) -> None:
-    worker = Worker(
-        client,
-        task_queue=task_queue,
-        activities=[finish_on_worker_shutdown],
-        activity_executor=pool,
-        graceful_shutdown_timeout=timedelta(seconds=20),
-    )
-    async with worker:
-        handle = await client.start_activity(
-            finish_on_worker_shutdown,
-            id="graceful",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-        )
-        await wait_flag(probe.started, "the activity waits for shutdown")
-        began = time.monotonic()
-    took = time.monotonic() - began
-    assert await handle.result() == "before=False noticed=True after=True"
-    assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
-    assert took < 10, "shutdown waited for the whole grace period"
-
-
-async def test_a_thread_activity_running_past_the_grace_period_is_cancelled_and_retried(
-    client: Client, task_queue: str, pool: ThreadPoolExecutor, probe: Probe
-) -> None:
-    grace_s = 0.3
-    worker = Worker(
-        client,
-        task_queue=task_queue,
-        activities=[outlast_the_grace_period],
-        activity_executor=pool,
-        graceful_shutdown_timeout=timedelta(seconds=grace_s),
-    )
-    async with worker:
-        handle = await client.start_activity(
-            outlast_the_grace_period,
-            id="outlast",
-            task_queue=task_queue,
-            start_to_close_timeout=TIMEOUT,
-            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100)),
-        )
-        await wait_flag(probe.started, "attempt 1 runs")
-        began = time.monotonic()
-    took = time.monotonic() - began
-    assert grace_s <= took < grace_s + CANCEL_CEILING_S
-    details: activity.ActivityCancellationDetails = probe.seen["details"]
-    assert details.worker_shutdown and not details.cancel_requested
-
-    desc = await handle.describe()
-    assert desc.status is ActivityExecutionStatus.RUNNING
-    assert desc.attempt == 2
-    assert desc.run_state is PendingActivityState.SCHEDULED
-    assert desc.last_failure is not None
-    assert isinstance(desc.last_failure, exceptions.ApplicationError)
-    assert desc.last_failure.type == "WorkerShutdown"
-    assert not desc.last_failure.non_retryable
-
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        activities=[outlast_the_grace_period],
-        activity_executor=pool,
-    ):
-        assert await handle.result() == "attempt 2 finished"
 
 
 async def test_a_cancel_delivered_while_the_call_waits_for_a_pool_thread_is_not_lost(
