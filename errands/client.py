@@ -6,6 +6,7 @@ import enum
 import os
 import random
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -31,7 +32,8 @@ from errands.exceptions import (
     TerminatedError,
     TimeoutError,
 )
-from errands.store import ClosedRun, ExecutionRecord, NewExecution, Store, open_store
+from errands.store import ClosedRun, ExecutionRecord, NewExecution, Store
+from errands.store._shared import Lease, acquire
 
 __all__ = [
     "ActivityExecution",
@@ -209,8 +211,9 @@ class ActivityExecutionCount:
 class Client:
     """Starts activities and looks at them, on one store and namespace.
 
-    Make one with ``await Client.connect(...)``; close it with ``await
-    client.close()`` (or ``async with``).
+    Make one with ``await Client.connect(...)``. Clients of one URL in one
+    process share one store; closing a client (``await client.close()`` or
+    ``async with``) is optional, as temporalio's Client has no close().
     """
 
     def __init__(
@@ -228,6 +231,8 @@ class Client:
         self.max_payload_bytes = max_payload_bytes
         self.retention = retention
         self._watcher: OutcomeWatcher | None = None
+        self._lease: Lease | None = None
+        self._finalizer: weakref.finalize[[], Client] | None = None
 
     @classmethod
     async def connect(
@@ -253,20 +258,32 @@ class Client:
             raise ValueError("max_payload_bytes must be positive")
         if retention <= timedelta(0):
             raise ValueError("retention must be positive")
-        store = await open_store(url or os.environ.get("ERRANDS_URL") or DEFAULT_URL)
-        return cls(
-            store,
+        lease = await acquire(url or os.environ.get("ERRANDS_URL") or DEFAULT_URL)
+        client = cls(
+            lease.store,
             namespace=namespace,
             data_converter=data_converter,
             max_payload_bytes=max_payload_bytes,
             retention=retention,
         )
+        client._lease = lease
+        # A client dropped without close() gives its lease back when collected.
+        # Not at exit: the process's end closes every connection anyway.
+        client._finalizer = weakref.finalize(client, lease.drop)
+        client._finalizer.atexit = False
+        return client
 
     async def close(self) -> None:
-        """Close the store's connections."""
-        if self._watcher is not None:
-            self._watcher.close()
-        await self._store.close()
+        """Let go of the store; idempotent. The store closes once no client of
+        this process holds it (a client never closed lets go when collected)."""
+        if self._lease is None:  # made with Client(store): the store is its own
+            if self._watcher is not None:
+                self._watcher.close()
+            await self._store.close()
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        await self._lease.aclose()
 
     async def __aenter__(self) -> Client:
         return self
@@ -491,6 +508,8 @@ class Client:
     async def _wait_closed(self, run_id: str) -> ClosedRun:
         if self._watcher is None:
             self._watcher = OutcomeWatcher(self._store, self.namespace)
+            if self._lease is not None:  # it listens to a store other clients share
+                self._lease.call_on_release(self._watcher.close)
         return await self._watcher.wait(run_id)
 
     async def _failure(self, record: ExecutionRecord) -> FailureError | None:
