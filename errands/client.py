@@ -34,7 +34,8 @@ from errands.exceptions import (
     TerminatedError,
     TimeoutError,
 )
-from errands.store import ClosedRun, ExecutionRecord, NewExecution, Store, open_store
+from errands.store import ClosedRun, ExecutionRecord, NewExecution, Store
+from errands.store._shared import Lease, acquire
 
 __all__ = [
     "ActivityExecution",
@@ -214,8 +215,9 @@ class ActivityExecutionCount:
 class Client:
     """Starts activities and looks at them, on one store and namespace.
 
-    Make one with ``await Client.connect(...)``; close it with ``await
-    client.close()`` (or ``async with``).
+    Make one with ``await Client.connect(...)``. Clients of one URL in one
+    process share one store; closing a client (``await client.close()`` or
+    ``async with``) is optional, as temporalio's Client has no close().
     """
 
     def __init__(
@@ -235,6 +237,8 @@ class Client:
         self._watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OutcomeWatcher] = (
             weakref.WeakKeyDictionary()
         )
+        self._lease: Lease | None = None
+        self._finalizer: weakref.finalize[[], Client] | None = None
 
     @classmethod
     async def connect(
@@ -260,20 +264,32 @@ class Client:
             raise ValueError("max_payload_bytes must be positive")
         if retention <= timedelta(0):
             raise ValueError("retention must be positive")
-        store = await open_store(url or os.environ.get("ERRANDS_URL") or DEFAULT_URL)
-        return cls(
-            store,
+        lease = await acquire(url or os.environ.get("ERRANDS_URL") or DEFAULT_URL)
+        client = cls(
+            lease.store,
             namespace=namespace,
             data_converter=data_converter,
             max_payload_bytes=max_payload_bytes,
             retention=retention,
         )
+        client._lease = lease
+        # A client dropped without close() gives its lease back when collected.
+        # Not at exit: the process's end closes every connection anyway.
+        client._finalizer = weakref.finalize(client, lease.drop)
+        client._finalizer.atexit = False
+        return client
 
     async def close(self) -> None:
-        """Close the store's connections."""
-        for watcher in list(self._watchers.values()):
-            watcher.close()
-        await self._store.close()
+        """Let go of the store; idempotent. The store closes once no client of
+        this process holds it (a client never closed lets go when collected)."""
+        if self._lease is None:  # made with Client(store): the store is its own
+            for watcher in list(self._watchers.values()):
+                watcher.close()
+            await self._store.close()
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        await self._lease.aclose()
 
     async def __aenter__(self) -> Client:
         return self
@@ -518,6 +534,8 @@ class Client:
         watcher = self._watchers.get(loop)
         if watcher is None:
             watcher = self._watchers[loop] = OutcomeWatcher(self._store, self.namespace)
+            if self._lease is not None:  # it listens to a store other clients share
+                self._lease.call_on_release(watcher.close)
         return watcher
 
     async def _wait_closed(self, run_id: str) -> ClosedRun:

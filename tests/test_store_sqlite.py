@@ -254,7 +254,9 @@ async def test_a_store_locked_longer_than_the_busy_timeout_is_a_store_error_and_
             assert time.monotonic() - began >= 0.15, "the busy timeout was not waited out"
             assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
             with pytest.raises(StoreError, match="locked"):
-                await Client.connect(db_url)  # migrations need the write lock too
+                # Migrations need the write lock too. A new store: a client of
+                # this URL would share the one already open, and not migrate.
+                await sqlite_store.SQLiteStore.open(str(db_path))
             # Readers are not blocked by a writer in WAL mode.
             desc = await client.get_activity_handle("before").describe()
             assert desc.status is ActivityExecutionStatus.RUNNING
@@ -321,11 +323,13 @@ async def test_claims_take_at_most_max_tasks_by_priority_then_in_start_order(
 
 
 async def test_two_stores_claiming_concurrently_never_hand_out_a_task_twice(
-    client: Client, db_url: str, task_queue: str
+    client: Client, db_path: Path, task_queue: str
 ) -> None:
     n = 300
     await asyncio.gather(*(start(client, f"task-{i}", task_queue) for i in range(n)))
-    other = await Client.connect(db_url)
+    # A store of its own, as in another process: a client of the same URL would
+    # share the first one.
+    other = Client(await sqlite_store.SQLiteStore.open(str(db_path)))
     try:
         # Without a pause, one store could take every claim in a row while the
         # other sleeps in SQLite's busy handler.
