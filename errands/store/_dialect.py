@@ -21,6 +21,13 @@ from errands.store._rows import Row
 
 T = TypeVar("T")
 
+Params = dict[str, Any]
+"""A statement's parameters, by name."""
+BulkRows = Sequence[Mapping[str, Any]]
+"""The rows of a bulk statement, each by column name."""
+Slots = dict[str, str] | None
+"""SQL the core built (from bound parameters only) for a statement's ``{slot}``s."""
+
 
 class Tx:
     """One transaction: the statements it runs, the clock it reads ("now",
@@ -89,25 +96,16 @@ class Dialect(abc.ABC):
     # -- statements ---------------------------------------------------------
 
     @abc.abstractmethod
-    def query(
-        self, tx: Tx, name: str, params: dict[str, Any], slots: dict[str, str] | None = None
-    ) -> list[Row]:
+    def query(self, tx: Tx, name: str, params: Params, slots: Slots = None) -> list[Row]:
         """Run a named statement (its ``{slot}`` parts filled with SQL the core
         built from bound parameters only); its rows."""
 
     @abc.abstractmethod
-    def update(self, tx: Tx, name: str, params: dict[str, Any]) -> int:
+    def update(self, tx: Tx, name: str, params: Params) -> int:
         """Run a named statement; how many rows it changed."""
 
     @abc.abstractmethod
-    def each(
-        self,
-        tx: Tx,
-        name: str,
-        rows: Sequence[Mapping[str, Any]],
-        key: str,
-        params: dict[str, Any],
-    ) -> list[Row]:
+    def each(self, tx: Tx, name: str, rows: BulkRows, key: str, params: Params) -> list[Row]:
         """Run a named statement for many rows; the rows it returns."""
 
     @abc.abstractmethod

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from importlib import resources
 
+from errands.exceptions import StoreError
+
 
 def migrations(dialect: str) -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of a dialect's migrations, oldest first."""
@@ -20,3 +22,17 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
 def newest(dialect: str) -> int:
     """The newest schema version this code knows for a dialect."""
     return max(version for version, _, _ in migrations(dialect))
+
+
+def pending(dialect: str, current: int, label: str) -> list[tuple[int, str, str]]:
+    """The migrations a store at schema ``current`` still needs, oldest first.
+
+    Raises StoreError if the store's schema is newer than this code.
+    """
+    known = newest(dialect)
+    if current > known:
+        raise StoreError(
+            f"{label} has schema version {current}, newer than this errands "
+            f"(knows up to {known}); upgrade errands"
+        )
+    return [m for m in migrations(dialect) if m[0] > current]

@@ -38,7 +38,6 @@ import json
 import logging
 import re
 import select
-import socket
 import threading
 import time
 import urllib.parse
@@ -57,8 +56,9 @@ from errands.store import _migrations
 from errands.store._catalogue import Catalogue
 from errands.store._changes import Hint, Resync, from_wire, to_wire
 from errands.store._core import CoreStore
-from errands.store._dialect import Dialect, Tx
+from errands.store._dialect import BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
+from errands.store._thread import WatchThread
 from errands.store._writer import WRITING_KINDS
 
 logger = logging.getLogger("errands.store.postgres")
@@ -217,14 +217,9 @@ def migrate(conn: Conn, schema: str, target: str) -> int:
             )
             row = conn.execute("SELECT coalesce(max(version), 0) FROM errands_schema").fetchone()
             current = int(row[0]) if row is not None else 0
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"PostgreSQL store {target} has schema version {current}, newer than "
-                    f"this errands (knows up to {SCHEMA_VERSION}); upgrade errands"
-                )
-            for version, name, sql in _migrations.migrations("postgres"):
-                if version <= current:
-                    continue
+            for version, name, sql in _migrations.pending(
+                "postgres", current, f"PostgreSQL store {target}"
+            ):
                 conn.execute(sql)  # no parameters: the whole script in one simple query
                 conn.execute(
                     "INSERT INTO errands_schema (version, name, applied) "
@@ -304,9 +299,7 @@ class PostgresDialect(Dialect):
 
     # -- statements
 
-    def query(
-        self, tx: Tx, name: str, params: dict[str, Any], slots: dict[str, str] | None = None
-    ) -> list[Row]:
+    def query(self, tx: Tx, name: str, params: Params, slots: Slots = None) -> list[Row]:
         text = CATALOGUE[name]
         if slots:
             for slot, fill in slots.items():
@@ -315,7 +308,7 @@ class PostgresDialect(Dialect):
         rows: list[Row] = cursor.fetchall() if cursor.description else []
         return rows
 
-    def update(self, tx: Tx, name: str, params: dict[str, Any]) -> int:
+    def update(self, tx: Tx, name: str, params: Params) -> int:
         return int(self._execute(tx, CATALOGUE[name], params).rowcount)
 
     @staticmethod
@@ -325,14 +318,7 @@ class PostgresDialect(Dialect):
             tx.changed = True
         return cursor
 
-    def each(
-        self,
-        tx: Tx,
-        name: str,
-        rows: Sequence[Mapping[str, Any]],
-        key: str,
-        params: dict[str, Any],
-    ) -> list[Row]:
+    def each(self, tx: Tx, name: str, rows: BulkRows, key: str, params: Params) -> list[Row]:
         # Rows as one JSON parameter: psycopg adapts one string far faster
         # than a Python list per column, and the server unpacks it cheaply.
         out: list[Row] = []
@@ -469,7 +455,7 @@ class PostgresDialect(Dialect):
 # --------------------------------------------------------------------------- listener
 
 
-class _Listener:
+class _Listener(WatchThread):
     """LISTENs on its own autocommit connection (outside the pool) and hands
     the changes other processes announce to ``arrived``. Reconnects with
     backoff when the connection drops, logging it, and then hands over a
@@ -484,29 +470,19 @@ class _Listener:
         arrived: Callable[[list[Hint] | None], None],
         target: str,
     ) -> None:
+        super().__init__("errands-pg-listen")
         self._conninfo = conninfo
         self._kwargs = kwargs
         self._channel = channel
         self._own_token = own_token
         self._arrived = arrived
         self._target = target
-        self._stopping = threading.Event()
         self._listening = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._run, name="errands-pg-listen", daemon=True)
-        self._thread.start()
+        self.start()
 
     def wait_listening(self, timeout: float) -> bool:
         """Block until the first LISTEN is in place (at most ``timeout``)."""
         return self._listening.wait(timeout)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        self._thread.join()
-        self._wake_r.close()
-        self._wake_w.close()
 
     def _run(self) -> None:
         delay = LISTEN_BACKOFF_S[0]
@@ -549,7 +525,7 @@ class _Listener:
 
     def _listen(self, conn: Conn) -> None:
         pgconn = conn.pgconn
-        wake = self._wake_r.fileno()
+        wake = self._wake
         while not self._stopping.is_set():
             readable, _, _ = select.select([pgconn.socket, wake], [], [])
             if wake in readable:

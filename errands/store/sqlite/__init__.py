@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from errands.exceptions import StoreError
@@ -33,7 +33,7 @@ from errands.store import _migrations
 from errands.store._catalogue import Catalogue
 from errands.store._changes import Hint, from_row, to_row
 from errands.store._core import CoreStore
-from errands.store._dialect import Dialect, Tx
+from errands.store._dialect import BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
 from errands.store.sqlite._watch import WalWatch
 
@@ -108,14 +108,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
             current = conn.execute(
                 "SELECT coalesce(max(version), 0) FROM errands_schema"
             ).fetchone()[0]
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"SQLite store {path!r} has schema version {current}, newer than this "
-                    f"errands (knows up to {SCHEMA_VERSION}); upgrade errands"
-                )
-            for version, name, sql in _migrations.migrations("sqlite"):
-                if version <= current:
-                    continue
+            for version, name, sql in _migrations.pending(
+                "sqlite", current, f"SQLite store {path!r}"
+            ):
                 # executescript would commit; run statement by statement inside our transaction.
                 for statement in _split_sql(sql):
                     conn.execute(statement)
@@ -173,9 +168,7 @@ class SQLiteDialect(Dialect):
 
     # -- statements
 
-    def query(
-        self, tx: Tx, name: str, params: dict[str, Any], slots: dict[str, str] | None = None
-    ) -> list[Row]:
+    def query(self, tx: Tx, name: str, params: Params, slots: Slots = None) -> list[Row]:
         sql = CATALOGUE[name]
         if slots:
             for slot, text in slots.items():
@@ -183,20 +176,13 @@ class SQLiteDialect(Dialect):
         rows: list[Row] = tx.cursor.execute(sql, _bind(params)).fetchall()
         return rows
 
-    def update(self, tx: Tx, name: str, params: dict[str, Any]) -> int:
+    def update(self, tx: Tx, name: str, params: Params) -> int:
         count = int(tx.cursor.execute(CATALOGUE[name], _bind(params)).rowcount)
         if count > 0:
             tx.changed = True
         return count
 
-    def each(
-        self,
-        tx: Tx,
-        name: str,
-        rows: Sequence[Mapping[str, Any]],
-        key: str,
-        params: dict[str, Any],
-    ) -> list[Row]:
+    def each(self, tx: Tx, name: str, rows: BulkRows, key: str, params: Params) -> list[Row]:
         # In-process SQLite runs a statement per row about as fast as one bulk one.
         sql, out = CATALOGUE[name], []
         for row in rows:

@@ -15,9 +15,9 @@ import ctypes.util
 import logging
 import os
 import select
-import socket
-import threading
 from collections.abc import Callable
+
+from errands.store._thread import WatchThread
 
 logger = logging.getLogger("errands.store.sqlite")
 
@@ -47,28 +47,19 @@ def _inotify(path: str) -> int | None:
     return fd
 
 
-class WalWatch:
+class WalWatch(WatchThread):
     """Calls ``look()`` on its own thread soon after any commit to the file."""
 
     def __init__(self, wal_path: str, look: Callable[[], None]) -> None:
+        super().__init__("errands-wal-watch")
         self._look = look
-        self._stopping = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
         self._pause = POLL_S[0]
         self._fd = _inotify(wal_path)
         if self._fd is None:
             logger.info("no inotify for %s: watching it by polling", wal_path)
-        self._thread = threading.Thread(target=self._run, name="errands-wal-watch", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def stop(self) -> None:
-        """Stop watching (blocking)."""
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        self._thread.join()
-        self._wake_r.close()
-        self._wake_w.close()
+    def _stopped(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
 
@@ -82,7 +73,7 @@ class WalWatch:
             logger.exception("watching the SQLite file for commits failed")
 
     def _watch(self, fd: int) -> None:
-        wake = self._wake_r.fileno()
+        wake = self._wake
         while not self._stopping.is_set():
             readable, _, _ = select.select([fd, wake], [], [], SAFETY_LOOK_S)
             if wake in readable:
