@@ -177,6 +177,10 @@ async def _worker(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # SIGUSR1: say how many database round trips this process's store made.
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: _say(f"trips {getattr(client.store, 'round_trips', -1)}")
+    )
     try:
         async with Worker(
             client,

@@ -75,6 +75,10 @@ class ArmedClaims(Generic[C]):
     def __bool__(self) -> bool:
         return bool(self._waiting)
 
+    def has(self, key: Key) -> bool:
+        """Whether a claim is armed on the queue."""
+        return key in self._waiting
+
     def arm(self, key: Key, armed: Armed[C]) -> Callable[[], bool]:
         """Register; return the poller's ``disarm``: True if withdrawn, False
         if the claim fired (its delivery is then on its way)."""

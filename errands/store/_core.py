@@ -160,6 +160,8 @@ class CoreStore(Store):
         """Attempts this process claimed and has not reported (writer thread)."""
         self._serial = 0
         self._serial_lock = threading.Lock()
+        self._offset = 0.0
+        """The database clock's offset from this machine's, at the last commit."""
         self._writer = Writer(
             dialect,
             {
@@ -205,7 +207,7 @@ class CoreStore(Store):
 
     def start_watching(self) -> None:
         """Hear of other processes' commits from now on (blocks until listening)."""
-        self._dialect.watch(self._arrived)
+        self._dialect.watch(self._arrived, self.feed.wants)
 
     async def close(self) -> None:
         if self._closed:
@@ -225,6 +227,7 @@ class CoreStore(Store):
         with self._serial_lock:
             self._serial += 1
             serial = self._serial
+        self._offset = tx.offset
         for run_id in tx.released:
             self._held.pop(run_id, None)
         self._held.update(tx.claimed)
@@ -245,11 +248,38 @@ class CoreStore(Store):
     # ---------------------------------------------------------------- other processes
 
     def _arrived(self, hints: list[Hint] | None) -> None:
-        """The dialect heard of another process's commit (any thread): resolve
-        and publish it through the writer, which also runs the armed claims
-        it concerns in the same transaction."""
-        if not self._closed:
-            self._writer.post("intake", hints)
+        """The dialect heard of other processes' commits (any thread). What
+        needs the store (a claim armed on the queue, the outcome of an awaited
+        run, the state of a held attempt) goes to the writer, which resolves it
+        in one transaction; the rest is published at once; None means the
+        dialect must pull the changes in a transaction."""
+        if self._closed:
+            return
+        if hints is None:
+            self._writer.post("intake", None)
+            return
+        awaited = self.feed.subscribed_runs(Closed)
+        needed: list[Hint] = []
+        direct: list[Change] = []
+        for hint in hints:
+            if isinstance(hint, (Started, Claimable)):
+                (needed if self._armed.has(hint.queue) else direct).append(hint)
+            elif isinstance(hint, Closed):
+                if hint.run_id in awaited:
+                    needed.append(hint)
+            elif isinstance(hint, Interrupted):
+                if hint.run_id in self._held:
+                    needed.append(hint)
+            elif isinstance(hint, RunBucket):
+                needed.append(hint)
+            else:
+                direct.append(hint)
+        if needed:
+            self._writer.post("intake", needed)
+        if direct:
+            self.feed.publish(
+                _collapsed([_localized(c, self._offset) for c in direct]), self._serial
+            )
 
     def _intake(self, tx: Tx, items: list[list[Hint] | None]) -> list[Outcome]:
         hints: list[Hint] = []

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from errands.exceptions import StoreError
 from errands.store._catalogue import Catalogue
-from errands.store._changes import Change, Hint
+from errands.store._changes import AnyKind, Change, Hint
 from errands.store._rows import Row
 
 T = TypeVar("T")
@@ -25,6 +25,8 @@ Params = dict[str, Any]
 """A statement's parameters, by name."""
 BulkRows = Sequence[Mapping[str, Any]]
 """The rows of a bulk statement, each by column name."""
+Arrived = Callable[[list[Hint] | None], None]
+"""Takes other processes' changes (None: the core must pull them)."""
 Slots = dict[str, str] | None
 """SQL the core built (from bound parameters only) for a statement's ``{slot}``s."""
 
@@ -163,10 +165,11 @@ class Dialect(abc.ABC):
     # -- wake-ups and life ----------------------------------------------------
 
     @abc.abstractmethod
-    def watch(self, arrived: Callable[[list[Hint] | None], None]) -> None:
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind], bool]) -> None:
         """Start telling ``arrived`` of other processes' commits: with the
         changes when the dialect receives them, or None when the core must
-        ``pull`` them. Returns once watching."""
+        ``pull`` them (then only for kinds this process ``wants``). Returns
+        once watching."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -19,7 +19,7 @@ from errands.store._changes import Change, Deadline
 
 logger = logging.getLogger("errands.worker")
 
-SAFETY_LOOK_S = 10.0
+SAFETY_LOOK_S = 60.0
 """Longest wait between two looks for due timers (the change feed announces
 every deadline; this bounds the cost of a missed one)."""
 

@@ -54,9 +54,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from errands.exceptions import StoreError
 from errands.store import _migrations
 from errands.store._catalogue import Catalogue
-from errands.store._changes import Hint, Resync, from_wire, to_wire
+from errands.store._changes import AnyKind, Hint, Resync, from_wire, to_wire
 from errands.store._core import CoreStore
-from errands.store._dialect import BulkRows, Dialect, Params, Slots, Tx
+from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
 from errands.store._thread import WatchThread
 from errands.store._writer import WRITING_KINDS
@@ -435,7 +435,7 @@ class PostgresDialect(Dialect):
 
     # -- wake-ups and life
 
-    def watch(self, arrived: Callable[[list[Hint] | None], None]) -> None:
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind], bool]) -> None:
         self._listener = _Listener(
             self._conninfo, self._kwargs, self._channel, self._token, arrived, self.target
         )

@@ -6,10 +6,11 @@ connections, and how it hears other processes' commits.
 - The writer's connection (on the core's writer thread) runs each group
   commit in ``BEGIN IMMEDIATE``. A transaction that changed something also
   bumps, for each kind of change and key, a row of the ``changes`` table.
-- Other processes' commits: a watch on the ``-wal`` file (``_watch.py``)
-  asks the writer to look; it reads ``PRAGMA data_version`` (which moves
-  only when *another* connection committed, and costs no disk read in WAL
-  mode) and only then reads the ``changes`` rows past the last one it saw.
+- Other processes' commits: a process that committed such a change rings a
+  doorbell file beside the database (``_doorbell.py``); every process's
+  watcher asks its writer to look: it reads ``PRAGMA data_version`` (which
+  moves only when *another* connection committed, and costs no disk read in
+  WAL mode) and only then reads the ``changes`` rows past the last one it saw.
 - Readers (one connection per reader thread) serve describe / list / count.
 
 ``PRAGMA synchronous=FULL``: an acknowledged change survives a power cut.
@@ -31,11 +32,23 @@ from typing import Any, TypeVar
 from errands.exceptions import StoreError
 from errands.store import _migrations
 from errands.store._catalogue import Catalogue
-from errands.store._changes import Hint, from_row, to_row
+from errands.store._changes import (
+    AnyKind,
+    Claimable,
+    Closed,
+    Deadline,
+    Hint,
+    Interrupted,
+    OptionsChanged,
+    Resync,
+    Started,
+    from_row,
+    to_row,
+)
 from errands.store._core import CoreStore
-from errands.store._dialect import BulkRows, Dialect, Params, Slots, Tx
+from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
-from errands.store.sqlite._watch import WalWatch
+from errands.store.sqlite._doorbell import Doorbell, ring
 
 logger = logging.getLogger("errands.store.sqlite")
 
@@ -48,6 +61,17 @@ SCHEMA_VERSION = _migrations.newest("sqlite")
 """The newest schema this code knows."""
 
 CATALOGUE = Catalogue.load("SQLite", "errands.store.sqlite")
+
+BELL: dict[AnyKind, int] = {
+    Started: 0,
+    Claimable: 0,
+    Closed: 1,
+    Interrupted: 1,
+    OptionsChanged: 1,
+    Deadline: 2,
+    Resync: 3,
+}
+"""The doorbell byte each kind of change rings."""
 
 
 def path_from_url(url: str) -> str:
@@ -163,7 +187,7 @@ class SQLiteDialect(Dialect):
         self._lock = threading.Lock()
         self._version = self._data_version()
         self._seq = int(writer.execute(CATALOGUE["changes_head"]).fetchone()["seq"])
-        self._watch: WalWatch | None = None
+        self._watch: Doorbell | None = None
         self._look_posted = threading.Event()
 
     # -- statements
@@ -213,6 +237,8 @@ class SQLiteDialect(Dialect):
             for (kind, key), at in rows.items():
                 self._writer.execute(sql, {"kind": kind, "key": key, "at": at, "now": tx.now})
         self._writer.execute("COMMIT")
+        if tx.changes and self._watch is not None:
+            ring(self._watch.fd, {BELL[type(c)] for c in tx.changes})  # now they can see it
 
     def rollback(self, tx: Tx) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -254,13 +280,16 @@ class SQLiteDialect(Dialect):
                 logger.warning("%s: %s", self.label, e)
         return hints
 
-    def watch(self, arrived: Callable[[list[Hint] | None], None]) -> None:
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind], bool]) -> None:
         def look() -> None:
             if not self._look_posted.is_set():
                 self._look_posted.set()
                 arrived(None)
 
-        self._watch = WalWatch(self.path + "-wal", look)
+        def rang(bell: int) -> bool:
+            return any(wants(kind) for kind, b in BELL.items() if b == bell)
+
+        self._watch = Doorbell(self.path + "-feed", look, rang)
 
     # -- reads
 
