@@ -137,6 +137,11 @@ def bucket(run_id: str) -> int:
     return zlib.crc32(run_id.encode()) % BUCKETS
 
 
+def queue_bucket(queue: QueueKey) -> int:
+    """The bucket of a queue."""
+    return zlib.crc32("\x1f".join(queue).encode()) % BUCKETS
+
+
 @dataclass(frozen=True)
 class RunBucket:
     """Some run of ``bucket`` had a change of ``kind`` (how the SQLite change
@@ -304,10 +309,19 @@ class Subscription:
     async def wait(self, timeout: float | None) -> list[Change]:
         """The changes received since the last take, waiting up to ``timeout``
         seconds for the first one (None: no limit); [] on timeout."""
-        if not self._pending and not self.closed:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            taken = self.take()
+            if taken or self.closed:
+                return taken
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return []
+            # The event may be set with nothing pending: a wake-up scheduled
+            # before an earlier take ran after it.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout)
-        return self.take()
+                await asyncio.wait_for(self._event.wait(), left)
 
     @property
     def event(self) -> asyncio.Event:
@@ -354,9 +368,15 @@ class Feed:
                 found.update(k for k in sub.keys if isinstance(k, str))
         return found
 
-    def wants(self, kind: AnyKind) -> bool:
-        """Whether any subscription receives changes of the kind."""
-        return any(kind in sub.kinds for sub in self._subs)
+    def keys(self, kind: AnyKind) -> set[Hashable] | None:
+        """The keys subscriptions to ``kind`` name; None if one takes all."""
+        found: set[Hashable] = set()
+        for sub in self._subs:
+            if kind in sub.kinds:
+                if sub.keys is None:
+                    return None
+                found.update(sub.keys)
+        return found
 
     def publish(self, changes: Sequence[Change], serial: int = 0) -> None:
         """Hand each subscription the changes it asked for (of the commit

@@ -51,6 +51,7 @@ from errands.store._base import (
     Store,
 )
 from errands.store._changes import (
+    AnyKind,
     Change,
     Claimable,
     Closed,
@@ -58,10 +59,12 @@ from errands.store._changes import (
     Feed,
     Hint,
     Interrupted,
+    OptionsChanged,
     Resync,
     RunBucket,
     Started,
     bucket,
+    queue_bucket,
 )
 from errands.store._dialect import Dialect, Tx
 from errands.store._rows import Row
@@ -207,7 +210,20 @@ class CoreStore(Store):
 
     def start_watching(self) -> None:
         """Hear of other processes' commits from now on (blocks until listening)."""
-        self._dialect.watch(self._arrived, self.feed.wants)
+        self._dialect.watch(self._arrived, self._wants)
+
+    def _wants(self, kind: AnyKind, in_bucket: int) -> bool:
+        """Whether this process waits for a change of ``kind`` (a queue kind
+        or a run kind) to something in a bucket: a poller of a queue there,
+        an awaited or held run there."""
+        if kind in (Started, Claimable):
+            queues = self.feed.keys(Started)
+            return queues is None or any(
+                isinstance(q, tuple) and queue_bucket(q) == in_bucket for q in queues
+            )
+        runs = set(self._held) | self.feed.subscribed_runs(Closed)
+        runs |= self.feed.subscribed_runs(OptionsChanged)
+        return any(bucket(r) == in_bucket for r in runs)
 
     async def close(self) -> None:
         if self._closed:
@@ -272,6 +288,9 @@ class CoreStore(Store):
                     needed.append(hint)
             elif isinstance(hint, RunBucket):
                 needed.append(hint)
+            elif isinstance(hint, Deadline) and not hint.namespace:
+                namespaces = self.feed.keys(Deadline) or ()
+                direct.extend(Deadline(str(ns), hint.at) for ns in namespaces)
             else:
                 direct.append(hint)
         if needed:

@@ -165,11 +165,13 @@ class Dialect(abc.ABC):
     # -- wake-ups and life ----------------------------------------------------
 
     @abc.abstractmethod
-    def watch(self, arrived: Arrived, wants: Callable[[AnyKind], bool]) -> None:
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, int], bool]) -> None:
         """Start telling ``arrived`` of other processes' commits: with the
         changes when the dialect receives them, or None when the core must
-        ``pull`` them (then only for kinds this process ``wants``). Returns
-        once watching."""
+        ``pull`` them, which a dialect that hears of changes only coarsely
+        does only when this process ``wants`` a kind of change in a bucket
+        (``_changes.queue_bucket`` of a queue, ``bucket`` of a run id).
+        Returns once watching."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -435,7 +435,7 @@ class PostgresDialect(Dialect):
 
     # -- wake-ups and life
 
-    def watch(self, arrived: Arrived, wants: Callable[[AnyKind], bool]) -> None:
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, int], bool]) -> None:
         self._listener = _Listener(
             self._conninfo, self._kwargs, self._channel, self._token, arrived, self.target
         )

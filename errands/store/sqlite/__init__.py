@@ -33,16 +33,19 @@ from errands.exceptions import StoreError
 from errands.store import _migrations
 from errands.store._catalogue import Catalogue
 from errands.store._changes import (
+    BUCKETS,
     AnyKind,
+    Change,
     Claimable,
     Closed,
     Deadline,
     Hint,
     Interrupted,
     OptionsChanged,
-    Resync,
     Started,
+    bucket,
     from_row,
+    queue_bucket,
     to_row,
 )
 from errands.store._core import CoreStore
@@ -62,16 +65,20 @@ SCHEMA_VERSION = _migrations.newest("sqlite")
 
 CATALOGUE = Catalogue.load("SQLite", "errands.store.sqlite")
 
-BELL: dict[AnyKind, int] = {
-    Started: 0,
-    Claimable: 0,
-    Closed: 1,
-    Interrupted: 1,
-    OptionsChanged: 1,
-    Deadline: 2,
-    Resync: 3,
-}
-"""The doorbell byte each kind of change rings."""
+RUN_BELLS = BUCKETS
+"""Doorbell bytes 0-63 ring for buckets of queues, 64-127 for buckets of run
+ids, 128 for everything (a resync); deadlines ride in the doorbell itself."""
+
+
+def _bell(change: Change) -> int | None:
+    """The doorbell byte a change rings (None: a deadline)."""
+    if isinstance(change, (Started, Claimable)):
+        return queue_bucket(change.queue)
+    if isinstance(change, (Closed, Interrupted, OptionsChanged)):
+        return RUN_BELLS + bucket(change.run_id)
+    if isinstance(change, Deadline):
+        return None
+    return 2 * RUN_BELLS
 
 
 def path_from_url(url: str) -> str:
@@ -228,6 +235,8 @@ class SQLiteDialect(Dialect):
         if tx.changes:
             rows: dict[tuple[str, str], float | None] = {}
             for change in tx.changes:
+                if isinstance(change, Deadline):
+                    continue  # it rides in the doorbell
                 kind, key, at = to_row(change)
                 known = rows.get((kind, key))
                 rows[(kind, key)] = (
@@ -237,8 +246,10 @@ class SQLiteDialect(Dialect):
             for (kind, key), at in rows.items():
                 self._writer.execute(sql, {"kind": kind, "key": key, "at": at, "now": tx.now})
         self._writer.execute("COMMIT")
-        if tx.changes and self._watch is not None:
-            ring(self._watch.fd, {BELL[type(c)] for c in tx.changes})  # now they can see it
+        if tx.changes and self._watch is not None:  # only now can the others see them
+            bells = {b for b in map(_bell, tx.changes) if b is not None}
+            deadlines = [c.at for c in tx.changes if isinstance(c, Deadline)]
+            ring(self._watch.fd, bells, min(deadlines) if deadlines else None)
 
     def rollback(self, tx: Tx) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -265,8 +276,6 @@ class SQLiteDialect(Dialect):
         if version == self._version:
             return False
         self._version = version
-        if self._watch is not None:
-            self._watch.moved()
         return True
 
     def pull(self, tx: Tx) -> list[Hint]:
@@ -280,16 +289,23 @@ class SQLiteDialect(Dialect):
                 logger.warning("%s: %s", self.label, e)
         return hints
 
-    def watch(self, arrived: Arrived, wants: Callable[[AnyKind], bool]) -> None:
-        def look() -> None:
-            if not self._look_posted.is_set():
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, int], bool]) -> None:
+        def rang(bells: list[int] | None, deadline: float | None) -> None:
+            if deadline is not None:
+                arrived([Deadline("", deadline)])  # for every namespace's timers
+            looking = bells is None or any(wanted(b) for b in bells)
+            if looking and not self._look_posted.is_set():
                 self._look_posted.set()
                 arrived(None)
 
-        def rang(bell: int) -> bool:
-            return any(wants(kind) for kind, b in BELL.items() if b == bell)
+        def wanted(bell: int) -> bool:
+            if bell < RUN_BELLS:
+                return wants(Started, bell)
+            if bell < 2 * RUN_BELLS:
+                return wants(Closed, bell - RUN_BELLS)
+            return True
 
-        self._watch = Doorbell(self.path + "-feed", look, rang)
+        self._watch = Doorbell(self.path + "-feed", rang)
 
     # -- reads
 
