@@ -230,3 +230,16 @@ def heartbeat_log_and_return(count: int) -> int:
         activity.heartbeat(i)
         activity.logger.info("step %d", i)
     return count
+
+
+@activity.defn
+def heartbeat_and_log_past_the_gate(gate: str, count: int) -> int:
+    """Heartbeats once, waits for the gate, then heartbeats and logs (at
+    WARNING, which a spawned child forwards by default) ``count`` times."""
+    activity.heartbeat("before the gate")
+    _wait_for_file(gate)
+    for i in range(count):
+        activity.heartbeat(i)
+        activity.logger.warning("past the gate: step %d", i)
+        time.sleep(0.01)
+    return count

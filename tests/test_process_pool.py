@@ -709,3 +709,47 @@ async def test_a_stuck_shared_state_manager_hangs_neither_the_activity_nor_the_w
         os.kill(frozen, signal.SIGCONT)
         executor.shutdown(wait=True, cancel_futures=True)
         manager.shutdown()
+
+
+# ------------------------------------------------------------ failures to reach the worker
+
+
+async def test_a_child_whose_manager_is_gone_logs_each_kind_of_failure_once_and_its_result_arrives(
+    client: Client, task_queue: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 5: a child's failures to reach its worker were swallowed.
+    With the manager shut down mid-activity, every heartbeat and log record the
+    child sends fails, and so does its watcher: the child says so once per kind
+    on its stderr, and the result, which travels by the pool, still arrives."""
+    manager = SPAWN.Manager()
+    executor = ProcessPoolExecutor(1, mp_context=SPAWN)  # its child writes to the captured stderr
+    gate = tmp_path / "gate"
+    steps = 20
+    try:
+        async with pool_worker(
+            client,
+            task_queue,
+            executor,
+            SharedStateManager.create_from_multiprocessing(manager),
+            [acts.heartbeat_and_log_past_the_gate],
+        ):
+            handle = await client.start_activity(
+                acts.heartbeat_and_log_past_the_gate,
+                args=[str(gate), steps],
+                id="manager-gone",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            await heartbeat_stored(handle)
+            manager.shutdown()
+            gate.touch()
+            assert await asyncio.wait_for(handle.result(), CEILING_S) == steps
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    err = capfd.readouterr().err
+    for complaint in (
+        "could not send a heartbeat",
+        "could not send a log record",
+        "cannot read its worker's requests",
+    ):
+        assert err.count(complaint) == 1, err

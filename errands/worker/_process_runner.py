@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.process
-import contextlib
 import dataclasses
 import logging
 import os
@@ -49,7 +48,7 @@ from errands.activity import (
 from errands.converter import PayloadConverter
 from errands.exceptions import ApplicationError, CancelledError
 from errands.worker._runner import HeartbeatRecorder, Runner
-from errands.worker._shared_state import ChildChannel, SharedStateManager
+from errands.worker._shared_state import ChildChannel, SharedStateManager, ThrottledLog
 
 logger = logging.getLogger("errands.worker")
 
@@ -189,14 +188,22 @@ class _Child:
                     channel, record = self.logs.get_nowait()
                 except queue.Empty:
                     break
-                with contextlib.suppress(Exception):  # the manager is gone
+                try:
                     channel.send_log(record)
+                except Exception as e:
+                    _complaints.warning(
+                        "log", "a process-pool child could not send a log record: %r", e
+                    )
             attempt = self.attempt
             if attempt is None or not attempt.unsent or attempt.latest is None:
                 continue
             attempt.unsent = False
-            with contextlib.suppress(Exception):  # gone: the worker will time us out
+            try:
                 attempt.spec.channel.send_heartbeat(attempt.spec.info.task_token, attempt.latest)
+            except Exception as e:  # the worker gets the latest details with the result
+                _complaints.warning(
+                    "heartbeat", "a process-pool child could not send a heartbeat: %r", e
+                )
 
     def _watch(self) -> None:
         while True:
@@ -207,14 +214,21 @@ class _Child:
                 continue
             try:
                 flags = attempt.spec.channel.cancel_requested(attempt.spec.info.task_token)
-            except Exception:
-                flags = None  # the manager is gone
+            except Exception as e:  # the manager is gone or failing: cancels cannot arrive
+                _complaints.warning(
+                    "watch", "a process-pool child cannot read its worker's requests: %r", e
+                )
+                flags = None
             if flags is not None:
                 attempt.cancel(flags)
             time.sleep(CANCEL_POLL_S)
 
 
 _child = _Child()
+
+_complaints = ThrottledLog(logger)
+"""A child's failures to reach its worker: they go to the child's own logging
+(stderr unless configured), since the way to the worker is what failed."""
 
 
 def _on_sigusr1(signum: int, frame: Any) -> None:

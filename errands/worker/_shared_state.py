@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
-import contextlib
 import logging
 import multiprocessing.managers
 import queue
 import threading
+import time
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -32,6 +32,9 @@ whether it should stop."""
 
 SHUTDOWN_KEY = b"errands:worker-shutdown"
 """The entry of the shared mapping that says the worker is shutting down."""
+
+LOG_EVERY_S = 60.0
+"""Longest silence between two log lines about failures of one kind."""
 
 
 class ChildChannel(abc.ABC):
@@ -92,6 +95,31 @@ class SharedStateManager(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Stop background work (the worker calls it when it stops)."""
+
+
+class ThrottledLog:
+    """Logs each kind of failure at most once per ``every_s``, counting the
+    ones it held back: a broken manager fails every heartbeat, and a line for
+    each would drown the log. Thread-safe."""
+
+    def __init__(self, log: logging.Logger, every_s: float = LOG_EVERY_S) -> None:
+        self._log = log
+        self._every_s = every_s
+        self._kinds: dict[str, tuple[float, int]] = {}  # kind -> (next line at, held back)
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        """Log ``message % args`` unless a line of this kind went out lately."""
+        now = time.monotonic()
+        with self._lock:
+            next_at, held = self._kinds.get(kind, (0.0, 0))
+            if now < next_at:
+                self._kinds[kind] = (next_at, held + 1)
+                return
+            self._kinds[kind] = (now + self._every_s, 0)
+        if held:
+            message += f" ({held} more like it in the last {self._every_s:g} s)"
+        self._log.warning(message, *args)
 
 
 # --------------------------------------------------------------------------- multiprocessing
@@ -158,6 +186,7 @@ class _MultiprocessingSharedStateManager(SharedStateManager):
         self._stop = threading.Event()
         self._started = False
         self._executor = queue_poller_executor
+        self._complaints = ThrottledLog(logger)
 
     def child_channel(self) -> ChildChannel:
         return self._channel
@@ -190,8 +219,7 @@ class _MultiprocessingSharedStateManager(SharedStateManager):
             if task_token not in self._requested:
                 return
             self._requested.discard(task_token)
-        with contextlib.suppress(EOFError, OSError):  # a gone manager has nothing to forget
-            self._mapping.pop(task_token, None)
+        self._mapping.pop(task_token, None)
 
     def close(self) -> None:
         self._stop.set()
@@ -210,12 +238,23 @@ class _MultiprocessingSharedStateManager(SharedStateManager):
                     "process-pool activities stop"
                 )
                 return
-            kind = message[0]
-            if kind == "heartbeat":
-                with self._lock:
-                    heartbeat = self._heartbeaters.get(message[1])
-                if heartbeat is not None:
-                    heartbeat(message[2])
-            elif kind == "log":
-                record = logging.makeLogRecord(message[2])
-                logging.getLogger(message[1]).handle(record)
+            try:
+                self._dispatch(message)
+            except Exception as e:  # this thread serves every attempt: it must go on
+                self._complaints.warning(
+                    message[0],
+                    "could not take a %s from a process-pool activity: %r",
+                    message[0],
+                    e,
+                )
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "heartbeat":
+            with self._lock:
+                heartbeat = self._heartbeaters.get(message[1])
+            if heartbeat is not None:
+                heartbeat(message[2])
+        elif kind == "log":
+            record = logging.makeLogRecord(message[2])
+            logging.getLogger(message[1]).handle(record)
