@@ -243,3 +243,18 @@ def heartbeat_and_log_past_the_gate(gate: str, count: int) -> int:
         activity.logger.warning("past the gate: step %d", i)
         time.sleep(0.01)
     return count
+
+
+@activity.defn
+def heartbeat_pid_then_sleep() -> str:
+    """Heartbeats its pid, then sleeps (in C) until cancelled."""
+    activity.heartbeat(os.getpid())
+    time.sleep(3600)
+    return "slept an hour"
+
+
+@activity.defn
+def heartbeat_pid_then_wait_for_shutdown() -> bool:
+    """Heartbeats its pid, then waits for the worker's shutdown."""
+    activity.heartbeat(os.getpid())
+    return activity.wait_for_worker_shutdown_sync(GATE_CEILING_S)

@@ -753,3 +753,104 @@ async def test_a_child_whose_manager_is_gone_logs_each_kind_of_failure_once_and_
         "cannot read its worker's requests",
     ):
         assert err.count(complaint) == 1, err
+
+
+# ------------------------------------------------------------ waiting without polling
+
+QUIET_SPAN_S = 2.5
+"""How long the quiet tests watch a waiting child: longer than one wait of its
+watcher on the manager's wake-up event."""
+
+QUIET_MAX_SWITCHES = 25
+"""Voluntary context switches allowed to a waiting child in QUIET_SPAN_S. Each
+round trip to the manager costs at least one: asking every 10 ms costs 250."""
+
+
+def voluntary_switches(pid: int) -> int:
+    """The voluntary context switches of the process's threads so far (a thread
+    makes one each time it blocks, as on a reply from the manager)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+async def switches_while_waiting(handle: ActivityHandle[Any]) -> int:
+    """How many voluntary context switches the child running ``handle`` (which
+    heartbeats its pid first) makes in QUIET_SPAN_S."""
+    desc = await heartbeat_stored(handle)
+    pid = (await desc.heartbeat_details())[0]
+    await asyncio.sleep(0.3)  # the watcher's first read
+    before = voluntary_switches(pid)
+    await asyncio.sleep(QUIET_SPAN_S)
+    return voluntary_switches(pid) - before
+
+
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="counts context switches in /proc (Linux)"
+)
+
+
+@needs_proc
+async def test_a_child_sleeping_in_an_activity_asks_the_manager_nothing_and_still_gets_its_cancel(
+    client: Client, task_queue: str, mp_manager: multiprocessing.managers.SyncManager
+) -> None:
+    """Issue 10 item 5: the child's watcher blocks on the manager's wake-up
+    event instead of asking for a cancel request every 10 ms."""
+    one = ProcessPoolExecutor(1, mp_context=SPAWN)  # no other test's watchers in it
+    try:
+        async with pool_worker(
+            client,
+            task_queue,
+            one,
+            SharedStateManager.create_from_multiprocessing(mp_manager),
+            [acts.heartbeat_pid_then_sleep],
+        ):
+            handle = await client.start_activity(
+                acts.heartbeat_pid_then_sleep,
+                id="quiet-sleeper",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            switches = await switches_while_waiting(handle)
+            failure, _ = await cancel_and_time(handle)
+    finally:
+        one.shutdown(wait=True, cancel_futures=True)
+    assert switches < QUIET_MAX_SWITCHES
+    assert isinstance(failure, exceptions.CancelledError)
+
+
+@needs_proc
+async def test_a_child_waiting_for_the_workers_shutdown_asks_the_manager_nothing_and_sees_it(
+    client: Client, task_queue: str, mp_manager: multiprocessing.managers.SyncManager
+) -> None:
+    """Issue 10 item 5: wait_for_worker_shutdown_sync() in a child waits on a
+    flag of its own that the watcher sets, instead of asking every 50 ms."""
+    one = ProcessPoolExecutor(1, mp_context=SPAWN)
+    try:
+        async with pool_worker(
+            client,
+            task_queue,
+            one,
+            SharedStateManager.create_from_multiprocessing(mp_manager),
+            [acts.heartbeat_pid_then_wait_for_shutdown],
+            graceful_shutdown_timeout=timedelta(seconds=CEILING_S),
+        ):
+            handle = await client.start_activity(
+                acts.heartbeat_pid_then_wait_for_shutdown,
+                id="quiet-waiter",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            switches = await switches_while_waiting(handle)
+            began = time.monotonic()
+        # Leaving the block shut the worker down: the child noticed and returned.
+        took = time.monotonic() - began
+    finally:
+        one.shutdown(wait=True, cancel_futures=True)
+    assert switches < QUIET_MAX_SWITCHES
+    assert await handle.result() is True
+    assert took < CANCEL_CEILING_S

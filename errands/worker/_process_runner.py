@@ -7,14 +7,19 @@ hung worker. In the child the activity has its context (``info()``,
 ``cancellation_details()``, ``is_worker_shutdown()``, ``activity.logger``);
 heartbeats and log records travel back through the ``SharedStateManager``.
 
-Each child process keeps two threads for the attempt it runs: one ships the
-latest heartbeat details (a manager put is a blocking round trip, and
-``heartbeat()`` must not block), one looks for a cancel request every
-``CANCEL_POLL_S``. Cancellation, beyond Temporal: a stdlib
+Each child process keeps a thread that ships the latest heartbeat details and
+log records (a manager put is a blocking round trip, and ``heartbeat()`` must
+not block), and, per worker it serves, a watcher thread that blocks on that
+worker's wake-up event in the manager (see ``_shared_state``) and reads the
+worker's requests when woken: a cancel request or the worker's shutdown
+reaches the child in a round trip or two, and a child waiting on a long
+activity makes no manager calls. Cancellation, beyond Temporal: a stdlib
 ``ProcessPoolExecutor`` runs calls in the child's main thread, so on a cancel
 request the watcher signals its own process (SIGUSR1) and the handler raises
 ``errands.exceptions.CancelledError`` while that same attempt runs. Unlike a
-thread's, this also interrupts ``time.sleep`` and blocking system calls.
+thread's, this also interrupts ``time.sleep`` and blocking system calls. The
+main thread itself never calls the manager while an activity runs: a signal
+landing in the middle of a round trip would leave its connection out of step.
 
 A dead child breaks a stdlib pool for good: every attempt in flight fails
 retryably and the runner replaces the pool with a new one of the same size and
@@ -33,7 +38,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from errands.activity import (
@@ -48,12 +53,23 @@ from errands.activity import (
 from errands.converter import PayloadConverter
 from errands.exceptions import ApplicationError, CancelledError
 from errands.worker._runner import HeartbeatRecorder, Runner
-from errands.worker._shared_state import ChildChannel, SharedStateManager, ThrottledLog
+from errands.worker._shared_state import (
+    ChildChannel,
+    Requests,
+    SharedStateManager,
+    ThrottledLog,
+)
 
 logger = logging.getLogger("errands.worker")
 
-CANCEL_POLL_S = 0.01
-"""How often a child running an activity looks for a cancel request."""
+WAKE_WAIT_S = 2.0
+"""Longest one wait of a child's watcher on the manager's wake-up event. A wait
+that ends with no news retires the watcher if its worker has given the child
+nothing to run for that long; otherwise the watcher reads the requests again,
+a cheap safety net."""
+
+RETRY_S = 1.0
+"""How long a watcher whose manager call failed waits before trying again."""
 
 _FROM_ACTIVITY = "__errands_raised_by_activity__"
 """Set on exceptions the activity raised, so the worker tells them from the
@@ -77,39 +93,29 @@ class _ChildSpec:
     log_level: int
     """The worker's effective level for ``errands.activity``: a spawned child's
     logging is unconfigured (WARNING), which would drop ``logger.info``."""
-
-
-class _RemoteFlag(_Signal):
-    """``is_worker_shutdown()`` in a child: asks the worker's shared state."""
-
-    __slots__ = ("_channel",)
-
-    def __init__(self, channel: ChildChannel) -> None:
-        super().__init__()
-        self._channel = channel
-
-    def is_set(self) -> bool:
-        return self._channel.worker_shutting_down()
-
-    def wait_sync(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+    worker_shutdown: bool
+    """Whether the worker was shutting down when it sent the call (its
+    watcher in the child may not have read it yet)."""
 
 
 class _ChildAttempt:
     """The attempt running in this child's main thread."""
 
-    def __init__(self, spec: _ChildSpec, context: _Context) -> None:
+    def __init__(self, spec: _ChildSpec, watch: _Watch) -> None:
         self.spec = spec
-        self.context = context
+        self.watch = watch
+        self.context = _Context(
+            info=lambda: spec.info,
+            heartbeat=self.heartbeat,
+            cancelled=_Signal(),
+            worker_shutdown=watch.shutdown,
+            payload_converter=spec.payload_converter,
+            client=None,
+        )
         # Re-entrant: the SIGUSR1 handler takes it on the main thread, which may
         # hold it already (a signal handler runs between any two bytecodes).
         self.lock = threading.RLock()
-        self.running = True
+        self.running = False  # until start(): a cancel before marks it, and start() raises it
         self.shield_depth = 0
         self.deferred = False
         self.must_raise = False
@@ -121,20 +127,30 @@ class _ChildAttempt:
         self.unsent = True
         _child.ship.set()
 
-    def cancel(self, flags: dict[str, bool]) -> None:
-        """On the watcher thread: the worker asked to cancel this attempt."""
-        self.context.details = ActivityCancellationDetails(**flags)
-        self.context.cancelled.set()
-        if not self.spec.raise_on_cancel:
-            return
+    def start(self) -> None:
+        """On the main thread, just before the function runs: from now on a
+        cancel is raised by signal; one that came before is raised here."""
         with self.lock:
-            if not self.running:
-                return
+            self.running = True
+            raise_now = self.context.details is not None and self.spec.raise_on_cancel
+        if raise_now:
+            raise CancelledError()
+
+    def cancel(self, flags: dict[str, bool]) -> bool:
+        """The worker asked to cancel this attempt: mark it, once; True if the
+        watcher must now signal the main thread to raise CancelledError."""
+        with self.lock:
+            if self.context.details is not None:
+                return False
+            self.context.details = ActivityCancellationDetails(**flags)
+            self.context.cancelled.set()
+            if not self.spec.raise_on_cancel or not self.running:
+                return False
             if self.shield_depth:
                 self.deferred = True
-                return
+                return False
             self.must_raise = True
-        os.kill(os.getpid(), signal.SIGUSR1)
+            return True
 
     def enter_shield(self) -> None:
         with self.lock:
@@ -149,33 +165,102 @@ class _ChildAttempt:
             return False
 
 
+class _Watch:
+    """Carries one worker's requests into this child: a thread blocked on the
+    worker's wake-up event, which reads the requests each time it is woken."""
+
+    def __init__(self, channel: ChildChannel, key: Hashable) -> None:
+        self.channel = channel
+        self.key = key
+        self.cancels: Mapping[bytes, dict[str, bool]] = {}  # as of the last read
+        self.shutdown = _Signal()
+        self.last_active = time.monotonic()  # when an attempt of this worker last ended
+        threading.Thread(target=self._run, name="errands-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._apply(self.channel.read_requests())
+                woken = self.channel.wait_for_requests(WAKE_WAIT_S)
+            except Exception as e:  # the manager is gone or failing: cancels cannot arrive
+                _complaints.warning(
+                    "watch", "a process-pool child cannot read its worker's requests: %r", e
+                )
+                time.sleep(RETRY_S)
+                woken = False
+            if not woken and _child.retire_if_idle(self):
+                return
+
+    def _apply(self, requests: Requests) -> None:
+        with _child.lock:
+            self.cancels = requests.cancels
+            attempt = _child.attempt
+        if requests.worker_shutdown:
+            self.shutdown.set()
+        if attempt is None or attempt.watch is not self:
+            return
+        flags = requests.cancels.get(attempt.spec.info.task_token)
+        if flags is not None and attempt.cancel(flags):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
 class _Child:
-    """Per child process: the current attempt and the two threads that serve it."""
+    """Per child process: the current attempt and the threads that serve it."""
 
     def __init__(self) -> None:
         self.attempt: _ChildAttempt | None = None
+        # Guards attempt and watches between the main thread and the watchers.
+        self.lock = threading.Lock()
+        self.watches: dict[Hashable, _Watch] = {}
         self.ship = threading.Event()
         self.logs: queue.SimpleQueue[tuple[ChildChannel, logging.LogRecord]] = queue.SimpleQueue()
-        self.started = threading.Event()
-        self.threads_running = False
+        self.ready = False
 
-    def begin(self, attempt: _ChildAttempt) -> None:
-        self.attempt = attempt
-        if not self.threads_running:
-            self.threads_running = True
+    def begin(self, spec: _ChildSpec) -> _ChildAttempt:
+        """Make the attempt current (not yet running), marked cancelled if its
+        watcher already read a cancel request for it."""
+        if not self.ready:
+            self.ready = True
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGUSR1, _on_sigusr1)
             logging.getLogger("errands.activity").addHandler(_ForwardToWorker())
             threading.Thread(target=self._ship, name="errands-heartbeats", daemon=True).start()
-            threading.Thread(target=self._watch, name="errands-cancel", daemon=True).start()
-        self.started.set()
+        key = spec.channel.key()
+        with self.lock:
+            watch = self.watches.get(key)
+            if watch is None:
+                watch = self.watches[key] = _Watch(spec.channel, key)
+            attempt = self.attempt = _ChildAttempt(spec, watch)
+            flags = watch.cancels.get(spec.info.task_token)
+        if spec.worker_shutdown:
+            watch.shutdown.set()
+        if flags is not None:
+            attempt.cancel(flags)
+        return attempt
 
     def end(self, attempt: _ChildAttempt) -> None:
-        with attempt.lock:
-            attempt.running = False
-            attempt.must_raise = False
-        self.attempt = None
-        self.started.clear()
+        """The call returned or raised. A cancel signal may land in here (once:
+        its handler clears must_raise before it raises); the cleanup still runs."""
+        try:
+            with attempt.lock:
+                attempt.running = False
+                attempt.must_raise = False
+        finally:
+            with self.lock:
+                self.attempt = None
+                attempt.watch.last_active = time.monotonic()
+
+    def retire_if_idle(self, watch: _Watch) -> bool:
+        """On a watcher after a quiet wait: forget the watch (its thread then
+        ends) if no attempt of its worker ran for WAKE_WAIT_S."""
+        with self.lock:
+            attempt = self.attempt
+            if attempt is not None and attempt.watch is watch:
+                return False
+            if time.monotonic() - watch.last_active < WAKE_WAIT_S:
+                return False
+            del self.watches[watch.key]
+            return True
 
     def _ship(self) -> None:
         # The only thread that sends to the worker: if the manager is stuck, it
@@ -204,24 +289,6 @@ class _Child:
                 _complaints.warning(
                     "heartbeat", "a process-pool child could not send a heartbeat: %r", e
                 )
-
-    def _watch(self) -> None:
-        while True:
-            self.started.wait()
-            attempt = self.attempt
-            if attempt is None or not attempt.running or attempt.context.details is not None:
-                time.sleep(CANCEL_POLL_S)
-                continue
-            try:
-                flags = attempt.spec.channel.cancel_requested(attempt.spec.info.task_token)
-            except Exception as e:  # the manager is gone or failing: cancels cannot arrive
-                _complaints.warning(
-                    "watch", "a process-pool child cannot read its worker's requests: %r", e
-                )
-                flags = None
-            if flags is not None:
-                attempt.cancel(flags)
-            time.sleep(CANCEL_POLL_S)
 
 
 _child = _Child()
@@ -265,30 +332,24 @@ def _run_in_child(
 ) -> tuple[Any, Sequence[Any] | None]:
     """The call a pool child makes: run the activity with its context; return
     its result and its latest heartbeat details (so none is lost in flight)."""
-    context = _Context(
-        info=lambda: spec.info,
-        heartbeat=lambda details: attempt.heartbeat(details),
-        cancelled=_Signal(),
-        worker_shutdown=_RemoteFlag(spec.channel),
-        payload_converter=spec.payload_converter,
-        client=None,
-    )
-    attempt = _ChildAttempt(spec, context)
     activity_logger = logging.getLogger("errands.activity")
     if activity_logger.level != spec.log_level:
         activity_logger.setLevel(spec.log_level)
-    current_token = _current.set(context)
+    attempt = _child.begin(spec)
+    current_token = _current.set(attempt.context)
     shield_token = _shield_target.set(attempt)
     try:
         try:
-            _child.begin(attempt)
+            attempt.start()
             result = fn(*args)
         finally:
             # After end() the SIGUSR1 handler raises nothing; a cancel landing
             # before it (even here) is caught below and marked as the activity's.
-            _child.end(attempt)
-            _shield_target.reset(shield_token)
-            _current.reset(current_token)
+            try:
+                _child.end(attempt)
+            finally:
+                _shield_target.reset(shield_token)
+                _current.reset(current_token)
     except BaseException as e:
         setattr(e, _FROM_ACTIVITY, True)
         setattr(e, _LAST_HEARTBEAT, attempt.latest)
@@ -339,6 +400,7 @@ class ProcessRunner(Runner):
             payload_converter=context.payload_converter,
             raise_on_cancel=not definition.no_thread_cancel_exception,
             log_level=logging.getLogger("errands.activity").getEffectiveLevel(),
+            worker_shutdown=context.worker_shutdown.is_set(),
         )
         executor = self._executor
         direct = getattr(context.heartbeat, "direct", context.heartbeat)
