@@ -13,6 +13,7 @@ import multiprocessing
 import multiprocessing.managers
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -854,3 +855,22 @@ async def test_a_child_waiting_for_the_workers_shutdown_asks_the_manager_nothing
     assert switches < QUIET_MAX_SWITCHES
     assert await handle.result() is True
     assert took < CANCEL_CEILING_S
+
+
+async def test_manager_calls_reuse_idle_threads_and_a_stuck_one_delays_no_other() -> None:
+    """A thread keeps its connection to the manager (a new one costs a connect
+    per call); a call stuck in a frozen manager must still not delay the next."""
+    from errands.worker._process_runner import _off_loop
+
+    idle = set(threading.enumerate())  # other tests may have left some
+    used: set[threading.Thread] = set()
+    for _ in range(20):
+        await _off_loop(lambda: used.add(threading.current_thread()))
+    assert len(used - idle) <= 1
+
+    release = threading.Event()
+    stuck = asyncio.ensure_future(_off_loop(release.wait))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(_off_loop(lambda: None), 1.0)
+    release.set()
+    await stuck

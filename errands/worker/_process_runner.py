@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -495,34 +497,74 @@ MANAGER_CALL_TIMEOUT_S = 5.0
 """Longest the worker waits on one call to the shared-state manager."""
 
 
+_Call = tuple[Callable[[], None], Callable[[BaseException | None], None]]
+"""A manager call, and what to call with its exception (or None) once it returned."""
+
+
+class _CallThreads:
+    """Daemon threads for the worker's calls to the manager. An idle one takes
+    the next call: it keeps its connection to the manager, where a thread of
+    its own per call would connect afresh each time. A call stuck in a frozen
+    manager holds its thread, and the next call starts another."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._free = 0  # threads idle or about to be, less the calls queued for them
+
+    def submit(self, fn: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
+        """Run ``fn`` on an idle thread (a new one if none is), then ``done``
+        with its exception or None."""
+        with self._lock:
+            if self._free == 0:
+                self._free += 1
+                threading.Thread(
+                    target=self._serve, name="errands-shared-state-call", daemon=True
+                ).start()
+            self._free -= 1
+        self._calls.put((fn, done))
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._calls.get()
+            error: BaseException | None = None
+            try:
+                fn()
+            except BaseException as e:
+                error = e
+            with self._lock:
+                self._free += 1  # before done(): the caller's next call finds this thread
+            done(error)
+
+
+_call_threads = _CallThreads()
+
+
 async def _off_loop(fn: Callable[..., None], *args: Any) -> None:
-    """Call the manager on a daemon thread of its own, waiting at most
+    """Call the manager on a daemon thread, waiting at most
     MANAGER_CALL_TIMEOUT_S: a stuck manager must hang neither the loop nor,
     at exit, the interpreter (which joins the default executor's threads).
 
     Raises TimeoutError if the call did not return in time.
     """
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+    settled: asyncio.Future[None] = loop.create_future()
 
     def settle(error: BaseException | None) -> None:
-        if done.done():
+        if settled.done():
             return  # timed out already
         if error is None:
-            done.set_result(None)
+            settled.set_result(None)
         else:
-            done.set_exception(error)
+            settled.set_exception(error)
 
-    def call() -> None:
-        try:
-            fn(*args)
-        except BaseException as e:
-            loop.call_soon_threadsafe(settle, e)
-        else:
-            loop.call_soon_threadsafe(settle, None)
+    def done(error: BaseException | None) -> None:
+        # RuntimeError: the loop closed while the call was stuck; nobody waits for it now.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, error)
 
-    threading.Thread(target=call, name="errands-shared-state-call", daemon=True).start()
-    await asyncio.wait_for(done, MANAGER_CALL_TIMEOUT_S)
+    _call_threads.submit(functools.partial(fn, *args), done)
+    await asyncio.wait_for(settled, MANAGER_CALL_TIMEOUT_S)
 
 
 def pool_size(executor: concurrent.futures.Executor) -> int | None:
