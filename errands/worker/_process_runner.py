@@ -13,13 +13,14 @@ not block), and, per worker it serves, a watcher thread that blocks on that
 worker's wake-up event in the manager (see ``_shared_state``) and reads the
 worker's requests when woken: a cancel request or the worker's shutdown
 reaches the child in a round trip or two, and a child waiting on a long
-activity makes no manager calls. Cancellation, beyond Temporal: a stdlib
-``ProcessPoolExecutor`` runs calls in the child's main thread, so on a cancel
-request the watcher signals its own process (SIGUSR1) and the handler raises
-``errands.exceptions.CancelledError`` while that same attempt runs. Unlike a
-thread's, this also interrupts ``time.sleep`` and blocking system calls. The
-main thread itself never calls the manager while an activity runs: a signal
-landing in the middle of a round trip would leave its connection out of step.
+activity makes one manager call every WAKE_WAIT_S. Cancellation, beyond
+Temporal: a stdlib ``ProcessPoolExecutor`` runs calls in the child's main
+thread, so on a cancel request the watcher signals its own process (SIGUSR1)
+and the handler raises ``errands.exceptions.CancelledError`` while that same
+attempt runs. Unlike a thread's, this also interrupts ``time.sleep`` and
+blocking system calls. The main thread itself never calls the manager while
+an activity runs: a signal landing in the middle of a round trip would leave
+its connection out of step.
 
 A dead child breaks a stdlib pool for good: every attempt in flight fails
 retryably and the runner replaces the pool with a new one of the same size and
