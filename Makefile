@@ -24,6 +24,9 @@ typecheck: $(VENV)/.installed
 test: lint typecheck
 	$(PY) -m pytest -q
 
+# STYLE.md's "one command": the same as `make test`.
+check: test
+
 format: $(VENV)/.installed
 	$(PY) -m ruff format errands tests bench examples
 	$(PY) -m ruff check --fix errands tests bench examples

@@ -266,3 +266,31 @@ def heartbeat_log_and_return(count: int) -> int:
         activity.heartbeat(i)
         activity.logger.info("step %d", i)
     return count
+
+
+@activity.defn
+def heartbeat_and_log_past_the_gate(gate: str, count: int) -> int:
+    """Heartbeats once, waits for the gate, then heartbeats and logs (at
+    WARNING, which a spawned child forwards by default) ``count`` times."""
+    activity.heartbeat("before the gate")
+    _wait_for_file(gate)
+    for i in range(count):
+        activity.heartbeat(i)
+        activity.logger.warning("past the gate: step %d", i)
+        time.sleep(0.01)
+    return count
+
+
+@activity.defn
+def heartbeat_pid_then_sleep() -> str:
+    """Heartbeats its pid, then sleeps (in C) until cancelled."""
+    activity.heartbeat(os.getpid())
+    time.sleep(3600)
+    return "slept an hour"
+
+
+@activity.defn
+def heartbeat_pid_then_wait_for_shutdown() -> bool:
+    """Heartbeats its pid, then waits for the worker's shutdown."""
+    activity.heartbeat(os.getpid())
+    return activity.wait_for_worker_shutdown_sync(GATE_CEILING_S)

@@ -13,6 +13,7 @@ import multiprocessing
 import multiprocessing.managers
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -405,3 +406,167 @@ async def test_a_stuck_shared_state_manager_hangs_neither_the_activity_nor_the_w
         os.kill(frozen, signal.SIGCONT)
         executor.shutdown(wait=True, cancel_futures=True)
         manager.shutdown()
+
+
+# ------------------------------------------------------------ failures to reach the worker
+
+
+async def test_a_child_whose_manager_is_gone_logs_each_kind_of_failure_once_and_its_result_arrives(
+    client: Client, task_queue: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 5: a child's failures to reach its worker were swallowed.
+    With the manager shut down mid-activity, every heartbeat and log record the
+    child sends fails, and so does its watcher: the child says so once per kind
+    on its stderr, and the result, which travels by the pool, still arrives."""
+    manager = SPAWN.Manager()
+    executor = ProcessPoolExecutor(1, mp_context=SPAWN)  # its child writes to the captured stderr
+    gate = tmp_path / "gate"
+    steps = 20
+    try:
+        async with pool_worker(
+            client,
+            task_queue,
+            executor,
+            SharedStateManager.create_from_multiprocessing(manager),
+            [acts.heartbeat_and_log_past_the_gate],
+        ):
+            handle = await client.start_activity(
+                acts.heartbeat_and_log_past_the_gate,
+                args=[str(gate), steps],
+                id="manager-gone",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            await heartbeat_stored(handle)
+            manager.shutdown()
+            gate.touch()
+            assert await asyncio.wait_for(handle.result(), CEILING_S) == steps
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    err = capfd.readouterr().err
+    for complaint in (
+        "could not send a heartbeat",
+        "could not send a log record",
+        "cannot read its worker's requests",
+    ):
+        assert err.count(complaint) == 1, err
+
+
+# ------------------------------------------------------------ waiting without polling
+
+QUIET_SPAN_S = 2.5
+"""How long the quiet tests watch a waiting child: longer than one wait of its
+watcher on the manager's wake-up event."""
+
+QUIET_MAX_SWITCHES = 25
+"""Voluntary context switches allowed to a waiting child in QUIET_SPAN_S. Each
+round trip to the manager costs at least one: asking every 10 ms costs 250."""
+
+
+def voluntary_switches(pid: int) -> int:
+    """The voluntary context switches of the process's threads so far (a thread
+    makes one each time it blocks, as on a reply from the manager)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+async def switches_while_waiting(handle: ActivityHandle[Any]) -> int:
+    """How many voluntary context switches the child running ``handle`` (which
+    heartbeats its pid first) makes in QUIET_SPAN_S."""
+    desc = await heartbeat_stored(handle)
+    pid = (await desc.heartbeat_details())[0]
+    await asyncio.sleep(0.3)  # the watcher's first read
+    before = voluntary_switches(pid)
+    await asyncio.sleep(QUIET_SPAN_S)
+    return voluntary_switches(pid) - before
+
+
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="counts context switches in /proc (Linux)"
+)
+
+
+@needs_proc
+async def test_a_child_sleeping_in_an_activity_asks_the_manager_nothing_and_still_gets_its_cancel(
+    client: Client, task_queue: str, mp_manager: multiprocessing.managers.SyncManager
+) -> None:
+    """Issue 10 item 5: the child's watcher blocks on the manager's wake-up
+    event instead of asking for a cancel request every 10 ms."""
+    one = ProcessPoolExecutor(1, mp_context=SPAWN)  # no other test's watchers in it
+    try:
+        async with pool_worker(
+            client,
+            task_queue,
+            one,
+            SharedStateManager.create_from_multiprocessing(mp_manager),
+            [acts.heartbeat_pid_then_sleep],
+        ):
+            handle = await client.start_activity(
+                acts.heartbeat_pid_then_sleep,
+                id="quiet-sleeper",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            switches = await switches_while_waiting(handle)
+            failure, _ = await cancel_and_time(handle)
+    finally:
+        one.shutdown(wait=True, cancel_futures=True)
+    assert switches < QUIET_MAX_SWITCHES
+    assert isinstance(failure, exceptions.CancelledError)
+
+
+@needs_proc
+async def test_a_child_waiting_for_the_workers_shutdown_asks_the_manager_nothing_and_sees_it(
+    client: Client, task_queue: str, mp_manager: multiprocessing.managers.SyncManager
+) -> None:
+    """Issue 10 item 5: wait_for_worker_shutdown_sync() in a child waits on a
+    flag of its own that the watcher sets, instead of asking every 50 ms."""
+    one = ProcessPoolExecutor(1, mp_context=SPAWN)
+    try:
+        async with pool_worker(
+            client,
+            task_queue,
+            one,
+            SharedStateManager.create_from_multiprocessing(mp_manager),
+            [acts.heartbeat_pid_then_wait_for_shutdown],
+            graceful_shutdown_timeout=timedelta(seconds=CEILING_S),
+        ):
+            handle = await client.start_activity(
+                acts.heartbeat_pid_then_wait_for_shutdown,
+                id="quiet-waiter",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            switches = await switches_while_waiting(handle)
+            began = time.monotonic()
+        # Leaving the block shut the worker down: the child noticed and returned.
+        took = time.monotonic() - began
+    finally:
+        one.shutdown(wait=True, cancel_futures=True)
+    assert switches < QUIET_MAX_SWITCHES
+    assert await handle.result() is True
+    assert took < CANCEL_CEILING_S
+
+
+async def test_manager_calls_reuse_idle_threads_and_a_stuck_one_delays_no_other() -> None:
+    """A thread keeps its connection to the manager (a new one costs a connect
+    per call); a call stuck in a frozen manager must still not delay the next."""
+    from errands.worker._process_runner import _off_loop
+
+    idle = set(threading.enumerate())  # other tests may have left some
+    used: set[threading.Thread] = set()
+    for _ in range(20):
+        await _off_loop(lambda: used.add(threading.current_thread()))
+    assert len(used - idle) <= 1
+
+    release = threading.Event()
+    stuck = asyncio.ensure_future(_off_loop(release.wait))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(_off_loop(lambda: None), 1.0)
+    release.set()
+    await stuck

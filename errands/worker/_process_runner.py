@@ -7,14 +7,20 @@ hung worker. In the child the activity has its context (``info()``,
 ``cancellation_details()``, ``is_worker_shutdown()``, ``activity.logger``);
 heartbeats and log records travel back through the ``SharedStateManager``.
 
-Each child process keeps two threads for the attempt it runs: one ships the
-latest heartbeat details (a manager put is a blocking round trip, and
-``heartbeat()`` must not block), one looks for a cancel request every
-``CANCEL_POLL_S``. Cancellation, beyond Temporal: a stdlib
-``ProcessPoolExecutor`` runs calls in the child's main thread, so on a cancel
-request the watcher signals its own process (SIGUSR1) and the handler raises
-``errands.exceptions.CancelledError`` while that same attempt runs. Unlike a
-thread's, this also interrupts ``time.sleep`` and blocking system calls.
+Each child process keeps a thread that ships the latest heartbeat details and
+log records (a manager put is a blocking round trip, and ``heartbeat()`` must
+not block), and, per worker it serves, a watcher thread that blocks on that
+worker's wake-up event in the manager (see ``_shared_state``) and reads the
+worker's requests when woken: a cancel request or the worker's shutdown
+reaches the child in a round trip or two, and a child waiting on a long
+activity makes one manager call every WAKE_WAIT_S. Cancellation, beyond
+Temporal: a stdlib ``ProcessPoolExecutor`` runs calls in the child's main
+thread, so on a cancel request the watcher signals its own process (SIGUSR1)
+and the handler raises ``errands.exceptions.CancelledError`` while that same
+attempt runs. Unlike a thread's, this also interrupts ``time.sleep`` and
+blocking system calls. The main thread itself never calls the manager while
+an activity runs: a signal landing in the middle of a round trip would leave
+its connection out of step.
 
 A dead child breaks a stdlib pool for good: every attempt in flight fails
 retryably and the runner replaces the pool with a new one of the same size and
@@ -28,13 +34,14 @@ import concurrent.futures
 import concurrent.futures.process
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from errands.activity import (
@@ -49,12 +56,23 @@ from errands.activity import (
 from errands.converter import PayloadConverter
 from errands.exceptions import ApplicationError, CancelledError
 from errands.worker._runner import HeartbeatRecorder, Runner
-from errands.worker._shared_state import ChildChannel, SharedStateManager
+from errands.worker._shared_state import (
+    ChildChannel,
+    Requests,
+    SharedStateManager,
+    ThrottledLog,
+)
 
 logger = logging.getLogger("errands.worker")
 
-CANCEL_POLL_S = 0.01
-"""How often a child running an activity looks for a cancel request."""
+WAKE_WAIT_S = 2.0
+"""Longest one wait of a child's watcher on the manager's wake-up event. A wait
+that ends with no news retires the watcher if its worker has given the child
+nothing to run for that long; otherwise the watcher reads the requests again,
+a cheap safety net."""
+
+RETRY_S = 1.0
+"""How long a watcher whose manager call failed waits before trying again."""
 
 _FROM_ACTIVITY = "__errands_raised_by_activity__"
 """Set on exceptions the activity raised, so the worker tells them from the
@@ -78,39 +96,29 @@ class _ChildSpec:
     log_level: int
     """The worker's effective level for ``errands.activity``: a spawned child's
     logging is unconfigured (WARNING), which would drop ``logger.info``."""
-
-
-class _RemoteFlag(_Signal):
-    """``is_worker_shutdown()`` in a child: asks the worker's shared state."""
-
-    __slots__ = ("_channel",)
-
-    def __init__(self, channel: ChildChannel) -> None:
-        super().__init__()
-        self._channel = channel
-
-    def is_set(self) -> bool:
-        return self._channel.worker_shutting_down()
-
-    def wait_sync(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+    worker_shutdown: bool
+    """Whether the worker was shutting down when it sent the call (its
+    watcher in the child may not have read it yet)."""
 
 
 class _ChildAttempt:
     """The attempt running in this child's main thread."""
 
-    def __init__(self, spec: _ChildSpec, context: _Context) -> None:
+    def __init__(self, spec: _ChildSpec, watch: _Watch) -> None:
         self.spec = spec
-        self.context = context
+        self.watch = watch
+        self.context = _Context(
+            info=lambda: spec.info,
+            heartbeat=self.heartbeat,
+            cancelled=_Signal(),
+            worker_shutdown=watch.shutdown,
+            payload_converter=spec.payload_converter,
+            client=None,
+        )
         # Re-entrant: the SIGUSR1 handler takes it on the main thread, which may
         # hold it already (a signal handler runs between any two bytecodes).
         self.lock = threading.RLock()
-        self.running = True
+        self.running = False  # until start(): a cancel before marks it, and start() raises it
         self.shield_depth = 0
         self.deferred = False
         self.must_raise = False
@@ -122,20 +130,30 @@ class _ChildAttempt:
         self.unsent = True
         _child.ship.set()
 
-    def cancel(self, flags: dict[str, bool]) -> None:
-        """On the watcher thread: the worker asked to cancel this attempt."""
-        self.context.details = ActivityCancellationDetails(**flags)
-        self.context.cancelled.set()
-        if not self.spec.raise_on_cancel:
-            return
+    def start(self) -> None:
+        """On the main thread, just before the function runs: from now on a
+        cancel is raised by signal; one that came before is raised here."""
         with self.lock:
-            if not self.running:
-                return
+            self.running = True
+            raise_now = self.context.details is not None and self.spec.raise_on_cancel
+        if raise_now:
+            raise CancelledError()
+
+    def cancel(self, flags: dict[str, bool]) -> bool:
+        """The worker asked to cancel this attempt: mark it, once; True if the
+        watcher must now signal the main thread to raise CancelledError."""
+        with self.lock:
+            if self.context.details is not None:
+                return False
+            self.context.details = ActivityCancellationDetails(**flags)
+            self.context.cancelled.set()
+            if not self.spec.raise_on_cancel or not self.running:
+                return False
             if self.shield_depth:
                 self.deferred = True
-                return
+                return False
             self.must_raise = True
-        os.kill(os.getpid(), signal.SIGUSR1)
+            return True
 
     def enter_shield(self) -> None:
         with self.lock:
@@ -150,33 +168,102 @@ class _ChildAttempt:
             return False
 
 
+class _Watch:
+    """Carries one worker's requests into this child: a thread blocked on the
+    worker's wake-up event, which reads the requests each time it is woken."""
+
+    def __init__(self, channel: ChildChannel, key: Hashable) -> None:
+        self.channel = channel
+        self.key = key
+        self.cancels: Mapping[bytes, dict[str, bool]] = {}  # as of the last read
+        self.shutdown = _Signal()
+        self.last_active = time.monotonic()  # when an attempt of this worker last ended
+        threading.Thread(target=self._run, name="errands-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._apply(self.channel.read_requests())
+                woken = self.channel.wait_for_requests(WAKE_WAIT_S)
+            except Exception as e:  # the manager is gone or failing: cancels cannot arrive
+                _complaints.warning(
+                    "watch", "a process-pool child cannot read its worker's requests: %r", e
+                )
+                time.sleep(RETRY_S)
+                woken = False
+            if not woken and _child.retire_if_idle(self):
+                return
+
+    def _apply(self, requests: Requests) -> None:
+        with _child.lock:
+            self.cancels = requests.cancels
+            attempt = _child.attempt
+        if requests.worker_shutdown:
+            self.shutdown.set()
+        if attempt is None or attempt.watch is not self:
+            return
+        flags = requests.cancels.get(attempt.spec.info.task_token)
+        if flags is not None and attempt.cancel(flags):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
 class _Child:
-    """Per child process: the current attempt and the two threads that serve it."""
+    """Per child process: the current attempt and the threads that serve it."""
 
     def __init__(self) -> None:
         self.attempt: _ChildAttempt | None = None
+        # Guards attempt and watches between the main thread and the watchers.
+        self.lock = threading.Lock()
+        self.watches: dict[Hashable, _Watch] = {}
         self.ship = threading.Event()
         self.logs: queue.SimpleQueue[tuple[ChildChannel, logging.LogRecord]] = queue.SimpleQueue()
-        self.started = threading.Event()
-        self.threads_running = False
+        self.ready = False
 
-    def begin(self, attempt: _ChildAttempt) -> None:
-        self.attempt = attempt
-        if not self.threads_running:
-            self.threads_running = True
+    def begin(self, spec: _ChildSpec) -> _ChildAttempt:
+        """Make the attempt current (not yet running), marked cancelled if its
+        watcher already read a cancel request for it."""
+        if not self.ready:
+            self.ready = True
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGUSR1, _on_sigusr1)
             logging.getLogger("errands.activity").addHandler(_ForwardToWorker())
             threading.Thread(target=self._ship, name="errands-heartbeats", daemon=True).start()
-            threading.Thread(target=self._watch, name="errands-cancel", daemon=True).start()
-        self.started.set()
+        key = spec.channel.key()
+        with self.lock:
+            watch = self.watches.get(key)
+            if watch is None:
+                watch = self.watches[key] = _Watch(spec.channel, key)
+            attempt = self.attempt = _ChildAttempt(spec, watch)
+            flags = watch.cancels.get(spec.info.task_token)
+        if spec.worker_shutdown:
+            watch.shutdown.set()
+        if flags is not None:
+            attempt.cancel(flags)
+        return attempt
 
     def end(self, attempt: _ChildAttempt) -> None:
-        with attempt.lock:
-            attempt.running = False
-            attempt.must_raise = False
-        self.attempt = None
-        self.started.clear()
+        """The call returned or raised. A cancel signal may land in here (once:
+        its handler clears must_raise before it raises); the cleanup still runs."""
+        try:
+            with attempt.lock:
+                attempt.running = False
+                attempt.must_raise = False
+        finally:
+            with self.lock:
+                self.attempt = None
+                attempt.watch.last_active = time.monotonic()
+
+    def retire_if_idle(self, watch: _Watch) -> bool:
+        """On a watcher after a quiet wait: forget the watch (its thread then
+        ends) if no attempt of its worker ran for WAKE_WAIT_S."""
+        with self.lock:
+            attempt = self.attempt
+            if attempt is not None and attempt.watch is watch:
+                return False
+            if time.monotonic() - watch.last_active < WAKE_WAIT_S:
+                return False
+            del self.watches[watch.key]
+            return True
 
     def _ship(self) -> None:
         # The only thread that sends to the worker: if the manager is stuck, it
@@ -189,32 +276,29 @@ class _Child:
                     channel, record = self.logs.get_nowait()
                 except queue.Empty:
                     break
-                with contextlib.suppress(Exception):  # the manager is gone
+                try:
                     channel.send_log(record)
+                except Exception as e:
+                    _complaints.warning(
+                        "log", "a process-pool child could not send a log record: %r", e
+                    )
             attempt = self.attempt
             if attempt is None or not attempt.unsent or attempt.latest is None:
                 continue
             attempt.unsent = False
-            with contextlib.suppress(Exception):  # gone: the worker will time us out
-                attempt.spec.channel.send_heartbeat(attempt.spec.info.task_token, attempt.latest)
-
-    def _watch(self) -> None:
-        while True:
-            self.started.wait()
-            attempt = self.attempt
-            if attempt is None or not attempt.running or attempt.context.details is not None:
-                time.sleep(CANCEL_POLL_S)
-                continue
             try:
-                flags = attempt.spec.channel.cancel_requested(attempt.spec.info.task_token)
-            except Exception:
-                flags = None  # the manager is gone
-            if flags is not None:
-                attempt.cancel(flags)
-            time.sleep(CANCEL_POLL_S)
+                attempt.spec.channel.send_heartbeat(attempt.spec.info.task_token, attempt.latest)
+            except Exception as e:  # the worker gets the latest details with the result
+                _complaints.warning(
+                    "heartbeat", "a process-pool child could not send a heartbeat: %r", e
+                )
 
 
 _child = _Child()
+
+_complaints = ThrottledLog(logger)
+"""A child's failures to reach its worker: they go to the child's own logging
+(stderr unless configured), since the way to the worker is what failed."""
 
 
 def _on_sigusr1(signum: int, frame: Any) -> None:
@@ -251,30 +335,24 @@ def _run_in_child(
 ) -> tuple[Any, Sequence[Any] | None]:
     """The call a pool child makes: run the activity with its context; return
     its result and its latest heartbeat details (so none is lost in flight)."""
-    context = _Context(
-        info=lambda: spec.info,
-        heartbeat=lambda details: attempt.heartbeat(details),
-        cancelled=_Signal(),
-        worker_shutdown=_RemoteFlag(spec.channel),
-        payload_converter=spec.payload_converter,
-        client=None,
-    )
-    attempt = _ChildAttempt(spec, context)
     activity_logger = logging.getLogger("errands.activity")
     if activity_logger.level != spec.log_level:
         activity_logger.setLevel(spec.log_level)
-    current_token = _current.set(context)
+    attempt = _child.begin(spec)
+    current_token = _current.set(attempt.context)
     shield_token = _shield_target.set(attempt)
     try:
         try:
-            _child.begin(attempt)
+            attempt.start()
             result = fn(*args)
         finally:
             # After end() the SIGUSR1 handler raises nothing; a cancel landing
             # before it (even here) is caught below and marked as the activity's.
-            _child.end(attempt)
-            _shield_target.reset(shield_token)
-            _current.reset(current_token)
+            try:
+                _child.end(attempt)
+            finally:
+                _shield_target.reset(shield_token)
+                _current.reset(current_token)
     except BaseException as e:
         setattr(e, _FROM_ACTIVITY, True)
         setattr(e, _LAST_HEARTBEAT, attempt.latest)
@@ -325,6 +403,7 @@ class ProcessRunner(Runner):
             payload_converter=context.payload_converter,
             raise_on_cancel=not definition.no_thread_cancel_exception,
             log_level=logging.getLogger("errands.activity").getEffectiveLevel(),
+            worker_shutdown=context.worker_shutdown.is_set(),
         )
         executor = self._executor
         direct = getattr(context.heartbeat, "direct", context.heartbeat)
@@ -419,34 +498,74 @@ MANAGER_CALL_TIMEOUT_S = 5.0
 """Longest the worker waits on one call to the shared-state manager."""
 
 
+_Call = tuple[Callable[[], None], Callable[[BaseException | None], None]]
+"""A manager call, and what to call with its exception (or None) once it returned."""
+
+
+class _CallThreads:
+    """Daemon threads for the worker's calls to the manager. An idle one takes
+    the next call: it keeps its connection to the manager, where a thread of
+    its own per call would connect afresh each time. A call stuck in a frozen
+    manager holds its thread, and the next call starts another."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._free = 0  # threads idle or about to be, less the calls queued for them
+
+    def submit(self, fn: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
+        """Run ``fn`` on an idle thread (a new one if none is), then ``done``
+        with its exception or None."""
+        with self._lock:
+            if self._free == 0:
+                self._free += 1
+                threading.Thread(
+                    target=self._serve, name="errands-shared-state-call", daemon=True
+                ).start()
+            self._free -= 1
+        self._calls.put((fn, done))
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._calls.get()
+            error: BaseException | None = None
+            try:
+                fn()
+            except BaseException as e:
+                error = e
+            with self._lock:
+                self._free += 1  # before done(): the caller's next call finds this thread
+            done(error)
+
+
+_call_threads = _CallThreads()
+
+
 async def _off_loop(fn: Callable[..., None], *args: Any) -> None:
-    """Call the manager on a daemon thread of its own, waiting at most
+    """Call the manager on a daemon thread, waiting at most
     MANAGER_CALL_TIMEOUT_S: a stuck manager must hang neither the loop nor,
     at exit, the interpreter (which joins the default executor's threads).
 
     Raises TimeoutError if the call did not return in time.
     """
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+    settled: asyncio.Future[None] = loop.create_future()
 
     def settle(error: BaseException | None) -> None:
-        if done.done():
+        if settled.done():
             return  # timed out already
         if error is None:
-            done.set_result(None)
+            settled.set_result(None)
         else:
-            done.set_exception(error)
+            settled.set_exception(error)
 
-    def call() -> None:
-        try:
-            fn(*args)
-        except BaseException as e:
-            loop.call_soon_threadsafe(settle, e)
-        else:
-            loop.call_soon_threadsafe(settle, None)
+    def done(error: BaseException | None) -> None:
+        # RuntimeError: the loop closed while the call was stuck; nobody waits for it now.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, error)
 
-    threading.Thread(target=call, name="errands-shared-state-call", daemon=True).start()
-    await asyncio.wait_for(done, MANAGER_CALL_TIMEOUT_S)
+    _call_threads.submit(functools.partial(fn, *args), done)
+    await asyncio.wait_for(settled, MANAGER_CALL_TIMEOUT_S)
 
 
 def pool_size(executor: concurrent.futures.Executor) -> int | None:

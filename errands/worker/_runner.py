@@ -1,7 +1,14 @@
 """Runners: how an activity function is called and how cancellation reaches it.
 
-The worker picks one runner per definition when it is built; this is the only
-place that looks at what kind of function, or executor, an activity has.
+This module holds the interface every runner implements and the runner for
+``async def`` activities; the thread and process runners live beside it. The
+Worker makes its runners once, when it is built: one AsyncRunner, and for
+plain ``def`` activities one runner that ``_sync_runner`` in ``_worker.py``
+picks from the executor (a ``ThreadPoolExecutor`` gets a ThreadRunner, any
+other executor a ProcessRunner). Each attempt takes the one its definition's
+kind calls for. Past that choice nothing asks which runner it has: what
+differs is behind the hooks below (``threadsafe``, ``worker_shutdown``,
+``close``).
 """
 
 from __future__ import annotations
