@@ -26,6 +26,7 @@ import pytest
 from errands import activity, exceptions
 from errands.client import (
     ActivityExecutionStatus,
+    ActivityHandle,
     Client,
 )
 from errands.common import RetryPolicy
