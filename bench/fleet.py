@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from bench import netem
 from bench.activities import io_wait
 from bench.children import started, worker_argv
-from bench.compare._procstat import CpuMeter
+from bench.compare._procstat import CpuMeter, cpu_seconds
 from bench.compare._sides import postgres_backends
 from bench.stores import StoreTarget
 from bench.workloads import TIMEOUT, Figure
@@ -71,6 +71,7 @@ class Measured:
     completed: int
     seconds: float
     own_cpu_s: float  # this process tree: the workers, the client, the bench
+    client_cpu_s: float  # the client's alone
     db_cpu_s: float | None  # PostgreSQL's backends; None: some were not seen both times
     load: str
 
@@ -175,7 +176,9 @@ async def measure(
         if said != "start":
             raise RuntimeError(f"the fleet client said {said!r}, not 'start'")
         await asyncio.to_thread(meter.start)
+        client_before = cpu_seconds(client.pid) or 0.0
         said = await client.line(size.window_s + LINE_GRACE_S)
+        client_s = (cpu_seconds(client.pid) or 0.0) - client_before
         own_s, db_s = await asyncio.to_thread(meter.stop)
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         if not said.startswith("end "):
@@ -185,7 +188,7 @@ async def measure(
         # The tasks the client left claimed or queued end within about this;
         # a worker's shutdown would interrupt them, and each would log a warning.
         await asyncio.sleep(size.activity_s * (2 + size.margin) + DRAIN_GRACE_S)
-    return Measured(workers, counted["completed"], counted["seconds"], own_s, db_s, load)
+    return Measured(workers, counted["completed"], counted["seconds"], own_s, client_s, db_s, load)
 
 
 # --------------------------------------------------------------------------- the workload
@@ -234,6 +237,11 @@ def fleet_figures(measured: dict[int, Measured], size: FleetSize, postgres: bool
         ]
         if m.cpu_ms is not None:
             figures.append(Figure("fleet", f"{label}: CPU per activity", m.cpu_ms, "ms"))
+        client_ms = 1000 * m.client_cpu_s / m.completed
+        figures.append(Figure("fleet", f"{label}: of which the client", client_ms, "ms"))
+        if m.cpu_ms is not None:
+            cores = m.cpu_ms * m.completed / 1000 / m.seconds
+            figures.append(Figure("fleet", f"{label}: CPU used, all processes", cores, "cores"))
         if postgres and m.db_cpu_s is not None:
             db_ms = 1000 * m.db_cpu_s / m.completed
             figures.append(Figure("fleet", f"{label}: of which PostgreSQL", db_ms, "ms"))
