@@ -237,14 +237,14 @@ def fleet_figures(measured: dict[int, Measured], size: FleetSize, postgres: bool
         ]
         if m.cpu_ms is not None:
             figures.append(Figure("fleet", f"{label}: CPU per activity", m.cpu_ms, "ms"))
+        if postgres and m.db_cpu_s is not None:
+            db_ms = 1000 * m.db_cpu_s / m.completed
+            figures.append(Figure("fleet", f"{label}: of which PostgreSQL", db_ms, "ms"))
         client_ms = 1000 * m.client_cpu_s / m.completed
         figures.append(Figure("fleet", f"{label}: of which the client", client_ms, "ms"))
         if m.cpu_ms is not None:
             cores = m.cpu_ms * m.completed / 1000 / m.seconds
             figures.append(Figure("fleet", f"{label}: CPU used, all processes", cores, "cores"))
-        if postgres and m.db_cpu_s is not None:
-            db_ms = 1000 * m.db_cpu_s / m.completed
-            figures.append(Figure("fleet", f"{label}: of which PostgreSQL", db_ms, "ms"))
         if one is None or workers == 1:
             continue
         efficiency = 100 * m.rate / (workers * one.rate)
