@@ -74,6 +74,7 @@ class Measured:
     client_cpu_s: float  # the client's alone
     db_cpu_s: float | None  # PostgreSQL's backends; None: some were not seen both times
     load: str
+    backends: int  # PostgreSQL backends named errands:<schema> at the window's start
 
     @property
     def rate(self) -> float:
@@ -176,6 +177,7 @@ async def measure(
         if said != "start":
             raise RuntimeError(f"the fleet client said {said!r}, not 'start'")
         await asyncio.to_thread(meter.start)
+        backends = len(await asyncio.to_thread(server_pids))
         client_before = cpu_seconds(client.pid) or 0.0
         said = await client.line(size.window_s + LINE_GRACE_S)
         client_s = (cpu_seconds(client.pid) or 0.0) - client_before
@@ -188,7 +190,9 @@ async def measure(
         # The tasks the client left claimed or queued end within about this;
         # a worker's shutdown would interrupt them, and each would log a warning.
         await asyncio.sleep(size.activity_s * (2 + size.margin) + DRAIN_GRACE_S)
-    return Measured(workers, counted["completed"], counted["seconds"], own_s, client_s, db_s, load)
+    return Measured(
+        workers, counted["completed"], counted["seconds"], own_s, client_s, db_s, load, backends
+    )
 
 
 # --------------------------------------------------------------------------- the workload
@@ -214,6 +218,11 @@ async def fleet(store: StoreTarget, size: FleetSize, notes: list[str]) -> list[F
             f"fleet {_label(workers)}: {m.completed} results in {m.seconds:.1f} s, "
             f"{size.in_flight(workers)} in flight; load average at the window's end {m.load}"
         )
+        if store.kind == "postgresql" and not m.backends:
+            notes.append(
+                f"fleet {_label(workers)}: no PostgreSQL backend is named errands:<schema>, "
+                "so the database's CPU is not in CPU per activity"
+            )
         if m.db_cpu_s is None:
             notes.append(
                 f"fleet {_label(workers)}: a PostgreSQL backend came or went during the "
