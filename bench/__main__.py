@@ -1,5 +1,6 @@
 """``python -m bench``: run the workloads, print the settings and one table,
-write the results as JSON. ``python -m bench worker ...`` is the worker child."""
+write the results as JSON. ``python -m bench worker ...`` is the worker child,
+``idle-client`` and ``fleet-client`` the idle and fleet workloads' clients."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from typing import Any
 
 from bench import workloads as w
 from bench.activities import noop_sync
+from bench.fleet import FleetSize, drive, fleet
+from bench.idle import WORKER_SLOTS as IDLE_SLOTS
+from bench.idle import await_forever, idle
 from bench.retention import RUNS as RETENTION_RUNS
 from bench.retention import retention
 from bench.stores import StoreTarget
@@ -39,11 +43,15 @@ WORKLOADS = [
     "cancel-process",
     "scaling",
     "retention",
+    "idle",
+    "fleet",
 ]
 """1p: worker and client in one process; 2p: the worker in a child process;
 thread/process: sync activities on a thread pool / process pool of a worker in
 the client's process; scaling: 1, 2, 4 worker processes and the client in this
-one; retention: claims with and without a million closed rows, and prune."""
+one; retention: claims with and without a million closed rows, and prune; idle: the
+CPU of a waiting worker process and of a client process awaiting a result;
+fleet: 1, 4, 16 worker processes of I/O-bound activities (bench/fleet.py)."""
 
 THREAD_SHARE = 0.7
 """throughput-thread must reach this share of throughput-1p (same run)."""
@@ -103,6 +111,50 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="tasks started, then claimed one claim_batch call each (retention)",
     )
     p.add_argument(
+        "--idle-window", type=float, default=60.0, help="seconds the idle CPU is measured over"
+    )
+    p.add_argument(
+        "--idle-settle",
+        type=float,
+        default=5.0,
+        help="seconds the idle processes run before the window",
+    )
+    p.add_argument(
+        "--fleet-workers",
+        type=int,
+        nargs="+",
+        default=[1, 4, 16],
+        metavar="COUNT",
+        help="worker process counts of the fleet workload (efficiency and CPU ratio are "
+        "against the count 1)",
+    )
+    p.add_argument(
+        "--fleet-slots", type=int, default=10, help="max_concurrent_activities per fleet worker"
+    )
+    p.add_argument(
+        "--fleet-activity-s", type=float, default=0.2, help="seconds each fleet activity awaits"
+    )
+    p.add_argument(
+        "--fleet-margin",
+        type=float,
+        default=0.5,
+        help="activities kept in flight beyond the slots, as a share of them",
+    )
+    p.add_argument(
+        "--fleet-warmup", type=float, default=5.0, help="seconds before the fleet window"
+    )
+    p.add_argument(
+        "--fleet-window", type=float, default=30.0, help="seconds the fleet is measured over"
+    )
+    p.add_argument(
+        "--netem-delay-ms",
+        type=float,
+        default=1.0,
+        help="PostgreSQL only: also run the fleet's single worker with the database this "
+        "many ms away each way (netem, in network namespaces of the run's own; needs root "
+        "and a kernel with netem; 0: the same path without a delay)",
+    )
+    p.add_argument(
         "--url",
         help="run on this store: postgresql://... (a fresh schema per workload, dropped "
         "afterwards) or sqlite:///dir/name.db (files dir/name-<workload>.db); default: SQLite "
@@ -118,6 +170,30 @@ def parse_worker_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--task-queue", required=True)
     p.add_argument("--slots", type=int, default=500)
     return p.parse_args(argv)
+
+
+def parse_client_args(name: str, argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"python -m bench {name}")
+    p.add_argument("--url", required=True)
+    p.add_argument("--task-queue", required=True)
+    if name == "fleet-client":
+        p.add_argument("--in-flight", type=int, required=True)
+        p.add_argument("--activity-s", type=float, required=True)
+        p.add_argument("--warmup", type=float, required=True)
+        p.add_argument("--window", type=float, required=True)
+    return p.parse_args(argv)
+
+
+def fleet_size(args: argparse.Namespace) -> FleetSize:
+    return FleetSize(
+        workers=args.fleet_workers,
+        slots=args.fleet_slots,
+        activity_s=args.fleet_activity_s,
+        margin=args.fleet_margin,
+        warmup_s=args.fleet_warmup,
+        window_s=args.fleet_window,
+        netem_delay_ms=args.netem_delay_ms,
+    )
 
 
 async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[str, Any]:
@@ -147,6 +223,7 @@ async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[st
         "python": platform.python_version(),
         **versions,
         **found,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "load average (1, 5, 15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
@@ -165,15 +242,29 @@ async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[st
         "retention closed rows": args.closed_rows,
         "retention n": f"{args.retention_n} a run, the median of {RETENTION_RUNS} runs",
         "retention claim rounds": args.claim_rounds,
+        "idle": f"a worker process ({IDLE_SLOTS} slots, nothing to do) and a client "
+        f"process awaiting result(), each on its own store; {args.idle_settle:g} s settle, "
+        f"{args.idle_window:g} s window",
+        "fleet worker processes": " ".join(map(str, args.fleet_workers)),
+        "fleet": f"async activities awaiting {args.fleet_activity_s:g} s, "
+        f"max_concurrent_activities={args.fleet_slots} per worker; one client process "
+        f"keeping slots x workers x {1 + args.fleet_margin:g} in flight; "
+        f"{args.fleet_warmup:g} s warm-up, {args.fleet_window:g} s window",
+        "fleet netem delay (PostgreSQL only)": f"{args.netem_delay_ms:g} ms each way",
         "workloads": " ".join(args.only),
     }
 
 
 async def run_workload(
-    name: str, args: argparse.Namespace, tmp: Path, store: StoreTarget
+    name: str, args: argparse.Namespace, tmp: Path, store: StoreTarget, notes: list[str]
 ) -> list[w.Figure]:
-    """One workload on a fresh store (or, for scaling and retention, one per
-    measurement), each removed afterwards."""
+    """One workload on a fresh store (or, for scaling, retention, idle and
+    fleet, one per measurement), each removed afterwards; ``notes`` gathers
+    what a workload has to say beside its figures."""
+    if name == "idle":
+        return await idle(store, args.idle_window, args.idle_settle, notes)
+    if name == "fleet":
+        return await fleet(store, fleet_size(args), notes)
     if name == "retention":
         return await retention(
             store, args.closed_rows, args.retention_n, args.in_flight, args.claim_rounds
@@ -272,12 +363,13 @@ async def run(args: argparse.Namespace) -> int:
         print(flush=True)
         figures: list[w.Figure] = []
         errors: dict[str, str] = {}
+        notes: list[str] = []
         for name in [n for n in WORKLOADS if n in args.only]:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             began = time.perf_counter()
             try:
                 figures += await asyncio.wait_for(
-                    run_workload(name, args, tmp, store), WORKLOAD_TIMEOUT_S
+                    run_workload(name, args, tmp, store, notes), WORKLOAD_TIMEOUT_S
                 )
             except Exception as e:
                 if (
@@ -291,12 +383,17 @@ async def run(args: argparse.Namespace) -> int:
             print(f"  {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
     figures = w.judge_thread_throughput(w.apply_targets(figures, store.kind), THREAD_SHARE)
     print_table(figures, errors)
+    settings["load average at end (1, 5, 15 min)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    settings["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    print()
+    for note in notes:
+        print(f"note: {note}")
+    print(f"load average at end: {settings['load average at end (1, 5, 15 min)']}")
     path = args.json or RESULTS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     results = [{**asdict(f), "met": f.met} for f in figures]
-    path.write_text(
-        json.dumps({"settings": settings, "results": results, "errors": errors}, indent=2)
-    )
+    document = {"settings": settings, "results": results, "errors": errors, "notes": notes}
+    path.write_text(json.dumps(document, indent=2))
     print(f"\nresults written to {path}")
     return 1 if errors else 0
 
@@ -305,6 +402,14 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["worker"]:
         a = parse_worker_args(argv[1:])
         asyncio.run(w.serve(a.url, a.task_queue, a.slots))
+        return 0
+    if argv[:1] == ["idle-client"]:
+        a = parse_client_args("idle-client", argv[1:])
+        asyncio.run(await_forever(a.url, a.task_queue))
+        return 0
+    if argv[:1] == ["fleet-client"]:
+        a = parse_client_args("fleet-client", argv[1:])
+        asyncio.run(drive(a.url, a.task_queue, a.in_flight, a.activity_s, a.warmup, a.window))
         return 0
     return asyncio.run(run(parse_args(argv)))
 

@@ -36,6 +36,14 @@ async def noop(i: int) -> int:
 
 
 @activity.defn
+async def io_wait(i: int, seconds: float) -> int:
+    """An I/O-bound activity: await ``seconds`` (the fleet workload's 200 ms),
+    holding a slot but no CPU."""
+    await asyncio.sleep(seconds)
+    return i
+
+
+@activity.defn
 async def spin(mark_path: str) -> None:
     """Heartbeat every 10 ms until cancelled; record when the cancel was seen."""
     try:
@@ -81,7 +89,7 @@ def child_ready(hold_s: float) -> int:
     return os.getpid()
 
 
-ALL: list[Callable[..., Any]] = [noop, spin]
+ALL: list[Callable[..., Any]] = [noop, io_wait, spin]
 """The async activities (every worker registers them)."""
 
 SYNC: list[Callable[..., Any]] = [noop_sync, spin_sync]

@@ -72,6 +72,13 @@ WORD_TARGETS = {
 }
 
 
+COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda value, bound: value >= bound,
+    "<": lambda value, bound: value < bound,
+    "<=": lambda value, bound: value <= bound,
+}
+
+
 @dataclass
 class Figure:
     """One measured number, with the target it is held to (if any)."""
@@ -80,16 +87,16 @@ class Figure:
     figure: str
     value: float
     unit: str
-    target: str = ""  # ">= 4000" or "< 2"; empty: reported, not judged
+    target: str = ""  # ">= 4000", "< 2" or "<= 1.2"; empty: reported, not judged
 
     @property
     def met(self) -> bool | None:
-        """Judged only against ">= x" and "< x"; other targets are words ("n/a")."""
+        """Judged only against ">= x", "< x" and "<= x"; other targets are words ("n/a")."""
         parts = self.target.split()
-        if len(parts) != 2 or parts[0] not in (">=", "<"):
+        if len(parts) != 2 or parts[0] not in COMPARISONS:
             return None
         op, bound = parts
-        return self.value >= float(bound) if op == ">=" else self.value < float(bound)
+        return COMPARISONS[op](self.value, float(bound))
 
 
 def percentile(values: Sequence[float], p: float) -> float:
