@@ -861,3 +861,37 @@ async def test_starts_and_completions_bigger_than_one_bulk_statement_are_all_rec
     # Then every one ran, with its own argument
     assert results == [f"Hello, {k:03d}{'x' * 400}!" for k in range(20)]
     assert (await pg_client.count_activities("ExecutionStatus = 'Completed'")).count == 20
+
+
+async def test_a_pending_result_survives_a_database_outage_and_returns_the_value_after_it(
+    scratch_database: str, task_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a result() pending while nobody runs the activity yet
+    caplog.set_level(logging.WARNING, logger="errands.client")
+    name = urllib.parse.urlsplit(scratch_database).path.lstrip("/")
+    client = await Client.connect(with_params(scratch_database, connect_timeout="1"))
+    try:
+        handle = await client.start_activity(
+            greet, "a", id="waited", task_queue=task_queue, start_to_close_timeout=timedelta(10)
+        )
+        pending = asyncio.ensure_future(handle.result())
+        # When the database refuses connections and drops the ones it had
+        # (the listener's loss makes the waiter read the store again: it fails)
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+        async def failed_once() -> bool:
+            return any("the store failed" in r.getMessage() for r in caplog.records)
+
+        await eventually(failed_once, "the waiter met the outage")
+        # Then the pending result() has not failed
+        assert not pending.done()
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        # And once the database is back, a worker runs it and the value arrives
+        async with Worker(client, task_queue=task_queue, activities=[greet]):
+            assert await asyncio.wait_for(pending, CEILING_S) == "Hello, a!"
+    finally:
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await client.close()
+    warnings = [r.getMessage() for r in caplog.records if "the store failed" in r.getMessage()]
+    assert len(warnings) == 1, warnings
