@@ -123,8 +123,11 @@ async def read_settings(client: Client, kind: str) -> dict[str, Any]:
     else:
         statements = {n: f"SHOW {n}" for n in POSTGRES_SETTINGS}
 
-    def read(conn: Any) -> dict[str, Any]:  # a sqlite3.Connection or a psycopg Cursor
-        return {key: conn.execute(sql).fetchone()[0] for key, sql in statements.items()}
+    def first(row: Any) -> Any:  # a sqlite3.Row, or a psycopg dict row
+        return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+    def read(tx: Any) -> dict[str, Any]:  # errands.store._dialect.Tx on a reading connection
+        return {key: first(tx.cursor.execute(sql).fetchone()) for key, sql in statements.items()}
 
     found: dict[str, Any] = await client.store._read(read)  # type: ignore[attr-defined]
     if kind == "sqlite":

@@ -28,17 +28,14 @@ from typing import Any, TypeVar
 
 from errands import _lifecycle as lc
 from errands._lifecycle import FAR, RunState, Status
-from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy
 from errands.exceptions import (
-    ActivityAlreadyClosedError,
-    ActivityAlreadyStartedError,
     ActivityNotFoundError,
     ErrandsError,
     StoreError,
-    TimeoutType,
 )
 from errands.store import _rows
-from errands.store._armed import Armed, ArmedClaims, ClaimSpec
+from errands.store import _transitions as tr
+from errands.store._armed import Armed, ArmedClaims
 from errands.store._base import (
     ClaimResult,
     ClosedRun,
@@ -59,7 +56,6 @@ from errands.store._changes import (
     Feed,
     Hint,
     Interrupted,
-    OptionsChanged,
     Resync,
     RunBucket,
     Started,
@@ -67,16 +63,12 @@ from errands.store._changes import (
     queue_bucket,
 )
 from errands.store._dialect import Dialect, Tx
-from errands.store._rows import Row
+from errands.store._transitions import Claim
 from errands.store._writer import Outcome, Writer
 
 logger = logging.getLogger("errands.store")
 
 T = TypeVar("T")
-
-START_RETRIES = 5
-"""How often a start whose id conflict vanished (the running execution closed
-meanwhile) inserts again before giving up."""
 
 NO_LIMIT = 2**62
 """A LIMIT that limits nothing."""
@@ -92,62 +84,6 @@ def _run_each(tx: Tx, ops: list[Callable[[Tx], Any]]) -> list[Outcome]:
         except ErrandsError as e:
             out.append((None, e))
     return out
-
-
-class Claim(ClaimSpec):
-    """One claim: up to ``max_tasks`` ready attempts of a queue."""
-
-    def params(self, tx: Tx, n: int) -> dict[str, Any]:
-        return {
-            "ns": self.namespace,
-            "tq": self.task_queue,
-            "now": tx.now,
-            "far": FAR,
-            "identity": self.identity,
-            "n": max(0, n),
-            "max": self.max_tasks,
-            "only": None if self.only_types is None else sorted(self.only_types),
-            "skip": sorted(self.exclude_types) or None,
-        }
-
-    def run(self, tx: Tx) -> ClaimResult:
-        """Claim, inside the writer's transaction."""
-        n, tokens, rate = self.max_tasks, None, self.queue_rate_per_s
-        if rate is not None:
-            tokens = _queue_tokens(tx, self.namespace, self.task_queue, rate)
-            n = min(n, int(tokens))
-        params = self.params(tx, n)
-        rows = tx.fetch("claim", **params) if n > 0 else []
-        tasks = [row for row in rows if row["run_id"] is not None]
-        if tokens is not None and tasks:
-            tx.run("queue_rate_spend", **params, tokens=tokens - len(tasks))
-        next_ready: float | None = None
-        if len(tasks) < self.max_tasks:
-            if rows and "next_ready" in rows[0]:  # the claim found it too
-                next_ready = rows[0]["next_ready"]
-            else:
-                next_ready = tx.one("next_ready", **params)["next_ready"]  # type: ignore[index]
-            if rate is not None and next_ready is not None and n < self.max_tasks:
-                next_ready = max(next_ready, tx.now + 1.0 / rate)
-        if tasks:
-            tx.changed = True
-            tasks.sort(key=lambda r: (r["priority_key"], r["ready_at"], r["id"]))
-            for row in tasks:
-                tx.claimed[row["run_id"]] = row["attempt"]
-            tx.changes.append(Deadline(self.namespace, min(row["deadline"] for row in tasks)))
-        return ClaimResult(
-            [_rows.task(row) for row in tasks], None if next_ready is None else tx.local(next_ready)
-        )
-
-
-def _queue_tokens(tx: Tx, namespace: str, task_queue: str, rate: float) -> float:
-    """The tokens in the queue's bucket now (its row locked until commit, so
-    two processes never spend the same tokens)."""
-    capacity = max(1.0, rate)
-    tx.run("queue_rate_add", ns=namespace, tq=task_queue, tokens=capacity, now=tx.now)
-    row = tx.one("queue_rate_lock", ns=namespace, tq=task_queue)
-    assert row is not None
-    return float(min(capacity, row["tokens"] + max(0.0, tx.now - row["updated"]) * rate))
 
 
 class CoreStore(Store):
@@ -213,16 +149,18 @@ class CoreStore(Store):
         self._dialect.watch(self._arrived, self._wants)
 
     def _wants(self, kind: AnyKind, in_bucket: int) -> bool:
-        """Whether this process waits for a change of ``kind`` (a queue kind
-        or a run kind) to something in a bucket: a poller of a queue there,
-        an awaited or held run there."""
+        """Whether this process waits for a change of ``kind`` to something in
+        a bucket: an idle poller of a queue there (Started), an awaited run
+        (Closed) or a held one (Interrupted) there, a watched one (options)."""
         if kind in (Started, Claimable):
             queues = self.feed.keys(Started)
             return queues is None or any(
                 isinstance(q, tuple) and queue_bucket(q) == in_bucket for q in queues
             )
-        runs = set(self._held) | self.feed.subscribed_runs(Closed)
-        runs |= self.feed.subscribed_runs(OptionsChanged)
+        if kind is Interrupted:
+            runs: set[str] = set(self._held)
+        else:
+            runs = self.feed.subscribed_runs(kind)
         return any(bucket(r) == in_bucket for r in runs)
 
     async def close(self) -> None:
@@ -373,12 +311,12 @@ class CoreStore(Store):
         out: list[Outcome | None] = [None] * len(news)
         insert: list[int] = []
         for i, new in enumerate(news):
-            refused = _reuse_refusal(tx, new)
+            refused = tr.reuse_refusal(tx, new)
             if refused is not None:
                 out[i] = (None, refused)
             else:
                 insert.append(i)
-        created = _insert(tx, [news[i] for i in insert])
+        created = tr.insert(tx, [news[i] for i in insert])
         made: list[NewExecution] = []
         for i in insert:
             new = news[i]
@@ -386,7 +324,7 @@ class CoreStore(Store):
                 out[i] = (StartResult(new.run_id, created=True), None)
                 made.append(new)
             else:
-                out[i] = _start_conflict(tx, new, made)
+                out[i] = tr.start_conflict(tx, new, made)
         for new in made:
             if not new.start_delay_s and self._armed:
                 self._armed.claim_for(
@@ -448,7 +386,7 @@ class CoreStore(Store):
         for run_id, _, _ in beats:
             cancel = accepted.get(run_id)
             if cancel is None:
-                _expire_if_due(tx, run_id)
+                tr.expire_if_due(tx, run_id)
                 out.append((HeartbeatResult(accepted=False, cancel_requested=False), None))
             else:
                 out.append((HeartbeatResult(accepted=True, cancel_requested=cancel), None))
@@ -470,7 +408,7 @@ class CoreStore(Store):
                 tx.changes.append(Closed(run_id, ClosedRun(run_id, Status.COMPLETED, data)))
                 out.append((True, None))
             else:
-                _expire_if_due(tx, run_id)
+                tr.expire_if_due(tx, run_id)
                 out.append((False, None))
         return out
 
@@ -479,9 +417,9 @@ class CoreStore(Store):
             tx.released.add(run_id)
             row = tx.one("current_attempt", run_id=run_id, attempt=attempt, now=tx.now)
             if row is None:
-                _expire_if_due(tx, run_id)
+                tr.expire_if_due(tx, run_id)
                 return None
-            return _apply_failure(tx, row, failure.info, failure.data)
+            return tr.apply_failure(tx, row, failure.info, failure.data)
 
         return await self._op(op)
 
@@ -499,7 +437,7 @@ class CoreStore(Store):
             if row is not None:
                 tx.changes.append(Closed(run_id, ClosedRun(run_id, Status.CANCELED)))
                 return True
-            _expire_if_due(tx, run_id)
+            tr.expire_if_due(tx, run_id)
             return False
 
         return await self._op(op)
@@ -510,7 +448,7 @@ class CoreStore(Store):
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> Status:
         def op(tx: Tx) -> Status:
-            row = _find_open(tx, namespace, activity_id, run_id, "cancel")
+            row = tr.find_open(tx, namespace, activity_id, run_id, "cancel")
             found_run = row["run_id"]
             if row["run_state"] == RunState.SCHEDULED.value:
                 tx.run("cancel_scheduled", id=row["id"], reason=reason, now=tx.now, far=FAR)
@@ -527,7 +465,7 @@ class CoreStore(Store):
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> None:
         def op(tx: Tx) -> None:
-            row = _find_open(tx, namespace, activity_id, run_id, "terminate")
+            row = tr.find_open(tx, namespace, activity_id, run_id, "terminate")
             found_run = row["run_id"]
             tx.run("terminate", id=row["id"], reason=reason, now=tx.now, far=FAR)
             tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.TERMINATED)))
@@ -560,7 +498,7 @@ class CoreStore(Store):
             else:
                 rows = tx.fetch("due_of_runs", ids=ids, now=tx.now, limit=limit)
             for row in rows:
-                _fire_timer(tx, row)
+                tr.fire_timer(tx, row)
             if len(rows) == limit:
                 return time.time()  # more are due: come back at once
             nxt, _ = peek(tx)
@@ -614,7 +552,7 @@ class CoreStore(Store):
     async def list(
         self, namespace: str, query: Query, *, limit: int | None = None
     ) -> builtins.list[ExecutionRecord]:
-        where, params = _where(self._dialect, namespace, query)
+        where, params = tr.where(self._dialect, namespace, query)
         sql_name = "list_executions"
 
         def read(tx: Tx) -> builtins.list[ExecutionRecord]:
@@ -625,7 +563,7 @@ class CoreStore(Store):
         return await self._read(read)
 
     async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
-        where, params = _where(self._dialect, namespace, query)
+        where, params = tr.where(self._dialect, namespace, query)
 
         def read(tx: Tx) -> tuple[int, dict[Status, int]]:
             groups: dict[Status, int] = {}
@@ -649,265 +587,6 @@ class CoreStore(Store):
             total += n
             if n < batch:
                 return total
-
-
-# ------------------------------------------------------------------ lifecycle over statements
-
-
-def _reuse_refusal(tx: Tx, new: NewExecution) -> ActivityAlreadyStartedError | None:
-    if new.id_reuse_policy is ActivityIDReusePolicy.ALLOW_DUPLICATE:
-        return None
-    latest = tx.one("latest_of_id", ns=new.namespace, activity_id=new.activity_id)
-    status = None if latest is None else Status(latest["status"])
-    if not lc.reuse_refused(new.id_reuse_policy, status):
-        return None
-    assert latest is not None and status is not None
-    return ActivityAlreadyStartedError(
-        f"activity id {new.activity_id!r} was used by a closed execution "
-        f"({status.value}) and the reuse policy is {new.id_reuse_policy.name}",
-        activity_id=new.activity_id,
-        run_id=latest["run_id"],
-    )
-
-
-def _insert(tx: Tx, news: list[NewExecution]) -> set[str]:
-    """Insert new executions; the run ids of those inserted (the others' ids
-    are running already, or their run ids are taken)."""
-    if not news:
-        return set()
-    rows = []
-    planned = []
-    for new in news:
-        times = lc.start_times(
-            now=tx.now,
-            start_delay_s=new.start_delay_s,
-            schedule_to_close_s=new.schedule_to_close_s,
-            schedule_to_start_s=new.schedule_to_start_s,
-        )
-        planned.append(times)
-        rows.append(
-            {
-                "namespace": new.namespace,
-                "activity_id": new.activity_id,
-                "run_id": new.run_id,
-                "activity_type": new.activity_type,
-                "task_queue": new.task_queue,
-                "input": new.input,
-                "ready_at": times.ready_at,
-                "s2c_deadline": times.schedule_to_close_deadline,
-                "deadline": times.deadline,
-                "schedule_to_close_s": new.schedule_to_close_s,
-                "schedule_to_start_s": new.schedule_to_start_s,
-                "start_to_close_s": new.start_to_close_s,
-                "heartbeat_s": new.heartbeat_s,
-                "retry_policy": _rows.policy_text(new.retry_policy),
-                "priority_key": new.priority_key,
-                "start_delay_s": new.start_delay_s,
-                "summary": new.summary,
-            }
-        )
-    created = {
-        row["run_id"]
-        for row in tx.each("insert_execution", rows, key="run_id", now=tx.now, far=FAR)
-    }
-    for new, times in zip(news, planned, strict=True):
-        if new.run_id not in created:
-            continue
-        queue = (new.namespace, new.task_queue)
-        if times.ready_at > tx.now:
-            tx.changes.append(Claimable(queue, times.ready_at))
-        else:
-            tx.changes.append(Started(queue))
-        if times.deadline < FAR:
-            tx.changes.append(Deadline(new.namespace, times.deadline))
-    return created
-
-
-def _start_conflict(tx: Tx, new: NewExecution, made: list[NewExecution]) -> Outcome:
-    """The id of ``new`` was running (or its run id taken) when inserted:
-    return the running run (USE_EXISTING), refuse, or insert again if the
-    running one closed meanwhile."""
-    for _ in range(START_RETRIES):
-        running = tx.one("running_of_id", ns=new.namespace, activity_id=new.activity_id)
-        if running is not None:
-            if new.id_conflict_policy is ActivityIDConflictPolicy.USE_EXISTING:
-                return StartResult(running["run_id"], created=False), None
-            return None, ActivityAlreadyStartedError(
-                f"activity id {new.activity_id!r} is already running (run {running['run_id']})",
-                activity_id=new.activity_id,
-                run_id=running["run_id"],
-            )
-        if tx.one("run_id_taken", run_id=new.run_id) is not None:
-            return None, ActivityAlreadyStartedError(
-                f"run id {new.run_id!r} is already in use", activity_id=new.activity_id
-            )
-        refused = _reuse_refusal(tx, new)
-        if refused is not None:
-            return None, refused
-        if _insert(tx, [new]):
-            made.append(new)
-            return StartResult(new.run_id, created=True), None
-    return None, ActivityAlreadyStartedError(
-        f"activity id {new.activity_id!r} is being started and closed concurrently; try again",
-        activity_id=new.activity_id,
-    )
-
-
-def _find_open(tx: Tx, namespace: str, activity_id: str, run_id: str | None, verb: str) -> Row:
-    """The execution a cancel or terminate is about (locked where the dialect
-    locks rows). Raises ActivityNotFoundError / ActivityAlreadyClosedError."""
-    if run_id is None:
-        row = tx.one("find_latest", ns=namespace, activity_id=activity_id)
-    else:
-        row = tx.one("find_run", ns=namespace, activity_id=activity_id, run_id=run_id)
-    if row is None:
-        raise ActivityNotFoundError(_rows.not_found(namespace, activity_id, run_id))
-    if row["status"] != Status.RUNNING.value:
-        raise ActivityAlreadyClosedError(
-            f"cannot {verb} activity {activity_id!r} (run {row['run_id']}): "
-            f"it already closed {row['status']}"
-        )
-    return row
-
-
-def _apply_failure(
-    tx: Tx, row: Row, info: lc.AttemptFailure, failure_data: bytes | None
-) -> Status | None:
-    """Retry or close the execution whose decide-columns are ``row``,
-    conditional on the attempt and deadline it was read with; None if it
-    changed meanwhile."""
-    decision = lc.after_failure(
-        policy=_rows.policy(row["retry_policy"]),
-        attempt=row["attempt"],
-        failure=info,
-        cancel_requested=bool(row["cancel_requested"]),
-        schedule_to_close_deadline=row["s2c_deadline"],
-        now=tx.now,
-    )
-    timeout_type = None if info.timeout_type is None else int(info.timeout_type)
-    same = {"id": row["id"], "attempt": row["attempt"], "deadline_was": row["deadline"]}
-    if isinstance(decision, lc.Retry):
-        deadline = lc.scheduled_deadline(
-            ready_at=decision.ready_at,
-            schedule_to_start_s=row["schedule_to_start_s"],
-            schedule_to_close_deadline=row["s2c_deadline"],
-        )
-        done = tx.run(
-            "retry",
-            **same,
-            next_attempt=decision.attempt,
-            ready_at=decision.ready_at,
-            deadline=deadline,
-            failure=failure_data,
-            timeout_type=timeout_type,
-            interval_s=decision.interval_s,
-            far=FAR,
-        )
-        if done != 1:
-            return None
-        queue = (row["namespace"], row["task_queue"])
-        tx.changes.append(Claimable(queue, decision.ready_at))
-        if deadline < FAR:
-            tx.changes.append(Deadline(row["namespace"], deadline))
-        return Status.RUNNING
-    done = tx.run(
-        "close_failed",
-        **same,
-        status=decision.status.value,
-        failure=failure_data,
-        timeout_type=timeout_type,
-        now=tx.now,
-        far=FAR,
-    )
-    if done != 1:
-        return None
-    tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], decision.status)))
-    return decision.status
-
-
-def _close_timed_out(tx: Tx, row: Row, fired: TimeoutType) -> None:
-    done = tx.run(
-        "close_failed",
-        id=row["id"],
-        attempt=row["attempt"],
-        deadline_was=row["deadline"],
-        status=Status.TIMED_OUT.value,
-        failure=None,
-        timeout_type=int(fired),
-        now=tx.now,
-        far=FAR,
-    )
-    if done == 1:
-        tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], Status.TIMED_OUT)))
-
-
-def _reset_deadline(tx: Tx, row: Row, deadline: float) -> None:
-    tx.run("reset_deadline", id=row["id"], deadline_was=row["deadline"], deadline=deadline)
-
-
-def _fire_timer(tx: Tx, row: Row) -> None:
-    """Apply the timeout of a row whose deadline passed (or put back its real
-    deadline if the stored one was stale)."""
-    now, s2c = tx.now, row["s2c_deadline"]
-    if row["run_state"] == RunState.SCHEDULED.value:
-        fired = lc.scheduled_timeout_type(
-            now=now,
-            ready_at=row["ready_at"],
-            schedule_to_start_s=row["schedule_to_start_s"],
-            schedule_to_close_deadline=s2c,
-        )
-        if fired is not None:
-            _close_timed_out(tx, row, fired)
-        else:
-            real = lc.scheduled_deadline(
-                ready_at=row["ready_at"],
-                schedule_to_start_s=row["schedule_to_start_s"],
-                schedule_to_close_deadline=s2c,
-            )
-            _reset_deadline(tx, row, real)
-        return
-    timing: dict[str, Any] = {
-        "attempt_started": row["started_time"],
-        "start_to_close_s": row["start_to_close_s"],
-        "heartbeat_s": row["heartbeat_s"],
-        "last_heartbeat": row["last_heartbeat_time"],
-        "schedule_to_close_deadline": s2c,
-    }
-    fired = lc.started_timeout_type(now=now, **timing)
-    if fired is None:
-        _reset_deadline(tx, row, lc.started_deadline(**timing))
-    elif fired is TimeoutType.SCHEDULE_TO_CLOSE:
-        _close_timed_out(tx, row, fired)
-    else:
-        info = lc.AttemptFailure(lc.FailureKind.TIMEOUT, timeout_type=fired)
-        _apply_failure(tx, row, info, None)
-
-
-def _expire_if_due(tx: Tx, run_id: str) -> None:
-    """Fire the run's timeout if its deadline has passed but no timer fired it
-    yet, so that an outcome or heartbeat arriving after the deadline finds its
-    attempt stale instead of overtaking the timeout."""
-    row = tx.one("due_of_run", run_id=run_id, now=tx.now)
-    if row is not None:
-        _fire_timer(tx, row)
-
-
-def _where(dialect: Dialect, namespace: str, query: Query) -> tuple[str, dict[str, Any]]:
-    """A parsed visibility query as SQL conditions over bound parameters."""
-    clauses = [f"namespace = {dialect.param('ns')}"]
-    params: dict[str, Any] = {"ns": namespace}
-    for i, cond in enumerate(query.conditions):
-        column = _rows.QUERY_FIELDS[cond.field]
-        name = f"q{i}"
-        params[name] = cond.value
-        p = dialect.param(name)
-        if cond.op == "STARTS_WITH":
-            clauses.append(f"substr({column}, 1, length({p})) = {p}")
-        elif cond.op in ("=", "!="):
-            clauses.append(f"{column} {'<>' if cond.op == '!=' else '='} {p}")
-        else:
-            raise ValueError(f"unsupported operator {cond.op!r}")
-    return " AND ".join(clauses), params
 
 
 def _localized(change: Change, offset: float) -> Change:

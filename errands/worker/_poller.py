@@ -94,17 +94,20 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and start tasks until ``stop`` is set."""
-        sub = self._store.feed.subscribe(
-            Started, Claimable, keys=[(self._namespace, self._task_queue)]
-        )
+        queue = (self._namespace, self._task_queue)
+        sub = self._store.feed.subscribe(Started, Claimable, keys=[queue])
         try:
             need_claim = True
             while not stop.is_set():
                 free = self._slots - self._running()
                 if free <= 0:
+                    # Full: no change to the queue concerns this poller until a
+                    # slot frees (it claims then anyway), so it stops listening.
+                    sub.discard_keys([queue])
                     self._slot_freed.clear()
                     if self._slots - self._running() <= 0:
                         await wait_any(self._slot_freed, stop, timeout=None)
+                    sub.add_keys([queue])
                     need_claim = True
                     continue
                 if self._bucket is not None:

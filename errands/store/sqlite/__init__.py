@@ -65,20 +65,25 @@ SCHEMA_VERSION = _migrations.newest("sqlite")
 
 CATALOGUE = Catalogue.load("SQLite", "errands.store.sqlite")
 
-RUN_BELLS = BUCKETS
-"""Doorbell bytes 0-63 ring for buckets of queues, 64-127 for buckets of run
-ids, 128 for everything (a resync); deadlines ride in the doorbell itself."""
+_GROUPS: tuple[AnyKind, ...] = (Started, Closed, Interrupted, OptionsChanged)
+"""Doorbell bytes come in groups of BUCKETS, one group per kind here (Started
+stands for Claimable too; OptionsChanged for the rest, a resync included);
+deadlines ride in the doorbell itself."""
 
 
 def _bell(change: Change) -> int | None:
     """The doorbell byte a change rings (None: a deadline)."""
     if isinstance(change, (Started, Claimable)):
         return queue_bucket(change.queue)
-    if isinstance(change, (Closed, Interrupted, OptionsChanged)):
-        return RUN_BELLS + bucket(change.run_id)
+    if isinstance(change, Closed):
+        return BUCKETS + bucket(change.run_id)
+    if isinstance(change, Interrupted):
+        return 2 * BUCKETS + bucket(change.run_id)
+    if isinstance(change, OptionsChanged):
+        return 3 * BUCKETS + bucket(change.run_id)
     if isinstance(change, Deadline):
         return None
-    return 2 * RUN_BELLS
+    return 3 * BUCKETS  # a resync: the options group, which every process reads
 
 
 def path_from_url(url: str) -> str:
@@ -299,11 +304,8 @@ class SQLiteDialect(Dialect):
                 arrived(None)
 
         def wanted(bell: int) -> bool:
-            if bell < RUN_BELLS:
-                return wants(Started, bell)
-            if bell < 2 * RUN_BELLS:
-                return wants(Closed, bell - RUN_BELLS)
-            return True
+            group, in_bucket = divmod(bell, BUCKETS)
+            return group >= len(_GROUPS) - 1 or wants(_GROUPS[group], in_bucket)
 
         self._watch = Doorbell(self.path + "-feed", rang)
 

@@ -37,10 +37,10 @@ SAFETY_LOOK_S = 30.0
 POLL_S = (0.002, 0.05)
 """Without inotify: the first and the longest pause between two looks."""
 
-BELLS = 129
+BELLS = 256
 """Bell bytes at the start of the file (the store says which stands for what)."""
 
-DEADLINE_AT = 136
+DEADLINE_AT = 256
 """Where the earliest announced deadline is kept: a float64 (0: none)."""
 
 SIZE = DEADLINE_AT + 8
