@@ -340,6 +340,9 @@ class Feed:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._subs: list[Subscription] = []
+        self.on_subscribe: Callable[[frozenset[AnyKind]], None] | None = None
+        """Told the kinds of each new subscription (the store starts hearing
+        other processes' changes of those kinds)."""
 
     def subscribe(
         self,
@@ -352,6 +355,8 @@ class Feed:
         thread). Every subscription also receives Resync. Call on the loop
         that will wait."""
         sub = Subscription(self, kinds, keys, where)
+        if self.on_subscribe is not None:
+            self.on_subscribe(sub.kinds)
         with self.lock:
             self._subs = [*self._subs, sub]
         return sub
@@ -367,6 +372,10 @@ class Feed:
             if kind in sub.kinds and sub.keys is not None:
                 found.update(k for k in sub.keys if isinstance(k, str))
         return found
+
+    def kinds(self) -> set[AnyKind]:
+        """The kinds some subscription receives."""
+        return {kind for sub in self._subs for kind in sub.kinds}
 
     def keys(self, kind: AnyKind) -> set[Hashable] | None:
         """The keys subscriptions to ``kind`` name; None if one takes all."""

@@ -33,7 +33,6 @@ from errands.exceptions import StoreError
 from errands.store import _migrations
 from errands.store._catalogue import Catalogue
 from errands.store._changes import (
-    BUCKETS,
     AnyKind,
     Change,
     Claimable,
@@ -42,6 +41,7 @@ from errands.store._changes import (
     Hint,
     Interrupted,
     OptionsChanged,
+    Resync,
     Started,
     bucket,
     from_row,
@@ -51,7 +51,7 @@ from errands.store._changes import (
 from errands.store._core import CoreStore
 from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
-from errands.store.sqlite._doorbell import Doorbell, ring
+from errands.store.sqlite._doorbell import Doorbell
 
 logger = logging.getLogger("errands.store.sqlite")
 
@@ -65,25 +65,26 @@ SCHEMA_VERSION = _migrations.newest("sqlite")
 
 CATALOGUE = Catalogue.load("SQLite", "errands.store.sqlite")
 
-_GROUPS: tuple[AnyKind, ...] = (Started, Closed, Interrupted, OptionsChanged)
-"""Doorbell bytes come in groups of BUCKETS, one group per kind here (Started
-stands for Claimable too; OptionsChanged for the rest, a resync included);
-deadlines ride in the doorbell itself."""
+GROUPS: dict[str, tuple[AnyKind, ...]] = {
+    "queues": (Started, Claimable),
+    "closed": (Closed,),
+    "runs": (Interrupted, OptionsChanged, Resync),
+}
+"""The doorbell's groups of bells and the kinds of change each one rings for
+(a bell per bucket of queues or run ids); deadlines ride in it as a number."""
+
+_GROUP_OF = {kind: group for group, kinds in GROUPS.items() for kind in kinds}
 
 
-def _bell(change: Change) -> int | None:
-    """The doorbell byte a change rings (None: a deadline)."""
+def _bell(change: Change) -> tuple[str, int] | None:
+    """The doorbell group and bell a change rings (None: a deadline)."""
     if isinstance(change, (Started, Claimable)):
-        return queue_bucket(change.queue)
-    if isinstance(change, Closed):
-        return BUCKETS + bucket(change.run_id)
-    if isinstance(change, Interrupted):
-        return 2 * BUCKETS + bucket(change.run_id)
-    if isinstance(change, OptionsChanged):
-        return 3 * BUCKETS + bucket(change.run_id)
+        return "queues", queue_bucket(change.queue)
+    if isinstance(change, (Closed, Interrupted, OptionsChanged)):
+        return _GROUP_OF[type(change)], bucket(change.run_id)
     if isinstance(change, Deadline):
         return None
-    return 3 * BUCKETS  # a resync: the options group, which every process reads
+    return "runs", 0  # a resync
 
 
 def path_from_url(url: str) -> str:
@@ -252,9 +253,12 @@ class SQLiteDialect(Dialect):
                 self._writer.execute(sql, {"kind": kind, "key": key, "at": at, "now": tx.now})
         self._writer.execute("COMMIT")
         if tx.changes and self._watch is not None:  # only now can the others see them
-            bells = {b for b in map(_bell, tx.changes) if b is not None}
+            bells: dict[str, set[int]] = {}
+            for bell in map(_bell, tx.changes):
+                if bell is not None:
+                    bells.setdefault(bell[0], set()).add(bell[1])
             deadlines = [c.at for c in tx.changes if isinstance(c, Deadline)]
-            ring(self._watch.fd, bells, min(deadlines) if deadlines else None)
+            self._watch.ring(bells, min(deadlines) if deadlines else None)
 
     def rollback(self, tx: Tx) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -295,19 +299,21 @@ class SQLiteDialect(Dialect):
         return hints
 
     def watch(self, arrived: Arrived, wants: Callable[[AnyKind, int], bool]) -> None:
-        def rang(bells: list[int] | None, deadline: float | None) -> None:
-            if deadline is not None:
-                arrived([Deadline("", deadline)])  # for every namespace's timers
-            looking = bells is None or any(wanted(b) for b in bells)
+        def rang(group: str | None, bells: list[int]) -> None:
+            looking = group is None or any(wants(kind, b) for kind in GROUPS[group] for b in bells)
             if looking and not self._look_posted.is_set():
                 self._look_posted.set()
                 arrived(None)
 
-        def wanted(bell: int) -> bool:
-            group, in_bucket = divmod(bell, BUCKETS)
-            return group >= len(_GROUPS) - 1 or wants(_GROUPS[group], in_bucket)
+        def deadline(at: float) -> None:
+            arrived([Deadline("", at)])  # for every namespace's timers
 
-        self._watch = Doorbell(self.path + "-feed", rang)
+        self._watch = Doorbell(self.path + "-doorbell", GROUPS, rang, deadline)
+
+    def listen(self, kind: AnyKind) -> None:
+        group = _GROUP_OF.get(kind)
+        if group is not None and self._watch is not None:
+            self._watch.listen(group)
 
     # -- reads
 

@@ -2,16 +2,19 @@
 those that concern this process.
 
 A process that commits a change others may wait for rings a doorbell after
-the commit: a small file beside the database (``<db>-feed``) with one byte
-per bell, bumped for each bell the commit rings (a bucket of queues, a
-bucket of run ids), and the earliest deadline announced, as a number. Every
-process watches that file (inotify, on Linux): it hears of such a commit
-within microseconds, compares the bytes with those it saw last, and looks in
-the database only when a bell rang that it listens for; an earlier deadline
-it hands to its timers without looking at all. Nothing costs anything while
-nobody rings. (Watching the write-ahead log instead would not do: its pages
-are written before the commit becomes visible.) Where inotify is missing the
-watcher polls, backing off while nothing moves.
+the commit. The doorbell is a folder beside the database (``<db>-feed/``)
+with one small file per group of bells (say: changes to queues; closes of
+runs; interrupts), one byte per bell (a bucket of queues or of run ids),
+bumped for each bell the commit rings; the earliest announced deadline is
+kept in a file of its own, as a number. Each process watches (inotify, on
+Linux) only the files of the groups it listens to: a worker that awaits no
+result is not woken when runs close. When a file changes it compares the
+bytes with those it saw last and looks in the database only when a bell
+rang that it wants; an earlier deadline it hands to its timers without
+looking at all. Nothing costs anything while nobody rings. (Watching the
+write-ahead log instead would not do: its pages are written before the
+commit becomes visible.) Where inotify is missing the watcher polls, backing
+off while nothing moves.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import os
 import select
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -37,115 +41,170 @@ SAFETY_LOOK_S = 30.0
 POLL_S = (0.002, 0.05)
 """Without inotify: the first and the longest pause between two looks."""
 
-BELLS = 256
-"""Bell bytes at the start of the file (the store says which stands for what)."""
+BELLS = 64
+"""Bells per group (one byte each)."""
 
-DEADLINE_AT = 256
-"""Where the earliest announced deadline is kept: a float64 (0: none)."""
-
-SIZE = DEADLINE_AT + 8
+DEADLINE = "deadline"
+"""The file that keeps the earliest announced deadline (a float64; 0: none)."""
 
 _IN_MODIFY = 0x2
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")  # struct inotify_event without its name
 
 
-def _inotify(path: str) -> int | None:
-    """An inotify descriptor watching ``path`` for writes, or None."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
-    except (OSError, AttributeError):
-        return None
-    if fd < 0:
-        return None
-    if libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
-        os.close(fd)
-        return None
-    return fd
+class _Inotify:
+    """An inotify descriptor, and watches added to it."""
 
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        self.fd = int(self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
 
-def ring(bell: int, bells: Iterable[int], deadline: float | None) -> None:
-    """Ring bells of the doorbell file ``bell`` (after a commit): each one's
-    byte changes, so a watcher comparing the bytes with those it saw last
-    knows which rang. An earlier ``deadline`` than the one kept (or one kept
-    that has passed) replaces it, under a lock so no earlier one is lost."""
-    for index in bells:
-        old = os.pread(bell, 1, index)
-        os.pwrite(bell, bytes([(old[0] + 1) % 256 if old else 1]), index)
-    if deadline is None:
-        return
-    fcntl.lockf(bell, fcntl.LOCK_EX, 8, DEADLINE_AT)
-    try:
-        raw = os.pread(bell, 8, DEADLINE_AT)
-        kept = struct.unpack("<d", raw)[0] if len(raw) == 8 else 0.0
-        if kept <= time.time() or deadline < kept:
-            os.pwrite(bell, struct.pack("<d", deadline), DEADLINE_AT)
-    finally:
-        fcntl.lockf(bell, fcntl.LOCK_UN, 8, DEADLINE_AT)
+    def add(self, path: str) -> int:
+        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_MODIFY))
+        if wd < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path} failed")
+        return wd
+
+    def read(self) -> set[int]:
+        """The watches that fired since the last read."""
+        fired: set[int] = set()
+        with contextlib.suppress(BlockingIOError):
+            while data := os.read(self.fd, 4096):
+                offset = 0
+                while offset + _EVENT.size <= len(data):
+                    wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                    fired.add(wd)
+                    offset += _EVENT.size + length
+        return fired
 
 
 class Doorbell(WatchThread):
-    """Calls ``rang(bells, deadline)`` on its own thread soon after anyone
-    rings the doorbell at ``path`` (creating the file if missing): the bells
-    whose bytes changed, and the kept deadline if it changed. Every
-    SAFETY_LOOK_S it calls ``rang(None, None)``: look at everything."""
+    """The doorbell folder at ``path`` (made if missing). ``ring`` after a
+    commit; ``listen`` to a group, and ``rang(group, bells)`` is called on the
+    watcher's thread with the bells of that group that rang (``rang(None,
+    [])`` every SAFETY_LOOK_S: look at everything), ``deadline(at)`` with an
+    earlier deadline."""
 
-    def __init__(self, path: str, rang: Callable[[list[int] | None, float | None], None]) -> None:
+    def __init__(
+        self,
+        path: str,
+        groups: Iterable[str],
+        rang: Callable[[str | None, list[int]], None],
+        deadline: Callable[[float], None],
+    ) -> None:
         super().__init__("errands-doorbell")
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        """Write to it (``ring``) to wake every process watching."""
+        os.makedirs(path, exist_ok=True)
+        self._path = path
+        self._fds = {
+            name: os.open(os.path.join(path, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            for name in [*groups, DEADLINE]
+        }
         self._rang = rang
-        self._seen = self._read()
+        self._deadline = deadline
+        self._lock = threading.Lock()
+        self._seen: dict[str, bytes] = {}
+        self._watches: dict[int, str] = {}
         self._pause = POLL_S[0]
-        self._watch_fd = _inotify(path)
-        if self._watch_fd is None:
+        try:
+            self._inotify: _Inotify | None = _Inotify()
+        except OSError:
             logger.info("no inotify for %s: watching it by polling", path)
+            self._inotify = None
+        self.listen(DEADLINE)
         self.start()
 
-    def _read(self) -> bytes:
-        return os.pread(self.fd, SIZE, 0).ljust(SIZE, b"\0")
+    # -- ringing (the writer's thread)
+
+    def ring(self, bells: dict[str, set[int]], deadline: float | None) -> None:
+        """Ring these bells of each group: each one's byte changes, so a
+        watcher comparing the bytes with those it saw last knows which rang.
+        An earlier ``deadline`` than the one kept (or one kept that has
+        passed) replaces it, under a lock so no earlier one is lost."""
+        for group, indexes in bells.items():
+            fd = self._fds[group]
+            for index in indexes:
+                old = os.pread(fd, 1, index)
+                os.pwrite(fd, bytes([(old[0] + 1) % 256 if old else 1]), index)
+        if deadline is None:
+            return
+        fd = self._fds[DEADLINE]
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            raw = os.pread(fd, 8, 0)
+            kept = struct.unpack("<d", raw)[0] if len(raw) == 8 else 0.0
+            if kept <= time.time() or deadline < kept:
+                os.pwrite(fd, struct.pack("<d", deadline), 0)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+
+    # -- listening (any thread)
+
+    def listen(self, group: str) -> None:
+        """Hear the bells of ``group`` from now on (no-op if already)."""
+        with self._lock:
+            if group in self._seen:
+                return
+            self._seen[group] = self._read(group)
+            if self._inotify is not None:
+                wd = self._inotify.add(os.path.join(self._path, group))
+                self._watches[wd] = group
+
+    def _read(self, group: str) -> bytes:
+        size = 8 if group == DEADLINE else BELLS
+        return os.pread(self._fds[group], size, 0).ljust(size, b"\0")
+
+    # -- the watcher's thread
 
     def _stopped(self) -> None:
-        if self._watch_fd is not None:
-            os.close(self._watch_fd)
-        os.close(self.fd)
+        if self._inotify is not None:
+            os.close(self._inotify.fd)
+        for fd in self._fds.values():
+            os.close(fd)
 
     def _run(self) -> None:
         try:
-            if self._watch_fd is not None:
-                self._watch(self._watch_fd)
+            if self._inotify is not None:
+                self._watch(self._inotify)
             else:
                 self._poll()
         except Exception:  # never let the thread die silently
             logger.exception("watching the SQLite store's doorbell failed")
 
-    def _compare(self) -> None:
-        now = self._read()
-        seen, self._seen = self._seen, now
-        bells = [i for i in range(BELLS) if now[i] != seen[i]]
-        deadline = None
-        if now[DEADLINE_AT:] != seen[DEADLINE_AT:]:
-            deadline = struct.unpack("<d", now[DEADLINE_AT:])[0] or None
-        if bells or deadline is not None:
+    def _compare(self, groups: Iterable[str]) -> None:
+        for group in groups:
+            now = self._read(group)
+            with self._lock:
+                seen, self._seen[group] = self._seen[group], now
+            if now == seen:
+                continue
             self._pause = POLL_S[0]
-            self._rang(bells, deadline)
+            if group == DEADLINE:
+                at = struct.unpack("<d", now)[0]
+                if at:
+                    self._deadline(at)
+            else:
+                self._rang(group, [i for i in range(BELLS) if now[i] != seen[i]])
 
-    def _watch(self, fd: int) -> None:
+    def _watch(self, inotify: _Inotify) -> None:
         wake = self._wake
         while not self._stopping.is_set():
-            readable, _, _ = select.select([fd, wake], [], [], SAFETY_LOOK_S)
+            readable, _, _ = select.select([inotify.fd, wake], [], [], SAFETY_LOOK_S)
             if wake in readable:
                 return
-            if fd not in readable:
-                self._rang(None, None)  # the safety look
+            if inotify.fd not in readable:
+                self._rang(None, [])  # the safety look
                 continue
-            with contextlib.suppress(BlockingIOError):
-                while os.read(fd, 4096):
-                    pass
-            self._compare()
+            fired = inotify.read()
+            with self._lock:
+                groups = [self._watches[wd] for wd in fired if wd in self._watches]
+            self._compare(groups)
 
     def _poll(self) -> None:
         while not self._stopping.wait(self._pause):
-            self._compare()
+            with self._lock:
+                groups = list(self._seen)
+            self._compare(groups)
             self._pause = min(self._pause * 1.5, POLL_S[1])
