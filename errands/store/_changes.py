@@ -121,11 +121,16 @@ class Resync:
 
 
 Change = Started | Claimable | Closed | Interrupted | Deadline | OptionsChanged | Resync
-Kind = type[Started] | type[Claimable] | type[Closed] | type[Interrupted] | type[Deadline]
-AnyKind = Kind | type[OptionsChanged] | type[Resync]
-
-RUN_KINDS: tuple[AnyKind, ...] = (Closed, Interrupted, OptionsChanged)
-"""Kinds keyed by a run id."""
+AnyKind = (
+    type[Started]
+    | type[Claimable]
+    | type[Closed]
+    | type[Interrupted]
+    | type[Deadline]
+    | type[OptionsChanged]
+    | type[Resync]
+)
+"""A kind of change (its class)."""
 
 BUCKETS = 64
 """Run ids fall into this many buckets where a change can only be recorded

@@ -50,34 +50,47 @@ def policy_text(retry_policy: RetryPolicy) -> str:
     return text
 
 
+_SAME = (
+    "namespace",
+    "activity_id",
+    "run_id",
+    "activity_type",
+    "task_queue",
+    "attempt",
+    "schedule_time",
+    "started_time",
+    "schedule_to_close_s",
+    "schedule_to_start_s",
+    "start_to_close_s",
+    "heartbeat_s",
+    "priority_key",
+)
+"""Columns a record and a task take as they are, under the column's name."""
+
+
+def _shared(row: Row) -> dict[str, Any]:
+    """The fields an ExecutionRecord and a ClaimedTask decode alike."""
+    fields = {name: row[name] for name in _SAME}
+    fields["input"] = bytes(row["input"])
+    fields["heartbeat_details"] = optional_bytes(row["heartbeat_details"])
+    fields["current_attempt_scheduled_time"] = row["ready_at"]
+    fields["retry_policy"] = policy(row["retry_policy"])
+    return fields
+
+
 def record(row: Row) -> ExecutionRecord:
     """An ExecutionRecord from a row of the ``executions`` table."""
+    timeout_type = row["timeout_type"]
     return ExecutionRecord(
-        namespace=row["namespace"],
-        activity_id=row["activity_id"],
-        run_id=row["run_id"],
-        activity_type=row["activity_type"],
-        task_queue=row["task_queue"],
+        **_shared(row),
         status=Status(row["status"]),
         run_state=None if row["run_state"] is None else RunState(row["run_state"]),
-        attempt=row["attempt"],
-        input=bytes(row["input"]),
         result=optional_bytes(row["result"]),
         failure=optional_bytes(row["failure"]),
-        timeout_type=None if row["timeout_type"] is None else TimeoutType(row["timeout_type"]),
-        heartbeat_details=optional_bytes(row["heartbeat_details"]),
+        timeout_type=None if timeout_type is None else TimeoutType(timeout_type),
         heartbeat_count=row["heartbeat_count"],
         last_heartbeat_time=row["last_heartbeat_time"],
-        schedule_time=row["schedule_time"],
-        current_attempt_scheduled_time=row["ready_at"],
-        started_time=row["started_time"],
         close_time=row["close_time"],
-        schedule_to_close_s=row["schedule_to_close_s"],
-        schedule_to_start_s=row["schedule_to_start_s"],
-        start_to_close_s=row["start_to_close_s"],
-        heartbeat_s=row["heartbeat_s"],
-        retry_policy=policy(row["retry_policy"]),
-        priority_key=row["priority_key"],
         start_delay_s=row["start_delay_s"],
         canceled_reason=row["canceled_reason"],
         identity=row["identity"],
@@ -89,25 +102,7 @@ def record(row: Row) -> ExecutionRecord:
 
 def task(row: Row) -> ClaimedTask:
     """A ClaimedTask from a row a claim returned."""
-    return ClaimedTask(
-        namespace=row["namespace"],
-        activity_id=row["activity_id"],
-        run_id=row["run_id"],
-        activity_type=row["activity_type"],
-        task_queue=row["task_queue"],
-        attempt=row["attempt"],
-        input=bytes(row["input"]),
-        heartbeat_details=optional_bytes(row["heartbeat_details"]),
-        schedule_time=row["schedule_time"],
-        current_attempt_scheduled_time=row["ready_at"],
-        started_time=row["started_time"],
-        schedule_to_close_s=row["schedule_to_close_s"],
-        schedule_to_start_s=row["schedule_to_start_s"],
-        start_to_close_s=row["start_to_close_s"],
-        heartbeat_s=row["heartbeat_s"],
-        retry_policy=policy(row["retry_policy"]),
-        priority_key=row["priority_key"],
-    )
+    return ClaimedTask(**_shared(row))
 
 
 def optional_bytes(value: Any) -> bytes | None:
