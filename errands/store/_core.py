@@ -101,6 +101,9 @@ class CoreStore(Store):
         self._serial_lock = threading.Lock()
         self._offset = 0.0
         """The database clock's offset from this machine's, at the last commit."""
+        self._deadlines: dict[str, float] = {}
+        """The earliest deadline announced per namespace (database clock), by
+        this process or another: every timer plans to look by then."""
         self._writer = Writer(
             dialect,
             {
@@ -113,6 +116,7 @@ class CoreStore(Store):
             },
             self._after_commit,
             self._deliver_lost,
+            self._before_commit,
         )
         self._readers = ThreadPoolExecutor(dialect.readers, thread_name_prefix="errands-reader")
         self.reads = 0
@@ -183,6 +187,24 @@ class CoreStore(Store):
 
     # ---------------------------------------------------------------- after a commit
 
+    def _before_commit(self, tx: Tx) -> None:
+        """Leave out announcements of deadlines no earlier than one announced
+        already and still ahead: every timer plans to look by then anyway (a
+        claim's deadline is nearly always such a one)."""
+        kept: list[Change] = []
+        for change in tx.changes:
+            if isinstance(change, Deadline):
+                known = self._deadlines.get(change.namespace, 0.0)
+                if tx.now < known <= change.at:
+                    continue
+            kept.append(change)
+        tx.changes = kept
+
+    def _note_deadline(self, namespace: str, at: float, now: float) -> None:
+        known = self._deadlines.get(namespace, 0.0)
+        if known <= now or at < known:
+            self._deadlines[namespace] = at
+
     def _after_commit(self, tx: Tx) -> None:
         """On the writer's thread, after ``tx`` committed: hand claims over,
         note held attempts, publish what it changed."""
@@ -190,6 +212,9 @@ class CoreStore(Store):
             self._serial += 1
             serial = self._serial
         self._offset = tx.offset
+        for change in tx.changes:
+            if isinstance(change, Deadline):
+                self._note_deadline(change.namespace, change.at, tx.now)
         for run_id in tx.released:
             self._held.pop(run_id, None)
         self._held.update(tx.claimed)
@@ -237,6 +262,9 @@ class CoreStore(Store):
             elif isinstance(hint, Deadline) and not hint.namespace:
                 namespaces = self.feed.keys(Deadline) or ()
                 direct.extend(Deadline(str(ns), hint.at) for ns in namespaces)
+            elif isinstance(hint, Deadline):
+                self._note_deadline(hint.namespace, hint.at, time.time() - self._offset)
+                direct.append(hint)
             else:
                 direct.append(hint)
         if needed:

@@ -85,10 +85,12 @@ class Writer:
         handlers: dict[str, Handler],
         after_commit: Callable[[Tx], None],
         deliver_lost: Callable[[list[Any]], None],
+        before_commit: Callable[[Tx], None] = lambda tx: None,
     ) -> None:
         self._dialect = dialect
         self._handlers = handlers
         self._after_commit = after_commit
+        self._before_commit = before_commit
         self._deliver_lost = deliver_lost
         self.transactions = 0
         """Transactions begun (for tests and bench that count round trips)."""
@@ -192,6 +194,7 @@ class Writer:
                 tx = self._dialect.begin(kinds)
                 outcomes = self._apply(tx, batch)
                 committing = True
+                self._before_commit(tx)
                 self._dialect.commit(tx)
                 return Committed(outcomes, tx, lost)
             except BaseException as e:

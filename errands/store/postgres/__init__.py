@@ -38,6 +38,7 @@ import json
 import logging
 import re
 import select
+import socket
 import threading
 import time
 import urllib.parse
@@ -54,7 +55,20 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from errands.exceptions import StoreError
 from errands.store import _migrations
 from errands.store._catalogue import Catalogue
-from errands.store._changes import AnyKind, Hint, Resync, from_wire, to_wire
+from errands.store._changes import (
+    AnyKind,
+    Change,
+    Claimable,
+    Closed,
+    Deadline,
+    Hint,
+    Interrupted,
+    OptionsChanged,
+    Resync,
+    Started,
+    from_wire,
+    to_wire,
+)
 from errands.store._core import CoreStore
 from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
@@ -276,6 +290,27 @@ def _payloads(token: str, changes: Sequence[Any]) -> list[str]:
     return payloads
 
 
+GROUPS: dict[str, tuple[AnyKind, ...]] = {
+    "q": (Started, Claimable),
+    "c": (Closed,),
+    "r": (Interrupted, OptionsChanged, Resync),
+    "d": (Deadline,),
+}
+"""Notification channels per group of kinds (suffixes of the schema's channel
+name): a process LISTENs only to the groups it waits for, so a worker that
+awaits no result is not told of closes, nor a client of queues."""
+
+_GROUP_OF = {kind: group for group, kinds in GROUPS.items() for kind in kinds}
+
+
+def _channel_base(schema: str) -> str:
+    """The prefix of the schema's channel names (identifiers of at most 63 bytes)."""
+    base = f"errands_{schema}"
+    if len(base) + 2 > 63:
+        base = "errands_" + hashlib.blake2b(schema.encode(), digest_size=8).hexdigest()
+    return base
+
+
 class PostgresDialect(Dialect):
     """Statements, connections and wake-ups of one PostgreSQL schema."""
 
@@ -292,7 +327,7 @@ class PostgresDialect(Dialect):
         self._pool = pool
         self._conninfo = conninfo
         self._kwargs = kwargs
-        self._channel = f"errands_{schema}"
+        self._channels = {group: f"{_channel_base(schema)}_{group}" for group in GROUPS}
         self._token = uuid.uuid4().hex
         self._conn: Conn | None = None
         self._listener: _Listener | None = None
@@ -360,9 +395,17 @@ class PostgresDialect(Dialect):
         if not tx.changes:
             cursor.execute("COMMIT")
             return
+        by_group: dict[str, list[Change]] = {}
+        for change in tx.changes:
+            by_group.setdefault(_GROUP_OF[type(change)], []).append(change)
+        channels: list[str] = []
+        payloads: list[str] = []
+        for group, changes in by_group.items():
+            for payload in _payloads(self._token, changes):
+                channels.append(self._channels[group])
+                payloads.append(payload)
         statement = sql.SQL(CATALOGUE["notify_and_commit"]).format(
-            channel=sql.Literal(self._channel),
-            payloads=sql.Literal(_payloads(self._token, tx.changes)),
+            channels=sql.Literal(channels), payloads=sql.Literal(payloads)
         )
         cursor.execute(statement)
 
@@ -436,11 +479,14 @@ class PostgresDialect(Dialect):
     # -- wake-ups and life
 
     def watch(self, arrived: Arrived, wants: Callable[[AnyKind, int], bool]) -> None:
-        self._listener = _Listener(
-            self._conninfo, self._kwargs, self._channel, self._token, arrived, self.target
-        )
+        self._listener = _Listener(self._conninfo, self._kwargs, self._token, arrived, self.target)
         _, timeout_s = _connect_kwargs(self._conninfo, self.schema)
         self._listener.wait_listening(timeout_s)
+
+    def listen(self, kind: AnyKind) -> None:
+        group = _GROUP_OF.get(kind)
+        if group is not None and self._listener is not None:
+            self._listener.listen(self._channels[group])
 
     def close(self) -> None:
         if self._listener is not None:
@@ -465,7 +511,6 @@ class _Listener(WatchThread):
         self,
         conninfo: str,
         kwargs: dict[str, Any],
-        channel: str,
         own_token: str,
         arrived: Callable[[list[Hint] | None], None],
         target: str,
@@ -473,12 +518,32 @@ class _Listener(WatchThread):
         super().__init__("errands-pg-listen")
         self._conninfo = conninfo
         self._kwargs = kwargs
-        self._channel = channel
         self._own_token = own_token
         self._arrived = arrived
         self._target = target
         self._listening = threading.Event()
+        self._lock = threading.Lock()
+        self._wanted: set[str] = set()
+        self._done: dict[str, threading.Event] = {}
+        self._kick_r, self._kick_w = socket.socketpair()
         self.start()
+
+    def listen(self, channel: str) -> None:
+        """LISTEN to ``channel`` too; returns once it is in place (or at once
+        while the connection is down: it is LISTENed to on reconnecting)."""
+        with self._lock:
+            done = self._done.get(channel)
+            if done is None:
+                self._wanted.add(channel)
+                done = self._done[channel] = threading.Event()
+                with contextlib.suppress(OSError):
+                    self._kick_w.send(b"x")
+        if self._listening.is_set():
+            done.wait(CONNECT_TIMEOUT_S)
+
+    def _stopped(self) -> None:
+        self._kick_r.close()
+        self._kick_w.close()
 
     def wait_listening(self, timeout: float) -> bool:
         """Block until the first LISTEN is in place (at most ``timeout``)."""
@@ -501,7 +566,7 @@ class _Listener(WatchThread):
                 delay = min(delay * 2, LISTEN_BACKOFF_S[1])
                 continue
             try:
-                conn.execute(f"LISTEN {self._channel}")  # a checked identifier
+                conn.add_notify_handler(self._notified)  # those read while a LISTEN runs
                 if lost:
                     logger.warning("PostgreSQL store %s: LISTEN connection restored", self._target)
                     self._arrived([Resync()])  # changes made while it was down went unheard
@@ -518,18 +583,39 @@ class _Listener(WatchThread):
                     str(e).strip(),
                 )
                 lost = True
+                self._listening.clear()
                 self._arrived([Resync()])
             finally:
                 with contextlib.suppress(Exception):
                     conn.close()
 
+    def _listen_wanted(self, conn: Conn, listened: set[str]) -> set[str]:
+        with self._lock:
+            wanted = set(self._wanted)
+        for channel in sorted(wanted - listened):
+            conn.execute(f"LISTEN {channel}")  # a checked identifier
+            with self._lock:
+                self._done[channel].set()
+        return wanted
+
+    def _notified(self, notify: psycopg.Notify) -> None:
+        hints = self._decode(notify.payload)
+        if hints:
+            self._arrived(hints)
+
     def _listen(self, conn: Conn) -> None:
         pgconn = conn.pgconn
-        wake = self._wake
+        wake, kick = self._wake, self._kick_r.fileno()
+        listened = self._listen_wanted(conn, set())
         while not self._stopping.is_set():
-            readable, _, _ = select.select([pgconn.socket, wake], [], [])
+            readable, _, _ = select.select([pgconn.socket, wake, kick], [], [])
             if wake in readable:
                 return
+            if kick in readable:
+                with contextlib.suppress(BlockingIOError):
+                    self._kick_r.recv(4096)
+                listened = self._listen_wanted(conn, listened)
+                continue
             pgconn.consume_input()
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the LISTEN connection is closed")

@@ -243,7 +243,8 @@ DELETE FROM executions WHERE id IN (SELECT id FROM executions WHERE namespace = 
     AND status <> 'RUNNING' AND close_time < %(before)s LIMIT %(limit)s)
 
 -- name: notify_and_commit
--- Tell the other processes' listeners what this transaction changed (one
--- payload per notification, each under PostgreSQL's 8,000 bytes) and commit,
--- in one round trip. {channel} and {payloads} are filled in as literals.
-SELECT pg_notify({channel}, p) FROM unnest({payloads}::text[]) AS p; COMMIT
+-- Tell the other processes' listeners what this transaction changed (each
+-- payload on its group's channel, under PostgreSQL's 8,000 bytes) and
+-- commit, in one round trip. {channels} and {payloads} are filled in as
+-- literals.
+SELECT pg_notify(c, p) FROM unnest({channels}::text[], {payloads}::text[]) AS t(c, p); COMMIT
