@@ -266,15 +266,18 @@ class Subscription:
         self.closed = False
 
     def add_keys(self, keys: Iterable[Hashable]) -> None:
-        """Also receive changes for these keys."""
+        """Also receive changes for these keys (from other processes too: this
+        may wait for the store to start hearing them)."""
         with self._feed.lock:
             self.keys = (self.keys or frozenset()) | frozenset(keys)
+        self._feed.interest_changed(self.kinds)
 
     def discard_keys(self, keys: Iterable[Hashable]) -> None:
         """Stop receiving changes for these keys."""
         with self._feed.lock:
             if self.keys is not None:
                 self.keys = self.keys - frozenset(keys)
+        self._feed.interest_changed(self.kinds)
 
     def wants(self, change: Change) -> bool:
         """Whether this subscription receives the change."""
@@ -345,9 +348,11 @@ class Feed:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._subs: list[Subscription] = []
-        self.on_subscribe: Callable[[frozenset[AnyKind]], None] | None = None
-        """Told the kinds of each new subscription (the store starts hearing
-        other processes' changes of those kinds)."""
+        self.on_interest: Callable[[AnyKind, bool], None] | None = None
+        """Told when some subscription starts (True) or no subscription any
+        longer (False) wants changes of a kind: the store then starts or stops
+        hearing other processes' changes of that kind."""
+        self._interested: set[AnyKind] = set()
 
     def subscribe(
         self,
@@ -360,15 +365,30 @@ class Feed:
         thread). Every subscription also receives Resync. Call on the loop
         that will wait."""
         sub = Subscription(self, kinds, keys, where)
-        if self.on_subscribe is not None:
-            self.on_subscribe(sub.kinds)
         with self.lock:
             self._subs = [*self._subs, sub]
+        self.interest_changed(sub.kinds)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self.lock:
             self._subs = [s for s in self._subs if s is not sub]
+        self.interest_changed(sub.kinds)
+
+    def interested(self, kind: AnyKind) -> bool:
+        """Whether a subscription wants changes of ``kind`` (of some key)."""
+        return any(kind in s.kinds and (s.keys is None or s.keys) for s in self._subs)
+
+    def interest_changed(self, kinds: Iterable[AnyKind]) -> None:
+        """Tell ``on_interest`` of the kinds whose interest flipped."""
+        for kind in kinds:
+            now = self.interested(kind)
+            with self.lock:
+                flipped = now != (kind in self._interested)
+                if flipped:
+                    (self._interested.add if now else self._interested.discard)(kind)
+            if flipped and self.on_interest is not None:
+                self.on_interest(kind, now)
 
     def subscribed_runs(self, kind: AnyKind) -> set[str]:
         """The run ids that subscriptions to ``kind`` name."""
@@ -377,10 +397,6 @@ class Feed:
             if kind in sub.kinds and sub.keys is not None:
                 found.update(k for k in sub.keys if isinstance(k, str))
         return found
-
-    def kinds(self) -> set[AnyKind]:
-        """The kinds some subscription receives."""
-        return {kind for sub in self._subs for kind in sub.kinds}
 
     def keys(self, kind: AnyKind) -> set[Hashable] | None:
         """The keys subscriptions to ``kind`` name; None if one takes all."""

@@ -151,14 +151,7 @@ class CoreStore(Store):
     def start_watching(self) -> None:
         """Hear of other processes' commits from now on (blocks until listening)."""
         self._dialect.watch(self._arrived, self._wants)
-        self.feed.on_subscribe = self._listen
-        self._listen(frozenset(self.feed.kinds()))
-
-    def _listen(self, kinds: frozenset[AnyKind]) -> None:
-        for kind in kinds:
-            self._dialect.listen(kind)
-        if Interrupted in kinds:  # a worker: it also learns of its held runs
-            self._dialect.listen(Interrupted)
+        self.feed.on_interest = self._dialect.listen
 
     def _wants(self, kind: AnyKind, in_bucket: int) -> bool:
         """Whether this process waits for a change of ``kind`` to something in

@@ -173,10 +173,11 @@ class Dialect(abc.ABC):
         (``_changes.queue_bucket`` of a queue, ``bucket`` of a run id).
         Returns once watching."""
 
-    def listen(self, kind: AnyKind) -> None:  # noqa: B027 - an optional hook
-        """This process now waits for changes of ``kind`` (a subscription to it
-        was made): a dialect that hears of changes by kind starts hearing
-        them. Callable from any thread; nothing by default."""
+    def listen(self, kind: AnyKind, on: bool) -> None:  # noqa: B027 - an optional hook
+        """This process now waits (``on``), or no longer waits, for changes of
+        ``kind``: a dialect that hears of changes by kind starts (before it
+        returns) or stops hearing them. Callable from any thread; nothing by
+        default."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -96,6 +96,7 @@ class Poller:
         """Claim and start tasks until ``stop`` is set."""
         queue = (self._namespace, self._task_queue)
         sub = self._store.feed.subscribe(Started, Claimable, keys=[queue])
+        listening = True
         try:
             need_claim = True
             while not stop.is_set():
@@ -103,11 +104,12 @@ class Poller:
                 if free <= 0:
                     # Full: no change to the queue concerns this poller until a
                     # slot frees (it claims then anyway), so it stops listening.
-                    sub.discard_keys([queue])
+                    if listening:
+                        sub.discard_keys([queue])
+                        listening = False
                     self._slot_freed.clear()
                     if self._slots - self._running() <= 0:
                         await wait_any(self._slot_freed, stop, timeout=None)
-                    sub.add_keys([queue])
                     need_claim = True
                     continue
                 if self._bucket is not None:
@@ -118,6 +120,12 @@ class Poller:
                 if need_claim:
                     result = await self._claim(free, stop)
                     if result is None or len(result.tasks) >= free:
+                        continue
+                    if not listening:
+                        # About to wait: listen first, then claim once more, so
+                        # a start between that claim and now is not missed.
+                        sub.add_keys([queue])
+                        listening = True
                         continue
                     free -= len(result.tasks)
                 need_claim = await self._idle(sub, free, stop)

@@ -108,6 +108,11 @@ NOTIFY_BYTES = 7_900
 LISTEN_BACKOFF_S = (0.1, 5.0)
 """First and longest pause between two attempts to reconnect the listener."""
 
+UNLISTEN_AFTER_S = 5.0
+"""How long a channel nobody waits on stays LISTENed to (so that a process
+going busy and idle by turns does not LISTEN and UNLISTEN each time)."""
+
+
 FATE_WAIT_S = 2.0
 """How long to wait for a terminated backend's transaction to show as
 committed or aborted, when the connection dropped while it committed."""
@@ -331,6 +336,7 @@ class PostgresDialect(Dialect):
         self._token = uuid.uuid4().hex
         self._conn: Conn | None = None
         self._listener: _Listener | None = None
+        self._interest: dict[AnyKind, bool] = {}
 
     # -- statements
 
@@ -483,10 +489,13 @@ class PostgresDialect(Dialect):
         _, timeout_s = _connect_kwargs(self._conninfo, self.schema)
         self._listener.wait_listening(timeout_s)
 
-    def listen(self, kind: AnyKind) -> None:
+    def listen(self, kind: AnyKind, on: bool) -> None:
         group = _GROUP_OF.get(kind)
-        if group is not None and self._listener is not None:
-            self._listener.listen(self._channels[group])
+        if group is None or self._listener is None:
+            return
+        self._interest[kind] = on
+        wanted = any(self._interest.get(k, False) for k in GROUPS[group])
+        self._listener.listen(self._channels[group], wanted)
 
     def close(self) -> None:
         if self._listener is not None:
@@ -525,21 +534,33 @@ class _Listener(WatchThread):
         self._lock = threading.Lock()
         self._wanted: set[str] = set()
         self._done: dict[str, threading.Event] = {}
+        self._linger: dict[str, float] = {}
+        """Channels nobody wants any more, and since when (monotonic)."""
         self._kick_r, self._kick_w = socket.socketpair()
         self.start()
 
-    def listen(self, channel: str) -> None:
-        """LISTEN to ``channel`` too; returns once it is in place (or at once
-        while the connection is down: it is LISTENed to on reconnecting)."""
+    def listen(self, channel: str, on: bool) -> None:
+        """LISTEN to ``channel`` too (``on``), returning once it is in place
+        (or at once while the connection is down: it is LISTENed to on
+        reconnecting); or UNLISTEN it (``on`` False) once nobody wanted it
+        for UNLISTEN_AFTER_S, without waiting."""
         with self._lock:
             done = self._done.get(channel)
-            if done is None:
-                self._wanted.add(channel)
-                done = self._done[channel] = threading.Event()
-                with contextlib.suppress(OSError):
-                    self._kick_w.send(b"x")
-        if self._listening.is_set():
+            if on:
+                self._linger.pop(channel, None)
+                if done is None:
+                    self._wanted.add(channel)
+                    done = self._done[channel] = threading.Event()
+                    self._kick()
+            elif done is not None:
+                self._linger.setdefault(channel, time.monotonic())
+                self._kick()
+        if on and done is not None and self._listening.is_set():
             done.wait(CONNECT_TIMEOUT_S)
+
+    def _kick(self) -> None:
+        with contextlib.suppress(OSError):
+            self._kick_w.send(b"x")
 
     def _stopped(self) -> None:
         self._kick_r.close()
@@ -591,11 +612,22 @@ class _Listener(WatchThread):
 
     def _listen_wanted(self, conn: Conn, listened: set[str]) -> set[str]:
         with self._lock:
+            now = time.monotonic()
+            for channel, since in list(self._linger.items()):
+                if now - since >= UNLISTEN_AFTER_S:
+                    del self._linger[channel]
+                    self._wanted.discard(channel)
+                    self._done.pop(channel, None)
             wanted = set(self._wanted)
+        for channel in sorted(listened - wanted):
+            conn.execute(f"UNLISTEN {channel}")  # a checked identifier
         for channel in sorted(wanted - listened):
-            conn.execute(f"LISTEN {channel}")  # a checked identifier
-            with self._lock:
-                self._done[channel].set()
+            conn.execute(f"LISTEN {channel}")
+        with self._lock:
+            for channel in wanted:
+                done = self._done.get(channel)
+                if done is not None:
+                    done.set()
         return wanted
 
     def _notified(self, notify: psycopg.Notify) -> None:
@@ -608,10 +640,15 @@ class _Listener(WatchThread):
         wake, kick = self._wake, self._kick_r.fileno()
         listened = self._listen_wanted(conn, set())
         while not self._stopping.is_set():
-            readable, _, _ = select.select([pgconn.socket, wake, kick], [], [])
+            with self._lock:
+                lingering = min(self._linger.values(), default=None)
+            timeout = None
+            if lingering is not None:
+                timeout = max(0.0, lingering + UNLISTEN_AFTER_S - time.monotonic())
+            readable, _, _ = select.select([pgconn.socket, wake, kick], [], [], timeout)
             if wake in readable:
                 return
-            if kick in readable:
+            if kick in readable or not readable:
                 with contextlib.suppress(BlockingIOError):
                     self._kick_r.recv(4096)
                 listened = self._listen_wanted(conn, listened)

@@ -310,9 +310,10 @@ class SQLiteDialect(Dialect):
 
         self._watch = Doorbell(self.path + "-doorbell", GROUPS, rang, deadline)
 
-    def listen(self, kind: AnyKind) -> None:
+    def listen(self, kind: AnyKind, on: bool) -> None:
+        # A watch, once made, stays: a bell nobody wants costs a comparison.
         group = _GROUP_OF.get(kind)
-        if group is not None and self._watch is not None:
+        if on and group is not None and self._watch is not None:
             self._watch.listen(group)
 
     # -- reads
