@@ -132,6 +132,19 @@ AnyKind = (
 )
 """A kind of change (its class)."""
 
+GROUPS: dict[str, tuple[AnyKind, ...]] = {
+    "queues": (Started, Claimable),
+    "closed": (Closed,),
+    "runs": (Interrupted, OptionsChanged, Resync),
+    "deadlines": (Deadline,),
+}
+"""Kinds of change a dialect announces together to other processes (one
+NOTIFY channel, one doorbell file): a process hears only the groups it waits
+for, so a worker that awaits no result is not told of closes."""
+
+GROUP_OF: dict[AnyKind, str] = {kind: group for group, kinds in GROUPS.items() for kind in kinds}
+"""The group of each kind of change."""
+
 BUCKETS = 64
 """Run ids fall into this many buckets where a change can only be recorded
 coarsely (the SQLite ``changes`` table keeps one row per kind and bucket)."""

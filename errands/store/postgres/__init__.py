@@ -56,16 +56,12 @@ from errands.exceptions import StoreError
 from errands.store import _migrations
 from errands.store._catalogue import Catalogue
 from errands.store._changes import (
+    GROUP_OF,
+    GROUPS,
     AnyKind,
     Change,
-    Claimable,
-    Closed,
-    Deadline,
     Hint,
-    Interrupted,
-    OptionsChanged,
     Resync,
-    Started,
     from_wire,
     to_wire,
 )
@@ -295,19 +291,6 @@ def _payloads(token: str, changes: Sequence[Any]) -> list[str]:
     return payloads
 
 
-GROUPS: dict[str, tuple[AnyKind, ...]] = {
-    "q": (Started, Claimable),
-    "c": (Closed,),
-    "r": (Interrupted, OptionsChanged, Resync),
-    "d": (Deadline,),
-}
-"""Notification channels per group of kinds (suffixes of the schema's channel
-name): a process LISTENs only to the groups it waits for, so a worker that
-awaits no result is not told of closes, nor a client of queues."""
-
-_GROUP_OF = {kind: group for group, kinds in GROUPS.items() for kind in kinds}
-
-
 def _channel_base(schema: str) -> str:
     """The prefix of the schema's channel names (identifiers of at most 63 bytes)."""
     base = f"errands_{schema}"
@@ -332,7 +315,8 @@ class PostgresDialect(Dialect):
         self._pool = pool
         self._conninfo = conninfo
         self._kwargs = kwargs
-        self._channels = {group: f"{_channel_base(schema)}_{group}" for group in GROUPS}
+        # A channel per group of kinds: errands_<schema>_q, _c, _r, _d.
+        self._channels = {group: f"{_channel_base(schema)}_{group[0]}" for group in GROUPS}
         self._token = uuid.uuid4().hex
         self._conn: Conn | None = None
         self._listener: _Listener | None = None
@@ -403,7 +387,7 @@ class PostgresDialect(Dialect):
             return
         by_group: dict[str, list[Change]] = {}
         for change in tx.changes:
-            by_group.setdefault(_GROUP_OF[type(change)], []).append(change)
+            by_group.setdefault(GROUP_OF[type(change)], []).append(change)
         channels: list[str] = []
         payloads: list[str] = []
         for group, changes in by_group.items():
@@ -490,7 +474,7 @@ class PostgresDialect(Dialect):
         self._listener.wait_listening(timeout_s)
 
     def listen(self, kind: AnyKind, on: bool) -> None:
-        group = _GROUP_OF.get(kind)
+        group = GROUP_OF.get(kind)
         if group is None or self._listener is None:
             return
         self._interest[kind] = on

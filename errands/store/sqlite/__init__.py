@@ -33,6 +33,8 @@ from errands.exceptions import StoreError
 from errands.store import _migrations
 from errands.store._catalogue import Catalogue
 from errands.store._changes import (
+    GROUP_OF,
+    GROUPS,
     AnyKind,
     Change,
     Claimable,
@@ -41,7 +43,6 @@ from errands.store._changes import (
     Hint,
     Interrupted,
     OptionsChanged,
-    Resync,
     Started,
     bucket,
     from_row,
@@ -65,26 +66,19 @@ SCHEMA_VERSION = _migrations.newest("sqlite")
 
 CATALOGUE = Catalogue.load("SQLite", "errands.store.sqlite")
 
-GROUPS: dict[str, tuple[AnyKind, ...]] = {
-    "queues": (Started, Claimable),
-    "closed": (Closed,),
-    "runs": (Interrupted, OptionsChanged, Resync),
-}
-"""The doorbell's groups of bells and the kinds of change each one rings for
-(a bell per bucket of queues or run ids); deadlines ride in it as a number."""
-
-_GROUP_OF = {kind: group for group, kinds in GROUPS.items() for kind in kinds}
+BELL_GROUPS = [group for group in GROUPS if group != "deadlines"]
+"""The doorbell's files of bells (a bell per bucket of queues or run ids);
+deadlines ride in it as a number."""
 
 
 def _bell(change: Change) -> tuple[str, int] | None:
     """The doorbell group and bell a change rings (None: a deadline)."""
+    group = GROUP_OF[type(change)]
     if isinstance(change, (Started, Claimable)):
-        return "queues", queue_bucket(change.queue)
+        return group, queue_bucket(change.queue)
     if isinstance(change, (Closed, Interrupted, OptionsChanged)):
-        return _GROUP_OF[type(change)], bucket(change.run_id)
-    if isinstance(change, Deadline):
-        return None
-    return "runs", 0  # a resync
+        return group, bucket(change.run_id)
+    return None if group == "deadlines" else (group, 0)
 
 
 def path_from_url(url: str) -> str:
@@ -308,12 +302,12 @@ class SQLiteDialect(Dialect):
         def deadline(at: float) -> None:
             arrived([Deadline("", at)])  # for every namespace's timers
 
-        self._watch = Doorbell(self.path + "-doorbell", GROUPS, rang, deadline)
+        self._watch = Doorbell(self.path + "-doorbell", BELL_GROUPS, rang, deadline)
 
     def listen(self, kind: AnyKind, on: bool) -> None:
         # A watch, once made, stays: a bell nobody wants costs a comparison.
-        group = _GROUP_OF.get(kind)
-        if on and group is not None and self._watch is not None:
+        group = GROUP_OF.get(kind)
+        if on and group in BELL_GROUPS and self._watch is not None:
             self._watch.listen(group)
 
     # -- reads
