@@ -168,9 +168,10 @@ class ActivityEnvironment:
         )
 
     def _run_sync(self, fn: Callable[..., _R], args: Sequence[Any], kwargs: dict[str, Any]) -> _R:
-        call = _ThreadCall(raise_on_cancel=not _no_thread_cancel_exception(fn))
+        context = self._context(client=None)
+        call = _ThreadCall(not _no_thread_cancel_exception(fn), context.cancelled)
         call.thread_id = threading.get_ident()
-        run = _Run(self._context(client=None), thread_call=call)
+        run = _Run(context, thread_call=call)
         current = _current.set(run.context)
         shield = _shield_target.set(call)
         try:

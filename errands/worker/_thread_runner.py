@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from errands.activity import _Context, _current, _Definition, _shield_target
+from errands.activity import _Context, _current, _Definition, _shield_target, _Signal
 from errands.exceptions import CancelledError
 from errands.worker._runner import HeartbeatRecorder, Runner, from_any_thread
 
@@ -49,6 +49,7 @@ class _ThreadCall:
     between the loop (which raises the cancel) and the thread (which ends)."""
 
     __slots__ = (
+        "cancelled",
         "deferred",
         "done",
         "lock",
@@ -59,7 +60,9 @@ class _ThreadCall:
         "thread_id",
     )
 
-    def __init__(self, raise_on_cancel: bool) -> None:
+    def __init__(self, raise_on_cancel: bool, cancelled: _Signal) -> None:
+        self.cancelled = cancelled
+        """The attempt's cancel signal: set just before ``raise_cancel``."""
         self.lock = threading.Lock()
         self.thread_id: int | None = None
         self.done = False
@@ -74,10 +77,18 @@ class _ThreadCall:
             self.shield_depth += 1
 
     def exit_shield(self) -> bool:
+        """The thread leaves a shield block: True if it must raise the cancel
+        now. That is so when one was deferred, and also when the cancel was
+        signalled but its raise has not come yet (it would otherwise land
+        some bytecodes later, after code that should not run)."""
         with self.lock:
             self.shield_depth -= 1
-            if self.shield_depth == 0 and self.deferred:
+            if self.shield_depth:
+                return False
+            signalled = self.raise_on_cancel and not self.raised and self.cancelled.is_set()
+            if self.deferred or signalled:
                 self.deferred = False
+                self.raised = True  # the loop's raise_cancel, when it comes, does nothing
                 return True
             return False
 
@@ -130,7 +141,7 @@ class ThreadRunner(Runner):
         return from_any_thread(record)
 
     async def run(self, definition: _Definition, context: _Context, args: Sequence[Any]) -> Any:
-        call = _ThreadCall(raise_on_cancel=not definition.no_thread_cancel_exception)
+        call = _ThreadCall(not definition.no_thread_cancel_exception, context.cancelled)
         key = id(context)
         self._calls[key] = call
         ctx = contextvars.copy_context()
