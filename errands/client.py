@@ -38,6 +38,7 @@ from errands.store import ClosedRun, ExecutionRecord, NewExecution, Store
 from errands.store._shared import Lease, acquire
 
 __all__ = [
+    "ActivityAttempt",
     "ActivityExecution",
     "ActivityExecutionCount",
     "ActivityExecutionCountAggregationGroup",
@@ -47,6 +48,7 @@ __all__ = [
     "ActivityHandle",
     "AsyncActivityCancelledError",
     "AsyncActivityHandle",
+    "AttemptOutcome",
     "Client",
     "PendingActivityState",
 ]
@@ -92,6 +94,35 @@ class PendingActivityState(enum.IntEnum):
     CANCEL_REQUESTED = 3
 
 
+class AttemptOutcome(enum.Enum):
+    """How one attempt ended (errands; Temporal keeps only the last failure)."""
+
+    RUNNING = "RUNNING"  # it still runs
+    COMPLETED = "COMPLETED"  # it returned a value
+    FAILED = "FAILED"  # it raised
+    TIMED_OUT = "TIMED_OUT"  # start_to_close, heartbeat or schedule_to_close ran out
+    CANCELED = "CANCELED"  # it let a cancellation out, or was terminated
+    PAUSED = "PAUSED"  # it was interrupted by a pause
+    RESET = "RESET"  # it was interrupted by a reset
+    WORKER_LOST = "WORKER_LOST"  # its worker died
+
+
+@dataclass(frozen=True)
+class ActivityAttempt:
+    """One attempt of an execution (``ActivityHandle.attempts()``)."""
+
+    attempt: int
+    started_time: datetime
+    closed_time: datetime | None
+    """None while it runs."""
+    worker_identity: str | None
+    outcome: AttemptOutcome
+    failure: FailureError | None
+    """What it raised (or its timeout), if it failed; None otherwise."""
+    heartbeat_count: int
+    last_heartbeat_time: datetime | None
+
+
 _STATUS = {s: ActivityExecutionStatus[s.name] for s in lc.Status}
 _RUN_STATE = {s: PendingActivityState[s.name] for s in lc.RunState}
 _STATUS_QUERY_NAME = {status: name for name, status in STATUS_NAMES.items()}
@@ -110,6 +141,10 @@ def _new_run_id() -> str:
 
 def _utc(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _utc_required(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
 
 
 def _td(seconds: float | None) -> timedelta | None:
@@ -647,6 +682,48 @@ class ActivityHandle(Generic[ReturnType]):
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
         """
         await self._client._store.terminate(self._client.namespace, self._id, self._run_id, reason)
+
+    async def attempts(self) -> list[ActivityAttempt]:
+        """Every attempt of the execution, oldest first: when it ran, on which
+        worker, how it ended and with what failure, and its heartbeats. The
+        newest 100 are kept (their numbers stay exact); they go when the
+        execution is pruned.
+
+        Raises ActivityNotFoundError.
+        """
+        client = self._client
+        run_id = await self._resolved_run_id()
+        kept = await client._store.attempts(run_id)
+        (record,) = await client._store.get_by_run_ids([run_id])
+        out = []
+        for a in kept:
+            running = a.closed_time is None
+            failure = None
+            if a.failure is not None:
+                failure = await client.data_converter.decode_failure(a.failure)
+            elif a.outcome == "TIMED_OUT" and record.timeout_type is not None:
+                failure = TimeoutError("activity timed out", type=record.timeout_type)
+            out.append(
+                ActivityAttempt(
+                    attempt=a.attempt,
+                    started_time=_utc_required(a.started_time),
+                    closed_time=_utc(a.closed_time),
+                    worker_identity=a.identity,
+                    outcome=AttemptOutcome(a.outcome),
+                    failure=failure,
+                    heartbeat_count=(
+                        record.heartbeat_count - a.heartbeats_before
+                        if running
+                        else a.heartbeat_count or 0
+                    ),
+                    last_heartbeat_time=_utc(
+                        record.last_heartbeat_time
+                        if running and (record.last_heartbeat_time or 0) >= a.started_time
+                        else a.last_heartbeat_time
+                    ),
+                )
+            )
+        return out
 
     async def describe(
         self, include_heartbeat_details: bool = False

@@ -44,6 +44,8 @@ EXPORTS: dict[str, set[str]] = {
         "wait_for_worker_shutdown_sync",
     },
     "errands.client": {
+        "ActivityAttempt",
+        "AttemptOutcome",
         "ActivityExecution",
         "ActivityExecutionCount",
         "ActivityExecutionCountAggregationGroup",  # the type of ActivityExecutionCount.groups
@@ -89,6 +91,7 @@ EXPORTS: dict[str, set[str]] = {
         "serialize_payloads",
     },
     "errands.store": {
+        "AttemptRecord",
         "ClaimResult",
         "ClaimedTask",
         "ClosedRun",

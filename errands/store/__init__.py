@@ -6,6 +6,7 @@ in a few verbs; ``errands.store.sqlite`` is the embedded backend,
 """
 
 from errands.store._base import (
+    AttemptRecord,
     ClaimedTask,
     ClaimResult,
     ClosedRun,
@@ -20,6 +21,7 @@ from errands.store._base import (
 )
 
 __all__ = [
+    "AttemptRecord",
     "ClaimResult",
     "ClaimedTask",
     "ClosedRun",

@@ -152,6 +152,24 @@ class ExecutionRecord:
 
 
 @dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt of an execution as the store keeps it."""
+
+    run_id: str
+    attempt: int
+    started_time: float
+    closed_time: float | None
+    identity: str | None
+    outcome: str  # RUNNING COMPLETED FAILED TIMED_OUT CANCELED
+    failure: bytes | None
+    heartbeats_before: int
+    """The execution's heartbeat count when the attempt began."""
+    heartbeat_count: int | None
+    """The attempt's own heartbeats, once it closed."""
+    last_heartbeat_time: float | None
+
+
+@dataclass(frozen=True)
 class Condition:
     """One term of a parsed visibility query: ``field op value``."""
 
@@ -297,6 +315,10 @@ class Store(abc.ABC):
     async def prune(self, namespace: str, closed_before: float, *, batch: int = 1000) -> int:
         """Delete closed executions closed before the time, a batch per
         transaction. Returns how many were deleted."""
+
+    @abc.abstractmethod
+    async def attempts(self, run_id: str) -> builtins.list[AttemptRecord]:
+        """The attempts kept of an execution (the newest 100), oldest first."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -37,6 +37,7 @@ from errands.store import _rows
 from errands.store import _transitions as tr
 from errands.store._armed import Armed, ArmedClaims
 from errands.store._base import (
+    AttemptRecord,
     ClaimResult,
     ClosedRun,
     ExecutionRecord,
@@ -430,6 +431,7 @@ class CoreStore(Store):
         done = {
             row["run_id"] for row in tx.each("complete", rows, key="run_id", now=tx.now, far=FAR)
         }
+        tr.end_attempts(tx, [(r, a, "COMPLETED", None) for r, a, _ in outcomes if r in done])
         out: list[Outcome] = []
         for run_id, _, data in outcomes:
             tx.released.add(run_id)
@@ -464,6 +466,7 @@ class CoreStore(Store):
                 far=FAR,
             )
             if row is not None:
+                tr.end_attempts(tx, [(run_id, attempt, "CANCELED", failure)])
                 tx.changes.append(Closed(run_id, ClosedRun(run_id, Status.CANCELED)))
                 return True
             tr.expire_if_due(tx, run_id)
@@ -499,6 +502,8 @@ class CoreStore(Store):
             tx.run("terminate", id=row["id"], reason=reason, now=tx.now, far=FAR)
             tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.TERMINATED)))
             if row["run_state"] != RunState.SCHEDULED.value:
+                # The attempt is cut short: recorded as CANCELED (terminated).
+                tr.end_attempts(tx, [(found_run, row["attempt"], "CANCELED", None)])
                 tx.changes.append(Interrupted(found_run, "terminate", row["attempt"]))
 
         await self._op(op)
@@ -608,7 +613,12 @@ class CoreStore(Store):
         batch = min(batch, 1000)
 
         def op(tx: Tx) -> int:
-            return tx.run("prune", ns=namespace, before=closed_before, limit=batch)
+            rows = tx.fetch("prunable", ns=namespace, before=closed_before, limit=batch)
+            ids = [row["run_id"] for row in rows]
+            if not ids:
+                return 0
+            tx.run("prune_attempts", ids=ids)
+            return tx.run("prune_runs", ids=ids)
 
         total = 0
         while True:
@@ -616,6 +626,12 @@ class CoreStore(Store):
             total += n
             if n < batch:
                 return total
+
+    async def attempts(self, run_id: str) -> builtins.list[AttemptRecord]:
+        def read(tx: Tx) -> builtins.list[AttemptRecord]:
+            return [_rows.attempt(row) for row in tx.fetch("attempts_of_run", run_id=run_id)]
+
+        return await self._read(read)
 
 
 def _localized(change: Change, offset: float) -> Change:

@@ -10,7 +10,7 @@ from typing import Any
 from errands._lifecycle import RunState, Status
 from errands.common import RetryPolicy
 from errands.exceptions import TimeoutType
-from errands.store._base import ClaimedTask, ExecutionRecord
+from errands.store._base import AttemptRecord, ClaimedTask, ExecutionRecord
 
 Row = Mapping[str, Any]
 """A row as both dialects return it: values by column name."""
@@ -103,6 +103,22 @@ def record(row: Row) -> ExecutionRecord:
 def task(row: Row) -> ClaimedTask:
     """A ClaimedTask from a row a claim returned."""
     return ClaimedTask(**_shared(row))
+
+
+def attempt(row: Row) -> AttemptRecord:
+    """An AttemptRecord from a row of the ``attempts`` table."""
+    return AttemptRecord(
+        run_id=row["run_id"],
+        attempt=row["attempt"],
+        started_time=row["started_time"],
+        closed_time=row["closed_time"],
+        identity=row["identity"],
+        outcome=row["outcome"],
+        failure=optional_bytes(row["failure"]),
+        heartbeats_before=row["heartbeats_before"],
+        heartbeat_count=row["heartbeat_count"],
+        last_heartbeat_time=row["last_heartbeat_time"],
+    )
 
 
 def optional_bytes(value: Any) -> bytes | None:

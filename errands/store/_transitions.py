@@ -71,6 +71,7 @@ class Claim(ClaimSpec):
             tasks.sort(key=lambda r: (r["priority_key"], r["ready_at"], r["id"]))
             for row in tasks:
                 tx.claimed[row["run_id"]] = row["attempt"]
+            begin_attempts(tx, tasks, self.identity)
             tx.changes.append(Deadline(self.namespace, min(row["deadline"] for row in tasks)))
         return ClaimResult(
             [_rows.task(row) for row in tasks], None if next_ready is None else tx.local(next_ready)
@@ -238,6 +239,7 @@ def apply_failure(
         )
         if done != 1:
             return None
+        _end_failed(tx, row, info, failure_data)
         queue = (row["namespace"], row["task_queue"])
         tx.changes.append(Claimable(queue, decision.ready_at))
         if deadline < FAR:
@@ -254,8 +256,14 @@ def apply_failure(
     )
     if done != 1:
         return None
+    _end_failed(tx, row, info, failure_data)
     tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], decision.status)))
     return decision.status
+
+
+def _end_failed(tx: Tx, row: Row, info: lc.AttemptFailure, failure: bytes | None) -> None:
+    outcome = "TIMED_OUT" if info.kind is lc.FailureKind.TIMEOUT else "FAILED"
+    end_attempts(tx, [(row["run_id"], row["attempt"], outcome, failure)])
 
 
 def close_timed_out(tx: Tx, row: Row, fired: TimeoutType) -> None:
@@ -271,6 +279,8 @@ def close_timed_out(tx: Tx, row: Row, fired: TimeoutType) -> None:
         far=FAR,
     )
     if done == 1:
+        if row["run_state"] != RunState.SCHEDULED.value:
+            end_attempts(tx, [(row["run_id"], row["attempt"], "TIMED_OUT", None)])
         tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], Status.TIMED_OUT)))
 
 
@@ -341,3 +351,36 @@ def where(dialect: Dialect, namespace: str, query: Query) -> tuple[str, dict[str
         else:
             raise ValueError(f"unsupported operator {cond.op!r}")
     return " AND ".join(clauses), params
+
+
+# ------------------------------------------------------------------ attempt history
+
+KEPT_ATTEMPTS = 100
+"""Attempts kept per execution (the newest; attempt numbers stay exact)."""
+
+
+def begin_attempts(tx: Tx, rows: list[Row], identity: str) -> None:
+    """Record that the attempts of these claimed rows began."""
+    began = [
+        {
+            "run_id": row["run_id"],
+            "attempt": row["attempt"],
+            "identity": identity,
+            "heartbeats_before": row["heartbeat_count"],
+        }
+        for row in rows
+    ]
+    tx.each("attempt_begin", began, key="run_id", now=tx.now)
+    for row in rows:
+        if row["attempt"] > KEPT_ATTEMPTS:
+            tx.run("attempts_forget", run_id=row["run_id"], attempt=row["attempt"])
+
+
+def end_attempts(tx: Tx, ended: list[tuple[str, int, str, bytes | None]]) -> None:
+    """Record how attempts ended: (run id, attempt, outcome, failure)."""
+    if ended:
+        rows = [
+            {"run_id": r, "attempt": a, "outcome": outcome, "failure": failure}
+            for r, a, outcome, failure in ended
+        ]
+        tx.each("attempt_end", rows, key="run_id", now=tx.now)

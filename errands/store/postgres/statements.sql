@@ -237,14 +237,54 @@ SELECT * FROM executions WHERE {where} ORDER BY id DESC LIMIT %(limit)s
 -- How many executions match a visibility query ({where}), per status.
 SELECT status, count(*) AS n FROM executions WHERE {where} GROUP BY status
 
--- name: prune
--- Delete up to %(limit)s executions of a namespace closed before %(before)s.
-DELETE FROM executions WHERE id IN (SELECT id FROM executions WHERE namespace = %(ns)s
-    AND status <> 'RUNNING' AND close_time < %(before)s LIMIT %(limit)s)
-
 -- name: notify_and_commit
 -- Tell the other processes' listeners what this transaction changed (each
 -- payload on its group's channel, under PostgreSQL's 8,000 bytes) and
 -- commit, in one round trip. {channels} and {payloads} are filled in as
 -- literals.
 SELECT pg_notify(c, p) FROM unnest({channels}::text[], {payloads}::text[]) AS t(c, p); COMMIT
+
+-- name: attempt_begin
+-- Record that attempts began, in bulk.
+INSERT INTO attempts (run_id, attempt, started_time, identity, outcome, heartbeats_before)
+SELECT r.run_id, r.attempt, %(now)s, r.identity, 'RUNNING', r.heartbeats_before
+FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, identity text,
+    heartbeats_before int)
+ON CONFLICT (run_id, attempt) DO UPDATE SET started_time = excluded.started_time,
+    identity = excluded.identity, outcome = 'RUNNING', closed_time = NULL, failure = NULL,
+    heartbeats_before = excluded.heartbeats_before
+
+-- name: attempts_forget
+-- Forget attempts more than 100 before a run's current one.
+DELETE FROM attempts WHERE run_id = %(run_id)s AND attempt <= %(attempt)s - 100
+
+-- name: attempt_end
+-- Close running attempts with their outcomes, in bulk (%(rows)s: run_id,
+-- attempt, outcome, failure), counting each one's heartbeats from its
+-- execution's.
+UPDATE attempts a SET closed_time = %(now)s, outcome = r.outcome,
+    failure = decode(r.failure, 'base64'),
+    heartbeat_count = e.heartbeat_count - a.heartbeats_before,
+    last_heartbeat_time = CASE WHEN e.last_heartbeat_time >= a.started_time
+        THEN e.last_heartbeat_time END
+FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, outcome text,
+    failure text), executions e
+WHERE a.run_id = ANY(%(keys)s) AND a.run_id = r.run_id AND a.attempt = r.attempt
+AND a.closed_time IS NULL AND e.run_id = a.run_id
+
+-- name: attempts_of_run
+-- Every attempt kept of a run, oldest first.
+SELECT * FROM attempts WHERE run_id = %(run_id)s ORDER BY attempt
+
+-- name: prunable
+-- The run ids of a batch of a namespace's executions closed before a time.
+SELECT run_id FROM executions WHERE namespace = %(ns)s AND status <> 'RUNNING'
+AND close_time < %(before)s LIMIT %(limit)s
+
+-- name: prune_attempts
+-- Delete the attempts of these runs.
+DELETE FROM attempts WHERE run_id IN (SELECT unnest(%(ids)s::text[]))
+
+-- name: prune_runs
+-- Delete these executions.
+DELETE FROM executions WHERE run_id IN (SELECT unnest(%(ids)s::text[]))

@@ -203,11 +203,6 @@ SELECT * FROM executions WHERE {where} ORDER BY id DESC LIMIT :limit
 -- How many executions match a visibility query ({where}), per status.
 SELECT status, count(*) AS n FROM executions WHERE {where} GROUP BY status
 
--- name: prune
--- Delete up to :limit executions of a namespace closed before :before.
-DELETE FROM executions WHERE id IN (SELECT id FROM executions WHERE namespace = :ns
-    AND status != 'RUNNING' AND close_time < :before LIMIT :limit)
-
 -- name: announce
 -- Record that a transaction changed something of a kind and key, for the
 -- other processes' change watchers (read with changes_since).
@@ -223,3 +218,40 @@ SELECT kind, key, seq, at FROM changes WHERE seq > :seq ORDER BY seq
 -- name: changes_head
 -- Where the change log ends now.
 SELECT coalesce(max(seq), 0) AS seq FROM changes
+
+-- name: attempt_begin
+-- Record that an attempt began (one row per call), forgetting attempts more
+-- than 100 before it.
+INSERT OR REPLACE INTO attempts (run_id, attempt, started_time, identity, outcome,
+    heartbeats_before) VALUES (:run_id, :attempt, :now, :identity, 'RUNNING', :heartbeats_before)
+
+-- name: attempts_forget
+-- Forget attempts more than 100 before a run's current one.
+DELETE FROM attempts WHERE run_id = :run_id AND attempt <= :attempt - 100
+
+-- name: attempt_end
+-- Close a running attempt with its outcome, counting its heartbeats from the
+-- execution's.
+UPDATE attempts SET closed_time = :now, outcome = :outcome, failure = :failure,
+    heartbeat_count = (SELECT e.heartbeat_count FROM executions e
+        WHERE e.run_id = attempts.run_id) - heartbeats_before,
+    last_heartbeat_time = (SELECT CASE WHEN e.last_heartbeat_time >= attempts.started_time
+        THEN e.last_heartbeat_time END FROM executions e WHERE e.run_id = attempts.run_id)
+WHERE run_id = :run_id AND attempt = :attempt AND closed_time IS NULL
+
+-- name: attempts_of_run
+-- Every attempt kept of a run, oldest first.
+SELECT * FROM attempts WHERE run_id = :run_id ORDER BY attempt
+
+-- name: prunable
+-- The run ids of a batch of a namespace's executions closed before a time.
+SELECT run_id FROM executions WHERE namespace = :ns AND status <> 'RUNNING'
+AND close_time < :before LIMIT :limit
+
+-- name: prune_attempts
+-- Delete the attempts of these runs.
+DELETE FROM attempts WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: prune_runs
+-- Delete these executions.
+DELETE FROM executions WHERE run_id IN (SELECT value FROM json_each(:ids))
