@@ -132,7 +132,11 @@ async def test_connecting_twice_migrates_once_and_keeps_the_executions(
     assert desc.activity_run_id == handle.run_id
     assert desc.status is ActivityExecutionStatus.RUNNING
     versions = admin(f'SELECT version, name FROM "{pg_schema}".errands_schema')
-    assert versions == [(1, "0001_initial.sql"), (2, "0002_change_feed.sql")]
+    assert versions == [
+        (1, "0001_initial.sql"),
+        (2, "0002_change_feed.sql"),
+        (3, "0003_attempts.sql"),
+    ]
     tables = {
         name
         for (name,) in admin(
@@ -140,7 +144,7 @@ async def test_connecting_twice_migrates_once_and_keeps_the_executions(
             (pg_schema,),
         )
     }
-    assert tables == {"errands_schema", "executions", "queue_rates"}
+    assert tables == {"errands_schema", "executions", "queue_rates", "attempts"}
 
 
 async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(
@@ -158,6 +162,7 @@ async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(
     assert admin(f'SELECT version FROM "{pg_schema}".errands_schema ORDER BY version') == [
         (1,),
         (2,),
+        (3,),
     ]
     assert admin(f'SELECT count(*) FROM "{pg_schema}".executions') == [(6,)]
 
