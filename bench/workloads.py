@@ -329,8 +329,9 @@ async def process_breakdown(
       pickles into every call; a child builds its proxies once);
     - the manager round trips from this process: creating an ``Event()`` (a
       manager object made per attempt would cost this; errands makes none
-      since 9696659) and a ``dict`` proxy read (what a running child's cancel
-      watcher does every 10 ms, and a cancel request's write costs);
+      since 9696659) and a ``dict`` proxy read (what a child's cancel watcher
+      does each time the manager's wake-up event is set, and what a cancel
+      request's write costs);
     - errands' execute_activity of an async noop on the same worker (the
       store round trip every activity pays), then of the sync noop on the
       pool; "left to the process runner" is the second minus the first and
