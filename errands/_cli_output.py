@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from errands.client import (
+    ActivityAttempt,
     ActivityExecution,
     ActivityExecutionCount,
     ActivityExecutionDescription,
@@ -152,6 +153,25 @@ def failure(error: FailureError) -> str:
     if isinstance(error, TimeoutError) and error.type is not None:
         return f"TimeoutError ({error.type.name}): {error.message}"
     return f"{type(error).__name__}: {error.message}"
+
+
+def attempts(found: Sequence[ActivityAttempt]) -> None:
+    """The ``errands attempts`` table."""
+    table(
+        ["ATTEMPT", "OUTCOME", "STARTED", "CLOSED", "WORKER", "HEARTBEATS", "FAILURE"],
+        [
+            [
+                str(a.attempt),
+                a.outcome.name,
+                when(a.started_time),
+                when(a.closed_time),
+                a.worker_identity or "-",
+                str(a.heartbeat_count),
+                "-" if a.failure is None else failure(a.failure),
+            ]
+            for a in found
+        ],
+    )
 
 
 def executions(found: Sequence[ActivityExecution], more: bool) -> None:

@@ -32,7 +32,7 @@ import click
 
 from errands import _cli_output as out
 from errands._query import STATUS_NAMES
-from errands.client import ActivityHandle, Client
+from errands.client import ActivityAttempt, ActivityHandle, Client
 from errands.exceptions import ActivityFailedError, ErrandsError
 
 __all__ = ["main"]
@@ -528,6 +528,43 @@ def terminate(
 
     _run(_with_client(url, namespace, work))
     out.line(f"Terminated activity {activity_id!r}.")
+
+
+@cli.command(name="retry-now")
+@click.argument("activity_id", metavar="ID")
+@click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
+@store_options
+def retry_now(activity_id: str, run_id: str | None, url: str | None, namespace: str) -> None:
+    """Run an activity's next attempt now, skipping what is left of its
+    retry backoff or start delay (the attempt count goes on)."""
+
+    async def work(client: Client) -> bool:
+        return await client.get_activity_handle(activity_id, run_id=run_id).retry_now()
+
+    if _run(_with_client(url, namespace, work)):
+        out.line(f"Activity {activity_id!r} is claimable now.")
+    else:
+        out.line(f"Activity {activity_id!r} was not waiting to retry: nothing changed.")
+
+
+@cli.command()
+@click.argument("activity_id", metavar="ID")
+@click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
+@store_options
+@json_option
+def attempts(
+    activity_id: str, run_id: str | None, url: str | None, namespace: str, as_json: bool
+) -> None:
+    """Show every attempt of an activity: when, where, how it ended, and why."""
+
+    async def work(client: Client) -> list[ActivityAttempt]:
+        return await client.get_activity_handle(activity_id, run_id=run_id).attempts()
+
+    found = _run(_with_client(url, namespace, work))
+    if as_json:
+        out.as_json(out.jsonable(found))
+    else:
+        out.attempts(found)
 
 
 @cli.command(name="list")

@@ -683,6 +683,17 @@ class ActivityHandle(Generic[ReturnType]):
         """
         await self._client._store.terminate(self._client.namespace, self._id, self._run_id, reason)
 
+    async def retry_now(self) -> bool:
+        """*(errands)* Run the next attempt now: an execution waiting out a
+        retry backoff or a ``start_delay`` becomes claimable at once, and its
+        attempt count goes on. True if it was waiting; False (nothing changes)
+        if it was not, say because an attempt runs.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+        client = self._client
+        return await client._store.retry_now(client.namespace, self._id, self._run_id)
+
     async def attempts(self) -> list[ActivityAttempt]:
         """Every attempt of the execution, oldest first: when it ran, on which
         worker, how it ended and with what failure, and its heartbeats. The

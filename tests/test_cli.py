@@ -281,6 +281,30 @@ def test_count_and_describe_show_what_the_worker_did(
     assert desc["execution_duration"] >= 0
 
 
+def test_attempts_shows_each_attempt_with_its_ending_and_failure(
+    errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    run_three(errands, start_worker)
+
+    (refused,) = errands("attempts", "r-1", "--json").json()
+    table = [columns(line) for line in errands("attempts", "g-1").stdout.splitlines()]
+
+    assert (refused["attempt"], refused["outcome"]) == (1, "FAILED")
+    assert refused["failure"]["error_type"] == "Refused"
+    assert refused["closed_time"] is not None
+    assert table[0][:2] == ["ATTEMPT", "OUTCOME"]
+    assert table[1][:2] == ["1", "COMPLETED"]
+
+
+def test_retry_now_says_whether_anything_waited_and_refuses_a_closed_activity(
+    errands: Callable[..., Ran],
+) -> None:
+    errands("start", "greet", "--id", "ready", "--task-queue", "nobody", "--input", '"a"')
+    assert "nothing changed" in errands("retry-now", "ready").stdout
+    errands("terminate", "ready")
+    assert_one_error_line(errands("retry-now", "ready"), 1, "already closed")
+
+
 def test_cancel_through_the_command_ends_a_heartbeating_activity_canceled(
     errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -416,7 +440,7 @@ def test_help_lists_every_command(errands: Callable[..., Ran]) -> None:
     assert ran.code == 0
     commands = ran.stdout.split("Commands:")[1].split()
     for name in ("worker", "start", "execute", "describe", "result", "cancel", "terminate",
-                 "list", "count", "migrate", "prune"):  # fmt: skip
+                 "list", "count", "migrate", "prune", "attempts", "retry-now"):  # fmt: skip
         assert name in commands
 
 

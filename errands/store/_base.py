@@ -277,6 +277,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def retry_now(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
+        """Make an execution waiting out a retry backoff or a start delay
+        claimable now; False if it was not waiting (it changes nothing).
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+
+    @abc.abstractmethod
     async def fire_due_timers(
         self, namespace: str, *, run_ids: Sequence[str] | None = None, limit: int = 500
     ) -> float | None:

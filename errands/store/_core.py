@@ -508,6 +508,12 @@ class CoreStore(Store):
 
         await self._op(op)
 
+    async def retry_now(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
+        def op(tx: Tx) -> bool:
+            return tr.retry_now(tx, namespace, activity_id, run_id)
+
+        return await self._op(op)
+
     # ---------------------------------------------------------------- timers
 
     async def fire_due_timers(

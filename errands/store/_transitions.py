@@ -204,6 +204,31 @@ def find_open(tx: Tx, namespace: str, activity_id: str, run_id: str | None, verb
     return row
 
 
+def retry_now(tx: Tx, namespace: str, activity_id: str, run_id: str | None) -> bool:
+    """Make an execution waiting out a retry backoff or a start delay
+    claimable now (its attempt count goes on); False if it was not waiting.
+
+    Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+    """
+    row = find_open(tx, namespace, activity_id, run_id, "retry")
+    if row["run_state"] != RunState.SCHEDULED.value or row["ready_at"] <= tx.now:
+        return False
+    deadline = lc.scheduled_deadline(
+        ready_at=tx.now,
+        schedule_to_start_s=row["schedule_to_start_s"],
+        schedule_to_close_deadline=row["s2c_deadline"],
+    )
+    done = tx.run(
+        "retry_now", id=row["id"], now=tx.now, deadline=deadline, ready_was=row["ready_at"]
+    )
+    if done != 1:
+        return False
+    tx.changes.append(Started((row["namespace"], row["task_queue"])))
+    if deadline < FAR:
+        tx.changes.append(Deadline(row["namespace"], deadline))
+    return True
+
+
 def apply_failure(
     tx: Tx, row: Row, info: lc.AttemptFailure, failure_data: bytes | None
 ) -> Status | None:

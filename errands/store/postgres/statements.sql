@@ -186,12 +186,14 @@ UPDATE executions SET deadline = %(deadline)s WHERE id = %(id)s AND deadline = %
 
 -- name: find_latest
 -- The execution a cancel or terminate without a run id is about, locked.
-SELECT id, run_id, status, run_state, attempt, namespace, task_queue FROM executions
+SELECT id, run_id, status, run_state, attempt, namespace, task_queue, ready_at,
+    schedule_to_start_s, s2c_deadline FROM executions
 WHERE namespace = %(ns)s AND activity_id = %(activity_id)s ORDER BY id DESC LIMIT 1 FOR UPDATE
 
 -- name: find_run
 -- The execution a cancel or terminate of one run is about, locked.
-SELECT id, run_id, status, run_state, attempt, namespace, task_queue FROM executions
+SELECT id, run_id, status, run_state, attempt, namespace, task_queue, ready_at,
+    schedule_to_start_s, s2c_deadline FROM executions
 WHERE namespace = %(ns)s AND activity_id = %(activity_id)s AND run_id = %(run_id)s FOR UPDATE
 
 -- name: cancel_scheduled
@@ -288,3 +290,9 @@ DELETE FROM attempts WHERE run_id IN (SELECT unnest(%(ids)s::text[]))
 -- name: prune_runs
 -- Delete these executions.
 DELETE FROM executions WHERE run_id IN (SELECT unnest(%(ids)s::text[]))
+
+-- name: retry_now
+-- Make a scheduled execution that waits (a retry backoff, a start delay)
+-- claimable now, if it still waits as it was read.
+UPDATE executions SET ready_at = %(now)s, deadline = %(deadline)s
+WHERE id = %(id)s AND run_state = 'SCHEDULED' AND ready_at = %(ready_was)s

@@ -153,12 +153,14 @@ UPDATE executions SET deadline = :deadline WHERE id = :id AND deadline = :deadli
 
 -- name: find_latest
 -- The execution a cancel or terminate without a run id is about.
-SELECT id, run_id, status, run_state, attempt, namespace, task_queue FROM executions
+SELECT id, run_id, status, run_state, attempt, namespace, task_queue, ready_at,
+    schedule_to_start_s, s2c_deadline FROM executions
 WHERE namespace = :ns AND activity_id = :activity_id ORDER BY id DESC LIMIT 1
 
 -- name: find_run
 -- The execution a cancel or terminate of one run is about.
-SELECT id, run_id, status, run_state, attempt, namespace, task_queue FROM executions
+SELECT id, run_id, status, run_state, attempt, namespace, task_queue, ready_at,
+    schedule_to_start_s, s2c_deadline FROM executions
 WHERE namespace = :ns AND activity_id = :activity_id AND run_id = :run_id
 
 -- name: cancel_scheduled
@@ -255,3 +257,9 @@ DELETE FROM attempts WHERE run_id IN (SELECT value FROM json_each(:ids))
 -- name: prune_runs
 -- Delete these executions.
 DELETE FROM executions WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: retry_now
+-- Make a scheduled execution that waits (a retry backoff, a start delay)
+-- claimable now, if it still waits as it was read.
+UPDATE executions SET ready_at = :now, deadline = :deadline
+WHERE id = :id AND run_state = 'SCHEDULED' AND ready_at = :ready_was
