@@ -478,7 +478,10 @@ def describe(
 
     async def work(client: Client) -> tuple[Any, Sequence[Any]]:
         desc = await client.get_activity_handle(activity_id, run_id=run_id).describe(
-            include_heartbeat_details=True
+            include_input=True,
+            include_outcome=True,
+            include_heartbeat_details=True,
+            include_last_failure=True,
         )
         return desc, await desc.heartbeat_details()
 

@@ -221,7 +221,15 @@ class ActivityExecutionDescription(ActivityExecution):
     heartbeat_timeout: timedelta | None = None
     total_heartbeat_count: int = 0
     last_failure: FailureError | None = None
-    """The last attempt's failure, if an attempt failed."""
+    """The last attempt's failure, if an attempt failed (with include_last_failure)."""
+    input: Sequence[Any] = ()
+    """The arguments, decoded as plain values (with include_input)."""
+    has_result: bool = False
+    """Whether the execution completed with a value (with include_outcome)."""
+    result: Any = None
+    """That value, typed like ``result()`` (with include_outcome)."""
+    failure: FailureError | None = None
+    """Why a closed execution did not complete (with include_outcome)."""
     _heartbeat_details: Sequence[Any] = ()
 
     async def heartbeat_details(self) -> Sequence[Any]:
@@ -737,17 +745,39 @@ class ActivityHandle(Generic[ReturnType]):
         return out
 
     async def describe(
-        self, include_heartbeat_details: bool = False
+        self,
+        *,
+        include_input: bool = False,
+        include_outcome: bool = False,
+        include_heartbeat_details: bool = False,
+        include_last_failure: bool = False,
     ) -> ActivityExecutionDescription:
-        """Everything known about the execution.
+        """Everything known about the execution. As in temporalio, the fields
+        that carry payloads are filled only when asked for: ``input``
+        (include_input), ``has_result`` / ``result`` / ``failure``
+        (include_outcome), ``heartbeat_details()`` (include_heartbeat_details)
+        and ``last_failure`` (include_last_failure).
 
         Raises ActivityNotFoundError.
         """
         client = self._client
+        converter = client.data_converter
         r = await client._store.describe(client.namespace, self._id, self._run_id)
         details: Sequence[Any] = ()
         if include_heartbeat_details and r.heartbeat_details:
-            details = await client.data_converter.decode(r.heartbeat_details)
+            details = await converter.decode(r.heartbeat_details)
+        payloads: dict[str, Any] = {}
+        if include_input:
+            payloads["input"] = await converter.decode(r.input)
+        if include_outcome and r.status is lc.Status.COMPLETED and r.result is not None:
+            hints = None if self._result_type is None else [self._result_type]
+            values = await converter.decode(r.result, hints)
+            payloads["has_result"] = True
+            payloads["result"] = values[0] if values else None
+        elif include_outcome and not r.is_open:
+            payloads["failure"] = await client._failure(r)
+        if include_last_failure and (r.attempt > 1 or not r.is_open):
+            payloads["last_failure"] = await client._failure(r)
         waiting = r.run_state is lc.RunState.SCHEDULED
         return ActivityExecutionDescription(
             **ActivityExecution._fields_from(r),
@@ -772,6 +802,6 @@ class ActivityHandle(Generic[ReturnType]):
             start_to_close_timeout=_td(r.start_to_close_s),
             heartbeat_timeout=_td(r.heartbeat_s),
             total_heartbeat_count=r.heartbeat_count,
-            last_failure=await client._failure(r) if r.attempt > 1 or not r.is_open else None,
             _heartbeat_details=details,
+            **payloads,
         )

@@ -149,7 +149,7 @@ async def show_retries(client: Client) -> None:
     # Watch the execution from the outside, as any other process could.
     seen_attempt = 1
     while True:
-        desc = await handle.describe()
+        desc = await handle.describe(include_last_failure=True)
         if desc.attempt > seen_attempt and desc.last_failure is not None:
             interval = desc.current_retry_interval
             wait = f"{interval.total_seconds():.1f} s" if interval is not None else "?"

@@ -74,7 +74,9 @@ async def describe_until(
     async) holds; AssertionError naming ``what`` and the last one after the ceiling."""
     deadline = time.monotonic() + ceiling_s
     while True:
-        desc = await handle.describe(include_heartbeat_details=include_heartbeat_details)
+        desc = await handle.describe(
+            include_heartbeat_details=include_heartbeat_details, include_last_failure=True
+        )
         holds = condition(desc)
         if inspect.isawaitable(holds):
             holds = await holds

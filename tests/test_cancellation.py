@@ -521,7 +521,7 @@ async def test_an_activity_past_the_grace_period_is_cancelled_and_retried_elsewh
     assert details.worker_shutdown
     assert not details.cancel_requested
     assert probe.seen["is_worker_shutdown"] is True
-    pending = await handle.describe()
+    pending = await handle.describe(include_last_failure=True)
     assert pending.status is ActivityExecutionStatus.RUNNING
     assert pending.run_state is PendingActivityState.SCHEDULED
     assert pending.attempt == 2

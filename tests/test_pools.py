@@ -349,7 +349,7 @@ async def test_an_activity_running_past_the_grace_period_is_cancelled_and_anothe
     details = json.loads(report.read_text())
     assert details["worker_shutdown"] and not details["cancel_requested"]
 
-    desc = await handle.describe()
+    desc = await handle.describe(include_last_failure=True)
     assert (desc.status, desc.attempt) == (ActivityExecutionStatus.RUNNING, 2)
     assert desc.run_state is PendingActivityState.SCHEDULED
     assert isinstance(desc.last_failure, exceptions.ApplicationError)

@@ -307,7 +307,7 @@ async def test_used_up_attempts_end_failed_with_the_last_attempts_error(
     assert cause.type == "RuntimeError"
     assert cause.message == "failure of attempt 3"
     assert [r.attempt for r in runs["hopeless"]] == [1, 2, 3]
-    desc = await handle.describe()
+    desc = await handle.describe(include_last_failure=True)
     assert desc.status is ActivityExecutionStatus.FAILED
     assert desc.attempt == 3
     assert isinstance(desc.last_failure, exceptions.ApplicationError)

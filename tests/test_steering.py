@@ -17,6 +17,8 @@ BACKOFF = RetryPolicy(initial_interval=timedelta(seconds=120))
 """A backoff no test waits out: what runs sooner was made to by retry_now."""
 
 SOONER_S = 20.0
+
+SOONER = timedelta(seconds=SOONER_S)
 """Well within the backoff or delay being skipped."""
 
 
@@ -96,3 +98,42 @@ async def test_retry_now_changes_nothing_while_an_attempt_runs_and_refuses_a_clo
     assert (await handle.describe()).status is ActivityExecutionStatus.TERMINATED
     with pytest.raises(exceptions.ActivityAlreadyClosedError):
         await handle.retry_now()
+
+
+@activity.defn
+async def echo_twice(text: str) -> str:
+    return text * 2
+
+
+@activity.defn
+async def refuses(text: str) -> str:
+    raise exceptions.ApplicationError(f"refused {text}", type="Refused", non_retryable=True)
+
+
+async def test_describe_fills_the_payload_fields_only_when_asked_for(
+    client: Client, task_queue: str
+) -> None:
+    async with Worker(client, task_queue=task_queue, activities=[echo_twice, refuses]):
+        done = await client.start_activity(
+            echo_twice, "ab", id="done", task_queue=task_queue, start_to_close_timeout=SOONER
+        )
+        failed = await client.start_activity(
+            refuses, "x", id="failed", task_queue=task_queue, start_to_close_timeout=SOONER
+        )
+        assert await done.result() == "abab"
+        with pytest.raises(exceptions.ActivityFailedError):
+            await failed.result()
+
+    bare = await done.describe()
+    full = await done.describe(include_input=True, include_outcome=True)
+    failed_bare = await failed.describe()
+    failed_full = await failed.describe(include_outcome=True, include_last_failure=True)
+
+    assert (bare.input, bare.has_result, bare.result, bare.failure) == ((), False, None, None)
+    assert (list(full.input), full.has_result, full.result) == (["ab"], True, "abab")
+    assert full.failure is None
+    assert (failed_bare.failure, failed_bare.last_failure) == (None, None)
+    assert isinstance(failed_full.failure, exceptions.ApplicationError)
+    assert failed_full.failure.type == "Refused"
+    assert isinstance(failed_full.last_failure, exceptions.ApplicationError)
+    assert failed_full.has_result is False

@@ -258,7 +258,7 @@ async def test_a_failing_activity_is_retried_with_backoff_until_it_succeeds(
             ),
             CEILING_S,
         )
-    desc = await pg_client.get_activity_handle(key).describe()
+    desc = await pg_client.get_activity_handle(key).describe(include_last_failure=True)
 
     assert result == 3
     runs = _seen[key]

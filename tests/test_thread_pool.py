@@ -403,7 +403,7 @@ async def test_a_cancel_delivered_while_the_call_waits_for_a_pool_thread_is_not_
         # Either the function never started, or the exception landed in it at once.
         if probe.started.is_set():
             assert probe.seen.get("caught") is exceptions.CancelledError
-        desc = await handle.describe()
+        desc = await handle.describe(include_last_failure=True)
         assert (desc.status, desc.attempt) == (ActivityExecutionStatus.RUNNING, 2)
         assert isinstance(desc.last_failure, exceptions.ApplicationError)
         assert desc.last_failure.type == "WorkerShutdown"
