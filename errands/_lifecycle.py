@@ -36,6 +36,7 @@ class Status(str, enum.Enum):
     CANCELED = "CANCELED"  # cancelled before it started, or the attempt let the cancel out
     TERMINATED = "TERMINATED"  # terminated by a client
     TIMED_OUT = "TIMED_OUT"  # a final timeout, or retries used up after a timeout
+    PAUSED = "PAUSED"  # open and paused: reported, never stored (the row holds RUNNING, PAUSED)
 
 
 class RunState(str, enum.Enum):
@@ -44,6 +45,8 @@ class RunState(str, enum.Enum):
     SCHEDULED = "SCHEDULED"  # waiting to be claimed (ready_at may lie in the future: backoff)
     STARTED = "STARTED"  # an attempt runs on a worker
     CANCEL_REQUESTED = "CANCEL_REQUESTED"  # an attempt runs and a client asked to cancel it
+    PAUSED = "PAUSED"  # paused: no attempt runs and none is dispatched until unpause
+    PAUSE_REQUESTED = "PAUSE_REQUESTED"  # paused while an attempt runs: it is asked to stop
 
 
 class FailureKind(str, enum.Enum):
@@ -93,6 +96,20 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Keep the execution paused; attempt ``attempt`` becomes claimable at
+    ``ready_at`` once it is unpaused (a pending backoff still runs out)."""
+
+    attempt: int
+    ready_at: float
+    interval_s: float
+
+
+PAUSE_ERROR_TYPE = "ActivityPause"
+"""The error type of an attempt that let the cancel of a pause out."""
+
+
+@dataclass(frozen=True)
 class Close:
     """Close the execution with ``status``."""
 
@@ -107,12 +124,16 @@ def after_failure(
     cancel_requested: bool,
     schedule_to_close_deadline: float,
     now: float,
-) -> Retry | Close:
+    paused: bool = False,
+) -> Retry | Hold | Close:
     """What a failed attempt leads to: another attempt, or the end.
 
     A cancel request stops retries (Temporal's retry state CANCEL_REQUESTED); so
     do a non-retryable error, a type in ``non_retryable_error_types``, used-up
     attempts, and a retry that would start after the schedule_to_close deadline.
+    An attempt that failed while its execution was being paused is held: the
+    next attempt waits for unpause (and, but for an attempt stopped by the
+    pause itself, for its backoff too).
     """
     final = Close(Status.TIMED_OUT if failure.kind is FailureKind.TIMEOUT else Status.FAILED)
     if cancel_requested or failure.non_retryable:
@@ -123,10 +144,14 @@ def after_failure(
         return final
     if policy.maximum_attempts and attempt >= policy.maximum_attempts:
         return final
+    if paused and failure.error_type == PAUSE_ERROR_TYPE:
+        return Hold(attempt=attempt + 1, ready_at=now, interval_s=0.0)
     delay = retry_delay_s(policy, attempt, failure.next_retry_delay_s)
     ready_at = now + delay
     if ready_at >= schedule_to_close_deadline:
         return final
+    if paused:
+        return Hold(attempt=attempt + 1, ready_at=ready_at, interval_s=delay)
     return Retry(attempt=attempt + 1, ready_at=ready_at, interval_s=delay)
 
 
@@ -227,12 +252,21 @@ def reuse_refused(policy: ActivityIDReusePolicy, latest_status: Status | None) -
 
 def interrupt_kind(status: Status, run_state: RunState | None) -> str | None:
     """What a running attempt must be told, given its execution's state:
-    "terminate", "cancel", or None."""
+    "terminate", "cancel", "pause", or None."""
     if status is Status.TERMINATED:
         return "terminate"
     if run_state is RunState.CANCEL_REQUESTED:
         return "cancel"
+    if run_state is RunState.PAUSE_REQUESTED:
+        return "pause"
     return None
+
+
+def unpaused_ready_at(*, ready_at: float, now: float, jitter_s: float, draw: float) -> float:
+    """When an unpaused execution's next attempt becomes claimable: once its
+    pending backoff (if any) ran out, at a moment within ``jitter_s`` after
+    (``draw`` is uniform in [0, 1))."""
+    return max(ready_at, now) + jitter_s * draw
 
 
 def scheduled_timeout_type(

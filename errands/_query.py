@@ -27,6 +27,7 @@ STATUS_NAMES = {
     "Canceled": Status.CANCELED,
     "Terminated": Status.TERMINATED,
     "TimedOut": Status.TIMED_OUT,
+    "Paused": Status.PAUSED,
 }
 
 _TOKEN = re.compile(

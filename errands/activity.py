@@ -276,7 +276,7 @@ class ActivityCancellationDetails:
     cancel_requested: bool = False
     """A client called ``cancel()``."""
     paused: bool = False
-    """Always False: errands has no pause."""
+    """A client paused the execution (``ActivityHandle.pause()``)."""
     timed_out: bool = False
     """The attempt's own start_to_close or heartbeat timeout passed."""
     worker_shutdown: bool = False

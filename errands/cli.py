@@ -533,6 +533,52 @@ def terminate(
     out.line(f"Terminated activity {activity_id!r}.")
 
 
+@cli.command()
+@click.argument("activity_id", metavar="ID")
+@click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
+@click.option("--reason", metavar="TEXT", help="Why (for your logs).")
+@store_options
+def pause(
+    activity_id: str, run_id: str | None, reason: str | None, url: str | None, namespace: str
+) -> None:
+    """Pause an activity: no new attempt starts until unpause. A running
+    attempt is asked to stop, as a cancel asks it."""
+
+    async def work(client: Client) -> str:
+        handle = client.get_activity_handle(activity_id, run_id=run_id)
+        await handle.pause(reason=reason)
+        desc = await handle.describe()
+        return desc.status.name + (f" ({desc.run_state.name})" if desc.run_state else "")
+
+    status = _run(_with_client(url, namespace, work))
+    out.line(f"Paused activity {activity_id!r}: now {status}.")
+
+
+@cli.command()
+@click.argument("activity_id", metavar="ID")
+@click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
+@duration_option("--jitter", help="Start it at a random moment within this (e.g. 30s).")
+@store_options
+def unpause(
+    activity_id: str,
+    run_id: str | None,
+    jitter: timedelta | None,
+    url: str | None,
+    namespace: str,
+) -> None:
+    """Unpause an activity: it is dispatched again (a pending retry backoff
+    still runs out first)."""
+
+    async def work(client: Client) -> str:
+        handle = client.get_activity_handle(activity_id, run_id=run_id)
+        await handle.unpause(jitter=jitter)
+        desc = await handle.describe()
+        return desc.status.name + (f" ({desc.run_state.name})" if desc.run_state else "")
+
+    status = _run(_with_client(url, namespace, work))
+    out.line(f"Unpaused activity {activity_id!r}: now {status}.")
+
+
 @cli.command(name="retry-now")
 @click.argument("activity_id", metavar="ID")
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")

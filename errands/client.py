@@ -84,6 +84,8 @@ class ActivityExecutionStatus(enum.IntEnum):
     CANCELED = 4
     TERMINATED = 5
     TIMED_OUT = 6
+    PAUSED = 7
+    """Open, and paused with no attempt running (``ExecutionStatus = 'Paused'``)."""
 
 
 class PendingActivityState(enum.IntEnum):
@@ -92,6 +94,8 @@ class PendingActivityState(enum.IntEnum):
     SCHEDULED = 1
     STARTED = 2
     CANCEL_REQUESTED = 3
+    PAUSED = 4
+    PAUSE_REQUESTED = 5
 
 
 class AttemptOutcome(enum.Enum):
@@ -184,7 +188,11 @@ class ActivityExecution:
             "activity_id": r.activity_id,
             "activity_run_id": r.run_id,
             "activity_type": r.activity_type,
-            "status": _STATUS[r.status],
+            "status": (
+                ActivityExecutionStatus.PAUSED
+                if r.run_state is lc.RunState.PAUSED
+                else _STATUS[r.status]
+            ),
             "task_queue": r.task_queue,
             "namespace": r.namespace,
             "schedule_time": schedule_time,
@@ -690,6 +698,41 @@ class ActivityHandle(Generic[ReturnType]):
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
         """
         await self._client._store.terminate(self._client.namespace, self._id, self._run_id, reason)
+
+    async def pause(self, *, reason: str | None = None) -> None:
+        """Pause: no new attempt is dispatched until ``unpause()``. One that
+        waits is PAUSED at once; a running attempt is asked to stop as a cancel
+        is (``cancellation_details().paused``), and the execution shows
+        PAUSE_REQUESTED until it has stopped. If the attempt lets the
+        CancelledError out, it ends as a retryable
+        ``ApplicationError(type="ActivityPause")`` and no retry is scheduled;
+        if it returns, the execution completes. schedule_to_close keeps
+        running while paused; schedule_to_start does not. Pausing a paused
+        execution changes nothing; ``reason`` is for the caller's logs (it is
+        not stored).
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+        del reason
+        client = self._client
+        await client._store.pause(client.namespace, self._id, self._run_id)
+
+    async def unpause(self, *, reason: str | None = None, jitter: timedelta | None = None) -> None:
+        """Make a paused execution dispatchable again, at a random moment
+        within ``jitter``: its attempt count and heartbeat details are kept,
+        and a retry backoff that was pending still runs out (``retry_now()``
+        skips it). A pause still waiting for its attempt to stop is withdrawn.
+        Unpausing an execution that is not paused changes nothing.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed;
+        ValueError for a negative jitter.
+        """
+        del reason
+        jitter_s = 0.0 if jitter is None else jitter.total_seconds()
+        if jitter_s < 0:
+            raise ValueError("unpause jitter must not be negative")
+        client = self._client
+        await client._store.unpause(client.namespace, self._id, self._run_id, jitter_s)
 
     async def retry_now(self) -> bool:
         """*(errands)* Run the next attempt now: an execution waiting out a

@@ -305,6 +305,18 @@ def test_retry_now_says_whether_anything_waited_and_refuses_a_closed_activity(
     assert_one_error_line(errands("retry-now", "ready"), 1, "already closed")
 
 
+def test_pause_and_unpause_through_the_commands(errands: Callable[..., Ran]) -> None:
+    errands("start", "greet", "--id", "held", "--task-queue", "nobody", "--input", '"a"')
+
+    paused = errands("pause", "held", "--reason", "maintenance")
+    listed = errands("list", "--status", "Paused", "--json").json()
+    unpaused = errands("unpause", "held", "--jitter", "1s")
+
+    assert paused.stdout == "Paused activity 'held': now PAUSED (PAUSED).\n"
+    assert [e["activity_id"] for e in listed] == ["held"]
+    assert unpaused.stdout == "Unpaused activity 'held': now RUNNING (SCHEDULED).\n"
+
+
 def test_cancel_through_the_command_ends_a_heartbeating_activity_canceled(
     errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -440,7 +452,8 @@ def test_help_lists_every_command(errands: Callable[..., Ran]) -> None:
     assert ran.code == 0
     commands = ran.stdout.split("Commands:")[1].split()
     for name in ("worker", "start", "execute", "describe", "result", "cancel", "terminate",
-                 "list", "count", "migrate", "prune", "attempts", "retry-now"):  # fmt: skip
+                 "list", "count", "migrate", "prune", "attempts", "retry-now", "pause",
+                 "unpause"):  # fmt: skip
         assert name in commands
 
 

@@ -229,6 +229,27 @@ async def test_the_cancel_exception_and_cancellation_details_reach_the_activity(
     }
 
 
+async def test_a_pause_reaches_the_activity_in_the_pool_as_a_cancel_with_paused_details(
+    client: Client, task_queue: str, pool: Pool
+) -> None:
+    async with pool.worker(client, task_queue, [acts.catch_the_cancel_and_report]):
+        handle = await client.start_activity(
+            acts.catch_the_cancel_and_report,
+            id="paused",
+            task_queue=task_queue,
+            start_to_close_timeout=TIMEOUT,
+        )
+        await heartbeat_stored(handle)
+        await handle.pause()
+        seen = await asyncio.wait_for(handle.result(), CANCEL_CEILING_S)
+        # It caught the exception and returned a value: a paused attempt completes.
+        assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
+
+    assert seen["caught"] == "errands.exceptions.CancelledError"
+    assert seen["details"]["paused"] is True
+    assert seen["details"]["cancel_requested"] is False
+
+
 async def test_with_no_thread_cancel_exception_the_activity_sees_the_cancel_and_completes(
     client: Client, task_queue: str, pool: Pool
 ) -> None:

@@ -1,4 +1,5 @@
-"""Steering an execution (DESIGN §6): retry_now."""
+"""Steering an execution (DESIGN §6): retry_now, describe's payload fields,
+pause and unpause, on both stores."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from datetime import timedelta
 import pytest
 
 from errands import activity, exceptions
-from errands.client import ActivityExecutionStatus, Client, PendingActivityState
+from errands.activity import ActivityCancellationDetails
+from errands.client import (
+    ActivityExecutionStatus,
+    AttemptOutcome,
+    Client,
+    PendingActivityState,
+)
 from errands.common import RetryPolicy
 from errands.worker import Worker
 from tests.support import describe_until
@@ -137,3 +144,213 @@ async def test_describe_fills_the_payload_fields_only_when_asked_for(
     assert failed_full.failure.type == "Refused"
     assert isinstance(failed_full.last_failure, exceptions.ApplicationError)
     assert failed_full.has_result is False
+
+
+# --------------------------------------------------------------------------- pause / unpause
+
+_gates: dict[str, asyncio.Event] = {}
+_seen: dict[str, list[ActivityCancellationDetails | None]] = {}
+
+
+def _gate(name: str) -> asyncio.Event:
+    return _gates.setdefault(name, asyncio.Event())
+
+
+@activity.defn
+async def heartbeats_until_stopped(name: str) -> int:
+    attempt = activity.info().attempt
+    if attempt > 1:
+        return attempt
+    activity.heartbeat()
+    try:
+        await asyncio.sleep(120)
+    except asyncio.CancelledError:
+        _seen.setdefault(name, []).append(activity.cancellation_details())
+        raise
+    return attempt
+
+
+@activity.defn
+async def silent_until_gate(name: str, fail: bool) -> int:
+    attempt = activity.info().attempt
+    if attempt == 1:
+        await _gate(name).wait()
+        if fail:
+            raise RuntimeError("failed while being paused")
+    return attempt
+
+
+async def _claimable(client: Client, task_queue: str) -> int:
+    """How many tasks a claim on the queue takes now (they are then started)."""
+    result = await client.store.claim_batch(
+        client.namespace, task_queue, max_tasks=10, identity="probe"
+    )
+    return len(result.tasks)
+
+
+async def test_a_waiting_execution_paused_is_not_claimed_until_unpaused(
+    client: Client, task_queue: str
+) -> None:
+    handle = await client.start_activity(
+        "anything", id="waiting", task_queue=task_queue, start_to_close_timeout=SOONER
+    )
+    await handle.pause(reason="maintenance")
+    paused = await handle.describe()
+    listed = [e.activity_id async for e in client.list_activities("ExecutionStatus = 'Paused'")]
+    counted = await client.count_activities("GROUP BY ExecutionStatus")
+    unclaimed = await _claimable(client, task_queue)
+    await handle.pause()  # a paused one: nothing changes
+    await handle.unpause()
+    unpaused = await handle.describe()
+    claimed = await _claimable(client, task_queue)
+
+    assert (paused.status, paused.run_state) == (
+        ActivityExecutionStatus.PAUSED,
+        PendingActivityState.PAUSED,
+    )
+    assert listed == ["waiting"]
+    assert [(g.group_values[0], g.count) for g in counted.groups] == [("Paused", 1)]
+    assert unclaimed == 0
+    assert (unpaused.status, unpaused.run_state) == (
+        ActivityExecutionStatus.RUNNING,
+        PendingActivityState.SCHEDULED,
+    )
+    assert claimed == 1
+
+
+async def test_a_running_attempt_paused_stops_with_paused_details_and_its_retry_waits_for_unpause(
+    client: Client, task_queue: str
+) -> None:
+    async with Worker(client, task_queue=task_queue, activities=[heartbeats_until_stopped]):
+        handle = await client.start_activity(
+            heartbeats_until_stopped,
+            task_queue,
+            id="p1",
+            task_queue=task_queue,
+            start_to_close_timeout=SOONER * 6,
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=10)),
+        )
+        await describe_until(handle, lambda d: d.total_heartbeat_count >= 1, "it heartbeated")
+        await handle.pause()
+        held = await describe_until(
+            handle,
+            lambda d: d.status is ActivityExecutionStatus.PAUSED,
+            "the attempt stopped and the execution is paused",
+        )
+        (first,) = await handle.attempts()
+        await handle.unpause()
+        result = await asyncio.wait_for(handle.result(), SOONER_S)
+
+    (details,) = _seen[task_queue]
+    assert details is not None and details.paused and not details.cancel_requested
+    assert (held.attempt, held.run_state) == (2, PendingActivityState.PAUSED)
+    assert first.outcome is AttemptOutcome.PAUSED
+    assert isinstance(first.failure, exceptions.ApplicationError)
+    assert first.failure.type == "ActivityPause" and not first.failure.non_retryable
+    assert result == 2
+
+
+async def test_a_pause_racing_the_completion_of_an_attempt_that_never_heartbeats_lets_it_complete(
+    client: Client, task_queue: str
+) -> None:
+    async with Worker(client, task_queue=task_queue, activities=[silent_until_gate]):
+        handle = await client.start_activity(
+            silent_until_gate,
+            args=[task_queue, False],
+            id="c1",
+            task_queue=task_queue,
+            start_to_close_timeout=SOONER * 6,
+        )
+        await describe_until(
+            handle, lambda d: d.run_state is PendingActivityState.STARTED, "it runs"
+        )
+        await handle.pause()
+        requested = await handle.describe()
+        _gate(task_queue).set()
+        assert await asyncio.wait_for(handle.result(), SOONER_S) == 1
+
+    assert requested.status is ActivityExecutionStatus.RUNNING
+    assert requested.run_state is PendingActivityState.PAUSE_REQUESTED
+    assert (await handle.describe()).status is ActivityExecutionStatus.COMPLETED
+
+
+async def test_a_pause_racing_the_failure_of_its_attempt_holds_the_retry_until_unpause(
+    client: Client, task_queue: str
+) -> None:
+    async with Worker(client, task_queue=task_queue, activities=[silent_until_gate]):
+        handle = await client.start_activity(
+            silent_until_gate,
+            args=[task_queue, True],
+            id="f1",
+            task_queue=task_queue,
+            start_to_close_timeout=SOONER * 6,
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=10)),
+        )
+        await describe_until(
+            handle, lambda d: d.run_state is PendingActivityState.STARTED, "it runs"
+        )
+        await handle.pause()
+        _gate(task_queue).set()
+        held = await describe_until(
+            handle,
+            lambda d: d.status is ActivityExecutionStatus.PAUSED,
+            "the failed attempt's retry is held",
+        )
+        unclaimed = await _claimable(client, task_queue)
+        await handle.unpause()
+        result = await asyncio.wait_for(handle.result(), SOONER_S)
+
+    assert (held.attempt, unclaimed) == (2, 0)
+    assert result == 2
+
+
+async def test_unpause_keeps_a_pending_delay_and_adds_at_most_its_jitter(
+    client: Client, task_queue: str
+) -> None:
+    handle = await client.start_activity(
+        "anything",
+        id="delayed",
+        task_queue=task_queue,
+        start_to_close_timeout=SOONER,
+        start_delay=timedelta(seconds=60),
+    )
+    before = await handle.describe()
+    await handle.pause()
+    await handle.unpause(jitter=timedelta(seconds=2))
+    after = await handle.describe()
+
+    assert before.next_attempt_schedule_time is not None
+    assert after.next_attempt_schedule_time is not None
+    waited = after.next_attempt_schedule_time - before.next_attempt_schedule_time
+    assert timedelta(0) <= waited <= timedelta(seconds=2)
+    with pytest.raises(ValueError, match="jitter"):
+        await handle.unpause(jitter=timedelta(seconds=-1))
+
+
+async def test_schedule_to_close_runs_out_while_paused(client: Client, task_queue: str) -> None:
+    handle = await client.start_activity(
+        "anything",
+        id="expires",
+        task_queue=task_queue,
+        schedule_to_close_timeout=timedelta(milliseconds=500),
+    )
+    await handle.pause()
+    with pytest.raises(exceptions.ActivityFailedError) as failed:
+        await asyncio.wait_for(handle.result(), SOONER_S)
+    assert isinstance(failed.value.cause, exceptions.TimeoutError)
+    assert failed.value.cause.type is exceptions.TimeoutType.SCHEDULE_TO_CLOSE
+
+
+async def test_pause_and_unpause_refuse_a_closed_execution_and_a_paused_one_cancels_at_once(
+    client: Client, task_queue: str
+) -> None:
+    handle = await client.start_activity(
+        "anything", id="closing", task_queue=task_queue, start_to_close_timeout=SOONER
+    )
+    await handle.pause()
+    await handle.cancel()
+    assert (await handle.describe()).status is ActivityExecutionStatus.CANCELED
+    with pytest.raises(exceptions.ActivityAlreadyClosedError):
+        await handle.pause()
+    with pytest.raises(exceptions.ActivityAlreadyClosedError):
+        await handle.unpause()

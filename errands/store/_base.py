@@ -86,10 +86,12 @@ class ClaimResult:
 
 @dataclass(frozen=True)
 class HeartbeatResult:
-    """Whether a heartbeat was recorded, and whether cancellation was asked for."""
+    """Whether a heartbeat was recorded, and whether cancellation or a pause
+    was asked for."""
 
     accepted: bool
     cancel_requested: bool
+    pause_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,24 @@ class Store(abc.ABC):
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> None:
         """Close an open execution TERMINATED.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+
+    @abc.abstractmethod
+    async def pause(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
+        """Pause: a waiting execution at once, a running attempt is asked to
+        stop. False if nothing changed.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+
+    @abc.abstractmethod
+    async def unpause(
+        self, namespace: str, activity_id: str, run_id: str | None, jitter_s: float
+    ) -> bool:
+        """Make a paused execution dispatchable again (within ``jitter_s``), or
+        withdraw a pause requested of its attempt. False if it was not paused.
 
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
         """

@@ -20,6 +20,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -411,15 +412,20 @@ class CoreStore(Store):
     def _bulk_heartbeat(self, tx: Tx, beats: list[tuple[str, int, bytes | None]]) -> list[Outcome]:
         rows = [{"run_id": r, "attempt": a, "data": d} for r, a, d in beats]
         found = tx.each("heartbeat", rows, key="run_id", now=tx.now, far=FAR)
-        accepted = {row["run_id"]: bool(row["cancel_requested"]) for row in found}
+        accepted = {row["run_id"]: row for row in found}
         out: list[Outcome] = []
         for run_id, _, _ in beats:
-            cancel = accepted.get(run_id)
-            if cancel is None:
+            row = accepted.get(run_id)
+            if row is None:
                 tr.expire_if_due(tx, run_id)
                 out.append((HeartbeatResult(accepted=False, cancel_requested=False), None))
             else:
-                out.append((HeartbeatResult(accepted=True, cancel_requested=cancel), None))
+                result = HeartbeatResult(
+                    accepted=True,
+                    cancel_requested=bool(row["cancel_requested"]),
+                    pause_requested=row["run_state"] == RunState.PAUSE_REQUESTED.value,
+                )
+                out.append((result, None))
         return out
 
     async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
@@ -482,11 +488,11 @@ class CoreStore(Store):
         def op(tx: Tx) -> Status:
             row = tr.find_open(tx, namespace, activity_id, run_id, "cancel")
             found_run = row["run_id"]
-            if row["run_state"] == RunState.SCHEDULED.value:
+            if row["run_state"] in (RunState.SCHEDULED.value, RunState.PAUSED.value):
                 tx.run("cancel_scheduled", id=row["id"], reason=reason, now=tx.now, far=FAR)
                 tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.CANCELED)))
                 return Status.CANCELED
-            if row["run_state"] == RunState.STARTED.value:
+            if row["run_state"] in (RunState.STARTED.value, RunState.PAUSE_REQUESTED.value):
                 tx.run("cancel_started", id=row["id"], reason=reason)
                 tx.changes.append(Interrupted(found_run, "cancel", row["attempt"]))
             return Status.RUNNING
@@ -501,12 +507,28 @@ class CoreStore(Store):
             found_run = row["run_id"]
             tx.run("terminate", id=row["id"], reason=reason, now=tx.now, far=FAR)
             tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.TERMINATED)))
-            if row["run_state"] != RunState.SCHEDULED.value:
+            if row["run_state"] not in (RunState.SCHEDULED.value, RunState.PAUSED.value):
                 # The attempt is cut short: recorded as CANCELED (terminated).
                 tr.end_attempts(tx, [(found_run, row["attempt"], "CANCELED", None)])
                 tx.changes.append(Interrupted(found_run, "terminate", row["attempt"]))
 
         await self._op(op)
+
+    async def pause(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
+        def op(tx: Tx) -> bool:
+            return tr.pause(tx, namespace, activity_id, run_id)
+
+        return await self._op(op)
+
+    async def unpause(
+        self, namespace: str, activity_id: str, run_id: str | None, jitter_s: float
+    ) -> bool:
+        draw = random.random()
+
+        def op(tx: Tx) -> bool:
+            return tr.unpause(tx, namespace, activity_id, run_id, jitter_s, draw)
+
+        return await self._op(op)
 
     async def retry_now(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
         def op(tx: Tx) -> bool:

@@ -19,7 +19,8 @@ QUERY_FIELDS = {
     "ActivityId": "activity_id",
     "ActivityType": "activity_type",
     "TaskQueue": "task_queue",
-    "ExecutionStatus": "status",
+    # Paused executions are RUNNING rows whose run state is PAUSED.
+    "ExecutionStatus": "(CASE WHEN run_state = 'PAUSED' THEN 'PAUSED' ELSE status END)",
 }
 """Visibility query fields and the columns they name."""
 

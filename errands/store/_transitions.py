@@ -20,7 +20,7 @@ from errands.exceptions import (
 from errands.store import _rows
 from errands.store._armed import ClaimSpec
 from errands.store._base import ClaimResult, ClosedRun, NewExecution, Query, StartResult
-from errands.store._changes import Claimable, Closed, Deadline, Started
+from errands.store._changes import Claimable, Closed, Deadline, Interrupted, Started
 from errands.store._dialect import Dialect, Tx
 from errands.store._rows import Row
 
@@ -229,12 +229,69 @@ def retry_now(tx: Tx, namespace: str, activity_id: str, run_id: str | None) -> b
     return True
 
 
+def pause(tx: Tx, namespace: str, activity_id: str, run_id: str | None) -> bool:
+    """Pause: a waiting execution at once (PAUSED); a running attempt is asked
+    to stop (PAUSE_REQUESTED). False if nothing changed (paused already, or a
+    cancel was requested first).
+
+    Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+    """
+    row = find_open(tx, namespace, activity_id, run_id, "pause")
+    state = row["run_state"]
+    if state == RunState.SCHEDULED.value:
+        return tx.run("pause_scheduled", id=row["id"], deadline=row["s2c_deadline"]) == 1
+    if state == RunState.STARTED.value:
+        moved = _move(tx, row, RunState.STARTED, RunState.PAUSE_REQUESTED)
+        if moved:
+            tx.changes.append(Interrupted(row["run_id"], "pause", row["attempt"]))
+        return moved
+    return False
+
+
+def unpause(
+    tx: Tx, namespace: str, activity_id: str, run_id: str | None, jitter_s: float, draw: float
+) -> bool:
+    """Unpause: a paused execution is dispatchable again (its pending backoff
+    still runs out, then within ``jitter_s``); a pause requested of a running
+    attempt is withdrawn. False if it was not paused.
+
+    Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+    """
+    row = find_open(tx, namespace, activity_id, run_id, "unpause")
+    if row["run_state"] == RunState.PAUSE_REQUESTED.value:
+        return _move(tx, row, RunState.PAUSE_REQUESTED, RunState.STARTED)
+    if row["run_state"] != RunState.PAUSED.value:
+        return False
+    ready_at = lc.unpaused_ready_at(
+        ready_at=row["ready_at"], now=tx.now, jitter_s=jitter_s, draw=draw
+    )
+    deadline = lc.scheduled_deadline(
+        ready_at=ready_at,
+        schedule_to_start_s=row["schedule_to_start_s"],
+        schedule_to_close_deadline=row["s2c_deadline"],
+    )
+    if tx.run("unpause", id=row["id"], ready_at=ready_at, deadline=deadline) != 1:
+        return False
+    queue = (row["namespace"], row["task_queue"])
+    tx.changes.append(Started(queue) if ready_at <= tx.now else Claimable(queue, ready_at))
+    if deadline < FAR:
+        tx.changes.append(Deadline(row["namespace"], deadline))
+    return True
+
+
+def _move(tx: Tx, row: Row, from_state: RunState, to_state: RunState) -> bool:
+    done = tx.run(
+        "move_run_state", id=row["id"], from_state=from_state.value, to_state=to_state.value
+    )
+    return bool(done == 1)
+
+
 def apply_failure(
     tx: Tx, row: Row, info: lc.AttemptFailure, failure_data: bytes | None
 ) -> Status | None:
-    """Retry or close the execution whose decide-columns are ``row``,
-    conditional on the attempt and deadline it was read with; None if it
-    changed meanwhile."""
+    """Retry, hold (paused) or close the execution whose decide-columns are
+    ``row``, conditional on the attempt and deadline it was read with; None
+    if it changed meanwhile."""
     decision = lc.after_failure(
         policy=_rows.policy(row["retry_policy"]),
         attempt=row["attempt"],
@@ -242,52 +299,69 @@ def apply_failure(
         cancel_requested=bool(row["cancel_requested"]),
         schedule_to_close_deadline=row["s2c_deadline"],
         now=tx.now,
+        paused=row["run_state"] == RunState.PAUSE_REQUESTED.value,
     )
-    timeout_type = None if info.timeout_type is None else int(info.timeout_type)
-    same = {"id": row["id"], "attempt": row["attempt"], "deadline_was": row["deadline"]}
-    if isinstance(decision, lc.Retry):
-        deadline = lc.scheduled_deadline(
+    if isinstance(decision, lc.Close):
+        return _close_failed(tx, row, info, failure_data, decision.status)
+    held = isinstance(decision, lc.Hold)
+    deadline = (
+        row["s2c_deadline"]  # while paused only schedule_to_close counts
+        if held
+        else lc.scheduled_deadline(
             ready_at=decision.ready_at,
             schedule_to_start_s=row["schedule_to_start_s"],
             schedule_to_close_deadline=row["s2c_deadline"],
         )
-        done = tx.run(
-            "retry",
-            **same,
-            next_attempt=decision.attempt,
-            ready_at=decision.ready_at,
-            deadline=deadline,
-            failure=failure_data,
-            timeout_type=timeout_type,
-            interval_s=decision.interval_s,
-            far=FAR,
-        )
-        if done != 1:
-            return None
-        _end_failed(tx, row, info, failure_data)
-        queue = (row["namespace"], row["task_queue"])
-        tx.changes.append(Claimable(queue, decision.ready_at))
-        if deadline < FAR:
-            tx.changes.append(Deadline(row["namespace"], deadline))
-        return Status.RUNNING
+    )
+    done = tx.run(
+        "retry",
+        id=row["id"],
+        attempt=row["attempt"],
+        deadline_was=row["deadline"],
+        run_state=(RunState.PAUSED if held else RunState.SCHEDULED).value,
+        next_attempt=decision.attempt,
+        ready_at=decision.ready_at,
+        deadline=deadline,
+        failure=failure_data,
+        timeout_type=None if info.timeout_type is None else int(info.timeout_type),
+        interval_s=decision.interval_s,
+        far=FAR,
+    )
+    if done != 1:
+        return None
+    _end_failed(tx, row, info, failure_data)
+    if not held:
+        tx.changes.append(Claimable((row["namespace"], row["task_queue"]), decision.ready_at))
+    if deadline < FAR:
+        tx.changes.append(Deadline(row["namespace"], deadline))
+    return Status.RUNNING
+
+
+def _close_failed(
+    tx: Tx, row: Row, info: lc.AttemptFailure, failure_data: bytes | None, status: Status
+) -> Status | None:
     done = tx.run(
         "close_failed",
-        **same,
-        status=decision.status.value,
+        id=row["id"],
+        attempt=row["attempt"],
+        deadline_was=row["deadline"],
+        status=status.value,
         failure=failure_data,
-        timeout_type=timeout_type,
+        timeout_type=None if info.timeout_type is None else int(info.timeout_type),
         now=tx.now,
         far=FAR,
     )
     if done != 1:
         return None
     _end_failed(tx, row, info, failure_data)
-    tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], decision.status)))
-    return decision.status
+    tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], status)))
+    return status
 
 
 def _end_failed(tx: Tx, row: Row, info: lc.AttemptFailure, failure: bytes | None) -> None:
     outcome = "TIMED_OUT" if info.kind is lc.FailureKind.TIMEOUT else "FAILED"
+    if info.error_type == lc.PAUSE_ERROR_TYPE and row["run_state"] == "PAUSE_REQUESTED":
+        outcome = "PAUSED"
     end_attempts(tx, [(row["run_id"], row["attempt"], outcome, failure)])
 
 
@@ -304,7 +378,7 @@ def close_timed_out(tx: Tx, row: Row, fired: TimeoutType) -> None:
         far=FAR,
     )
     if done == 1:
-        if row["run_state"] != RunState.SCHEDULED.value:
+        if row["run_state"] not in (RunState.SCHEDULED.value, RunState.PAUSED.value):
             end_attempts(tx, [(row["run_id"], row["attempt"], "TIMED_OUT", None)])
         tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], Status.TIMED_OUT)))
 
@@ -317,6 +391,12 @@ def fire_timer(tx: Tx, row: Row) -> None:
     """Apply the timeout of a row whose deadline passed (or put back its real
     deadline if the stored one was stale)."""
     now, s2c = tx.now, row["s2c_deadline"]
+    if row["run_state"] == RunState.PAUSED.value:  # only schedule_to_close counts
+        if now >= s2c:
+            close_timed_out(tx, row, TimeoutType.SCHEDULE_TO_CLOSE)
+        else:
+            reset_deadline(tx, row, s2c)
+        return
     if row["run_state"] == RunState.SCHEDULED.value:
         fired = lc.scheduled_timeout_type(
             now=now,

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from errands import _lifecycle as lc
+from errands._lifecycle import PAUSE_ERROR_TYPE
 from errands.activity import (
     ActivityCancellationDetails,
     Info,
@@ -231,10 +232,11 @@ class Attempt:
             client=env.client if definition.is_async else None,
         )
         self.arm_timeout(self.local_deadline(None))
-        if self._pending_cancel is not None and not (
-            self._pending_cancel.cancel_requested and not self.heartbeated
+        pending = self._pending_cancel
+        if pending is not None and not (
+            (pending.cancel_requested or pending.paused) and not self.heartbeated
         ):
-            pending, self._pending_cancel = self._pending_cancel, None
+            self._pending_cancel = None
             self._deliver(pending)
         self.phase = Phase.RUNNING
         try:
@@ -401,6 +403,13 @@ class Attempt:
                     task.activity_type,
                     task.attempt,
                 )
+            return
+        if details.paused:
+            # No retry is scheduled: the store holds the next attempt for unpause.
+            await self._fail(
+                ApplicationError("the activity was paused", type=PAUSE_ERROR_TYPE),
+                "stopped by a pause",
+            )
             return
         # Worker shutdown: fail retryably so that another worker takes it.
         await self._fail(

@@ -106,6 +106,8 @@ class Heartbeater:
             attempt.request_cancel(
                 ActivityCancellationDetails(cancel_requested=True), needs_heartbeat=True
             )
+        elif result.pause_requested:
+            attempt.request_cancel(ActivityCancellationDetails(paused=True), needs_heartbeat=True)
 
     async def flush(self) -> None:
         """Send pending details now (the attempt is ending)."""

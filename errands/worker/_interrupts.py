@@ -75,4 +75,12 @@ def details_for(interrupt: Interrupted) -> ActivityCancellationDetails:
     """The cancellation details an interrupt means to the activity."""
     if interrupt.kind == "terminate":
         return ActivityCancellationDetails(not_found=True)
+    if interrupt.kind == "pause":
+        return ActivityCancellationDetails(paused=True)
     return ActivityCancellationDetails(cancel_requested=True)
+
+
+def needs_heartbeat(interrupt: Interrupted) -> bool:
+    """Whether the request reaches only an attempt that has heartbeated (a
+    client's cancel or pause); terminate reaches any."""
+    return interrupt.kind in ("cancel", "pause")

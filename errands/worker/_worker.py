@@ -19,7 +19,7 @@ from errands.activity import ActivityCancellationDetails, _Definition, _Signal
 from errands.store import ClaimedTask
 from errands.store._changes import Interrupted
 from errands.worker._attempt import Attempt, AttemptEnv
-from errands.worker._interrupts import InterruptWatcher, details_for
+from errands.worker._interrupts import InterruptWatcher, details_for, needs_heartbeat
 from errands.worker._poller import Poller
 from errands.worker._process_runner import ProcessRunner, pool_size
 from errands.worker._runner import AsyncRunner, Runner
@@ -339,7 +339,7 @@ class Worker:
         attempt = self._running.get((interrupt.run_id, interrupt.attempt))
         if attempt is None:
             return False
-        attempt.request_cancel(details_for(interrupt), needs_heartbeat=interrupt.kind == "cancel")
+        attempt.request_cancel(details_for(interrupt), needs_heartbeat=needs_heartbeat(interrupt))
         return True
 
 

@@ -100,8 +100,8 @@ UPDATE executions e SET
         ELSE least(e.attempt_deadline, %(now)s + e.heartbeat_s) END
 FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, data text)
 WHERE e.run_id = ANY(%(keys)s) AND e.run_id = r.run_id AND e.attempt = r.attempt
-AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED') AND e.deadline > %(now)s
-RETURNING e.run_id, e.cancel_requested
+AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND e.deadline > %(now)s
+RETURNING e.run_id, e.cancel_requested, e.run_state
 
 -- name: complete
 -- Close current attempts' executions COMPLETED in bulk (keeping the last
@@ -110,7 +110,7 @@ UPDATE executions e SET status = 'COMPLETED', run_state = NULL,
     result = decode(r.data, 'base64'), close_time = %(now)s, deadline = %(far)s
 FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, data text)
 WHERE e.run_id = ANY(%(keys)s) AND e.run_id = r.run_id AND e.attempt = r.attempt
-AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED') AND e.deadline > %(now)s
+AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND e.deadline > %(now)s
 RETURNING e.run_id
 
 -- name: close_cancelled
@@ -118,7 +118,7 @@ RETURNING e.run_id
 UPDATE executions SET status = 'CANCELED', run_state = NULL, failure = %(failure)s,
     timeout_type = NULL, close_time = %(now)s, deadline = %(far)s
 WHERE run_id = %(run_id)s AND attempt = %(attempt)s
-AND run_state IN ('STARTED', 'CANCEL_REQUESTED') AND deadline > %(now)s
+AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND deadline > %(now)s
 RETURNING run_id
 
 -- name: current_attempt
@@ -128,7 +128,7 @@ SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, canc
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
     start_to_close_s, heartbeat_s, deadline
 FROM executions WHERE run_id = %(run_id)s AND attempt = %(attempt)s
-AND run_state IN ('STARTED', 'CANCEL_REQUESTED') AND deadline > %(now)s FOR UPDATE
+AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND deadline > %(now)s FOR UPDATE
 
 -- name: due_of_run
 -- The lifecycle's view of a run whose deadline has passed, if it has, locked.
@@ -167,8 +167,9 @@ SELECT min(deadline) AS next_deadline, extract(epoch FROM clock_timestamp())::fl
 FROM executions WHERE run_id = ANY(%(ids)s) AND status = 'RUNNING'
 
 -- name: retry
--- Schedule the next attempt, if the row is still as the decision read it.
-UPDATE executions SET run_state = 'SCHEDULED', attempt = %(next_attempt)s,
+-- Schedule the next attempt (run_state SCHEDULED), or hold it for
+-- unpause (PAUSED), if the row is still as the decision read it.
+UPDATE executions SET run_state = %(run_state)s, attempt = %(next_attempt)s,
     ready_at = %(ready_at)s, deadline = %(deadline)s, attempt_deadline = %(far)s,
     failure = %(failure)s, timeout_type = %(timeout_type)s, retry_interval_s = %(interval_s)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND deadline = %(deadline_was)s
@@ -236,8 +237,10 @@ SELECT run_id, status, run_state, attempt, result FROM executions WHERE run_id =
 SELECT * FROM executions WHERE {where} ORDER BY id DESC LIMIT %(limit)s
 
 -- name: count_executions
--- How many executions match a visibility query ({where}), per status.
-SELECT status, count(*) AS n FROM executions WHERE {where} GROUP BY status
+-- How many executions match a visibility query ({where}), per status as
+-- reported (a paused execution is a RUNNING row whose run state is PAUSED).
+SELECT CASE WHEN run_state = 'PAUSED' THEN 'PAUSED' ELSE status END AS status,
+    count(*) AS n FROM executions WHERE {where} GROUP BY 1
 
 -- name: notify_and_commit
 -- Tell the other processes' listeners what this transaction changed (each
@@ -296,3 +299,19 @@ DELETE FROM executions WHERE run_id IN (SELECT unnest(%(ids)s::text[]))
 -- claimable now, if it still waits as it was read.
 UPDATE executions SET ready_at = %(now)s, deadline = %(deadline)s
 WHERE id = %(id)s AND run_state = 'SCHEDULED' AND ready_at = %(ready_was)s
+
+-- name: pause_scheduled
+-- Pause an execution no attempt of which runs (only schedule_to_close counts
+-- while it is paused: %(deadline)s).
+UPDATE executions SET run_state = 'PAUSED', deadline = %(deadline)s
+WHERE id = %(id)s AND run_state = 'SCHEDULED'
+
+-- name: move_run_state
+-- Move a running execution from one state to another (a pause requested of
+-- its attempt, or withdrawn), if it is still in the first.
+UPDATE executions SET run_state = %(to_state)s WHERE id = %(id)s AND run_state = %(from_state)s
+
+-- name: unpause
+-- Make a paused execution dispatchable again at %(ready_at)s.
+UPDATE executions SET run_state = 'SCHEDULED', ready_at = %(ready_at)s, deadline = %(deadline)s
+WHERE id = %(id)s AND run_state = 'PAUSED'

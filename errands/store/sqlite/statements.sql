@@ -71,16 +71,16 @@ UPDATE executions SET heartbeat_details = coalesce(:data, heartbeat_details),
     heartbeat_count = heartbeat_count + 1, last_heartbeat_time = :now,
     deadline = CASE WHEN heartbeat_s IS NULL THEN attempt_deadline
         ELSE min(attempt_deadline, :now + heartbeat_s) END
-WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED')
+WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
 AND deadline > :now
-RETURNING run_id, cancel_requested
+RETURNING run_id, cancel_requested, run_state
 
 -- name: complete
 -- Close the current attempt's execution COMPLETED (keeping the last attempt's
 -- failure for describe); no row if the attempt is stale.
 UPDATE executions SET status = 'COMPLETED', run_state = NULL, result = :data,
     close_time = :now, deadline = :far
-WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED')
+WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
 AND deadline > :now
 RETURNING run_id
 
@@ -88,7 +88,7 @@ RETURNING run_id
 -- Close the current attempt's execution CANCELED; no row if the attempt is stale.
 UPDATE executions SET status = 'CANCELED', run_state = NULL, failure = :failure,
     timeout_type = NULL, close_time = :now, deadline = :far
-WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED')
+WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
 AND deadline > :now
 RETURNING run_id
 
@@ -99,7 +99,7 @@ SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, canc
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
     start_to_close_s, heartbeat_s, deadline
 FROM executions WHERE run_id = :run_id AND attempt = :attempt
-AND run_state IN ('STARTED', 'CANCEL_REQUESTED') AND deadline > :now
+AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND deadline > :now
 
 -- name: due_of_run
 -- The lifecycle's view of a run whose deadline has passed, if it has.
@@ -134,8 +134,9 @@ SELECT min(deadline) AS next_deadline, :now AS db_now FROM executions
 WHERE run_id IN (SELECT value FROM json_each(:ids)) AND status = 'RUNNING'
 
 -- name: retry
--- Schedule the next attempt, if the row is still as the decision read it.
-UPDATE executions SET run_state = 'SCHEDULED', attempt = :next_attempt, ready_at = :ready_at,
+-- Schedule the next attempt (run_state SCHEDULED), or hold it for
+-- unpause (PAUSED), if the row is still as the decision read it.
+UPDATE executions SET run_state = :run_state, attempt = :next_attempt, ready_at = :ready_at,
     deadline = :deadline, attempt_deadline = :far, failure = :failure,
     timeout_type = :timeout_type, retry_interval_s = :interval_s
 WHERE id = :id AND attempt = :attempt AND deadline = :deadline_was
@@ -202,8 +203,10 @@ WHERE run_id IN (SELECT value FROM json_each(:ids))
 SELECT * FROM executions WHERE {where} ORDER BY id DESC LIMIT :limit
 
 -- name: count_executions
--- How many executions match a visibility query ({where}), per status.
-SELECT status, count(*) AS n FROM executions WHERE {where} GROUP BY status
+-- How many executions match a visibility query ({where}), per status as
+-- reported (a paused execution is a RUNNING row whose run state is PAUSED).
+SELECT CASE WHEN run_state = 'PAUSED' THEN 'PAUSED' ELSE status END AS status,
+    count(*) AS n FROM executions WHERE {where} GROUP BY 1
 
 -- name: announce
 -- Record that a transaction changed something of a kind and key, for the
@@ -263,3 +266,19 @@ DELETE FROM executions WHERE run_id IN (SELECT value FROM json_each(:ids))
 -- claimable now, if it still waits as it was read.
 UPDATE executions SET ready_at = :now, deadline = :deadline
 WHERE id = :id AND run_state = 'SCHEDULED' AND ready_at = :ready_was
+
+-- name: pause_scheduled
+-- Pause an execution no attempt of which runs (only schedule_to_close counts
+-- while it is paused: :deadline).
+UPDATE executions SET run_state = 'PAUSED', deadline = :deadline
+WHERE id = :id AND run_state = 'SCHEDULED'
+
+-- name: move_run_state
+-- Move a running execution from one state to another (a pause requested of
+-- its attempt, or withdrawn), if it is still in the first.
+UPDATE executions SET run_state = :to_state WHERE id = :id AND run_state = :from_state
+
+-- name: unpause
+-- Make a paused execution dispatchable again at :ready_at.
+UPDATE executions SET run_state = 'SCHEDULED', ready_at = :ready_at, deadline = :deadline
+WHERE id = :id AND run_state = 'PAUSED'
