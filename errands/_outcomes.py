@@ -28,6 +28,10 @@ logger = logging.getLogger("errands.client")
 TIMER_INTERVAL_S = 1.0
 """How often awaited executions' due timers are fired."""
 
+RELOOK_S = 30.0
+"""How often every waiting run is looked up anyway, so that a close whose
+change went unheard (a lost connection) still ends its wait."""
+
 RETRY_S = (0.05, 5.0)
 """First and longest pause between two tries while the store fails."""
 
@@ -104,10 +108,13 @@ class OutcomeWatcher:
 
     async def _run(self) -> None:
         sub = self._subscription()
-        last_timers = time.monotonic()
+        last_timers = last_look = time.monotonic()
         pause = 0.0
         while self._waiters:
             self._kick.clear()
+            if time.monotonic() - last_look >= RELOOK_S:
+                last_look = time.monotonic()
+                self._unlooked.update(self._waiters)
             for change in sub.take():
                 if isinstance(change, Closed) and change.outcome is not None:
                     self._resolve(change.outcome)

@@ -11,6 +11,7 @@ knows whether its claim fired.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,8 +62,18 @@ class Armed(Generic[C]):
     claim: C
     deliver: Callable[[ClaimResult, int], None]
     """Called on ``loop`` with the claim's result and the number of the commit
-    that made it (0 if it rolled back)."""
+    that made it (0 if it rolled back, or found nothing after a withdrawal)."""
     loop: asyncio.AbstractEventLoop
+    withdrawn: bool = False
+    """Its poller withdrew it while it ran: it is not armed again."""
+    listener: object = None
+    """The poller's change-feed subscription: a change this claim ran for
+    need not wake it."""
+
+    def nothing(self) -> None:
+        """Tell the poller its claim found nothing (it stops waiting)."""
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            self.loop.call_soon_threadsafe(self.deliver, ClaimResult([], None), 0)
 
 
 class ArmedClaims(Generic[C]):
@@ -89,6 +100,8 @@ class ArmedClaims(Generic[C]):
             with self._lock:
                 waiting = self._waiting.get(key)
                 if waiting is None or armed not in waiting:
+                    # It runs or fired: its delivery (perhaps of nothing) comes.
+                    armed.withdrawn = True
                     return False
                 waiting.remove(armed)
                 if not waiting:
@@ -125,10 +138,10 @@ class ArmedClaims(Generic[C]):
         key: Key,
         run: Callable[[C], ClaimResult],
         handoffs: list[tuple[Armed[C], ClaimResult]],
-    ) -> bool:
+    ) -> list[Armed[C]]:
         """In an intake of another process's change to the queue: run every
         claim armed on it (the change does not say which types it concerns).
-        Claims that find nothing stay armed. False if none was armed."""
+        Claims that find nothing stay armed. Those that ran."""
         with self._lock:
             waiting = self._waiting.pop(key, [])
         kept: list[Armed[C]] = []
@@ -144,7 +157,7 @@ class ArmedClaims(Generic[C]):
         finally:
             for armed in kept + waiting[done:]:
                 self._put_back(key, armed)
-        return bool(waiting)
+        return waiting[:done]
 
     def _take(self, key: Key, activity_type: str) -> Armed[C] | None:
         with self._lock:
@@ -161,4 +174,7 @@ class ArmedClaims(Generic[C]):
 
     def _put_back(self, key: Key, armed: Armed[C]) -> None:
         with self._lock:
-            self._waiting.setdefault(key, []).append(armed)
+            if not armed.withdrawn:
+                self._waiting.setdefault(key, []).append(armed)
+                return
+        armed.nothing()  # its poller stopped waiting for it while it ran

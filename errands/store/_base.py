@@ -230,6 +230,7 @@ class Store(abc.ABC):
         only_types: Sequence[str] | None,
         exclude_types: Sequence[str],
         deliver: Callable[[ClaimResult, int], None],
+        listener: object = None,
     ) -> Callable[[], bool] | None:
         """Optional: a poller that found nothing asks the store to claim for it
         inside the transaction of the next change to its queue (a start by
@@ -238,7 +239,9 @@ class Store(abc.ABC):
         the poller's loop) after that commit. Returns a function that
         withdraws the request: True if it was withdrawn, False if it already
         fired (its ``deliver`` call, perhaps of an empty result, is then on
-        its way). None if the store does not do this."""
+        its way). ``listener``: the poller's change-feed subscription, which
+        the change a claim ran for then skips. None if the store does not do
+        this."""
         return None
 
     @abc.abstractmethod

@@ -257,6 +257,11 @@ def from_row(kind: str, key: str, at: float | None) -> Hint:
     raise ValueError(f"not a change row: {(kind, key, at)!r}")
 
 
+FOREIGN = 2**62
+"""The number other processes' changes are published with: above any commit
+of this process, so a waiter never drops one as covered by its own claim."""
+
+
 class Subscription:
     """The changes of some kinds (and keys) for one waiter on one event loop."""
 
@@ -366,6 +371,7 @@ class Feed:
         longer (False) wants changes of a kind: the store then starts or stops
         hearing other processes' changes of that kind."""
         self._interested: set[AnyKind] = set()
+        self._interest_lock = threading.Lock()
 
     def subscribe(
         self,
@@ -393,15 +399,17 @@ class Feed:
         return any(kind in s.kinds and (s.keys is None or s.keys) for s in self._subs)
 
     def interest_changed(self, kinds: Iterable[AnyKind]) -> None:
-        """Tell ``on_interest`` of the kinds whose interest flipped."""
-        for kind in kinds:
-            now = self.interested(kind)
-            with self.lock:
-                flipped = now != (kind in self._interested)
-                if flipped:
-                    (self._interested.add if now else self._interested.discard)(kind)
-            if flipped and self.on_interest is not None:
-                self.on_interest(kind, now)
+        """Tell ``on_interest`` of the kinds whose interest flipped. One lock
+        covers the look, the flip and the call, so two threads cannot apply
+        them out of order (and switch off what one still needs)."""
+        with self._interest_lock:
+            for kind in kinds:
+                now = self.interested(kind)
+                if now == (kind in self._interested):
+                    continue
+                (self._interested.add if now else self._interested.discard)(kind)
+                if self.on_interest is not None:
+                    self.on_interest(kind, now)
 
     def subscribed_runs(self, kind: AnyKind) -> set[str]:
         """The run ids that subscriptions to ``kind`` name."""
@@ -421,12 +429,19 @@ class Feed:
                 found.update(sub.keys)
         return found
 
-    def publish(self, changes: Sequence[Change], serial: int = 0) -> None:
+    def publish(
+        self,
+        changes: Sequence[Change],
+        serial: int = 0,
+        skip: set[int] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
         """Hand each subscription the changes it asked for (of the commit
-        numbered ``serial``); any thread."""
+        numbered ``serial``), but those whose id is in ``skip``; any thread."""
         if not changes:
             return
         for sub in self._subs:
+            if id(sub) in skip:
+                continue
             mine = [c for c in changes if sub.wants(c)]
             if mine:
                 sub.push(mine, serial)

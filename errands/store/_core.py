@@ -50,6 +50,7 @@ from errands.store._base import (
     Store,
 )
 from errands.store._changes import (
+    FOREIGN,
     AnyKind,
     Change,
     Claimable,
@@ -119,6 +120,7 @@ class CoreStore(Store):
             self._after_commit,
             self._deliver_lost,
             self._before_commit,
+            self._intake_failed,
         )
         self._readers = ThreadPoolExecutor(dialect.readers, thread_name_prefix="errands-reader")
         self.reads = 0
@@ -218,8 +220,15 @@ class CoreStore(Store):
                 armed.loop.call_soon_threadsafe(armed.deliver, result, serial)
             except RuntimeError:  # the loop closed: the tasks time out and retry
                 logger.warning("claimed %d tasks for a poller whose loop closed", len(result.tasks))
-        changes = [_localized(c, tx.offset) for c in tx.changes] + tx.local_changes
-        self.feed.publish(_collapsed(changes), serial)
+        self.feed.publish(_collapsed([_localized(c, tx.offset) for c in tx.changes]), serial)
+        if tx.covered:
+            self.feed.publish(_collapsed(tx.covered), serial, skip=tx.covered_for)
+        # Other processes' changes: no commit of this process covers them.
+        self.feed.publish(_collapsed(tx.local_changes), FOREIGN)
+
+    def _intake_failed(self) -> None:
+        # Other processes' changes that this intake took in went unheard.
+        self.feed.publish([Resync()], FOREIGN)
 
     def _deliver_lost(self, lost: list[Any]) -> None:
         # Claims that rolled back: tell their pollers nothing came.
@@ -265,8 +274,8 @@ class CoreStore(Store):
         if needed:
             self._writer.post("intake", needed)
         if direct:
-            self.feed.publish(
-                _collapsed([_localized(c, self._offset) for c in direct]), self._serial
+            self.feed.publish(  # other processes' changes: no commit of ours covers them
+                _collapsed([_localized(c, self._offset) for c in direct]), FOREIGN
             )
 
     def _intake(self, tx: Tx, items: list[list[Hint] | None]) -> list[Outcome]:
@@ -302,9 +311,14 @@ class CoreStore(Store):
         except self._dialect.driver_errors as e:
             if not self._dialect.contended(e):
                 raise
-            ran = False  # another process is writing: the pollers claim for themselves
+            ran = []  # another process is writing: the pollers claim for themselves
         if not ran:
             tx.local_changes.append(hint)
+        else:
+            # The pollers whose claims ran need not hear of it; the others of
+            # the queue (another slot kind, a rate-limited one) must.
+            tx.covered.append(hint)
+            tx.covered_for.update(id(armed.listener) for armed in ran if armed.listener)
 
     def _resolve_runs(self, tx: Tx, hints: list[Hint]) -> None:
         """Read the state of the runs the hints may concern that this process
@@ -397,11 +411,11 @@ class CoreStore(Store):
         only_types: Sequence[str] | None,
         exclude_types: Sequence[str],
         deliver: Callable[[ClaimResult, int], None],
+        listener: object = None,
     ) -> Callable[[], bool]:
         claim = Claim(namespace, task_queue, max_tasks, identity, only_types, exclude_types, None)
-        return self._armed.arm(
-            (namespace, task_queue), Armed(claim, deliver, asyncio.get_running_loop())
-        )
+        armed = Armed(claim, deliver, asyncio.get_running_loop(), listener=listener)
+        return self._armed.arm((namespace, task_queue), armed)
 
     # ---------------------------------------------------------------- attempt outcomes
 

@@ -51,6 +51,12 @@ class Tx:
         and announced to the other processes."""
         self.local_changes: list[Change] = []
         """Changes learnt from other processes, published here only."""
+        self.covered_for: set[int] = set()
+        """The subscriptions (by id) of the pollers whose claims ran for them."""
+        self.covered: list[Change] = []
+        """Other processes' changes that this commit's armed claims covered:
+        published numbered with the commit, so the pollers whose claims ran
+        drop them and the others hear of them."""
         self.handoffs: list[Any] = []
         """Claims made for waiting pollers, delivered after the commit."""
         self.claimed: dict[str, int] = {}

@@ -86,11 +86,13 @@ class Writer:
         after_commit: Callable[[Tx], None],
         deliver_lost: Callable[[list[Any]], None],
         before_commit: Callable[[Tx], None] = lambda tx: None,
+        intake_failed: Callable[[], None] = lambda: None,
     ) -> None:
         self._dialect = dialect
         self._handlers = handlers
         self._after_commit = after_commit
         self._before_commit = before_commit
+        self._intake_failed = intake_failed
         self._deliver_lost = deliver_lost
         self.transactions = 0
         """Transactions begun (for tests and bench that count round trips)."""
@@ -156,6 +158,8 @@ class Writer:
             self._deliver_lost(done.lost_handoffs)
         if done.tx is not None:
             self._after_commit(done.tx)
+        elif any(item.kind == "intake" for item, _ in done.outcomes):
+            self._intake_failed()
         self._reply(done.outcomes)
 
     @staticmethod
@@ -201,6 +205,12 @@ class Writer:
                 if tx is not None:
                     lost.extend(tx.handoffs)  # the claims rolled back (unless it committed)
                 if not self._dialect.lost():
+                    if tx is None and isinstance(e, self._dialect.driver_errors):
+                        # No transaction began (no connection, the lock not
+                        # had): running each change alone would only wait again.
+                        error = self._dialect.translate(e)
+                        error.__cause__ = e
+                        return Committed([(item, (None, error)) for item in batch], None, lost)
                     if tx is not None:
                         self._dialect.rollback(tx)
                     return self._failed(e, batch, lost)

@@ -176,6 +176,7 @@ class Poller:
                 only_types=self._only_types,
                 exclude_types=self._exclude_types,
                 deliver=deliver,
+                listener=sub,
             )
         timeout = IDLE_POLL_S
         if self._next_ready is not None:

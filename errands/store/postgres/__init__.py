@@ -572,13 +572,9 @@ class _Listener(WatchThread):
                 continue
             try:
                 conn.add_notify_handler(self._notified)  # those read while a LISTEN runs
-                if lost:
-                    logger.warning("PostgreSQL store %s: LISTEN connection restored", self._target)
-                    self._arrived([Resync()])  # changes made while it was down went unheard
+                self._listen(conn, restored=lost)
                 lost = False
                 delay = LISTEN_BACKOFF_S[0]
-                self._listening.set()
-                self._listen(conn)
             except psycopg.Error as e:
                 if self._stopping.is_set():
                     break
@@ -588,7 +584,10 @@ class _Listener(WatchThread):
                     str(e).strip(),
                 )
                 lost = True
-                self._listening.clear()
+                with self._lock:
+                    self._listening.clear()
+                    # LISTENs are gone with the connection: wait for them anew.
+                    self._done = {channel: threading.Event() for channel in self._done}
                 self._arrived([Resync()])
             finally:
                 with contextlib.suppress(Exception):
@@ -619,10 +618,16 @@ class _Listener(WatchThread):
         if hints:
             self._arrived(hints)
 
-    def _listen(self, conn: Conn) -> None:
+    def _listen(self, conn: Conn, *, restored: bool) -> None:
         pgconn = conn.pgconn
         wake, kick = self._wake, self._kick_r.fileno()
         listened = self._listen_wanted(conn, set())
+        self._listening.set()
+        if restored:
+            logger.warning("PostgreSQL store %s: LISTEN connection restored", self._target)
+            # Changes made while it was down went unheard: everyone looks again,
+            # now that the LISTENs are back.
+            self._arrived([Resync()])
         while not self._stopping.is_set():
             with self._lock:
                 lingering = min(self._linger.values(), default=None)

@@ -196,6 +196,8 @@ class SQLiteDialect(Dialect):
         self._seq = int(writer.execute(CATALOGUE["changes_head"]).fetchone()["seq"])
         self._watch: Doorbell | None = None
         self._look_posted = threading.Event()
+        self._pulled_seq: int | None = None
+        self._pulled_version: int | None = None
 
     # -- statements
 
@@ -246,15 +248,24 @@ class SQLiteDialect(Dialect):
             for (kind, key), at in rows.items():
                 self._writer.execute(sql, {"kind": kind, "key": key, "at": at, "now": tx.now})
         self._writer.execute("COMMIT")
+        # What a pull read counts as seen only now (a failed one is read again).
+        if self._pulled_seq is not None:
+            self._seq, self._pulled_seq = self._pulled_seq, None
+        if self._pulled_version is not None:
+            self._version, self._pulled_version = self._pulled_version, None
         if tx.changes and self._watch is not None:  # only now can the others see them
             bells: dict[str, set[int]] = {}
             for bell in map(_bell, tx.changes):
                 if bell is not None:
                     bells.setdefault(bell[0], set()).add(bell[1])
             deadlines = [c.at for c in tx.changes if isinstance(c, Deadline)]
-            self._watch.ring(bells, min(deadlines) if deadlines else None)
+            try:
+                self._watch.ring(bells, min(deadlines) if deadlines else None)
+            except OSError as e:  # committed all the same; the others' safety look finds it
+                logger.warning("%s: cannot ring the doorbell: %s", self.label, e)
 
     def rollback(self, tx: Tx) -> None:
+        self._pulled_seq = self._pulled_version = None
         with contextlib.suppress(sqlite3.Error):
             self._writer.execute("ROLLBACK")
 
@@ -278,14 +289,17 @@ class SQLiteDialect(Dialect):
         version = self._data_version()
         if version == self._version:
             return False
-        self._version = version
+        self._pulled_version = version  # taken as seen once the pull commits
         return True
 
     def pull(self, tx: Tx) -> list[Hint]:
         self._look_posted.clear()
         hints: list[Hint] = []
+        self._pulled_seq = self._seq
+        if self._pulled_version is None:
+            self._pulled_version = self._data_version()
         for row in tx.cursor.execute(CATALOGUE["changes_since"], {"seq": self._seq}):
-            self._seq = max(self._seq, int(row["seq"]))
+            self._pulled_seq = max(self._pulled_seq, int(row["seq"]))
             try:
                 hints.append(from_row(row["kind"], row["key"], row["at"]))
             except ValueError as e:
