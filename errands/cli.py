@@ -182,6 +182,56 @@ def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def bulk_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--query``, ``--yes`` and ``--json`` for a command that can act on many."""
+    command = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(
+        command
+    )
+    command = click.option(
+        "--yes", is_flag=True, help="With --query: do not ask for confirmation on a terminal."
+    )(command)
+    return click.option(
+        "--query",
+        metavar="QUERY",
+        help="Act on every open activity this visibility query matches instead of one ID.",
+    )(command)
+
+
+def _bulk(
+    activity_id: str | None,
+    query: str | None,
+    yes: bool,
+    as_json: bool,
+    target: tuple[str | None, str],
+    verb: str,
+    act: Callable[[Client], Awaitable[int]],
+) -> bool:
+    """Run a bulk action when --query was given (True), after confirming on a
+    terminal; False when the command acts on one ID."""
+    if query is None:
+        if activity_id is None:
+            raise click.UsageError("give an activity ID, or --query")
+        return False
+    if activity_id is not None:
+        raise click.UsageError("give an activity ID or --query, not both")
+    url, namespace = target
+    if not yes and sys.stdin.isatty():
+
+        async def count(client: Client) -> int:
+            return (await client.count_activities(query)).count
+
+        matching = _run(_with_client(url, namespace, count))
+        click.confirm(
+            f"{verb} the open ones of {matching} activities matching {query!r}?", abort=True
+        )
+    changed = _run(_with_client(url, namespace, act))
+    if as_json:
+        out.as_json({"changed": changed})
+    else:
+        out.line(f"{verb}: {changed} activities changed.")
+    return True
+
+
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(command)
 
@@ -493,18 +543,37 @@ def describe(
 
 
 @cli.command()
-@click.argument("activity_id", metavar="ID")
+@click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @click.option("--reason", metavar="TEXT", help="Why; shown by describe.")
+@bulk_options
 @store_options
 def cancel(
-    activity_id: str, run_id: str | None, reason: str | None, url: str | None, namespace: str
+    activity_id: str | None,
+    run_id: str | None,
+    reason: str | None,
+    url: str | None,
+    namespace: str,
+    query: str | None,
+    yes: bool,
+    as_json: bool,
 ) -> None:
-    """Cancel an activity.
+    """Cancel an activity, or with --query every open one a query matches.
 
     One that has not started is CANCELED at once; a started one learns of it
     through its heartbeats.
     """
+    if _bulk(
+        activity_id,
+        query,
+        yes,
+        as_json,
+        (url, namespace),
+        "Cancel",
+        lambda c: c.cancel_activities(query, reason=reason),
+    ):
+        return
+    assert activity_id is not None
 
     async def work(client: Client) -> str:
         handle = client.get_activity_handle(activity_id, run_id=run_id)
@@ -517,14 +586,34 @@ def cancel(
 
 
 @cli.command()
-@click.argument("activity_id", metavar="ID")
+@click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @click.option("--reason", metavar="TEXT", help="Why; shown by describe.")
+@bulk_options
 @store_options
 def terminate(
-    activity_id: str, run_id: str | None, reason: str | None, url: str | None, namespace: str
+    activity_id: str | None,
+    run_id: str | None,
+    reason: str | None,
+    url: str | None,
+    namespace: str,
+    query: str | None,
+    yes: bool,
+    as_json: bool,
 ) -> None:
-    """Terminate an activity now (a running attempt is interrupted)."""
+    """Terminate an activity now (a running attempt is interrupted), or with
+    --query every open one a query matches."""
+    if _bulk(
+        activity_id,
+        query,
+        yes,
+        as_json,
+        (url, namespace),
+        "Terminate",
+        lambda c: c.terminate_activities(query, reason=reason),
+    ):
+        return
+    assert activity_id is not None
 
     async def work(client: Client) -> None:
         await client.get_activity_handle(activity_id, run_id=run_id).terminate(reason)
@@ -534,15 +623,35 @@ def terminate(
 
 
 @cli.command()
-@click.argument("activity_id", metavar="ID")
+@click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @click.option("--reason", metavar="TEXT", help="Why (for your logs).")
+@bulk_options
 @store_options
 def pause(
-    activity_id: str, run_id: str | None, reason: str | None, url: str | None, namespace: str
+    activity_id: str | None,
+    run_id: str | None,
+    reason: str | None,
+    url: str | None,
+    namespace: str,
+    query: str | None,
+    yes: bool,
+    as_json: bool,
 ) -> None:
-    """Pause an activity: no new attempt starts until unpause. A running
-    attempt is asked to stop, as a cancel asks it."""
+    """Pause an activity (or with --query every open one a query matches): no
+    new attempt starts until unpause. A running attempt is asked to stop, as
+    a cancel asks it."""
+    if _bulk(
+        activity_id,
+        query,
+        yes,
+        as_json,
+        (url, namespace),
+        "Pause",
+        lambda c: c.pause_activities(query, reason=reason),
+    ):
+        return
+    assert activity_id is not None
 
     async def work(client: Client) -> str:
         handle = client.get_activity_handle(activity_id, run_id=run_id)
@@ -555,19 +664,34 @@ def pause(
 
 
 @cli.command()
-@click.argument("activity_id", metavar="ID")
+@click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @duration_option("--jitter", help="Start it at a random moment within this (e.g. 30s).")
+@bulk_options
 @store_options
 def unpause(
-    activity_id: str,
+    activity_id: str | None,
     run_id: str | None,
     jitter: timedelta | None,
     url: str | None,
     namespace: str,
+    query: str | None,
+    yes: bool,
+    as_json: bool,
 ) -> None:
-    """Unpause an activity: it is dispatched again (a pending retry backoff
-    still runs out first)."""
+    """Unpause an activity (or with --query every paused one a query matches):
+    it is dispatched again (a pending retry backoff still runs out first)."""
+    if _bulk(
+        activity_id,
+        query,
+        yes,
+        as_json,
+        (url, namespace),
+        "Unpause",
+        lambda c: c.unpause_activities(query, jitter=jitter),
+    ):
+        return
+    assert activity_id is not None
 
     async def work(client: Client) -> str:
         handle = client.get_activity_handle(activity_id, run_id=run_id)

@@ -561,6 +561,60 @@ class Client:
         for record in await self._store.list(self.namespace, parsed, limit=limit):
             yield ActivityExecution(**ActivityExecution._fields_from(record))
 
+    async def cancel_activities(self, query: str | None, *, reason: str | None = None) -> int:
+        """*(errands)* Cancel every open execution the query matches (see
+        ``list_activities``; None: all), as ``ActivityHandle.cancel`` does, at
+        most 1,000 per transaction; how many it changed.
+
+        Raises ValueError for a malformed query.
+        """
+        return await self._bulk(query, "cancel", reason=reason)
+
+    async def terminate_activities(self, query: str | None, *, reason: str | None = None) -> int:
+        """*(errands)* Terminate every open execution the query matches, at
+        most 1,000 per transaction; how many it changed.
+
+        Raises ValueError for a malformed query.
+        """
+        return await self._bulk(query, "terminate", reason=reason)
+
+    async def pause_activities(self, query: str | None, *, reason: str | None = None) -> int:
+        """*(errands)* Pause every open execution the query matches (see
+        ``ActivityHandle.pause``), at most 1,000 per transaction; how many it
+        changed (paused ones are left as they are).
+
+        Raises ValueError for a malformed query.
+        """
+        return await self._bulk(query, "pause", reason=reason)
+
+    async def unpause_activities(
+        self,
+        query: str | None,
+        *,
+        reason: str | None = None,
+        jitter: timedelta | None = None,
+    ) -> int:
+        """*(errands)* Unpause every paused execution the query matches (see
+        ``ActivityHandle.unpause``), at most 1,000 per transaction; how many
+        it changed.
+
+        Raises ValueError for a malformed query or a negative jitter.
+        """
+        jitter_s = 0.0 if jitter is None else jitter.total_seconds()
+        if jitter_s < 0:
+            raise ValueError("unpause jitter must not be negative")
+        return await self._bulk(query, "unpause", reason=reason, jitter_s=jitter_s)
+
+    async def _bulk(
+        self, query: str | None, verb: str, *, reason: str | None, jitter_s: float = 0.0
+    ) -> int:
+        parsed = parse_query(query)
+        if parsed.group_by_status:
+            raise ValueError("GROUP BY works with count_activities only")
+        return await self._store.bulk(
+            self.namespace, parsed, verb, reason=reason, jitter_s=jitter_s
+        )
+
     async def count_activities(self, query: str | None = None) -> ActivityExecutionCount:
         """How many executions match a visibility query (see list_activities);
         a trailing ``GROUP BY ExecutionStatus`` fills ``groups``.

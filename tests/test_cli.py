@@ -317,6 +317,25 @@ def test_pause_and_unpause_through_the_commands(errands: Callable[..., Ran]) -> 
     assert unpaused.stdout == "Unpaused activity 'held': now RUNNING (SCHEDULED).\n"
 
 
+def test_bulk_commands_act_on_every_open_match_of_a_query_and_say_how_many(
+    errands: Callable[..., Ran],
+) -> None:
+    for name in ("x-1", "x-2", "y-1"):
+        errands("start", "greet", "--id", name, "--task-queue", "nobody", "--input", '"a"')
+
+    paused = errands("pause", "--query", "ActivityId STARTS_WITH 'x-'", "--json")
+    unpaused = errands("unpause", "--query", "ActivityId STARTS_WITH 'x-'", "--yes")
+    cancelled = errands("cancel", "--query", "ActivityId STARTS_WITH 'x-'", "--json")
+    terminated = errands("terminate", "--query", "ActivityId = 'y-1'", "--yes")
+    both = errands("cancel", "y-1", "--query", "ActivityId = 'y-1'")
+
+    assert paused.json() == {"changed": 2}
+    assert unpaused.stdout == "Unpause: 2 activities changed.\n"
+    assert cancelled.json() == {"changed": 2}
+    assert terminated.stdout == "Terminate: 1 activities changed.\n"
+    assert_one_error_line(both, 2, "not both")
+
+
 def test_cancel_through_the_command_ends_a_heartbeating_activity_canceled(
     errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -354,3 +354,36 @@ async def test_pause_and_unpause_refuse_a_closed_execution_and_a_paused_one_canc
         await handle.pause()
     with pytest.raises(exceptions.ActivityAlreadyClosedError):
         await handle.unpause()
+
+
+# --------------------------------------------------------------------------- bulk actions
+
+
+async def test_bulk_actions_change_every_open_match_in_batches_and_count_what_changed(
+    client: Client, task_queue: str
+) -> None:
+    other = task_queue + "-other"
+
+    async def start(activity_id: str, queue: str) -> None:
+        await client.start_activity(
+            "anything", id=activity_id, task_queue=queue, start_to_close_timeout=SOONER
+        )
+
+    await asyncio.gather(*(start(f"a-{i}", task_queue) for i in range(2_500)))
+    await asyncio.gather(*(start(f"b-{i}", other) for i in range(3)))
+    mine = f"TaskQueue = '{task_queue}'"
+
+    paused = await client.pause_activities(mine, reason="bulk")
+    paused_again = await client.pause_activities(mine)
+    counted = await client.count_activities(f"{mine} AND ExecutionStatus = 'Paused'")
+    unpaused = await client.unpause_activities(mine, jitter=timedelta(seconds=1))
+    cancelled = await client.cancel_activities(f"{mine} AND ActivityId STARTS_WITH 'a-1'")
+    terminated = await client.terminate_activities(f"TaskQueue = '{other}'")
+    left = await client.count_activities(f"{mine} AND ExecutionStatus = 'Running'")
+
+    assert (paused, paused_again, counted.count, unpaused) == (2_500, 0, 2_500, 2_500)
+    assert cancelled == 1 + 10 + 100 + 1_000  # a-1, a-1x, a-1xx, a-1xxx
+    assert terminated == 3
+    assert left.count == 2_500 - cancelled
+    with pytest.raises(ValueError):
+        await client.cancel_activities("GROUP BY ExecutionStatus")

@@ -300,6 +300,24 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def bulk(
+        self,
+        namespace: str,
+        query: Query,
+        verb: str,
+        *,
+        reason: str | None = None,
+        jitter_s: float = 0.0,
+        batch: int = 1000,
+    ) -> int:
+        """Apply ``verb`` (cancel, terminate, pause, unpause) to every open
+        execution the query matches, a batch of at most 1,000 per transaction
+        (so workers wait for one batch at most); how many it changed.
+
+        Raises ValueError for an unknown verb.
+        """
+
+    @abc.abstractmethod
     async def retry_now(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
         """Make an execution waiting out a retry backoff or a start delay
         claimable now; False if it was not waiting (it changes nothing).

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from errands import _lifecycle as lc
 from errands._lifecycle import FAR, RunState, Status
 from errands.exceptions import (
+    ActivityAlreadyClosedError,
     ActivityNotFoundError,
     ErrandsError,
     StoreError,
@@ -75,6 +76,13 @@ T = TypeVar("T")
 
 NO_LIMIT = 2**62
 """A LIMIT that limits nothing."""
+
+BULK_BATCH = 1_000
+"""Most executions one transaction of a bulk action changes."""
+
+BulkAction = Callable[[Tx, str, str], object]
+"""What a bulk action does to one open execution (activity id, run id), inside
+the batch's transaction: its result counts as a change when true."""
 
 
 def _run_each(tx: Tx, ops: list[Callable[[Tx], Any]]) -> list[Outcome]:
@@ -499,34 +507,13 @@ class CoreStore(Store):
     async def request_cancel(
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> Status:
-        def op(tx: Tx) -> Status:
-            row = tr.find_open(tx, namespace, activity_id, run_id, "cancel")
-            found_run = row["run_id"]
-            if row["run_state"] in (RunState.SCHEDULED.value, RunState.PAUSED.value):
-                tx.run("cancel_scheduled", id=row["id"], reason=reason, now=tx.now, far=FAR)
-                tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.CANCELED)))
-                return Status.CANCELED
-            if row["run_state"] in (RunState.STARTED.value, RunState.PAUSE_REQUESTED.value):
-                tx.run("cancel_started", id=row["id"], reason=reason)
-                tx.changes.append(Interrupted(found_run, "cancel", row["attempt"]))
-            return Status.RUNNING
-
-        return await self._op(op)
+        status = await self._op(lambda tx: tr.cancel(tx, namespace, activity_id, run_id, reason))
+        return Status.RUNNING if status is None else status
 
     async def terminate(
         self, namespace: str, activity_id: str, run_id: str | None, reason: str | None
     ) -> None:
-        def op(tx: Tx) -> None:
-            row = tr.find_open(tx, namespace, activity_id, run_id, "terminate")
-            found_run = row["run_id"]
-            tx.run("terminate", id=row["id"], reason=reason, now=tx.now, far=FAR)
-            tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.TERMINATED)))
-            if row["run_state"] not in (RunState.SCHEDULED.value, RunState.PAUSED.value):
-                # The attempt is cut short: recorded as CANCELED (terminated).
-                tr.end_attempts(tx, [(found_run, row["attempt"], "CANCELED", None)])
-                tx.changes.append(Interrupted(found_run, "terminate", row["attempt"]))
-
-        await self._op(op)
+        await self._op(lambda tx: tr.terminate(tx, namespace, activity_id, run_id, reason))
 
     async def pause(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
         def op(tx: Tx) -> bool:
@@ -543,6 +530,57 @@ class CoreStore(Store):
             return tr.unpause(tx, namespace, activity_id, run_id, jitter_s, draw)
 
         return await self._op(op)
+
+    async def bulk(
+        self,
+        namespace: str,
+        query: Query,
+        verb: str,
+        *,
+        reason: str | None = None,
+        jitter_s: float = 0.0,
+        batch: int = BULK_BATCH,
+    ) -> int:
+        where, params = tr.where(self._dialect, namespace, query)
+        action = self._bulk_action(namespace, verb, reason, jitter_s)
+        batch = min(batch, BULK_BATCH)
+        total, after = 0, 0
+
+        def op(tx: Tx) -> tuple[int, int, int]:
+            rows = self._dialect.query(
+                tx, "open_matching", {**params, "after": after, "limit": batch}, {"where": where}
+            )
+            changed = 0
+            for row in rows:
+                # One that closed meanwhile is left alone.
+                with contextlib.suppress(ActivityAlreadyClosedError, ActivityNotFoundError):
+                    changed += bool(action(tx, row["activity_id"], row["run_id"]))
+            return changed, (rows[-1]["id"] if rows else after), len(rows)
+
+        while True:
+            changed, after, seen = await self._op(op)
+            total += changed
+            if seen < batch:
+                return total
+
+    @staticmethod
+    def _bulk_action(namespace: str, verb: str, reason: str | None, jitter_s: float) -> BulkAction:
+        if verb == "cancel":
+            return lambda tx, aid, rid: tr.cancel(tx, namespace, aid, rid, reason) is not None
+        if verb == "terminate":
+
+            def terminate(tx: Tx, activity_id: str, run_id: str) -> bool:
+                tr.terminate(tx, namespace, activity_id, run_id, reason)
+                return True
+
+            return terminate
+        if verb == "pause":
+            return lambda tx, aid, rid: tr.pause(tx, namespace, aid, rid)
+        if verb == "unpause":
+            return lambda tx, aid, rid: tr.unpause(
+                tx, namespace, aid, rid, jitter_s, random.random()
+            )
+        raise ValueError(f"unknown bulk action {verb!r}: cancel, terminate, pause or unpause")
 
     async def retry_now(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
         def op(tx: Tx) -> bool:

@@ -229,6 +229,45 @@ def retry_now(tx: Tx, namespace: str, activity_id: str, run_id: str | None) -> b
     return True
 
 
+def cancel(
+    tx: Tx, namespace: str, activity_id: str, run_id: str | None, reason: str | None
+) -> Status | None:
+    """Cancel: a waiting (or paused) execution closes CANCELED at once; a
+    running attempt is asked to stop. The status after; None if a cancel was
+    requested already (nothing changed).
+
+    Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+    """
+    row = find_open(tx, namespace, activity_id, run_id, "cancel")
+    found_run = row["run_id"]
+    if row["run_state"] in (RunState.SCHEDULED.value, RunState.PAUSED.value):
+        tx.run("cancel_scheduled", id=row["id"], reason=reason, now=tx.now, far=FAR)
+        tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.CANCELED)))
+        return Status.CANCELED
+    if row["run_state"] not in (RunState.STARTED.value, RunState.PAUSE_REQUESTED.value):
+        return None
+    tx.run("cancel_started", id=row["id"], reason=reason)
+    tx.changes.append(Interrupted(found_run, "cancel", row["attempt"]))
+    return Status.RUNNING
+
+
+def terminate(
+    tx: Tx, namespace: str, activity_id: str, run_id: str | None, reason: str | None
+) -> None:
+    """Close an open execution TERMINATED; a running attempt is interrupted.
+
+    Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+    """
+    row = find_open(tx, namespace, activity_id, run_id, "terminate")
+    found_run = row["run_id"]
+    tx.run("terminate", id=row["id"], reason=reason, now=tx.now, far=FAR)
+    tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.TERMINATED)))
+    if row["run_state"] not in (RunState.SCHEDULED.value, RunState.PAUSED.value):
+        # The attempt is cut short: recorded as CANCELED (terminated).
+        end_attempts(tx, [(found_run, row["attempt"], "CANCELED", None)])
+        tx.changes.append(Interrupted(found_run, "terminate", row["attempt"]))
+
+
 def pause(tx: Tx, namespace: str, activity_id: str, run_id: str | None) -> bool:
     """Pause: a waiting execution at once (PAUSED); a running attempt is asked
     to stop (PAUSE_REQUESTED). False if nothing changed (paused already, or a

@@ -315,3 +315,9 @@ UPDATE executions SET run_state = %(to_state)s WHERE id = %(id)s AND run_state =
 -- Make a paused execution dispatchable again at %(ready_at)s.
 UPDATE executions SET run_state = 'SCHEDULED', ready_at = %(ready_at)s, deadline = %(deadline)s
 WHERE id = %(id)s AND run_state = 'PAUSED'
+
+-- name: open_matching
+-- A batch of open executions matching a visibility query ({where}), in id
+-- order after %(after)s, for a bulk action.
+SELECT id, activity_id, run_id FROM executions WHERE {where} AND status = 'RUNNING'
+AND id > %(after)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED

@@ -282,3 +282,9 @@ UPDATE executions SET run_state = :to_state WHERE id = :id AND run_state = :from
 -- Make a paused execution dispatchable again at :ready_at.
 UPDATE executions SET run_state = 'SCHEDULED', ready_at = :ready_at, deadline = :deadline
 WHERE id = :id AND run_state = 'PAUSED'
+
+-- name: open_matching
+-- A batch of open executions matching a visibility query ({where}), in id
+-- order after :after, for a bulk action.
+SELECT id, activity_id, run_id FROM executions WHERE {where} AND status = 'RUNNING'
+AND id > :after ORDER BY id LIMIT :limit
