@@ -19,6 +19,7 @@ itself is written by ``errands._cli_output`` only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -182,19 +183,50 @@ def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def bulk_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--query``, ``--yes`` and ``--json`` for a command that can act on many."""
-    command = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(
-        command
-    )
-    command = click.option(
-        "--yes", is_flag=True, help="With --query: do not ask for confirmation on a terminal."
-    )(command)
-    return click.option(
-        "--query",
-        metavar="QUERY",
-        help="Act on every open activity this visibility query matches instead of one ID.",
-    )(command)
+def bulk_capable(
+    verb: str, act: Callable[[Client, dict[str, Any]], Awaitable[int]]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command that acts on one ID ``--query`` (act on every open
+    activity a visibility query matches instead), ``--yes`` and ``--json``."""
+
+    def wrap(one: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(one)
+        def command(*, query: str | None, yes: bool, as_json: bool, **options: Any) -> None:
+            target = (options["url"], options["namespace"])
+            if not _bulk(
+                options["activity_id"], query, yes, as_json, target, verb,
+                lambda client: act(client, {**options, "query": query}),
+            ):  # fmt: skip
+                one(**options)
+
+        command = click.option(
+            "--json", "as_json", is_flag=True, help="With --query: print JSON for scripts."
+        )(command)
+        command = click.option(
+            "--yes", is_flag=True, help="With --query: do not ask for confirmation on a terminal."
+        )(command)
+        return click.option(
+            "--query",
+            metavar="QUERY",
+            help="Act on every open activity this visibility query matches instead of one ID.",
+        )(command)
+
+    return wrap
+
+
+async def _status_after(
+    url: str | None, namespace: str, activity_id: str, run_id: str | None,
+    act: Callable[[ActivityHandle[Any]], Awaitable[object]],
+) -> str:  # fmt: skip
+    """Act on one activity; its status (and run state) after, for the message."""
+
+    async def work(client: Client) -> str:
+        handle = client.get_activity_handle(activity_id, run_id=run_id)
+        await act(handle)
+        desc = await handle.describe()
+        return desc.status.name + (f" ({desc.run_state.name})" if desc.run_state else "")
+
+    return await _with_client(url, namespace, work)
 
 
 def _bulk(
@@ -546,42 +578,17 @@ def describe(
 @click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @click.option("--reason", metavar="TEXT", help="Why; shown by describe.")
-@bulk_options
 @store_options
+@bulk_capable("Cancel", lambda c, o: c.cancel_activities(o["query"], reason=o["reason"]))
 def cancel(
-    activity_id: str | None,
-    run_id: str | None,
-    reason: str | None,
-    url: str | None,
-    namespace: str,
-    query: str | None,
-    yes: bool,
-    as_json: bool,
+    activity_id: str, run_id: str | None, reason: str | None, url: str | None, namespace: str
 ) -> None:
     """Cancel an activity, or with --query every open one a query matches.
 
     One that has not started is CANCELED at once; a started one learns of it
     through its heartbeats.
     """
-    if _bulk(
-        activity_id,
-        query,
-        yes,
-        as_json,
-        (url, namespace),
-        "Cancel",
-        lambda c: c.cancel_activities(query, reason=reason),
-    ):
-        return
-    assert activity_id is not None
-
-    async def work(client: Client) -> str:
-        handle = client.get_activity_handle(activity_id, run_id=run_id)
-        await handle.cancel(reason)
-        desc = await handle.describe()
-        return desc.status.name + (f" ({desc.run_state.name})" if desc.run_state else "")
-
-    status = _run(_with_client(url, namespace, work))
+    status = _run(_status_after(url, namespace, activity_id, run_id, lambda h: h.cancel(reason)))
     out.line(f"Requested cancellation of activity {activity_id!r}: now {status}.")
 
 
@@ -589,36 +596,14 @@ def cancel(
 @click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @click.option("--reason", metavar="TEXT", help="Why; shown by describe.")
-@bulk_options
 @store_options
+@bulk_capable("Terminate", lambda c, o: c.terminate_activities(o["query"], reason=o["reason"]))
 def terminate(
-    activity_id: str | None,
-    run_id: str | None,
-    reason: str | None,
-    url: str | None,
-    namespace: str,
-    query: str | None,
-    yes: bool,
-    as_json: bool,
+    activity_id: str, run_id: str | None, reason: str | None, url: str | None, namespace: str
 ) -> None:
     """Terminate an activity now (a running attempt is interrupted), or with
     --query every open one a query matches."""
-    if _bulk(
-        activity_id,
-        query,
-        yes,
-        as_json,
-        (url, namespace),
-        "Terminate",
-        lambda c: c.terminate_activities(query, reason=reason),
-    ):
-        return
-    assert activity_id is not None
-
-    async def work(client: Client) -> None:
-        await client.get_activity_handle(activity_id, run_id=run_id).terminate(reason)
-
-    _run(_with_client(url, namespace, work))
+    _run(_status_after(url, namespace, activity_id, run_id, lambda h: h.terminate(reason)))
     out.line(f"Terminated activity {activity_id!r}.")
 
 
@@ -626,40 +611,17 @@ def terminate(
 @click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @click.option("--reason", metavar="TEXT", help="Why (for your logs).")
-@bulk_options
 @store_options
+@bulk_capable("Pause", lambda c, o: c.pause_activities(o["query"], reason=o["reason"]))
 def pause(
-    activity_id: str | None,
-    run_id: str | None,
-    reason: str | None,
-    url: str | None,
-    namespace: str,
-    query: str | None,
-    yes: bool,
-    as_json: bool,
+    activity_id: str, run_id: str | None, reason: str | None, url: str | None, namespace: str
 ) -> None:
     """Pause an activity (or with --query every open one a query matches): no
     new attempt starts until unpause. A running attempt is asked to stop, as
     a cancel asks it."""
-    if _bulk(
-        activity_id,
-        query,
-        yes,
-        as_json,
-        (url, namespace),
-        "Pause",
-        lambda c: c.pause_activities(query, reason=reason),
-    ):
-        return
-    assert activity_id is not None
-
-    async def work(client: Client) -> str:
-        handle = client.get_activity_handle(activity_id, run_id=run_id)
-        await handle.pause(reason=reason)
-        desc = await handle.describe()
-        return desc.status.name + (f" ({desc.run_state.name})" if desc.run_state else "")
-
-    status = _run(_with_client(url, namespace, work))
+    status = _run(
+        _status_after(url, namespace, activity_id, run_id, lambda h: h.pause(reason=reason))
+    )
     out.line(f"Paused activity {activity_id!r}: now {status}.")
 
 
@@ -667,39 +629,16 @@ def pause(
 @click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @duration_option("--jitter", help="Start it at a random moment within this (e.g. 30s).")
-@bulk_options
 @store_options
+@bulk_capable("Unpause", lambda c, o: c.unpause_activities(o["query"], jitter=o["jitter"]))
 def unpause(
-    activity_id: str | None,
-    run_id: str | None,
-    jitter: timedelta | None,
-    url: str | None,
-    namespace: str,
-    query: str | None,
-    yes: bool,
-    as_json: bool,
+    activity_id: str, run_id: str | None, jitter: timedelta | None, url: str | None, namespace: str
 ) -> None:
     """Unpause an activity (or with --query every paused one a query matches):
     it is dispatched again (a pending retry backoff still runs out first)."""
-    if _bulk(
-        activity_id,
-        query,
-        yes,
-        as_json,
-        (url, namespace),
-        "Unpause",
-        lambda c: c.unpause_activities(query, jitter=jitter),
-    ):
-        return
-    assert activity_id is not None
-
-    async def work(client: Client) -> str:
-        handle = client.get_activity_handle(activity_id, run_id=run_id)
-        await handle.unpause(jitter=jitter)
-        desc = await handle.describe()
-        return desc.status.name + (f" ({desc.run_state.name})" if desc.run_state else "")
-
-    status = _run(_with_client(url, namespace, work))
+    status = _run(
+        _status_after(url, namespace, activity_id, run_id, lambda h: h.unpause(jitter=jitter))
+    )
     out.line(f"Unpaused activity {activity_id!r}: now {status}.")
 
 
