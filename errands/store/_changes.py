@@ -225,17 +225,17 @@ def from_wire(item: list[Any]) -> Change:
     raise ValueError(f"not a change: {item!r}")
 
 
-def to_row(change: Change) -> tuple[str, str, float | None]:
-    """(kind, key, at) of the row a change bumps in a change table: queues and
-    namespaces by name, run ids by bucket."""
+def to_row(change: Change) -> tuple[str, str, float | None] | None:
+    """(kind, key, at) of the row a change bumps in a change table: queues by
+    name, run ids by bucket; None for a deadline or a resync (a table that
+    records changes for other processes carries neither: a deadline travels
+    by itself, a resync is never committed)."""
     if isinstance(change, (Started, Claimable)):
         at = change.at if isinstance(change, Claimable) else None
         return _NAMES[type(change)], json.dumps(change.queue), at
-    if isinstance(change, Deadline):
-        return "deadline", change.namespace, change.at
     if isinstance(change, (Closed, Interrupted, OptionsChanged)):
         return _NAMES[type(change)], str(bucket(change.run_id)), None
-    return "resync", "", None
+    return None
 
 
 def from_row(kind: str, key: str, at: float | None) -> Hint:
@@ -246,12 +246,8 @@ def from_row(kind: str, key: str, at: float | None) -> Hint:
             if kind == "started" or at is None:
                 return Started((namespace, task_queue))
             return Claimable((namespace, task_queue), float(at))
-        if kind == "deadline":
-            return Deadline(key, float(at if at is not None else 0.0))
         if kind in ("closed", "interrupt", "options"):
             return RunBucket(_KINDS[kind], int(key))
-        if kind == "resync":
-            return Resync()
     except (TypeError, ValueError) as e:
         raise ValueError(f"not a change row: {(kind, key, at)!r}") from e
     raise ValueError(f"not a change row: {(kind, key, at)!r}")

@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -52,6 +52,8 @@ from errands.store._base import (
 )
 from errands.store._changes import (
     FOREIGN,
+    GROUP_OF,
+    GROUPS,
     AnyKind,
     Change,
     Claimable,
@@ -163,22 +165,29 @@ class CoreStore(Store):
     def start_watching(self) -> None:
         """Hear of other processes' commits from now on (blocks until listening)."""
         self._dialect.watch(self._arrived, self._wants)
-        self.feed.on_interest = self._dialect.listen
+        self.feed.on_interest = self._interest
 
-    def _wants(self, kind: AnyKind, in_bucket: int) -> bool:
+    def _interest(self, kind: AnyKind, on: bool) -> None:
+        """A subscription to ``kind`` came or went: the dialect hears the
+        kind's group while any kind of the group is wanted."""
+        del on  # the group's interest is read from the feed
+        group = GROUP_OF[kind]
+        self._dialect.listen(group, any(self.feed.interested(k) for k in GROUPS[group]))
+
+    def _wants(self, kind: AnyKind, buckets: Collection[int]) -> bool:
         """Whether this process waits for a change of ``kind`` to something in
-        a bucket: an idle poller of a queue there (Started), an awaited run
-        (Closed) or a held one (Interrupted) there, a watched one (options)."""
+        one of these buckets: an idle poller of a queue there (Started), an
+        awaited run (Closed) or a held one (Interrupted) there, a watched one
+        (options)."""
         if kind in (Started, Claimable):
             queues = self.feed.keys(Started)
-            return queues is None or any(
-                isinstance(q, tuple) and queue_bucket(q) == in_bucket for q in queues
-            )
-        if kind is Interrupted:
-            runs: set[str] = set(self._held)
+            if queues is None:
+                return True
+            mine = {queue_bucket(q) for q in queues if isinstance(q, tuple)}
         else:
-            runs = self.feed.subscribed_runs(kind)
-        return any(bucket(r) == in_bucket for r in runs)
+            runs = set(self._held) if kind is Interrupted else self.feed.subscribed_runs(kind)
+            mine = {bucket(r) for r in runs}
+        return not mine.isdisjoint(buckets)
 
     async def close(self) -> None:
         if self._closed:
@@ -241,8 +250,7 @@ class CoreStore(Store):
     def _deliver_lost(self, lost: list[Any]) -> None:
         # Claims that rolled back: tell their pollers nothing came.
         for armed, _ in lost:
-            with contextlib.suppress(RuntimeError):
-                armed.loop.call_soon_threadsafe(armed.deliver, ClaimResult([], None), 0)
+            armed.nothing()
 
     # ---------------------------------------------------------------- other processes
 
@@ -343,9 +351,7 @@ class CoreStore(Store):
         for row in tx.fetch("states_of_runs", ids=candidates):
             run_id, status = row["run_id"], Status(row["status"])
             if status is not Status.RUNNING and run_id in awaited:
-                tx.local_changes.append(
-                    Closed(run_id, ClosedRun(run_id, status, _rows.optional_bytes(row["result"])))
-                )
+                tx.local_changes.append(Closed(run_id, _rows.closed_run(row)))
             if run_id in held:
                 state = None if row["run_state"] is None else RunState(row["run_state"])
                 kind = lc.interrupt_kind(status, state)
@@ -656,7 +662,7 @@ class CoreStore(Store):
 
         def read(tx: Tx) -> builtins.list[ClosedRun]:
             return [
-                ClosedRun(row["run_id"], Status(row["status"]), _rows.optional_bytes(row["result"]))
+                _rows.closed_run(row)
                 for row in tx.fetch("states_of_runs", ids=ids)
                 if row["status"] != Status.RUNNING.value
             ]
@@ -667,11 +673,10 @@ class CoreStore(Store):
         self, namespace: str, query: Query, *, limit: int | None = None
     ) -> builtins.list[ExecutionRecord]:
         where, params = tr.where(self._dialect, namespace, query)
-        sql_name = "list_executions"
 
         def read(tx: Tx) -> builtins.list[ExecutionRecord]:
             limited = {**params, "limit": NO_LIMIT if limit is None else limit}
-            rows = self._dialect.query(tx, sql_name, limited, slots={"where": where})
+            rows = self._dialect.query(tx, "list_executions", limited, slots={"where": where})
             return [_rows.record(row) for row in rows]
 
         return await self._read(read)

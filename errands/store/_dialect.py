@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from errands.exceptions import StoreError
@@ -171,19 +171,19 @@ class Dialect(abc.ABC):
     # -- wake-ups and life ----------------------------------------------------
 
     @abc.abstractmethod
-    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, int], bool]) -> None:
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, Collection[int]], bool]) -> None:
         """Start telling ``arrived`` of other processes' commits: with the
         changes when the dialect receives them, or None when the core must
         ``pull`` them, which a dialect that hears of changes only coarsely
-        does only when this process ``wants`` a kind of change in a bucket
-        (``_changes.queue_bucket`` of a queue, ``bucket`` of a run id).
-        Returns once watching."""
+        does only when this process ``wants`` a kind of change in one of some
+        buckets (``_changes.queue_bucket`` of a queue, ``bucket`` of a run
+        id). Returns once watching."""
 
-    def listen(self, kind: AnyKind, on: bool) -> None:  # noqa: B027 - an optional hook
+    def listen(self, group: str, on: bool) -> None:  # noqa: B027 - an optional hook
         """This process now waits (``on``), or no longer waits, for changes of
-        ``kind``: a dialect that hears of changes by kind starts (before it
-        returns) or stops hearing them. Callable from any thread; nothing by
-        default."""
+        a group of kinds (``_changes.GROUPS``): a dialect that hears of
+        changes by group starts (before it returns) or stops hearing them.
+        Callable from any thread; nothing by default."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from errands._lifecycle import RunState, Status
 from errands.common import RetryPolicy
 from errands.exceptions import TimeoutType
-from errands.store._base import AttemptRecord, ClaimedTask, ExecutionRecord
+from errands.store._base import AttemptRecord, ClaimedTask, ClosedRun, ExecutionRecord
 
 Row = Mapping[str, Any]
 """A row as both dialects return it: values by column name."""
@@ -120,6 +120,11 @@ def attempt(row: Row) -> AttemptRecord:
         heartbeat_count=row["heartbeat_count"],
         last_heartbeat_time=row["last_heartbeat_time"],
     )
+
+
+def closed_run(row: Row) -> ClosedRun:
+    """A ClosedRun from a row of run_id, status and result."""
+    return ClosedRun(row["run_id"], Status(row["status"]), optional_bytes(row["result"]))
 
 
 def optional_bytes(value: Any) -> bytes | None:

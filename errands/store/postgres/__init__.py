@@ -43,7 +43,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -320,7 +320,6 @@ class PostgresDialect(Dialect):
         self._token = uuid.uuid4().hex
         self._conn: Conn | None = None
         self._listener: _Listener | None = None
-        self._interest: dict[AnyKind, bool] = {}
 
     # -- statements
 
@@ -468,18 +467,14 @@ class PostgresDialect(Dialect):
 
     # -- wake-ups and life
 
-    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, int], bool]) -> None:
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, Collection[int]], bool]) -> None:
         self._listener = _Listener(self._conninfo, self._kwargs, self._token, arrived, self.target)
         _, timeout_s = _connect_kwargs(self._conninfo, self.schema)
         self._listener.wait_listening(timeout_s)
 
-    def listen(self, kind: AnyKind, on: bool) -> None:
-        group = GROUP_OF.get(kind)
-        if group is None or self._listener is None:
-            return
-        self._interest[kind] = on
-        wanted = any(self._interest.get(k, False) for k in GROUPS[group])
-        self._listener.listen(self._channels[group], wanted)
+    def listen(self, group: str, on: bool) -> None:
+        if self._listener is not None:
+            self._listener.listen(self._channels[group], on)
 
     def close(self) -> None:
         if self._listener is not None:

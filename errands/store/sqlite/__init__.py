@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, TypeVar
 
 from errands.exceptions import StoreError
@@ -237,9 +237,10 @@ class SQLiteDialect(Dialect):
         if tx.changes:
             rows: dict[tuple[str, str], float | None] = {}
             for change in tx.changes:
-                if isinstance(change, Deadline):
-                    continue  # it rides in the doorbell
-                kind, key, at = to_row(change)
+                row = to_row(change)
+                if row is None:
+                    continue  # a deadline: it rides in the doorbell
+                kind, key, at = row
                 known = rows.get((kind, key))
                 rows[(kind, key)] = (
                     at if known is None or (at is not None and at < known) else known
@@ -306,9 +307,9 @@ class SQLiteDialect(Dialect):
                 logger.warning("%s: %s", self.label, e)
         return hints
 
-    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, int], bool]) -> None:
+    def watch(self, arrived: Arrived, wants: Callable[[AnyKind, Collection[int]], bool]) -> None:
         def rang(group: str | None, bells: list[int]) -> None:
-            looking = group is None or any(wants(kind, b) for kind in GROUPS[group] for b in bells)
+            looking = group is None or any(wants(kind, bells) for kind in GROUPS[group])
             if looking and not self._look_posted.is_set():
                 self._look_posted.set()
                 arrived(None)
@@ -318,9 +319,8 @@ class SQLiteDialect(Dialect):
 
         self._watch = Doorbell(self.path + "-doorbell", BELL_GROUPS, rang, deadline)
 
-    def listen(self, kind: AnyKind, on: bool) -> None:
+    def listen(self, group: str, on: bool) -> None:
         # A watch, once made, stays: a bell nobody wants costs a comparison.
-        group = GROUP_OF.get(kind)
         if on and group in BELL_GROUPS and self._watch is not None:
             self._watch.listen(group)
 
