@@ -603,7 +603,10 @@ def terminate(
 ) -> None:
     """Terminate an activity now (a running attempt is interrupted), or with
     --query every open one a query matches."""
-    _run(_status_after(url, namespace, activity_id, run_id, lambda h: h.terminate(reason)))
+    async def work(client: Client) -> None:
+        await client.get_activity_handle(activity_id, run_id=run_id).terminate(reason)
+
+    _run(_with_client(url, namespace, work))
     out.line(f"Terminated activity {activity_id!r}.")
 
 
