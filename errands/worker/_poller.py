@@ -181,8 +181,10 @@ class Poller:
         timeout = IDLE_POLL_S
         if self._next_ready is not None:
             timeout = min(timeout, max(0.0, self._next_ready - time.time()))
+        woken = False
         try:
             await wait_any(sub.event, got, stop, timeout=timeout)
+            woken = sub.event.is_set()
         finally:
             fired = disarm is not None and not disarm()
             if fired:
@@ -208,7 +210,8 @@ class Poller:
         if self._next_ready is not None and self._next_ready <= time.time():
             sub.take()
             return True
-        return self._wanted(sub.take()) or timeout >= IDLE_POLL_S
+        # A change may call for a claim; so does the idle wait running out.
+        return self._wanted(sub.take()) or not woken
 
     def _wanted(self, changes: Sequence[Change]) -> bool:
         """Whether changes to the queue call for a claim (a later ready time
