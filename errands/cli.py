@@ -603,6 +603,7 @@ def terminate(
 ) -> None:
     """Terminate an activity now (a running attempt is interrupted), or with
     --query every open one a query matches."""
+
     async def work(client: Client) -> None:
         await client.get_activity_handle(activity_id, run_id=run_id).terminate(reason)
 
