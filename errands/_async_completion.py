@@ -75,7 +75,7 @@ class AsyncActivityHandle:
                 f"activity {self._activity_id!r} has no running attempt "
                 f"({record.status.value}, {record.run_state and record.run_state.value})"
             )
-        return record.run_id, record.attempt
+        return record.run_id, record.serial
 
     async def _payload(self, values: Sequence[Any], what: str) -> bytes:
         client = self._client

@@ -250,11 +250,16 @@ def reuse_refused(policy: ActivityIDReusePolicy, latest_status: Status | None) -
     return False
 
 
-def interrupt_kind(status: Status, run_state: RunState | None) -> str | None:
+def interrupt_kind(
+    status: Status, run_state: RunState | None, *, superseded: bool = False
+) -> str | None:
     """What a running attempt must be told, given its execution's state:
-    "terminate", "cancel", "pause", or None."""
+    "terminate", "cancel", "pause", "reset", or None. ``superseded``: a reset
+    has made a later attempt the current one."""
     if status is Status.TERMINATED:
         return "terminate"
+    if superseded and status is Status.RUNNING:
+        return "reset"
     if run_state is RunState.CANCEL_REQUESTED:
         return "cancel"
     if run_state is RunState.PAUSE_REQUESTED:
@@ -267,6 +272,80 @@ def unpaused_ready_at(*, ready_at: float, now: float, jitter_s: float, draw: flo
     pending backoff (if any) ran out, at a moment within ``jitter_s`` after
     (``draw`` is uniform in [0, 1))."""
     return max(ready_at, now) + jitter_s * draw
+
+
+def reset_ready_at(*, now: float, jitter_s: float, draw: float) -> float:
+    """When the first attempt after a reset becomes claimable: at once, or at
+    a moment within ``jitter_s`` (``draw`` is uniform in [0, 1)). A pending
+    backoff or start delay does not count: the next attempt is a new first."""
+    return now + jitter_s * draw
+
+
+@dataclass(frozen=True)
+class Rescheduled:
+    """The times of an open execution after its options changed."""
+
+    ready_at: float
+    schedule_to_close_deadline: float
+    deadline: float
+    attempt_deadline: float
+    """The running attempt's start_to_close deadline (FAR when none runs)."""
+    interval_s: float | None
+    """The pending retry backoff, if one is pending."""
+
+
+def after_options_change(
+    *,
+    run_state: RunState,
+    schedule_time: float,
+    ready_at: float,
+    deadline: float,
+    attempt: int,
+    never_started: bool,
+    interval_s: float | None,
+    attempt_started: float | None,
+    attempt_start_to_close_s: float | None,
+    policy: RetryPolicy,
+    policy_changed: bool,
+    start_delay_s: float | None,
+    start_delay_changed: bool,
+    schedule_to_close_s: float | None,
+    schedule_to_start_s: float | None,
+) -> Rescheduled:
+    """The times of an open execution whose options changed.
+
+    schedule_to_close bounds the whole execution, so it applies at once, still
+    counted from the schedule time. An execution that waits takes the rest at
+    once too: a first attempt that never started waits for the new start
+    delay (from the schedule time), a pending retry backoff is recomputed with
+    the new retry policy (from when the attempt failed), and schedule_to_start
+    counts from when it becomes ready. A running attempt keeps its own
+    start_to_close and heartbeat timeouts; the next attempt takes the new
+    ones. A pending retry stays pending even if the new policy allows fewer
+    attempts: that decision was made when the attempt failed.
+    """
+    s2c = FAR if schedule_to_close_s is None else schedule_time + schedule_to_close_s
+    if run_state not in (RunState.SCHEDULED, RunState.PAUSED):
+        assert attempt_started is not None
+        stc = attempt_start_to_close_s
+        own = FAR if stc is None else attempt_started + stc
+        # A later deadline than the stored one is found by the timer when that passes.
+        return Rescheduled(ready_at, s2c, min(deadline, s2c), min(s2c, own), interval_s)
+    if never_started and start_delay_changed:
+        ready_at = schedule_time + (start_delay_s or 0.0)
+    if policy_changed and interval_s is not None and attempt > 1:
+        failed_at = ready_at - interval_s
+        interval_s = retry_delay_s(policy, attempt - 1, None)
+        ready_at = failed_at + interval_s
+    if run_state is RunState.PAUSED:  # only schedule_to_close counts while paused
+        waits_until = s2c
+    else:
+        waits_until = scheduled_deadline(
+            ready_at=ready_at,
+            schedule_to_start_s=schedule_to_start_s,
+            schedule_to_close_deadline=s2c,
+        )
+    return Rescheduled(ready_at, s2c, waits_until, FAR, interval_s)
 
 
 def scheduled_timeout_type(

@@ -282,7 +282,8 @@ class ActivityCancellationDetails:
     worker_shutdown: bool = False
     """The worker is shutting down and its grace period ran out."""
     reset: bool = False
-    """Always False: errands has no reset."""
+    """The execution was reset (``ActivityHandle.reset``): the next attempt is a
+    new first one, and this attempt's outcome is refused."""
 
 
 # --------------------------------------------------------------------------- the context

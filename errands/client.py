@@ -34,7 +34,7 @@ from errands.exceptions import (
     TerminatedError,
     TimeoutError,
 )
-from errands.store import ClosedRun, ExecutionRecord, NewExecution, Store
+from errands.store import ClosedRun, ExecutionOptions, ExecutionRecord, NewExecution, Store
 from errands.store._shared import Lease, acquire
 
 __all__ = [
@@ -43,9 +43,13 @@ __all__ = [
     "ActivityExecutionCount",
     "ActivityExecutionCountAggregationGroup",
     "ActivityExecutionDescription",
+    "ActivityExecutionOptions",
     "ActivityExecutionStatus",
     "ActivityFailureError",
     "ActivityHandle",
+    "ActivityOptionsKey",
+    "ActivityOptionsKeys",
+    "ActivityOptionsUpdate",
     "AsyncActivityCancelledError",
     "AsyncActivityHandle",
     "AttemptOutcome",
@@ -127,6 +131,182 @@ class ActivityAttempt:
     last_heartbeat_time: datetime | None
 
 
+OptionT = TypeVar("OptionT")
+
+
+@dataclass(frozen=True)
+class ActivityOptionsUpdate(Generic[OptionT]):
+    """One change to an execution's options, made by a key of
+    ``ActivityOptionsKeys``: ``value_set(v)`` or ``value_unset()``."""
+
+    key: ActivityOptionsKey[OptionT]
+    value: OptionT | None
+    """The new value; None when the option is unset."""
+    unset: bool = False
+    """True for ``value_unset()``: no timeout, no start delay, the default
+    retry policy or priority."""
+
+
+class ActivityOptionsKey(Generic[OptionT]):
+    """One option ``update_options`` can change (use those of ``ActivityOptionsKeys``)."""
+
+    def __init__(
+        self, name: str, check: Callable[[str, Any], Any], *, can_unset: bool = True
+    ) -> None:
+        self._name = name
+        self._check = check  # the value as the store keeps it; raises if invalid
+        self._can_unset = can_unset
+
+    @property
+    def name(self) -> str:
+        """The option's name (as ``start_activity``'s parameter)."""
+        return self._name
+
+    def value_set(self, value: OptionT) -> ActivityOptionsUpdate[OptionT]:
+        """An update that sets the option to ``value``.
+
+        Raises TypeError or ValueError if the value is not one the option takes.
+        """
+        self._check(self._name, value)
+        return ActivityOptionsUpdate(self, value)
+
+    def value_unset(self) -> ActivityOptionsUpdate[OptionT]:
+        """An update that clears the option.
+
+        Raises ValueError for task_queue, which an execution cannot be without.
+        """
+        if not self._can_unset:
+            raise ValueError(f"{self._name} cannot be unset")
+        return ActivityOptionsUpdate(self, None, unset=True)
+
+    def _stored(self, update: ActivityOptionsUpdate[Any]) -> Any:
+        return None if update.unset else self._check(self._name, update.value)
+
+    def __repr__(self) -> str:
+        return f"ActivityOptionsKey({self._name!r})"
+
+
+def _task_queue(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _timeout(name: str, value: Any) -> float | None:
+    return _seconds(name, value)
+
+
+def _delay(name: str, value: Any) -> float | None:
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{name} must be a timedelta, got {type(value).__name__}")
+    if value < timedelta(0):
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value.total_seconds()
+
+
+def _policy(name: str, value: Any) -> RetryPolicy:
+    if not isinstance(value, RetryPolicy):
+        raise TypeError(f"{name} must be a RetryPolicy, got {type(value).__name__}")
+    return value
+
+
+def _priority(name: str, value: Any) -> int:
+    if not isinstance(value, Priority):
+        raise TypeError(f"{name} must be a Priority, got {type(value).__name__}")
+    return value.effective_key
+
+
+class ActivityOptionsKeys:
+    """The options of a started execution that ``ActivityHandle.update_options``
+    can change, as temporalio names them."""
+
+    task_queue: ActivityOptionsKey[str] = ActivityOptionsKey(
+        "task_queue", _task_queue, can_unset=False
+    )
+    schedule_to_close_timeout: ActivityOptionsKey[timedelta] = ActivityOptionsKey(
+        "schedule_to_close_timeout", _timeout
+    )
+    schedule_to_start_timeout: ActivityOptionsKey[timedelta] = ActivityOptionsKey(
+        "schedule_to_start_timeout", _timeout
+    )
+    start_to_close_timeout: ActivityOptionsKey[timedelta] = ActivityOptionsKey(
+        "start_to_close_timeout", _timeout
+    )
+    heartbeat_timeout: ActivityOptionsKey[timedelta] = ActivityOptionsKey(
+        "heartbeat_timeout", _timeout
+    )
+    start_delay: ActivityOptionsKey[timedelta] = ActivityOptionsKey("start_delay", _delay)
+    retry_policy: ActivityOptionsKey[RetryPolicy] = ActivityOptionsKey("retry_policy", _policy)
+    priority: ActivityOptionsKey[Priority] = ActivityOptionsKey("priority", _priority)
+
+
+_OPTION_FIELD = {
+    "task_queue": "task_queue",
+    "schedule_to_close_timeout": "schedule_to_close_s",
+    "schedule_to_start_timeout": "schedule_to_start_s",
+    "start_to_close_timeout": "start_to_close_s",
+    "heartbeat_timeout": "heartbeat_s",
+    "start_delay": "start_delay_s",
+    "retry_policy": "retry_policy",
+    "priority": "priority_key",
+}
+"""Each key's field of the store's ``ExecutionOptions``."""
+
+_UNSET = {"retry_policy": RetryPolicy(), "priority_key": Priority.DEFAULT_KEY}
+"""What an unset option falls back to, where it is not None."""
+
+
+@dataclass(frozen=True)
+class ActivityExecutionOptions:
+    """The options of an execution, as ``update_options`` leaves them."""
+
+    task_queue: str
+    schedule_to_close_timeout: timedelta | None
+    schedule_to_start_timeout: timedelta | None
+    start_to_close_timeout: timedelta | None
+    heartbeat_timeout: timedelta | None
+    start_delay: timedelta | None
+    retry_policy: RetryPolicy
+    priority: Priority
+
+    @classmethod
+    def _of(cls, o: ExecutionOptions) -> ActivityExecutionOptions:
+        return cls(
+            task_queue=o.task_queue,
+            schedule_to_close_timeout=_td(o.schedule_to_close_s),
+            schedule_to_start_timeout=_td(o.schedule_to_start_s),
+            start_to_close_timeout=_td(o.start_to_close_s),
+            heartbeat_timeout=_td(o.heartbeat_s),
+            start_delay=_td(o.start_delay_s),
+            retry_policy=o.retry_policy,
+            priority=_priority_of(o.priority_key),
+        )
+
+
+def _priority_of(key: int) -> Priority:
+    return Priority(None if key == Priority.DEFAULT_KEY else key)
+
+
+def _option_changes(updates: Sequence[ActivityOptionsUpdate[Any]]) -> dict[str, Any]:
+    """The store's changes for these updates. Raises ValueError for none, or
+    for one option updated twice; TypeError for what is not an update."""
+    if not updates:
+        raise ValueError("update_options needs at least one update")
+    changes: dict[str, Any] = {}
+    for update in updates:
+        if not isinstance(update, ActivityOptionsUpdate):
+            raise TypeError(
+                "update_options takes ActivityOptionsKeys.<option>.value_set(v) or "
+                f".value_unset(), got {type(update).__name__}"
+            )
+        name = _OPTION_FIELD[update.key.name]
+        if name in changes:
+            raise ValueError(f"{update.key.name} is updated twice")
+        value = update.key._stored(update)
+        changes[name] = _UNSET.get(name) if value is None else value
+    return changes
+
+
 _STATUS = {s: ActivityExecutionStatus[s.name] for s in lc.Status}
 _RUN_STATE = {s: PendingActivityState[s.name] for s in lc.RunState}
 _STATUS_QUERY_NAME = {status: name for name, status in STATUS_NAMES.items()}
@@ -153,6 +333,14 @@ def _utc_required(ts: float) -> datetime:
 
 def _td(seconds: float | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _jitter_s(jitter: timedelta | None) -> float:
+    """Seconds of an unpause or reset jitter. Raises ValueError if negative."""
+    seconds = 0.0 if jitter is None else jitter.total_seconds()
+    if seconds < 0:
+        raise ValueError(f"jitter must not be negative, got {jitter}")
+    return seconds
 
 
 def _seconds(name: str, value: timedelta | None) -> float | None:
@@ -600,19 +788,47 @@ class Client:
 
         Raises ValueError for a malformed query or a negative jitter.
         """
-        jitter_s = 0.0 if jitter is None else jitter.total_seconds()
-        if jitter_s < 0:
-            raise ValueError("unpause jitter must not be negative")
-        return await self._bulk(query, "unpause", reason=reason, jitter_s=jitter_s)
+        return await self._bulk(query, "unpause", reason=reason, jitter_s=_jitter_s(jitter))
+
+    async def reset_activities(
+        self,
+        query: str | None,
+        *,
+        reason: str | None = None,
+        keep_paused: bool = False,
+        reset_heartbeat: bool = False,
+        jitter: timedelta | None = None,
+        restore_original_options: bool = False,
+    ) -> int:
+        """*(errands)* Reset every open execution the query matches (see
+        ``ActivityHandle.reset``), at most 1,000 per transaction; how many it
+        changed (those whose cancel was requested are left as they are).
+
+        Raises ValueError for a malformed query or a negative jitter.
+        """
+        flags = {
+            "keep_paused": keep_paused,
+            "reset_heartbeat": reset_heartbeat,
+            "restore_original_options": restore_original_options,
+        }
+        return await self._bulk(
+            query, "reset", reason=reason, jitter_s=_jitter_s(jitter), reset=flags
+        )
 
     async def _bulk(
-        self, query: str | None, verb: str, *, reason: str | None, jitter_s: float = 0.0
+        self,
+        query: str | None,
+        verb: str,
+        *,
+        reason: str | None,
+        jitter_s: float = 0.0,
+        reset: dict[str, bool] | None = None,
     ) -> int:
         parsed = parse_query(query)
         if parsed.group_by_status:
             raise ValueError("GROUP BY works with count_activities only")
         return await self._store.bulk(
-            self.namespace, parsed, verb, reason=reason, jitter_s=jitter_s
+            self.namespace, parsed, verb, reason=reason, jitter_s=jitter_s, reset=reset
         )
 
     async def count_activities(self, query: str | None = None) -> ActivityExecutionCount:
@@ -782,11 +998,79 @@ class ActivityHandle(Generic[ReturnType]):
         ValueError for a negative jitter.
         """
         del reason
-        jitter_s = 0.0 if jitter is None else jitter.total_seconds()
-        if jitter_s < 0:
-            raise ValueError("unpause jitter must not be negative")
         client = self._client
-        await client._store.unpause(client.namespace, self._id, self._run_id, jitter_s)
+        await client._store.unpause(client.namespace, self._id, self._run_id, _jitter_s(jitter))
+
+    async def reset(
+        self,
+        *,
+        reason: str | None = None,
+        keep_paused: bool = False,
+        reset_heartbeat: bool = False,
+        jitter: timedelta | None = None,
+        restore_original_options: bool = False,
+    ) -> None:
+        """*(errands; Temporal has only a raw RPC)* Start over: the next attempt
+        is attempt 1, dispatched at once (at a random moment within
+        ``jitter``), whatever backoff or start delay was pending. A running
+        attempt is interrupted (``cancellation_details().reset``, delivered as
+        a cancel is, at its first heartbeat) and its late outcome is refused
+        as stale. Heartbeat details are kept unless ``reset_heartbeat``; a
+        paused execution is unpaused unless ``keep_paused``;
+        ``restore_original_options`` also undoes ``update_options``.
+        schedule_to_close still counts from the first schedule time. A reset
+        after a cancel was requested changes nothing (the cancel wins).
+        ``reason`` is for the caller's logs (it is not stored).
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed;
+        ValueError for a negative jitter.
+        """
+        del reason
+        client = self._client
+        await client._store.reset(
+            client.namespace,
+            self._id,
+            self._run_id,
+            keep_paused=keep_paused,
+            reset_heartbeat=reset_heartbeat,
+            jitter_s=_jitter_s(jitter),
+            restore_original_options=restore_original_options,
+        )
+
+    async def update_options(
+        self, updates: Sequence[ActivityOptionsUpdate[Any]]
+    ) -> ActivityExecutionOptions:
+        """Change the execution's options, each with
+        ``ActivityOptionsKeys.<option>.value_set(v)`` or ``.value_unset()``
+        (task_queue, the four timeouts, start_delay, retry_policy, priority);
+        returns the options after. One that waits takes the change at once: a
+        new queue (a worker of it runs the execution, the old queue's never
+        does), a recomputed retry backoff, a new start delay. A running attempt
+        keeps its own timeouts and the next attempt uses the new ones;
+        schedule_to_close applies at once, still from the schedule time.
+
+        Raises ActivityNotFoundError, ActivityAlreadyClosedError if closed;
+        ValueError for no updates, an option updated twice, or options that
+        would leave neither start_to_close nor schedule_to_close; TypeError
+        for what is not an update.
+        """
+        changes = _option_changes(updates)
+        client = self._client
+        after = await client._store.update_options(
+            client.namespace, self._id, self._run_id, changes
+        )
+        return ActivityExecutionOptions._of(after)
+
+    async def restore_original_options(self) -> ActivityExecutionOptions:
+        """Undo every ``update_options``: back to the options the execution
+        was started with (taken at once, as ``update_options`` does); returns
+        them.
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+        client = self._client
+        after = await client._store.update_options(client.namespace, self._id, self._run_id, None)
+        return ActivityExecutionOptions._of(after)
 
     async def retry_now(self) -> bool:
         """*(errands)* Run the next attempt now: an execution waiting out a
@@ -892,7 +1176,7 @@ class ActivityHandle(Generic[ReturnType]):
                 else _utc(r.schedule_time + r.schedule_to_close_s)
             ),
             retry_policy=r.retry_policy,
-            priority=Priority(None if r.priority_key == Priority.DEFAULT_KEY else r.priority_key),
+            priority=_priority_of(r.priority_key),
             start_delay=_td(r.start_delay_s),
             schedule_to_close_timeout=_td(r.schedule_to_close_s),
             schedule_to_start_timeout=_td(r.schedule_to_start_s),

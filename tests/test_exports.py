@@ -50,9 +50,13 @@ EXPORTS: dict[str, set[str]] = {
         "ActivityExecutionCount",
         "ActivityExecutionCountAggregationGroup",  # the type of ActivityExecutionCount.groups
         "ActivityExecutionDescription",
+        "ActivityExecutionOptions",
         "ActivityExecutionStatus",
         "ActivityFailureError",
         "ActivityHandle",
+        "ActivityOptionsKey",  # the type of ActivityOptionsKeys' attributes
+        "ActivityOptionsKeys",
+        "ActivityOptionsUpdate",
         "AsyncActivityCancelledError",
         "AsyncActivityHandle",
         "Client",

@@ -12,7 +12,7 @@ import abc
 import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from errands._lifecycle import AttemptFailure, RunState, Status
 from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy, RetryPolicy
@@ -45,6 +45,24 @@ class NewExecution:
 
 
 @dataclass(frozen=True)
+class ExecutionOptions:
+    """The options of an execution that ``update_options`` may change."""
+
+    task_queue: str
+    schedule_to_close_s: float | None
+    schedule_to_start_s: float | None
+    start_to_close_s: float | None
+    heartbeat_s: float | None
+    start_delay_s: float | None
+    retry_policy: RetryPolicy
+    priority_key: int
+
+
+OPTION_FIELDS = tuple(ExecutionOptions.__dataclass_fields__)
+"""The names of those options (and of their columns)."""
+
+
+@dataclass(frozen=True)
 class StartResult:
     """The run that ``start`` made, or the running one it returned (USE_EXISTING)."""
 
@@ -62,6 +80,10 @@ class ClaimedTask:
     activity_type: str
     task_queue: str
     attempt: int
+    """The attempt's number, as ``activity.info().attempt`` (1 after a reset)."""
+    serial: int
+    """The attempt's serial, which the store's verbs take: it never repeats
+    within a run, even across a reset, so a stale attempt's report is refused."""
     input: bytes
     heartbeat_details: bytes | None
     schedule_time: float
@@ -123,6 +145,9 @@ class ExecutionRecord:
     status: Status
     run_state: RunState | None
     attempt: int
+    """The current (or next) attempt's number, counted from 1 again after a reset."""
+    serial: int
+    """That attempt's serial (see ``ClaimedTask.serial``)."""
     input: bytes
     result: bytes | None
     failure: bytes | None
@@ -159,10 +184,13 @@ class AttemptRecord:
 
     run_id: str
     attempt: int
+    """Its number (counted from 1 again after a reset)."""
+    serial: int
+    """Its serial (see ``ClaimedTask.serial``)."""
     started_time: float
     closed_time: float | None
     identity: str | None
-    outcome: str  # RUNNING COMPLETED FAILED TIMED_OUT CANCELED
+    outcome: str  # RUNNING COMPLETED FAILED TIMED_OUT CANCELED PAUSED RESET WORKER_LOST
     failure: bytes | None
     heartbeats_before: int
     """The execution's heartbeat count when the attempt began."""
@@ -300,6 +328,40 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def reset(
+        self,
+        namespace: str,
+        activity_id: str,
+        run_id: str | None,
+        *,
+        keep_paused: bool = False,
+        reset_heartbeat: bool = False,
+        jitter_s: float = 0.0,
+        restore_original_options: bool = False,
+    ) -> bool:
+        """Make the next attempt number 1, claimable now (within ``jitter_s``);
+        a running attempt is interrupted and its late outcome refused. False
+        if nothing changed (a cancel was requested: it wins).
+
+        Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+        """
+
+    @abc.abstractmethod
+    async def update_options(
+        self,
+        namespace: str,
+        activity_id: str,
+        run_id: str | None,
+        changes: dict[str, Any] | None,
+    ) -> ExecutionOptions:
+        """Change an open execution's options (by ``ExecutionOptions`` field
+        name; None restores the start's); the options after.
+
+        Raises ActivityNotFoundError, ActivityAlreadyClosedError if closed,
+        ValueError if the options would be invalid.
+        """
+
+    @abc.abstractmethod
     async def bulk(
         self,
         namespace: str,
@@ -308,9 +370,11 @@ class Store(abc.ABC):
         *,
         reason: str | None = None,
         jitter_s: float = 0.0,
+        reset: dict[str, bool] | None = None,
         batch: int = 1000,
     ) -> int:
-        """Apply ``verb`` (cancel, terminate, pause, unpause) to every open
+        """Apply ``verb`` (cancel, terminate, pause, unpause, reset: with the
+        ``reset`` flags of ``reset()``) to every open
         execution the query matches, a batch of at most 1,000 per transaction
         (so workers wait for one batch at most); how many it changed.
 

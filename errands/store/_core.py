@@ -42,6 +42,7 @@ from errands.store._base import (
     AttemptRecord,
     ClaimResult,
     ClosedRun,
+    ExecutionOptions,
     ExecutionRecord,
     FailureReport,
     HeartbeatResult,
@@ -354,10 +355,13 @@ class CoreStore(Store):
                 tx.local_changes.append(Closed(run_id, _rows.closed_run(row)))
             if run_id in held:
                 state = None if row["run_state"] is None else RunState(row["run_state"])
-                kind = lc.interrupt_kind(status, state)
-                if kind is not None and row["attempt"] == held[run_id]:
-                    tx.local_changes.append(Interrupted(run_id, kind, row["attempt"]))
-                if status is not Status.RUNNING:
+                serial = held[run_id]
+                # A reset moved the base up to the held attempt's serial.
+                superseded = row["attempt_base"] >= serial
+                kind = lc.interrupt_kind(status, state, superseded=superseded)
+                if kind is not None and (superseded or row["attempt"] == serial):
+                    tx.local_changes.append(Interrupted(run_id, kind, serial))
+                if status is not Status.RUNNING or superseded:
                     self._held.pop(run_id, None)
 
     # ---------------------------------------------------------------- start
@@ -537,6 +541,46 @@ class CoreStore(Store):
 
         return await self._op(op)
 
+    async def reset(
+        self,
+        namespace: str,
+        activity_id: str,
+        run_id: str | None,
+        *,
+        keep_paused: bool = False,
+        reset_heartbeat: bool = False,
+        jitter_s: float = 0.0,
+        restore_original_options: bool = False,
+    ) -> bool:
+        draw = random.random()
+
+        def op(tx: Tx) -> bool:
+            return tr.reset(
+                tx,
+                namespace,
+                activity_id,
+                run_id,
+                keep_paused=keep_paused,
+                reset_heartbeat=reset_heartbeat,
+                jitter_s=jitter_s,
+                draw=draw,
+                restore_original_options=restore_original_options,
+            )
+
+        return await self._op(op)
+
+    async def update_options(
+        self,
+        namespace: str,
+        activity_id: str,
+        run_id: str | None,
+        changes: dict[str, Any] | None,
+    ) -> ExecutionOptions:
+        def op(tx: Tx) -> ExecutionOptions:
+            return tr.update_options(tx, namespace, activity_id, run_id, changes)
+
+        return await self._op(op)
+
     async def bulk(
         self,
         namespace: str,
@@ -545,10 +589,11 @@ class CoreStore(Store):
         *,
         reason: str | None = None,
         jitter_s: float = 0.0,
+        reset: dict[str, bool] | None = None,
         batch: int = BULK_BATCH,
     ) -> int:
         where, params = tr.where(self._dialect, namespace, query)
-        action = self._bulk_action(namespace, verb, reason, jitter_s)
+        action = self._bulk_action(namespace, verb, reason, jitter_s, reset)
         batch = min(batch, BULK_BATCH)
         total, after = 0, 0
 
@@ -570,7 +615,13 @@ class CoreStore(Store):
                 return total
 
     @staticmethod
-    def _bulk_action(namespace: str, verb: str, reason: str | None, jitter_s: float) -> BulkAction:
+    def _bulk_action(
+        namespace: str,
+        verb: str,
+        reason: str | None,
+        jitter_s: float,
+        reset: dict[str, bool] | None,
+    ) -> BulkAction:
         if verb == "cancel":
             return lambda tx, aid, rid: tr.cancel(tx, namespace, aid, rid, reason) is not None
         if verb == "terminate":
@@ -586,7 +637,19 @@ class CoreStore(Store):
             return lambda tx, aid, rid: tr.unpause(
                 tx, namespace, aid, rid, jitter_s, random.random()
             )
-        raise ValueError(f"unknown bulk action {verb!r}: cancel, terminate, pause or unpause")
+        if verb == "reset":
+            flags = {
+                "keep_paused": False,
+                "reset_heartbeat": False,
+                "restore_original_options": False,
+                **(reset or {}),
+            }
+            return lambda tx, aid, rid: tr.reset(
+                tx, namespace, aid, rid, jitter_s=jitter_s, draw=random.random(), **flags
+            )
+        raise ValueError(
+            f"unknown bulk action {verb!r}: cancel, terminate, pause, unpause or reset"
+        )
 
     async def retry_now(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
         def op(tx: Tx) -> bool:

@@ -10,7 +10,14 @@ from typing import Any
 from errands._lifecycle import RunState, Status
 from errands.common import RetryPolicy
 from errands.exceptions import TimeoutType
-from errands.store._base import AttemptRecord, ClaimedTask, ClosedRun, ExecutionRecord
+from errands.store._base import (
+    OPTION_FIELDS,
+    AttemptRecord,
+    ClaimedTask,
+    ClosedRun,
+    ExecutionOptions,
+    ExecutionRecord,
+)
 
 Row = Mapping[str, Any]
 """A row as both dialects return it: values by column name."""
@@ -57,7 +64,6 @@ _SAME = (
     "run_id",
     "activity_type",
     "task_queue",
-    "attempt",
     "schedule_time",
     "started_time",
     "schedule_to_close_s",
@@ -72,6 +78,8 @@ _SAME = (
 def _shared(row: Row) -> dict[str, Any]:
     """The fields an ExecutionRecord and a ClaimedTask decode alike."""
     fields = {name: row[name] for name in _SAME}
+    fields["attempt"] = row["attempt"] - row["attempt_base"]
+    fields["serial"] = row["attempt"]
     fields["input"] = bytes(row["input"])
     fields["heartbeat_details"] = optional_bytes(row["heartbeat_details"])
     fields["current_attempt_scheduled_time"] = row["ready_at"]
@@ -110,7 +118,8 @@ def attempt(row: Row) -> AttemptRecord:
     """An AttemptRecord from a row of the ``attempts`` table."""
     return AttemptRecord(
         run_id=row["run_id"],
-        attempt=row["attempt"],
+        attempt=row["attempt_number"],
+        serial=row["attempt"],
         started_time=row["started_time"],
         closed_time=row["closed_time"],
         identity=row["identity"],
@@ -120,6 +129,25 @@ def attempt(row: Row) -> AttemptRecord:
         heartbeat_count=row["heartbeat_count"],
         last_heartbeat_time=row["last_heartbeat_time"],
     )
+
+
+def options(row: Row) -> ExecutionOptions:
+    """An execution's options, from its row."""
+    fields = {name: row[name] for name in OPTION_FIELDS}
+    fields["retry_policy"] = policy(row["retry_policy"])
+    return ExecutionOptions(**fields)
+
+
+def options_text(opts: ExecutionOptions) -> str:
+    """Options as the JSON text kept in ``original_options``."""
+    fields = {name: getattr(opts, name) for name in OPTION_FIELDS}
+    fields["retry_policy"] = policy_text(opts.retry_policy)
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def options_from_text(text: str) -> ExecutionOptions:
+    """The options ``options_text`` wrote."""
+    return options(json.loads(text))
 
 
 def closed_run(row: Row) -> ClosedRun:

@@ -6,6 +6,7 @@ statement, noting the changes it made on ``tx.changes`` for the feed.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from errands import _lifecycle as lc
@@ -15,12 +16,28 @@ from errands.exceptions import (
     ActivityAlreadyClosedError,
     ActivityAlreadyStartedError,
     ActivityNotFoundError,
+    StoreError,
     TimeoutType,
 )
 from errands.store import _rows
 from errands.store._armed import ClaimSpec
-from errands.store._base import ClaimResult, ClosedRun, NewExecution, Query, StartResult
-from errands.store._changes import Claimable, Closed, Deadline, Interrupted, Started
+from errands.store._base import (
+    OPTION_FIELDS,
+    ClaimResult,
+    ClosedRun,
+    ExecutionOptions,
+    NewExecution,
+    Query,
+    StartResult,
+)
+from errands.store._changes import (
+    Claimable,
+    Closed,
+    Deadline,
+    Interrupted,
+    OptionsChanged,
+    Started,
+)
 from errands.store._dialect import Dialect, Tx
 from errands.store._rows import Row
 
@@ -318,6 +335,166 @@ def unpause(
     return True
 
 
+def reset(
+    tx: Tx,
+    namespace: str,
+    activity_id: str,
+    run_id: str | None,
+    *,
+    keep_paused: bool,
+    reset_heartbeat: bool,
+    jitter_s: float,
+    draw: float,
+    restore_original_options: bool,
+) -> bool:
+    """Reset: the next attempt is number 1, claimable at once (within
+    ``jitter_s``); a running attempt is interrupted and its late outcome
+    refused (its serial is no longer current). Unpauses unless
+    ``keep_paused``. False if nothing changed: a cancel was requested (it
+    wins), or the execution changed meanwhile.
+
+    Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
+    """
+    row = find_open(tx, namespace, activity_id, run_id, "reset")
+    if row["cancel_requested"]:
+        return False
+    if restore_original_options and row["original_options"] is not None:
+        original = _rows.options_from_text(row["original_options"])
+        row = _set_options(tx, row, original, restored=True, publish=False)
+    state = RunState(row["run_state"])
+    held = keep_paused and state in (RunState.PAUSED, RunState.PAUSE_REQUESTED)
+    ready_at = lc.reset_ready_at(now=tx.now, jitter_s=jitter_s, draw=draw)
+    deadline = (
+        row["s2c_deadline"]  # while paused only schedule_to_close counts
+        if held
+        else lc.scheduled_deadline(
+            ready_at=ready_at,
+            schedule_to_start_s=row["schedule_to_start_s"],
+            schedule_to_close_deadline=row["s2c_deadline"],
+        )
+    )
+    done = tx.run(
+        "reset",
+        id=row["id"],
+        attempt_was=row["attempt"],
+        state_was=state.value,
+        run_state=(RunState.PAUSED if held else RunState.SCHEDULED).value,
+        ready_at=ready_at,
+        deadline=deadline,
+        reset_heartbeat=reset_heartbeat,
+        far=FAR,
+    )
+    if done != 1:
+        return False
+    found_run = row["run_id"]
+    if state in (RunState.STARTED, RunState.PAUSE_REQUESTED):
+        end_attempts(tx, [(found_run, row["attempt"], "RESET", None)])
+        tx.changes.append(Interrupted(found_run, "reset", row["attempt"]))
+    if not held:
+        queue = (row["namespace"], row["task_queue"])
+        tx.changes.append(Started(queue) if ready_at <= tx.now else Claimable(queue, ready_at))
+    if deadline < FAR:
+        tx.changes.append(Deadline(row["namespace"], deadline))
+    return True
+
+
+def update_options(
+    tx: Tx,
+    namespace: str,
+    activity_id: str,
+    run_id: str | None,
+    changes: dict[str, Any] | None,
+) -> ExecutionOptions:
+    """Change an open execution's options (``changes``: option name to new
+    value; None restores the start's options); the options after. One that
+    waits takes the change at once; a running attempt keeps its own
+    timeouts (see ``lc.after_options_change``).
+
+    Raises ActivityNotFoundError, ActivityAlreadyClosedError if closed,
+    ValueError if the options would be invalid, and StoreError if the
+    execution changed meanwhile (try again).
+    """
+    row = find_open(tx, namespace, activity_id, run_id, "update the options of")
+    current = _rows.options(row)
+    if changes is None:
+        if row["original_options"] is None:
+            return current  # never changed
+        new = _rows.options_from_text(row["original_options"])
+    else:
+        new = dataclasses.replace(current, **changes)
+    _set_options(tx, row, new, restored=changes is None)
+    return new
+
+
+def _set_options(
+    tx: Tx, row: Row, new: ExecutionOptions, *, restored: bool, publish: bool = True
+) -> Row:
+    """Write ``new`` options over ``row``'s (``restored``: they are the
+    start's, so forget those) and publish where it now waits (not if
+    ``publish`` is False: a reset follows and does); the row as it is after."""
+    if new.start_to_close_s is None and new.schedule_to_close_s is None:
+        raise ValueError(
+            "an activity needs start_to_close_timeout or schedule_to_close_timeout; "
+            "this update would leave it neither"
+        )
+    old = _rows.options(row)
+    state = RunState(row["run_state"])
+    times = lc.after_options_change(
+        run_state=state,
+        schedule_time=row["schedule_time"],
+        ready_at=row["ready_at"],
+        deadline=row["deadline"],
+        attempt=row["attempt"] - row["attempt_base"],
+        never_started=row["attempt"] == 1,
+        interval_s=row["retry_interval_s"],
+        attempt_started=row["started_time"],
+        attempt_start_to_close_s=row["attempt_start_to_close_s"],
+        policy=new.retry_policy,
+        policy_changed=new.retry_policy != old.retry_policy,
+        start_delay_s=new.start_delay_s,
+        start_delay_changed=new.start_delay_s != old.start_delay_s,
+        schedule_to_close_s=new.schedule_to_close_s,
+        schedule_to_start_s=new.schedule_to_start_s,
+    )
+    original = None if restored else (row["original_options"] or _rows.options_text(old))
+    columns = {name: getattr(new, name) for name in OPTION_FIELDS}
+    columns["retry_policy"] = _rows.policy_text(new.retry_policy)
+    done = tx.run(
+        "update_options",
+        id=row["id"],
+        attempt_was=row["attempt"],
+        state_was=state.value,
+        **columns,
+        original=original,
+        ready_at=times.ready_at,
+        s2c_deadline=times.schedule_to_close_deadline,
+        deadline=times.deadline,
+        attempt_deadline=times.attempt_deadline,
+        interval_s=times.interval_s,
+    )
+    if done != 1:
+        raise StoreError(
+            f"the options of activity {row['run_id']!r} were not changed: "
+            "it changed meanwhile; try again"
+        )
+    tx.changes.append(OptionsChanged(row["run_id"]))
+    after = {
+        **row,
+        **columns,
+        "original_options": original,
+        "ready_at": times.ready_at,
+        "s2c_deadline": times.schedule_to_close_deadline,
+        "deadline": times.deadline,
+    }
+    if publish and state is RunState.SCHEDULED:
+        queue = (row["namespace"], new.task_queue)
+        ready = times.ready_at
+        tx.changes.append(Started(queue) if ready <= tx.now else Claimable(queue, ready))
+    if publish and times.deadline < FAR:
+        tx.changes.append(Deadline(row["namespace"], times.deadline))
+    return after
+
+
 def _move(tx: Tx, row: Row, from_state: RunState, to_state: RunState) -> bool:
     done = tx.run(
         "move_run_state", id=row["id"], from_state=from_state.value, to_state=to_state.value
@@ -333,7 +510,7 @@ def apply_failure(
     if it changed meanwhile."""
     decision = lc.after_failure(
         policy=_rows.policy(row["retry_policy"]),
-        attempt=row["attempt"],
+        attempt=row["attempt"] - row["attempt_base"],
         failure=info,
         cancel_requested=bool(row["cancel_requested"]),
         schedule_to_close_deadline=row["s2c_deadline"],
@@ -358,7 +535,7 @@ def apply_failure(
         attempt=row["attempt"],
         deadline_was=row["deadline"],
         run_state=(RunState.PAUSED if held else RunState.SCHEDULED).value,
-        next_attempt=decision.attempt,
+        next_attempt=row["attempt"] + 1,  # the serial: decision.attempt is its number
         ready_at=decision.ready_at,
         deadline=deadline,
         failure=failure_data,
@@ -455,8 +632,9 @@ def fire_timer(tx: Tx, row: Row) -> None:
         return
     timing: dict[str, Any] = {
         "attempt_started": row["started_time"],
-        "start_to_close_s": row["start_to_close_s"],
-        "heartbeat_s": row["heartbeat_s"],
+        # The running attempt's own timeouts (update_options changes the next one's).
+        "start_to_close_s": row["attempt_start_to_close_s"],
+        "heartbeat_s": row["attempt_heartbeat_s"],
         "last_heartbeat": row["last_heartbeat_time"],
         "schedule_to_close_deadline": s2c,
     }
@@ -509,6 +687,7 @@ def begin_attempts(tx: Tx, rows: list[Row], identity: str) -> None:
         {
             "run_id": row["run_id"],
             "attempt": row["attempt"],
+            "attempt_number": row["attempt"] - row["attempt_base"],
             "identity": identity,
             "heartbeats_before": row["heartbeat_count"],
         }

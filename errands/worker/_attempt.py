@@ -173,7 +173,7 @@ class Attempt:
             start_to_close_timeout=_td(t.start_to_close_s),
             started_time=_utc(t.started_time),
             task_queue=t.task_queue,
-            task_token=lc.task_token(t.run_id, t.attempt),
+            task_token=lc.task_token(t.run_id, t.serial),
             priority=Priority(None if t.priority_key == Priority.DEFAULT_KEY else t.priority_key),
             retry_policy=t.retry_policy,
             namespace=t.namespace,
@@ -234,7 +234,7 @@ class Attempt:
         self.arm_timeout(self.local_deadline(None))
         pending = self._pending_cancel
         if pending is not None and not (
-            (pending.cancel_requested or pending.paused) and not self.heartbeated
+            (pending.cancel_requested or pending.paused or pending.reset) and not self.heartbeated
         ):
             self._pending_cancel = None
             self._deliver(pending)
@@ -318,7 +318,7 @@ class Attempt:
                 "result too large",
             )
             return
-        if not await env.store.complete(task.run_id, task.attempt, data):
+        if not await env.store.complete(task.run_id, task.serial, data):
             logger.info(
                 "completion of %r attempt %d refused: the attempt is stale (timed out, "
                 "terminated or cancelled)",
@@ -343,7 +343,7 @@ class Attempt:
             non_retryable=encoded.non_retryable,
             next_retry_delay_s=encoded.next_retry_delay_s,
         )
-        status = await env.store.fail(task.run_id, task.attempt, FailureReport(info, encoded.data))
+        status = await env.store.fail(task.run_id, task.serial, FailureReport(info, encoded.data))
         if status is None:
             logger.info(
                 "failure of %r attempt %d refused: the attempt is stale",
@@ -382,6 +382,14 @@ class Attempt:
                 task.attempt,
             )
             return  # terminated: the store already closed it
+        if details.reset:
+            logger.info(
+                "activity %r (%s) attempt %d stopped: the execution was reset",
+                task.activity_id,
+                task.activity_type,
+                task.attempt,
+            )
+            return  # the store moved on to a new first attempt; a report would be stale
         if details.timed_out:
             logger.warning(
                 "activity %r (%s) attempt %d timed out",
@@ -396,7 +404,7 @@ class Attempt:
         if details.cancel_requested:
             cancelled = error if isinstance(error, FailureError) else CancelledError()
             encoded = await env.converter.encode_failure(cancelled)
-            if await env.store.report_cancelled(task.run_id, task.attempt, encoded.data):
+            if await env.store.report_cancelled(task.run_id, task.serial, encoded.data):
                 logger.info(
                     "activity %r (%s) attempt %d canceled",
                     task.activity_id,

@@ -90,7 +90,7 @@ class Heartbeater:
             data = None
         sent_at = time.monotonic()
         try:
-            result = await env.store.heartbeat(task.run_id, task.attempt, data)
+            result = await env.store.heartbeat(task.run_id, task.serial, data)
         except Exception:
             logger.exception("heartbeat of %r failed", task.activity_id)
             return

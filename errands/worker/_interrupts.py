@@ -77,10 +77,13 @@ def details_for(interrupt: Interrupted) -> ActivityCancellationDetails:
         return ActivityCancellationDetails(not_found=True)
     if interrupt.kind == "pause":
         return ActivityCancellationDetails(paused=True)
+    if interrupt.kind == "reset":
+        return ActivityCancellationDetails(reset=True)
     return ActivityCancellationDetails(cancel_requested=True)
 
 
 def needs_heartbeat(interrupt: Interrupted) -> bool:
     """Whether the request reaches only an attempt that has heartbeated (a
-    client's cancel or pause); terminate reaches any."""
-    return interrupt.kind in ("cancel", "pause")
+    client's cancel, pause or reset, as Temporal delivers them); terminate
+    reaches any."""
+    return interrupt.kind in ("cancel", "pause", "reset")

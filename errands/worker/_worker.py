@@ -315,8 +315,8 @@ class Worker:
         else:
             self._busy_async += 1
         attempt = Attempt(self._env, task, definition, runner, reason)
-        self._running[(task.run_id, task.attempt)] = attempt
-        early = self._watcher.take_early(task.run_id, task.attempt)
+        self._running[(task.run_id, task.serial)] = attempt
+        early = self._watcher.take_early(task.run_id, task.serial)
         if early is not None:
             self._deliver_interrupt(early)
         work = asyncio.ensure_future(attempt.run())
@@ -333,7 +333,7 @@ class Worker:
             self._poller.slot_freed()
 
     def _attempt_done(self, attempt: Attempt) -> None:
-        self._running.pop((attempt.task.run_id, attempt.task.attempt), None)
+        self._running.pop((attempt.task.run_id, attempt.task.serial), None)
 
     def _deliver_interrupt(self, interrupt: Interrupted) -> bool:
         attempt = self._running.get((interrupt.run_id, interrupt.attempt))

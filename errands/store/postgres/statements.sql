@@ -49,6 +49,7 @@ SELECT run_id FROM executions WHERE run_id = %(run_id)s
 WITH claimed AS (
     UPDATE executions SET run_state = 'STARTED', started_time = %(now)s,
         identity = %(identity)s,
+        attempt_start_to_close_s = start_to_close_s, attempt_heartbeat_s = heartbeat_s,
         attempt_deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, %(far)s)),
         deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, %(far)s),
             %(now)s + coalesce(heartbeat_s, %(far)s))
@@ -96,8 +97,8 @@ WHERE namespace = %(ns)s AND task_queue = %(tq)s
 UPDATE executions e SET
     heartbeat_details = coalesce(decode(r.data, 'base64'), e.heartbeat_details),
     heartbeat_count = e.heartbeat_count + 1, last_heartbeat_time = %(now)s,
-    deadline = CASE WHEN e.heartbeat_s IS NULL THEN e.attempt_deadline
-        ELSE least(e.attempt_deadline, %(now)s + e.heartbeat_s) END
+    deadline = CASE WHEN e.attempt_heartbeat_s IS NULL THEN e.attempt_deadline
+        ELSE least(e.attempt_deadline, %(now)s + e.attempt_heartbeat_s) END
 FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, data text)
 WHERE e.run_id = ANY(%(keys)s) AND e.run_id = r.run_id AND e.attempt = r.attempt
 AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND e.deadline > %(now)s
@@ -126,7 +127,8 @@ RETURNING run_id
 -- no row if the attempt is stale.
 SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
-    start_to_close_s, heartbeat_s, deadline
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
 FROM executions WHERE run_id = %(run_id)s AND attempt = %(attempt)s
 AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND deadline > %(now)s FOR UPDATE
 
@@ -134,7 +136,8 @@ AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND deadline
 -- The lifecycle's view of a run whose deadline has passed, if it has, locked.
 SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
-    start_to_close_s, heartbeat_s, deadline
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
 FROM executions WHERE run_id = %(run_id)s AND status = 'RUNNING' AND deadline <= %(now)s
 FOR UPDATE
 
@@ -144,7 +147,8 @@ FOR UPDATE
 -- looks again).
 SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
-    start_to_close_s, heartbeat_s, deadline
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
 FROM executions WHERE namespace = %(ns)s AND status = 'RUNNING' AND deadline <= %(now)s
 LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 
@@ -152,7 +156,8 @@ LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 -- Those of some runs whose deadline has passed, locked (held ones skipped).
 SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
-    start_to_close_s, heartbeat_s, deadline
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
 FROM executions WHERE run_id = ANY(%(ids)s) AND status = 'RUNNING' AND deadline <= %(now)s
 LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 
@@ -186,15 +191,19 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND deadline = %(deadline_was)s
 UPDATE executions SET deadline = %(deadline)s WHERE id = %(id)s AND deadline = %(deadline_was)s
 
 -- name: find_latest
--- The execution a cancel or terminate without a run id is about, locked.
-SELECT id, run_id, status, run_state, attempt, namespace, task_queue, ready_at,
-    schedule_to_start_s, s2c_deadline FROM executions
+-- The execution a steering verb (cancel, pause, reset ...) without a run id is about, locked.
+SELECT id, run_id, status, run_state, attempt, attempt_base, cancel_requested, namespace,
+    task_queue, schedule_time, ready_at, deadline, s2c_deadline, started_time, retry_interval_s,
+    schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s, start_delay_s,
+    retry_policy, priority_key, original_options, attempt_start_to_close_s FROM executions
 WHERE namespace = %(ns)s AND activity_id = %(activity_id)s ORDER BY id DESC LIMIT 1 FOR UPDATE
 
 -- name: find_run
--- The execution a cancel or terminate of one run is about, locked.
-SELECT id, run_id, status, run_state, attempt, namespace, task_queue, ready_at,
-    schedule_to_start_s, s2c_deadline FROM executions
+-- The execution a steering verb of one run is about, locked.
+SELECT id, run_id, status, run_state, attempt, attempt_base, cancel_requested, namespace,
+    task_queue, schedule_time, ready_at, deadline, s2c_deadline, started_time, retry_interval_s,
+    schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s, start_delay_s,
+    retry_policy, priority_key, original_options, attempt_start_to_close_s FROM executions
 WHERE namespace = %(ns)s AND activity_id = %(activity_id)s AND run_id = %(run_id)s FOR UPDATE
 
 -- name: cancel_scheduled
@@ -230,7 +239,7 @@ SELECT * FROM executions WHERE run_id = ANY(%(ids)s)
 -- Status, state, attempt and result of these runs. (Open ones are not left
 -- out in SQL: "status <> 'RUNNING'" would let the planner scan the retention
 -- index of every closed execution.)
-SELECT run_id, status, run_state, attempt, result FROM executions WHERE run_id = ANY(%(ids)s)
+SELECT run_id, status, run_state, attempt, attempt_base, result FROM executions WHERE run_id = ANY(%(ids)s)
 
 -- name: list_executions
 -- Executions matching a visibility query ({where}), newest first.
@@ -251,11 +260,13 @@ SELECT pg_notify(c, p) FROM unnest({channels}::text[], {payloads}::text[]) AS t(
 
 -- name: attempt_begin
 -- Record that attempts began, in bulk.
-INSERT INTO attempts (run_id, attempt, started_time, identity, outcome, heartbeats_before)
-SELECT r.run_id, r.attempt, %(now)s, r.identity, 'RUNNING', r.heartbeats_before
-FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, identity text,
-    heartbeats_before int)
+INSERT INTO attempts (run_id, attempt, attempt_number, started_time, identity, outcome,
+    heartbeats_before)
+SELECT r.run_id, r.attempt, r.attempt_number, %(now)s, r.identity, 'RUNNING', r.heartbeats_before
+FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, attempt_number int,
+    identity text, heartbeats_before int)
 ON CONFLICT (run_id, attempt) DO UPDATE SET started_time = excluded.started_time,
+    attempt_number = excluded.attempt_number,
     identity = excluded.identity, outcome = 'RUNNING', closed_time = NULL, failure = NULL,
     heartbeats_before = excluded.heartbeats_before
 
@@ -321,3 +332,25 @@ WHERE id = %(id)s AND run_state = 'PAUSED'
 -- order after %(after)s, for a bulk action.
 SELECT id, activity_id, run_id FROM executions WHERE {where} AND status = 'RUNNING'
 AND id > %(after)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+
+-- name: reset
+-- Reset an execution whose attempt and state are still as read: the next
+-- attempt is number 1 (attempt_base moves up to the serial so far), ready at
+-- %(ready_at)s (%(run_state)s: SCHEDULED, or PAUSED to keep it paused); heartbeat
+-- details go if %(reset_heartbeat)s.
+UPDATE executions SET run_state = %(run_state)s, attempt = attempt + 1, attempt_base = attempt,
+    ready_at = %(ready_at)s, deadline = %(deadline)s, attempt_deadline = %(far)s, retry_interval_s = NULL,
+    heartbeat_details = CASE WHEN %(reset_heartbeat)s THEN NULL ELSE heartbeat_details END
+WHERE id = %(id)s AND attempt = %(attempt_was)s AND run_state = %(state_was)s
+
+-- name: update_options
+-- Set an open execution's options, and the times they move, if its attempt
+-- and state are still as read; %(original)s keeps the start's options (NULL
+-- once restored).
+UPDATE executions SET task_queue = %(task_queue)s, schedule_to_close_s = %(schedule_to_close_s)s,
+    schedule_to_start_s = %(schedule_to_start_s)s, start_to_close_s = %(start_to_close_s)s,
+    heartbeat_s = %(heartbeat_s)s, start_delay_s = %(start_delay_s)s, retry_policy = %(retry_policy)s,
+    priority_key = %(priority_key)s, original_options = %(original)s, ready_at = %(ready_at)s,
+    s2c_deadline = %(s2c_deadline)s, deadline = %(deadline)s, attempt_deadline = %(attempt_deadline)s,
+    retry_interval_s = %(interval_s)s
+WHERE id = %(id)s AND attempt = %(attempt_was)s AND run_state = %(state_was)s

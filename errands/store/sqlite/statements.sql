@@ -34,6 +34,7 @@ SELECT run_id FROM executions WHERE run_id = :run_id
 -- Start up to :n ready attempts of a queue: smallest priority key first, then
 -- in the order they became ready (:only / :skip filter types, JSON or NULL).
 UPDATE executions SET run_state = 'STARTED', started_time = :now, identity = :identity,
+    attempt_start_to_close_s = start_to_close_s, attempt_heartbeat_s = heartbeat_s,
     attempt_deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, :far)),
     deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, :far),
         :now + coalesce(heartbeat_s, :far))
@@ -69,8 +70,8 @@ UPDATE queue_rates SET tokens = :tokens, updated = :now WHERE namespace = :ns AN
 -- and push its heartbeat deadline; no row if the attempt is stale.
 UPDATE executions SET heartbeat_details = coalesce(:data, heartbeat_details),
     heartbeat_count = heartbeat_count + 1, last_heartbeat_time = :now,
-    deadline = CASE WHEN heartbeat_s IS NULL THEN attempt_deadline
-        ELSE min(attempt_deadline, :now + heartbeat_s) END
+    deadline = CASE WHEN attempt_heartbeat_s IS NULL THEN attempt_deadline
+        ELSE min(attempt_deadline, :now + attempt_heartbeat_s) END
 WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
 AND deadline > :now
 RETURNING run_id, cancel_requested, run_state
@@ -97,7 +98,8 @@ RETURNING run_id
 -- if the attempt is stale.
 SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
-    start_to_close_s, heartbeat_s, deadline
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
 FROM executions WHERE run_id = :run_id AND attempt = :attempt
 AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND deadline > :now
 
@@ -105,21 +107,24 @@ AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND deadline
 -- The lifecycle's view of a run whose deadline has passed, if it has.
 SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
-    start_to_close_s, heartbeat_s, deadline
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
 FROM executions WHERE run_id = :run_id AND status = 'RUNNING' AND deadline <= :now
 
 -- name: due
 -- Open executions of a namespace whose deadline has passed.
 SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
-    start_to_close_s, heartbeat_s, deadline
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
 FROM executions WHERE namespace = :ns AND status = 'RUNNING' AND deadline <= :now LIMIT :limit
 
 -- name: due_of_runs
 -- Those of some runs (:ids, JSON) whose deadline has passed.
 SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
     s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
-    start_to_close_s, heartbeat_s, deadline
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
 FROM executions WHERE run_id IN (SELECT value FROM json_each(:ids)) AND status = 'RUNNING'
 AND deadline <= :now LIMIT :limit
 
@@ -153,15 +158,19 @@ WHERE id = :id AND attempt = :attempt AND deadline = :deadline_was
 UPDATE executions SET deadline = :deadline WHERE id = :id AND deadline = :deadline_was
 
 -- name: find_latest
--- The execution a cancel or terminate without a run id is about.
-SELECT id, run_id, status, run_state, attempt, namespace, task_queue, ready_at,
-    schedule_to_start_s, s2c_deadline FROM executions
+-- The execution a steering verb (cancel, pause, reset ...) without a run id is about.
+SELECT id, run_id, status, run_state, attempt, attempt_base, cancel_requested, namespace,
+    task_queue, schedule_time, ready_at, deadline, s2c_deadline, started_time, retry_interval_s,
+    schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s, start_delay_s,
+    retry_policy, priority_key, original_options, attempt_start_to_close_s FROM executions
 WHERE namespace = :ns AND activity_id = :activity_id ORDER BY id DESC LIMIT 1
 
 -- name: find_run
--- The execution a cancel or terminate of one run is about.
-SELECT id, run_id, status, run_state, attempt, namespace, task_queue, ready_at,
-    schedule_to_start_s, s2c_deadline FROM executions
+-- The execution a steering verb of one run is about.
+SELECT id, run_id, status, run_state, attempt, attempt_base, cancel_requested, namespace,
+    task_queue, schedule_time, ready_at, deadline, s2c_deadline, started_time, retry_interval_s,
+    schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s, start_delay_s,
+    retry_policy, priority_key, original_options, attempt_start_to_close_s FROM executions
 WHERE namespace = :ns AND activity_id = :activity_id AND run_id = :run_id
 
 -- name: cancel_scheduled
@@ -195,7 +204,7 @@ SELECT * FROM executions WHERE run_id IN (SELECT value FROM json_each(:ids))
 
 -- name: states_of_runs
 -- Status, state, attempt and result of these runs (:ids, JSON).
-SELECT run_id, status, run_state, attempt, result FROM executions
+SELECT run_id, status, run_state, attempt, attempt_base, result FROM executions
 WHERE run_id IN (SELECT value FROM json_each(:ids))
 
 -- name: list_executions
@@ -227,8 +236,9 @@ SELECT coalesce(max(seq), 0) AS seq FROM changes
 -- name: attempt_begin
 -- Record that an attempt began (one row per call), forgetting attempts more
 -- than 100 before it.
-INSERT OR REPLACE INTO attempts (run_id, attempt, started_time, identity, outcome,
-    heartbeats_before) VALUES (:run_id, :attempt, :now, :identity, 'RUNNING', :heartbeats_before)
+INSERT OR REPLACE INTO attempts (run_id, attempt, attempt_number, started_time, identity,
+    outcome, heartbeats_before) VALUES (:run_id, :attempt, :attempt_number, :now, :identity,
+    'RUNNING', :heartbeats_before)
 
 -- name: attempts_forget
 -- Forget attempts more than 100 before a run's current one.
@@ -288,3 +298,25 @@ WHERE id = :id AND run_state = 'PAUSED'
 -- order after :after, for a bulk action.
 SELECT id, activity_id, run_id FROM executions WHERE {where} AND status = 'RUNNING'
 AND id > :after ORDER BY id LIMIT :limit
+
+-- name: reset
+-- Reset an execution whose attempt and state are still as read: the next
+-- attempt is number 1 (attempt_base moves up to the serial so far), ready at
+-- :ready_at (:run_state: SCHEDULED, or PAUSED to keep it paused); heartbeat
+-- details go if :reset_heartbeat.
+UPDATE executions SET run_state = :run_state, attempt = attempt + 1, attempt_base = attempt,
+    ready_at = :ready_at, deadline = :deadline, attempt_deadline = :far, retry_interval_s = NULL,
+    heartbeat_details = CASE WHEN :reset_heartbeat THEN NULL ELSE heartbeat_details END
+WHERE id = :id AND attempt = :attempt_was AND run_state = :state_was
+
+-- name: update_options
+-- Set an open execution's options, and the times they move, if its attempt
+-- and state are still as read; :original keeps the start's options (NULL
+-- once restored).
+UPDATE executions SET task_queue = :task_queue, schedule_to_close_s = :schedule_to_close_s,
+    schedule_to_start_s = :schedule_to_start_s, start_to_close_s = :start_to_close_s,
+    heartbeat_s = :heartbeat_s, start_delay_s = :start_delay_s, retry_policy = :retry_policy,
+    priority_key = :priority_key, original_options = :original, ready_at = :ready_at,
+    s2c_deadline = :s2c_deadline, deadline = :deadline, attempt_deadline = :attempt_deadline,
+    retry_interval_s = :interval_s
+WHERE id = :id AND attempt = :attempt_was AND run_state = :state_was
