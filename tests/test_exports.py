@@ -100,6 +100,7 @@ EXPORTS: dict[str, set[str]] = {
         "ClaimedTask",
         "ClosedRun",
         "Condition",
+        "ExecutionOptions",
         "ExecutionRecord",
         "FailureReport",
         "HeartbeatResult",
