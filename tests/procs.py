@@ -145,7 +145,29 @@ async def fleet_step(log_path: str, fail_first: bool, seconds: float) -> str:
     return mark
 
 
+@activity.defn
+async def note_interruption(log_path: str) -> int:
+    """The first run heartbeats and waits; when interrupted it appends
+    ``interrupted <id> <attempt> <flags>`` (the cancellation details that are
+    set) and lets the cancel out. Any later run returns its attempt number."""
+    info = activity.info()
+    try:
+        os.close(os.open(log_path + ".began", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return info.attempt
+    activity.heartbeat()
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        details = activity.cancellation_details()
+        flags = sorted(k for k, v in vars(details).items() if v) if details else []
+        append_line(log_path, f"interrupted {info.activity_id} {info.attempt} {','.join(flags)}")
+        raise
+    return info.attempt
+
+
 ACTIVITIES = [
+    note_interruption,
     record_run,
     count_until_retried,
     hang_first_attempt,

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,8 @@ from errands.client import (
 )
 from errands.common import Priority, RetryPolicy
 from errands.worker import Worker
-from tests.support import describe_until, failure_of
+from tests import procs
+from tests.support import describe_until, eventually, failure_of
 
 CEILING_S = 20.0
 
@@ -421,3 +423,25 @@ async def test_update_options_refuses_bad_updates_and_a_closed_execution(
         await handle.restore_original_options()
 
     assert (unchanged.task_queue, unchanged.start_to_close_timeout) == (task_queue, LONG)
+
+
+async def test_a_reset_reaches_an_attempt_running_in_another_process(
+    client: Client, db_url: str, task_queue: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "interrupts.log"
+    with procs.Children(tmp_path) as children:
+        await children.worker("worker", db_url, task_queue)
+        handle = await client.start_activity(
+            procs.note_interruption,
+            str(log),
+            id="far",
+            task_queue=task_queue,
+            start_to_close_timeout=LONG,
+        )
+        await describe_until(handle, lambda d: d.total_heartbeat_count >= 1, "it heartbeated")
+        await handle.reset()
+        result = await asyncio.wait_for(handle.result(), CEILING_S)
+        await eventually(log.exists, "the reset attempt noted its interruption")
+
+    assert log.read_text().split() == ["interrupted", "far", "1", "reset"]
+    assert result == 1

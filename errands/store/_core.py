@@ -109,8 +109,10 @@ class CoreStore(Store):
         self.label = dialect.label
         self.feed = Feed()
         self._armed: ArmedClaims[Claim] = ArmedClaims()
-        self._held: dict[str, int] = {}
-        """Attempts this process claimed and has not reported (writer thread)."""
+        self._held: dict[str, set[int]] = {}
+        """The serials of attempts this process claimed and has not reported,
+        by run id (more than one after a reset, while the reset attempt stops)
+        (writer thread)."""
         self._serial = 0
         self._serial_lock = threading.Lock()
         self._offset = 0.0
@@ -230,9 +232,10 @@ class CoreStore(Store):
         for change in tx.changes:
             if isinstance(change, Deadline):
                 self._note_deadline(change.namespace, change.at, tx.now)
-        for run_id in tx.released:
-            self._held.pop(run_id, None)
-        self._held.update(tx.claimed)
+        for run_id, serial in tx.released:
+            self._forget_held(run_id, serial)
+        for run_id, serial in tx.claimed.items():
+            self._held.setdefault(run_id, set()).add(serial)
         for armed, result in tx.handoffs:
             try:
                 armed.loop.call_soon_threadsafe(armed.deliver, result, serial)
@@ -341,7 +344,7 @@ class CoreStore(Store):
         """Read the state of the runs the hints may concern that this process
         awaits or holds; publish their closes and interrupts."""
         awaited = self.feed.subscribed_runs(Closed)
-        held = dict(self._held)
+        held = {run_id: set(serials) for run_id, serials in self._held.items()}
         exact = {h.run_id for h in hints if isinstance(h, (Closed, Interrupted))}
         buckets = {h.bucket for h in hints if isinstance(h, RunBucket)}
         candidates = [
@@ -353,16 +356,22 @@ class CoreStore(Store):
             run_id, status = row["run_id"], Status(row["status"])
             if status is not Status.RUNNING and run_id in awaited:
                 tx.local_changes.append(Closed(run_id, _rows.closed_run(row)))
-            if run_id in held:
-                state = None if row["run_state"] is None else RunState(row["run_state"])
-                serial = held[run_id]
+            state = None if row["run_state"] is None else RunState(row["run_state"])
+            for serial in held.get(run_id, ()):
                 # A reset moved the base up to the held attempt's serial.
                 superseded = row["attempt_base"] >= serial
                 kind = lc.interrupt_kind(status, state, superseded=superseded)
                 if kind is not None and (superseded or row["attempt"] == serial):
                     tx.local_changes.append(Interrupted(run_id, kind, serial))
                 if status is not Status.RUNNING or superseded:
-                    self._held.pop(run_id, None)
+                    self._forget_held(run_id, serial)
+
+    def _forget_held(self, run_id: str, serial: int) -> None:
+        serials = self._held.get(run_id)
+        if serials is not None:
+            serials.discard(serial)
+            if not serials:
+                del self._held[run_id]
 
     # ---------------------------------------------------------------- start
 
@@ -444,10 +453,10 @@ class CoreStore(Store):
     def _bulk_heartbeat(self, tx: Tx, beats: list[tuple[str, int, bytes | None]]) -> list[Outcome]:
         rows = [{"run_id": r, "attempt": a, "data": d} for r, a, d in beats]
         found = tx.each("heartbeat", rows, key="run_id", now=tx.now, far=FAR)
-        accepted = {row["run_id"]: row for row in found}
+        accepted = {(row["run_id"], row["attempt"]): row for row in found}
         out: list[Outcome] = []
-        for run_id, _, _ in beats:
-            row = accepted.get(run_id)
+        for run_id, attempt, _ in beats:
+            row = accepted.get((run_id, attempt))
             if row is None:
                 tr.expire_if_due(tx, run_id)
                 out.append((HeartbeatResult(accepted=False, cancel_requested=False), None))
@@ -467,13 +476,14 @@ class CoreStore(Store):
     def _bulk_complete(self, tx: Tx, outcomes: list[tuple[str, int, bytes]]) -> list[Outcome]:
         rows = [{"run_id": r, "attempt": a, "data": d} for r, a, d in outcomes]
         done = {
-            row["run_id"] for row in tx.each("complete", rows, key="run_id", now=tx.now, far=FAR)
+            (row["run_id"], row["attempt"])
+            for row in tx.each("complete", rows, key="run_id", now=tx.now, far=FAR)
         }
-        tr.end_attempts(tx, [(r, a, "COMPLETED", None) for r, a, _ in outcomes if r in done])
+        tr.end_attempts(tx, [(r, a, "COMPLETED", None) for r, a, _ in outcomes if (r, a) in done])
         out: list[Outcome] = []
-        for run_id, _, data in outcomes:
-            tx.released.add(run_id)
-            if run_id in done:
+        for run_id, attempt, data in outcomes:
+            tx.released.add((run_id, attempt))
+            if (run_id, attempt) in done:
                 tx.changes.append(Closed(run_id, ClosedRun(run_id, Status.COMPLETED, data)))
                 out.append((True, None))
             else:
@@ -483,7 +493,7 @@ class CoreStore(Store):
 
     async def fail(self, run_id: str, attempt: int, failure: FailureReport) -> Status | None:
         def op(tx: Tx) -> Status | None:
-            tx.released.add(run_id)
+            tx.released.add((run_id, attempt))
             row = tx.one("current_attempt", run_id=run_id, attempt=attempt, now=tx.now)
             if row is None:
                 tr.expire_if_due(tx, run_id)
@@ -494,7 +504,7 @@ class CoreStore(Store):
 
     async def report_cancelled(self, run_id: str, attempt: int, failure: bytes) -> bool:
         def op(tx: Tx) -> bool:
-            tx.released.add(run_id)
+            tx.released.add((run_id, attempt))
             row = tx.one(
                 "close_cancelled",
                 run_id=run_id,

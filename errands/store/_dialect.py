@@ -61,8 +61,8 @@ class Tx:
         """Claims made for waiting pollers, delivered after the commit."""
         self.claimed: dict[str, int] = {}
         """Run ids (and attempts) this transaction started for this process."""
-        self.released: set[str] = set()
-        """Run ids whose attempt this process reported."""
+        self.released: set[tuple[str, int]] = set()
+        """Attempts (run id, serial) this process reported."""
 
     def fetch(self, name: str, **params: Any) -> list[Row]:
         """The rows a statement returns."""

@@ -102,7 +102,7 @@ UPDATE executions e SET
 FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, data text)
 WHERE e.run_id = ANY(%(keys)s) AND e.run_id = r.run_id AND e.attempt = r.attempt
 AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND e.deadline > %(now)s
-RETURNING e.run_id, e.cancel_requested, e.run_state
+RETURNING e.run_id, e.attempt, e.cancel_requested, e.run_state
 
 -- name: complete
 -- Close current attempts' executions COMPLETED in bulk (keeping the last
@@ -112,7 +112,7 @@ UPDATE executions e SET status = 'COMPLETED', run_state = NULL,
 FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, data text)
 WHERE e.run_id = ANY(%(keys)s) AND e.run_id = r.run_id AND e.attempt = r.attempt
 AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND e.deadline > %(now)s
-RETURNING e.run_id
+RETURNING e.run_id, e.attempt
 
 -- name: close_cancelled
 -- Close the current attempt's execution CANCELED; no row if the attempt is stale.

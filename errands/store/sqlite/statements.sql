@@ -74,7 +74,7 @@ UPDATE executions SET heartbeat_details = coalesce(:data, heartbeat_details),
         ELSE min(attempt_deadline, :now + attempt_heartbeat_s) END
 WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
 AND deadline > :now
-RETURNING run_id, cancel_requested, run_state
+RETURNING run_id, attempt, cancel_requested, run_state
 
 -- name: complete
 -- Close the current attempt's execution COMPLETED (keeping the last attempt's
@@ -83,7 +83,7 @@ UPDATE executions SET status = 'COMPLETED', run_state = NULL, result = :data,
     close_time = :now, deadline = :far
 WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
 AND deadline > :now
-RETURNING run_id
+RETURNING run_id, attempt
 
 -- name: close_cancelled
 -- Close the current attempt's execution CANCELED; no row if the attempt is stale.
