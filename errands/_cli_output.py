@@ -23,6 +23,7 @@ from errands.client import (
     ActivityExecution,
     ActivityExecutionCount,
     ActivityExecutionDescription,
+    ActivityExecutionOptions,
 )
 from errands.common import Priority, RetryPolicy
 from errands.exceptions import ApplicationError, FailureError, TimeoutError
@@ -202,16 +203,6 @@ def description(desc: ActivityExecutionDescription, heartbeat_details: Sequence[
     status = desc.status.name
     if desc.run_state is not None:
         status += f" ({desc.run_state.name})"
-    timeouts = ", ".join(
-        f"{name} {duration(value)}"
-        for name, value in (
-            ("schedule_to_close", desc.schedule_to_close_timeout),
-            ("schedule_to_start", desc.schedule_to_start_timeout),
-            ("start_to_close", desc.start_to_close_timeout),
-            ("heartbeat", desc.heartbeat_timeout),
-        )
-        if value is not None
-    )
     fields(
         [
             ("Activity ID", desc.activity_id),
@@ -235,7 +226,7 @@ def description(desc: ActivityExecutionDescription, heartbeat_details: Sequence[
                 if heartbeat_details
                 else None,
             ),
-            ("Timeouts", timeouts or None),
+            ("Timeouts", _timeouts(desc)),
             ("Retry policy", _opt(retry_policy, desc.retry_policy)),
             ("Retry interval", _opt(duration, desc.current_retry_interval)),
             ("Expires", _opt(when, desc.expiration_time)),
@@ -244,6 +235,34 @@ def description(desc: ActivityExecutionDescription, heartbeat_details: Sequence[
             ("Last failure", _opt(failure, desc.last_failure)),
         ]
     )
+
+
+def options(opts: ActivityExecutionOptions) -> None:
+    """The ``errands update-options`` block: the options after."""
+    fields(
+        [
+            ("Task queue", opts.task_queue),
+            ("Timeouts", _timeouts(opts)),
+            ("Start delay", _opt(duration, opts.start_delay)),
+            ("Retry policy", retry_policy(opts.retry_policy)),
+            ("Priority", _priority(opts.priority)),
+        ]
+    )
+
+
+def _timeouts(of: ActivityExecutionDescription | ActivityExecutionOptions) -> str | None:
+    """``schedule_to_close 1m, start_to_close 30s``: the timeouts that are set."""
+    text = ", ".join(
+        f"{name} {duration(value)}"
+        for name, value in (
+            ("schedule_to_close", of.schedule_to_close_timeout),
+            ("schedule_to_start", of.schedule_to_start_timeout),
+            ("start_to_close", of.start_to_close_timeout),
+            ("heartbeat", of.heartbeat_timeout),
+        )
+        if value is not None
+    )
+    return text or None
 
 
 def retry_policy(policy: RetryPolicy) -> str:

@@ -19,6 +19,7 @@ itself is written by ``errands._cli_output`` only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -33,7 +34,14 @@ import click
 
 from errands import _cli_output as out
 from errands._query import STATUS_NAMES
-from errands.client import ActivityAttempt, ActivityHandle, Client
+from errands.client import (
+    ActivityAttempt,
+    ActivityExecutionOptions,
+    ActivityHandle,
+    ActivityOptionsKeys,
+    Client,
+)
+from errands.common import Priority, RetryPolicy
 from errands.exceptions import ActivityFailedError, ErrandsError
 
 __all__ = ["main"]
@@ -644,6 +652,125 @@ def unpause(
         _status_after(url, namespace, activity_id, run_id, lambda h: h.unpause(jitter=jitter))
     )
     out.line(f"Unpaused activity {activity_id!r}: now {status}.")
+
+
+@cli.command()
+@click.argument("activity_id", metavar="[ID]", required=False)
+@click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
+@click.option("--reason", metavar="TEXT", help="Why (for your logs).")
+@click.option("--keep-paused", is_flag=True, help="A paused activity stays paused.")
+@click.option("--reset-heartbeat", is_flag=True, help="Drop the heartbeat details.")
+@duration_option("--jitter", help="Start it at a random moment within this (e.g. 30s).")
+@click.option("--restore-original-options", is_flag=True, help="Also undo every update-options.")
+@store_options
+@bulk_capable("Reset", lambda c, o: c.reset_activities(o["query"], **_reset_flags(o)))
+def reset(
+    activity_id: str, run_id: str | None, url: str | None, namespace: str, **flags: Any
+) -> None:
+    """Reset an activity (or with --query every open one a query matches): its
+    next attempt is attempt 1, dispatched now. A running attempt is asked to
+    stop, as a cancel asks it, and whatever it reports later is refused."""
+    chosen = _reset_flags(flags)
+    status = _run(_status_after(url, namespace, activity_id, run_id, lambda h: h.reset(**chosen)))
+    out.line(f"Reset activity {activity_id!r}: now {status}, attempt 1 next.")
+
+
+def _reset_flags(options: dict[str, Any]) -> dict[str, Any]:
+    names = ("reason", "keep_paused", "reset_heartbeat", "jitter", "restore_original_options")
+    return {name: options[name] for name in names}
+
+
+_OPTION_NAMES = {
+    "task-queue": "task_queue",
+    "schedule-to-close": "schedule_to_close_timeout",
+    "schedule-to-start": "schedule_to_start_timeout",
+    "start-to-close": "start_to_close_timeout",
+    "heartbeat-timeout": "heartbeat_timeout",
+    "start-delay": "start_delay",
+    "retry-policy": "retry_policy",
+    "priority": "priority",
+}
+"""update-options' option names, and the ActivityOptionsKeys they set."""
+
+_RETRY_FIELDS = {
+    "retry_initial_interval": "initial_interval",
+    "retry_backoff": "backoff_coefficient",
+    "retry_max_interval": "maximum_interval",
+    "retry_max_attempts": "maximum_attempts",
+}
+
+
+@cli.command(name="update-options")
+@click.argument("activity_id", metavar="ID")
+@click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
+@click.option("--task-queue", metavar="QUEUE", help="Move it to this task queue.")
+@duration_option("--schedule-to-close", help="Longest for all attempts, from its schedule time.")
+@duration_option("--schedule-to-start", help="Longest an attempt may wait to be claimed.")
+@duration_option("--start-to-close", help="Longest one attempt may run.")
+@duration_option("--heartbeat-timeout", help="Longest between heartbeats.")
+@duration_option("--start-delay", help="Wait this long (from its schedule time) before attempt 1.")
+@click.option("--priority", type=click.IntRange(min=1), help="Priority key (smaller runs first).")
+@duration_option("--retry-initial-interval", help="Retry policy: delay before the first retry.")
+@click.option("--retry-backoff", type=click.FloatRange(min=1.0), help="Retry policy: coefficient.")
+@duration_option("--retry-max-interval", help="Retry policy: longest delay.")
+@click.option(
+    "--retry-max-attempts", type=click.IntRange(min=0), help="Retry policy: attempts (0: no limit)."
+)
+@click.option(
+    "--unset",
+    "unset",
+    multiple=True,
+    type=click.Choice(list(_OPTION_NAMES)),
+    help="Clear an option (no timeout, no delay, the default policy or priority); repeatable.",
+)
+@click.option("--restore", is_flag=True, help="Back to the options it was started with.")
+@store_options
+@json_option
+def update_options(
+    activity_id: str,
+    run_id: str | None,
+    unset: Sequence[str],
+    restore: bool,
+    url: str | None,
+    namespace: str,
+    as_json: bool,
+    **values: Any,
+) -> None:
+    """Change an activity's options: one that waits takes them at once (a new
+    queue, a recomputed retry backoff); a running attempt keeps its own
+    timeouts and the next attempt takes the new ones. --retry-* options change
+    the current retry policy's fields. Prints the options after."""
+    retry = {field: values.pop(name) for name, field in _RETRY_FIELDS.items()}
+    retry = {field: value for field, value in retry.items() if value is not None}
+    if values["priority"] is not None:
+        values["priority"] = Priority(values["priority"])
+    chosen = {
+        _OPTION_NAMES[name.replace("_", "-")]: value
+        for name, value in values.items()
+        if value is not None
+    }
+    if restore and (chosen or retry or unset):
+        raise click.UsageError("--restore takes no other option")
+    if not (restore or chosen or retry or unset):
+        raise click.UsageError("give an option to change, --unset or --restore")
+
+    async def work(client: Client) -> ActivityExecutionOptions:
+        handle = client.get_activity_handle(activity_id, run_id=run_id)
+        if restore:
+            return await handle.restore_original_options()
+        if retry:
+            policy = (await handle.describe()).retry_policy or RetryPolicy()
+            chosen["retry_policy"] = dataclasses.replace(policy, **retry)
+        keys = ActivityOptionsKeys
+        updates = [getattr(keys, name).value_set(value) for name, value in chosen.items()]
+        updates += [getattr(keys, _OPTION_NAMES[name]).value_unset() for name in unset]
+        return await handle.update_options(updates)
+
+    options = _run(_with_client(url, namespace, work))
+    if as_json:
+        out.as_json(out.jsonable(options))
+    else:
+        out.options(options)
 
 
 @cli.command(name="retry-now")

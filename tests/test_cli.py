@@ -317,6 +317,40 @@ def test_pause_and_unpause_through_the_commands(errands: Callable[..., Ran]) -> 
     assert unpaused.stdout == "Unpaused activity 'held': now RUNNING (SCHEDULED).\n"
 
 
+def test_reset_and_update_options_through_the_commands(errands: Callable[..., Ran]) -> None:
+    errands("start", "greet", "--id", "moved", "--task-queue", "nobody", "--input", '"a"')
+
+    updated = errands(
+        "update-options", "moved", "--task-queue", "elsewhere", "--heartbeat-timeout", "10s",
+        "--retry-max-attempts", "5", "--start-delay", "1h", "--json",
+    )  # fmt: skip
+    cleared = errands("update-options", "moved", "--unset", "start-delay", "--priority", "1")
+    described = errands("describe", "moved", "--json").json()
+    restored = errands("update-options", "moved", "--restore", "--json").json()
+    reset = errands("reset", "moved", "--reset-heartbeat", "--jitter", "1s")
+    bulk = errands("reset", "--query", "ActivityId = 'moved'", "--keep-paused", "--json")
+    nothing = errands("update-options", "moved")
+    both = errands("update-options", "moved", "--restore", "--priority", "2")
+
+    assert updated.json()["task_queue"] == "elsewhere"
+    assert updated.json()["heartbeat_timeout"] == 10.0
+    assert updated.json()["retry_policy"]["maximum_attempts"] == 5
+    assert updated.json()["start_delay"] == 3600.0
+    assert cleared.stdout.splitlines() == [
+        "Task queue    elsewhere",
+        "Timeouts      start_to_close 30s, heartbeat 10s",
+        "Retry policy  initial 1s, backoff 2.0, max interval 1m40s, max attempts 5",
+        "Priority      1",
+    ]
+    assert (described["task_queue"], described["priority"]["priority_key"]) == ("elsewhere", 1)
+    assert (restored["task_queue"], restored["heartbeat_timeout"]) == ("nobody", None)
+    assert restored["retry_policy"]["maximum_attempts"] == 0
+    assert reset.stdout == "Reset activity 'moved': now RUNNING (SCHEDULED), attempt 1 next.\n"
+    assert bulk.json() == {"changed": 1}
+    assert_one_error_line(nothing, 2, "give an option to change")
+    assert_one_error_line(both, 2, "--restore takes no other option")
+
+
 def test_bulk_commands_act_on_every_open_match_of_a_query_and_say_how_many(
     errands: Callable[..., Ran],
 ) -> None:
@@ -472,7 +506,7 @@ def test_help_lists_every_command(errands: Callable[..., Ran]) -> None:
     commands = ran.stdout.split("Commands:")[1].split()
     for name in ("worker", "start", "execute", "describe", "result", "cancel", "terminate",
                  "list", "count", "migrate", "prune", "attempts", "retry-now", "pause",
-                 "unpause"):  # fmt: skip
+                 "unpause", "reset", "update-options"):  # fmt: skip
         assert name in commands
 
 
