@@ -109,6 +109,22 @@ PAUSE_ERROR_TYPE = "ActivityPause"
 """The error type of an attempt that let the cancel of a pause out."""
 
 
+WORKER_LOST_ERROR_TYPE = "WorkerLost"
+"""The error type of an attempt whose worker died."""
+
+
+def failed_attempt_outcome(failure: AttemptFailure, *, pause_requested: bool) -> str:
+    """How an attempt that failed is shown in the history: TIMED_OUT, PAUSED
+    (it let out the cancel of a pause), WORKER_LOST or FAILED."""
+    if failure.kind is FailureKind.TIMEOUT:
+        return "TIMED_OUT"
+    if failure.error_type == PAUSE_ERROR_TYPE and pause_requested:
+        return "PAUSED"
+    if failure.error_type == WORKER_LOST_ERROR_TYPE:
+        return "WORKER_LOST"
+    return "FAILED"
+
+
 @dataclass(frozen=True)
 class Close:
     """Close the execution with ``status``."""

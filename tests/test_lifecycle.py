@@ -341,3 +341,103 @@ def test_task_tokens_of_different_attempts_differ() -> None:
 def test_a_malformed_task_token_raises_value_error(token: bytes) -> None:
     with pytest.raises(ValueError, match="not an errands task token"):
         lc.parse_task_token(token)
+
+
+# ------------------------------------------------------------------ steering
+
+
+@pytest.mark.parametrize(
+    ("failure", "pause_requested", "outcome"),
+    [
+        (timeout_failure(), False, "TIMED_OUT"),
+        (app_failure(lc.PAUSE_ERROR_TYPE), True, "PAUSED"),
+        (app_failure(lc.PAUSE_ERROR_TYPE), False, "FAILED"),  # raised by the activity itself
+        (app_failure(lc.WORKER_LOST_ERROR_TYPE), False, "WORKER_LOST"),
+        (app_failure("Boom"), True, "FAILED"),
+    ],
+)
+def test_a_failed_attempt_is_shown_by_what_ended_it(
+    failure: lc.AttemptFailure, pause_requested: bool, outcome: str
+) -> None:
+    assert lc.failed_attempt_outcome(failure, pause_requested=pause_requested) == outcome
+
+
+def reschedule(**changes: object) -> lc.Rescheduled:
+    """after_options_change of a retry (attempt 3) that failed at NOW and waits
+    10 s, with nothing changed but ``changes``."""
+    args: dict[str, object] = {
+        "run_state": lc.RunState.SCHEDULED,
+        "schedule_time": NOW - 100,
+        "ready_at": NOW + 10,
+        "deadline": lc.FAR,
+        "attempt": 3,
+        "never_started": False,
+        "interval_s": 10.0,
+        "attempt_started": None,
+        "attempt_start_to_close_s": None,
+        "policy": RetryPolicy(),
+        "policy_changed": False,
+        "start_delay_s": None,
+        "start_delay_changed": False,
+        "schedule_to_close_s": None,
+        "schedule_to_start_s": None,
+    }
+    args.update(changes)
+    return lc.after_options_change(**args)  # type: ignore[arg-type]
+
+
+def test_a_new_retry_policy_recomputes_a_pending_backoff_from_when_the_attempt_failed() -> None:
+    policy = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=3.0)
+    times = reschedule(policy=policy, policy_changed=True)
+    # Attempt 3 follows the second failure: 1 s * 3 ** (2 - 1).
+    assert (times.ready_at, times.interval_s) == (NOW + 3.0, 3.0)
+    assert reschedule(policy=policy).ready_at == NOW + 10  # the same policy: unchanged
+
+
+def test_a_new_start_delay_moves_only_a_first_attempt_that_never_started() -> None:
+    first = reschedule(
+        attempt=1, never_started=True, interval_s=None, start_delay_s=5.0, start_delay_changed=True
+    )
+    retry = reschedule(start_delay_s=5.0, start_delay_changed=True)
+    assert first.ready_at == NOW - 95
+    assert retry.ready_at == NOW + 10
+
+
+def test_schedule_to_close_counts_from_the_schedule_time_and_bounds_what_waits() -> None:
+    waiting = reschedule(schedule_to_close_s=105.0, schedule_to_start_s=60.0)
+    paused = reschedule(run_state=lc.RunState.PAUSED, schedule_to_start_s=60.0)
+    assert waiting.schedule_to_close_deadline == NOW + 5
+    assert waiting.deadline == NOW + 5  # sooner than ready_at + schedule_to_start
+    assert paused.deadline == lc.FAR  # schedule_to_start does not count while paused
+
+
+def test_a_running_attempt_keeps_its_own_start_to_close_but_not_a_later_schedule_to_close() -> None:
+    running = reschedule(
+        run_state=lc.RunState.STARTED,
+        deadline=NOW + 30,
+        attempt_started=NOW,
+        attempt_start_to_close_s=30.0,
+        schedule_to_close_s=110.0,
+    )
+    assert running.schedule_to_close_deadline == NOW + 10
+    assert (running.deadline, running.attempt_deadline) == (NOW + 10, NOW + 10)
+    longer = reschedule(
+        run_state=lc.RunState.STARTED,
+        deadline=NOW + 30,
+        attempt_started=NOW,
+        attempt_start_to_close_s=30.0,
+    )
+    assert (longer.deadline, longer.attempt_deadline) == (NOW + 30, NOW + 30)
+
+
+def test_a_reset_dispatches_at_once_or_within_its_jitter() -> None:
+    assert lc.reset_ready_at(now=NOW, jitter_s=0.0, draw=0.7) == NOW
+    assert lc.reset_ready_at(now=NOW, jitter_s=10.0, draw=0.5) == NOW + 5
+
+
+def test_only_a_superseded_attempt_of_a_running_execution_is_told_of_a_reset() -> None:
+    running = lc.Status.RUNNING
+    assert lc.interrupt_kind(running, lc.RunState.SCHEDULED, superseded=True) == "reset"
+    assert lc.interrupt_kind(running, lc.RunState.STARTED) is None
+    assert lc.interrupt_kind(lc.Status.TERMINATED, None, superseded=True) == "terminate"
+    assert lc.interrupt_kind(lc.Status.COMPLETED, None, superseded=True) is None

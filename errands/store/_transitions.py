@@ -575,9 +575,9 @@ def _close_failed(
 
 
 def _end_failed(tx: Tx, row: Row, info: lc.AttemptFailure, failure: bytes | None) -> None:
-    outcome = "TIMED_OUT" if info.kind is lc.FailureKind.TIMEOUT else "FAILED"
-    if info.error_type == lc.PAUSE_ERROR_TYPE and row["run_state"] == "PAUSE_REQUESTED":
-        outcome = "PAUSED"
+    outcome = lc.failed_attempt_outcome(
+        info, pause_requested=row["run_state"] == RunState.PAUSE_REQUESTED.value
+    )
     end_attempts(tx, [(row["run_id"], row["attempt"], outcome, failure)])
 
 
