@@ -162,16 +162,21 @@ def insert(tx: Tx, news: list[NewExecution]) -> set[str]:
         for row in tx.each("insert_execution", rows, key="run_id", now=tx.now, far=FAR)
     }
     for new, times in zip(news, planned, strict=True):
-        if new.run_id not in created:
-            continue
-        queue = (new.namespace, new.task_queue)
-        if times.ready_at > tx.now:
-            tx.changes.append(Claimable(queue, times.ready_at))
-        else:
-            tx.changes.append(Started(queue))
-        if times.deadline < FAR:
-            tx.changes.append(Deadline(new.namespace, times.deadline))
+        if new.run_id in created:
+            _note_waiting(tx, new.namespace, new.task_queue, times.ready_at, times.deadline)
     return created
+
+
+def _note_waiting(
+    tx: Tx, namespace: str, task_queue: str, ready_at: float | None, deadline: float
+) -> None:
+    """Note for the feed that an execution waits on its queue, claimable from
+    ``ready_at`` (None: held, paused), and its next deadline."""
+    if ready_at is not None:
+        queue = (namespace, task_queue)
+        tx.changes.append(Started(queue) if ready_at <= tx.now else Claimable(queue, ready_at))
+    if deadline < FAR:
+        tx.changes.append(Deadline(namespace, deadline))
 
 
 def start_conflict(tx: Tx, new: NewExecution, made: list[NewExecution]) -> Outcome:
@@ -240,9 +245,7 @@ def retry_now(tx: Tx, namespace: str, activity_id: str, run_id: str | None) -> b
     )
     if done != 1:
         return False
-    tx.changes.append(Started((row["namespace"], row["task_queue"])))
-    if deadline < FAR:
-        tx.changes.append(Deadline(row["namespace"], deadline))
+    _note_waiting(tx, row["namespace"], row["task_queue"], tx.now, deadline)
     return True
 
 
@@ -328,10 +331,7 @@ def unpause(
     )
     if tx.run("unpause", id=row["id"], ready_at=ready_at, deadline=deadline) != 1:
         return False
-    queue = (row["namespace"], row["task_queue"])
-    tx.changes.append(Started(queue) if ready_at <= tx.now else Claimable(queue, ready_at))
-    if deadline < FAR:
-        tx.changes.append(Deadline(row["namespace"], deadline))
+    _note_waiting(tx, row["namespace"], row["task_queue"], ready_at, deadline)
     return True
 
 
@@ -390,11 +390,7 @@ def reset(
     if state in (RunState.STARTED, RunState.PAUSE_REQUESTED):
         end_attempts(tx, [(found_run, row["attempt"], "RESET", None)])
         tx.changes.append(Interrupted(found_run, "reset", row["attempt"]))
-    if not held:
-        queue = (row["namespace"], row["task_queue"])
-        tx.changes.append(Started(queue) if ready_at <= tx.now else Claimable(queue, ready_at))
-    if deadline < FAR:
-        tx.changes.append(Deadline(row["namespace"], deadline))
+    _note_waiting(tx, row["namespace"], row["task_queue"], None if held else ready_at, deadline)
     return True
 
 
@@ -486,12 +482,9 @@ def _set_options(
         "s2c_deadline": times.schedule_to_close_deadline,
         "deadline": times.deadline,
     }
-    if publish and state is RunState.SCHEDULED:
-        queue = (row["namespace"], new.task_queue)
-        ready = times.ready_at
-        tx.changes.append(Started(queue) if ready <= tx.now else Claimable(queue, ready))
-    if publish and times.deadline < FAR:
-        tx.changes.append(Deadline(row["namespace"], times.deadline))
+    if publish:
+        ready = times.ready_at if state is RunState.SCHEDULED else None
+        _note_waiting(tx, row["namespace"], new.task_queue, ready, times.deadline)
     return after
 
 
@@ -546,10 +539,8 @@ def apply_failure(
     if done != 1:
         return None
     _end_failed(tx, row, info, failure_data)
-    if not held:
-        tx.changes.append(Claimable((row["namespace"], row["task_queue"]), decision.ready_at))
-    if deadline < FAR:
-        tx.changes.append(Deadline(row["namespace"], deadline))
+    ready = None if held else decision.ready_at
+    _note_waiting(tx, row["namespace"], row["task_queue"], ready, deadline)
     return Status.RUNNING
 
 
