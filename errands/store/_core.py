@@ -82,6 +82,12 @@ NO_LIMIT = 2**62
 BULK_BATCH = 1_000
 """Most executions one transaction of a bulk action changes."""
 
+BULK_PAUSE_S = 0.002
+"""How long a bulk action leaves the database to others between two batches:
+long enough for a process waiting for the write lock to take it (the SQLite
+dialect tries every 0.5 ms), and for this process's other changes to commit
+without the next batch."""
+
 BulkAction = Callable[[Tx, str, str], object]
 """What a bulk action does to one open execution (activity id, run id), inside
 the batch's transaction: its result counts as a change when true."""
@@ -568,6 +574,7 @@ class CoreStore(Store):
             total += changed
             if seen < batch:
                 return total
+            await asyncio.sleep(BULK_PAUSE_S)
 
     @staticmethod
     def _bulk_action(namespace: str, verb: str, reason: str | None, jitter_s: float) -> BulkAction:
