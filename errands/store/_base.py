@@ -310,9 +310,10 @@ class Store(abc.ABC):
         jitter_s: float = 0.0,
         batch: int = 1000,
     ) -> int:
-        """Apply ``verb`` (cancel, terminate, pause, unpause) to every open
-        execution the query matches, a batch of at most 1,000 per transaction
-        (so workers wait for one batch at most); how many it changed.
+        """Apply ``verb`` (cancel, terminate, pause, unpause) to every
+        execution open and matching the query when the call begins (and still
+        when its batch comes), a batch of at most 1,000 per transaction (so
+        workers wait for one batch at most); how many it changed.
 
         Raises ValueError for an unknown verb.
         """

@@ -316,8 +316,25 @@ UPDATE executions SET run_state = %(to_state)s WHERE id = %(id)s AND run_state =
 UPDATE executions SET run_state = 'SCHEDULED', ready_at = %(ready_at)s, deadline = %(deadline)s
 WHERE id = %(id)s AND run_state = 'PAUSED'
 
+-- name: close_at_once
+-- Close with %(status)s (CANCELED or TERMINATED) those of these executions
+-- (%(ids)s) still open in one of %(states)s (the states in which no attempt
+-- runs); the row and run ids of those it closed.
+UPDATE executions SET status = %(status)s, run_state = NULL, close_time = %(now)s,
+    canceled_reason = %(reason)s, cancel_requested = (cancel_requested OR %(cancel_requested)s),
+    deadline = %(far)s
+WHERE id = ANY(%(ids)s) AND status = 'RUNNING' AND run_state = ANY(%(states)s)
+RETURNING id, run_id
+
 -- name: open_matching
--- A batch of open executions matching a visibility query ({where}), in id
--- order after %(after)s, for a bulk action.
-SELECT id, activity_id, run_id FROM executions WHERE {where} AND status = 'RUNNING'
-AND id > %(after)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+-- The open executions matching a visibility query ({where}), in id order,
+-- for a bulk action.
+SELECT id FROM executions WHERE {where} AND status = 'RUNNING' ORDER BY id
+
+-- name: open_matching_of
+-- Those of these executions (%(ids)s) still open and matching a visibility
+-- query ({where}), in id order, locked, for a batch of a bulk action. Not
+-- SKIP LOCKED: a row a claim or an outcome holds is waited for (briefly),
+-- not passed over.
+SELECT id, activity_id, run_id FROM executions
+WHERE id = ANY(%(ids)s) AND {where} AND status = 'RUNNING' ORDER BY id FOR UPDATE
