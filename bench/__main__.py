@@ -21,6 +21,7 @@ from typing import Any
 
 from bench import workloads as w
 from bench.activities import noop_sync
+from bench.bulk import bulk_cancel
 from bench.fleet import FleetSize, drive, fleet
 from bench.idle import WORKER_SLOTS as IDLE_SLOTS
 from bench.idle import await_forever, idle
@@ -45,13 +46,16 @@ WORKLOADS = [
     "retention",
     "idle",
     "fleet",
+    "bulk-cancel",
 ]
 """1p: worker and client in one process; 2p: the worker in a child process;
 thread/process: sync activities on a thread pool / process pool of a worker in
 the client's process; scaling: 1, 2, 4 worker processes and the client in this
 one; retention: claims with and without a million closed rows, and prune; idle: the
 CPU of a waiting worker process and of a client process awaiting a result;
-fleet: 1, 4, 16 worker processes of I/O-bound activities (bench/fleet.py)."""
+fleet: 1, 4, 16 worker processes of I/O-bound activities (bench/fleet.py);
+bulk-cancel: cancel_activities of 100,000 scheduled executions while a worker
+process claims from another queue (bench/bulk.py)."""
 
 THREAD_SHARE = 0.7
 """throughput-thread must reach this share of throughput-1p (same run)."""
@@ -145,6 +149,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--fleet-window", type=float, default=30.0, help="seconds the fleet is measured over"
+    )
+    p.add_argument(
+        "--bulk-n",
+        type=int,
+        default=100_000,
+        help="scheduled executions the bulk-cancel workload cancels",
     )
     p.add_argument(
         "--netem-delay-ms",
@@ -251,6 +261,8 @@ async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[st
         f"keeping slots x workers x {1 + args.fleet_margin:g} in flight; "
         f"{args.fleet_warmup:g} s warm-up, {args.fleet_window:g} s window",
         "fleet netem delay (PostgreSQL only)": f"{args.netem_delay_ms:g} ms each way",
+        "bulk-cancel": f"{args.bulk_n:,} scheduled executions cancelled by query while "
+        "a worker process claims one activity started every 10 ms on another queue",
         "workloads": " ".join(args.only),
     }
 
@@ -265,6 +277,8 @@ async def run_workload(
         return await idle(store, args.idle_window, args.idle_settle, notes)
     if name == "fleet":
         return await fleet(store, fleet_size(args), notes)
+    if name == "bulk-cancel":
+        return await bulk_cancel(store, args.bulk_n, notes)
     if name == "retention":
         return await retention(
             store, args.closed_rows, args.retention_n, args.in_flight, args.claim_rounds

@@ -56,6 +56,14 @@ async def spin(mark_path: str) -> None:
 
 
 @activity.defn
+async def stamp(i: int) -> list[float]:
+    """Return when this attempt was scheduled and when it was claimed (the
+    store's clock, seconds since the epoch): claim latency is the difference."""
+    info = activity.info()
+    return [info.current_attempt_scheduled_time.timestamp(), info.started_time.timestamp()]
+
+
+@activity.defn
 def noop_sync(i: int) -> int:
     """``noop`` as a plain ``def``, for the thread and process pools."""
     return i
@@ -89,7 +97,7 @@ def child_ready(hold_s: float) -> int:
     return os.getpid()
 
 
-ALL: list[Callable[..., Any]] = [noop, io_wait, spin]
+ALL: list[Callable[..., Any]] = [noop, io_wait, spin, stamp]
 """The async activities (every worker registers them)."""
 
 SYNC: list[Callable[..., Any]] = [noop_sync, spin_sync]

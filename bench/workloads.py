@@ -53,6 +53,8 @@ TARGETS: dict[str, dict[tuple[str, str], str]] = {
         ("latency-1p", "p50"): "< 2",
         ("latency-2p", "p50"): "< 20",
         ("scaling", "1 worker process"): ">= 2000",
+        ("bulk-cancel", "wall time"): "<= 10",  # issue 11 point 5, for 100,000
+        ("bulk-cancel", "claim latency p99 during"): "<= 100",
     },
     "postgresql": {  # issue 5 point 6: the database shares this 2-core machine
         ("throughput-1p", "throughput"): ">= 2000",

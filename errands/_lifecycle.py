@@ -49,6 +49,11 @@ class RunState(str, enum.Enum):
     PAUSE_REQUESTED = "PAUSE_REQUESTED"  # paused while an attempt runs: it is asked to stop
 
 
+NO_ATTEMPT_RUNS = frozenset({RunState.SCHEDULED, RunState.PAUSED})
+"""The run states of an open execution no attempt of which runs: a cancel or
+terminate closes it at once (there is no attempt to interrupt)."""
+
+
 class FailureKind(str, enum.Enum):
     """What ended an attempt badly."""
 

@@ -124,6 +124,22 @@ async def heartbeat_then_sleep(seconds: float) -> float:
 
 
 @activity.defn
+async def heartbeat_until_cancelled(log_path: str) -> None:
+    """Append ``start <id> <attempt> <pid>``, then heartbeat every 10 ms until
+    cancelled; append ``cancelled <id> <attempt> <pid>`` and end cancelled."""
+    info = activity.info()
+    mark = f"{info.activity_id} {info.attempt} {os.getpid()}"
+    append_line(log_path, f"start {mark}")
+    try:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(0.01)
+    except asyncio.CancelledError:
+        append_line(log_path, f"cancelled {mark}")
+        raise
+
+
+@activity.defn
 async def echo(value: str) -> str:
     """Return the value."""
     return value
@@ -173,6 +189,7 @@ ACTIVITIES = [
     hang_first_attempt,
     sleep_then_return,
     heartbeat_then_sleep,
+    heartbeat_until_cancelled,
     echo,
     fleet_step,
 ]

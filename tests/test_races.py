@@ -223,6 +223,60 @@ async def test_a_cancel_racing_a_completion_across_processes_has_one_outcome(
     }
 
 
+async def test_a_bulk_cancel_racing_two_worker_processes_ends_each_execution_once_canceled(
+    client: Client, db_url: str, task_queue: str, tmp_path: Path
+) -> None:
+    # Given two worker processes claiming from the queue as their slots free
+    # up, each activity running until it is cancelled,
+    log = tmp_path / "runs.log"
+    n = 600
+    with procs.Children(tmp_path) as children:
+        for i in range(2):
+            await children.worker(f"worker-{i}", db_url, task_queue, max_concurrent=30)
+        handles = await asyncio.gather(
+            *(
+                client.start_activity(
+                    procs.heartbeat_until_cancelled,
+                    str(log),
+                    id=f"bulk-race-{i}",
+                    task_queue=task_queue,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=ONE_ATTEMPT,
+                )
+                for i in range(n)
+            )
+        )
+        deadline = time.monotonic() + CEILING_S
+        while not log.exists() or len(log.read_text().splitlines()) < 30:
+            assert time.monotonic() < deadline, "the workers claimed nothing"
+            await asyncio.sleep(0.01)
+        # when a bulk cancel of the queue runs in small batches (the
+        # cancelled attempts free slots, so the workers claim while it runs),
+        query = Query((Condition("TaskQueue", "=", task_queue),))
+        changed = await client.store.bulk(
+            client.namespace, query, "cancel", reason="bulk race", batch=20
+        )
+        outcomes = await asyncio.gather(*(outcome(h) for h in handles))
+
+    # then every execution was changed once and ended CANCELED: closed at once
+    # if still scheduled, or its running attempt interrupted, never run twice.
+    assert changed == n
+    assert all(kind == "failed" and isinstance(v, CancelledError) for kind, v in outcomes)
+    assert await status_counts(client, task_queue) == {"Canceled": n}
+    lines = [line.split() for line in log.read_text().splitlines()]
+    starts = Counter(activity_id for what, activity_id, _, _ in lines if what == "start")
+    cancelled = Counter(activity_id for what, activity_id, _, _ in lines if what == "cancelled")
+    assert starts and max(starts.values()) == 1
+    assert cancelled == starts
+    assert {attempt for _, _, attempt, _ in lines} == {"1"}
+    for handle in handles:
+        desc = await handle.describe()
+        assert desc.canceled_reason == "bulk race"
+        attempts = await handle.attempts()
+        ran = handle.id in starts
+        assert [a.outcome.name for a in attempts] == (["CANCELED"] if ran else [])
+
+
 @pytest.mark.parametrize("clients", [2, 3])
 async def test_the_same_ids_started_from_several_client_processes_run_once_each(
     client: Client, db_url: str, task_queue: str, tmp_path: Path, clients: int

@@ -387,3 +387,73 @@ async def test_bulk_actions_change_every_open_match_in_batches_and_count_what_ch
     assert left.count == 2_500 - cancelled
     with pytest.raises(ValueError):
         await client.cancel_activities("GROUP BY ExecutionStatus")
+
+
+@activity.defn
+async def heartbeats_until_interrupted() -> str:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(0.01)
+
+
+@activity.defn
+async def returns_at_once() -> str:
+    return "done"
+
+
+@pytest.mark.parametrize(
+    ("verb", "status"),
+    [
+        ("cancel", ActivityExecutionStatus.CANCELED),
+        ("terminate", ActivityExecutionStatus.TERMINATED),
+    ],
+)
+async def test_a_bulk_cancel_or_terminate_closes_waiting_ones_at_once_and_interrupts_running_ones(
+    client: Client, task_queue: str, verb: str, status: ActivityExecutionStatus
+) -> None:
+    # Given, under one ActivityId prefix: a running attempt, three scheduled
+    # executions (one awaited), a paused one and a completed one,
+    idle = task_queue + "-idle"
+    async with Worker(
+        client, task_queue=task_queue, activities=[heartbeats_until_interrupted, returns_at_once]
+    ):
+        done = await client.start_activity(
+            returns_at_once, id="mix-done", task_queue=task_queue, start_to_close_timeout=SOONER
+        )
+        assert await done.result() == "done"
+        running = await client.start_activity(
+            heartbeats_until_interrupted,
+            id="mix-running",
+            task_queue=task_queue,
+            start_to_close_timeout=SOONER,
+        )
+        await describe_until(running, lambda d: d.last_heartbeat_time is not None, "heartbeat")
+        waiting = [
+            await client.start_activity(
+                "anything", id=f"mix-waiting-{i}", task_queue=idle, start_to_close_timeout=SOONER
+            )
+            for i in range(3)
+        ]
+        paused = await client.start_activity(
+            "anything", id="mix-paused", task_queue=idle, start_to_close_timeout=SOONER
+        )
+        await paused.pause()
+        awaited = asyncio.ensure_future(waiting[0].result())
+
+        # when one bulk call cancels (or terminates) them all,
+        bulk = client.cancel_activities if verb == "cancel" else client.terminate_activities
+        changed = await bulk("ActivityId STARTS_WITH 'mix-'", reason="mixed")
+
+        # then the five open ones changed, the waiter woke and every one ended
+        # with the verb's status; the running attempt was interrupted.
+        assert changed == 5
+        with pytest.raises(exceptions.ActivityFailedError):
+            await asyncio.wait_for(awaited, 10)
+        with pytest.raises(exceptions.ActivityFailedError):
+            await asyncio.wait_for(running.result(), 10)
+    for handle in [running, *waiting, paused]:
+        desc = await handle.describe()
+        assert (desc.status, desc.canceled_reason) == (status, "mixed"), handle.id
+    assert [a.outcome for a in await running.attempts()] == [AttemptOutcome.CANCELED]
+    assert (await done.describe()).status is ActivityExecutionStatus.COMPLETED
+    assert await bulk("ActivityId STARTS_WITH 'mix-'") == 0

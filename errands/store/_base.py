@@ -374,9 +374,10 @@ class Store(abc.ABC):
         batch: int = 1000,
     ) -> int:
         """Apply ``verb`` (cancel, terminate, pause, unpause, reset: with the
-        ``reset`` flags of ``reset()``) to every open
-        execution the query matches, a batch of at most 1,000 per transaction
-        (so workers wait for one batch at most); how many it changed.
+        ``reset`` flags of ``reset()``) to every execution open and matching
+        the query when the call begins (and still when its batch comes), a
+        batch of at most 1,000 per transaction (so workers wait for one batch
+        at most); how many it changed.
 
         Raises ValueError for an unknown verb.
         """

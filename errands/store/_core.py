@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import logging
 import random
 import threading
@@ -82,6 +83,12 @@ NO_LIMIT = 2**62
 
 BULK_BATCH = 1_000
 """Most executions one transaction of a bulk action changes."""
+
+BULK_PAUSE_S = 0.002
+"""How long a bulk action leaves the database to others between two batches:
+long enough for a process waiting for the write lock to take it (the SQLite
+dialect tries every 0.5 ms), and for this process's other changes to commit
+without the next batch."""
 
 BulkAction = Callable[[Tx, str, str], object]
 """What a bulk action does to one open execution (activity id, run id), inside
@@ -604,25 +611,40 @@ class CoreStore(Store):
     ) -> int:
         where, params = tr.where(self._dialect, namespace, query)
         action = self._bulk_action(namespace, verb, reason, jitter_s, reset)
-        batch = min(batch, BULK_BATCH)
-        total, after = 0, 0
+        batch = max(1, min(batch, BULK_BATCH))
 
-        def op(tx: Tx) -> tuple[int, int, int]:
+        def matching(tx: Tx) -> builtins.list[int]:
+            rows = self._dialect.query(tx, "open_matching", params, {"where": where})
+            return [row["id"] for row in rows]
+
+        def op(tx: Tx, ids: builtins.list[int]) -> int:
             rows = self._dialect.query(
-                tx, "open_matching", {**params, "after": after, "limit": batch}, {"where": where}
+                tx, "open_matching_of", {**params, "ids": ids}, {"where": where}
             )
-            changed = 0
+            closed: set[int] = set()
+            if verb in tr.CLOSE_AT_ONCE:
+                # Those no attempt of which runs, all in one statement; the
+                # rest (a running attempt to interrupt) one at a time.
+                closed = tr.close_at_once(tx, [row["id"] for row in rows], verb, reason)
+            changed = len(closed)
             for row in rows:
+                if row["id"] in closed:
+                    continue
                 # One that closed meanwhile is left alone.
                 with contextlib.suppress(ActivityAlreadyClosedError, ActivityNotFoundError):
                     changed += bool(action(tx, row["activity_id"], row["run_id"]))
-            return changed, (rows[-1]["id"] if rows else after), len(rows)
+            return changed
 
-        while True:
-            changed, after, seen = await self._op(op)
-            total += changed
-            if seen < batch:
-                return total
+        # Which ones, read once (off the writer: no lock is held meanwhile),
+        # then changed a batch per transaction, each row as it is by then.
+        ids = await self._read(matching)
+        total = 0
+        for first in range(0, len(ids), batch):
+            if first:
+                await asyncio.sleep(BULK_PAUSE_S)
+            chunk = ids[first : first + batch]
+            total += await self._op(functools.partial(op, ids=chunk))
+        return total
 
     @staticmethod
     def _bulk_action(

@@ -260,7 +260,7 @@ def cancel(
     """
     row = find_open(tx, namespace, activity_id, run_id, "cancel")
     found_run = row["run_id"]
-    if row["run_state"] in (RunState.SCHEDULED.value, RunState.PAUSED.value):
+    if RunState(row["run_state"]) in lc.NO_ATTEMPT_RUNS:
         tx.run("cancel_scheduled", id=row["id"], reason=reason, now=tx.now, far=FAR)
         tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.CANCELED)))
         return Status.CANCELED
@@ -282,10 +282,41 @@ def terminate(
     found_run = row["run_id"]
     tx.run("terminate", id=row["id"], reason=reason, now=tx.now, far=FAR)
     tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.TERMINATED)))
-    if row["run_state"] not in (RunState.SCHEDULED.value, RunState.PAUSED.value):
+    if RunState(row["run_state"]) not in lc.NO_ATTEMPT_RUNS:
         # The attempt is cut short: recorded as CANCELED (terminated).
         end_attempts(tx, [(found_run, row["attempt"], "CANCELED", None)])
         tx.changes.append(Interrupted(found_run, "terminate", row["attempt"]))
+
+
+CLOSE_AT_ONCE = {"cancel": Status.CANCELED, "terminate": Status.TERMINATED}
+"""The status each bulk verb that closes executions no attempt of which runs
+closes them with (``close_at_once``)."""
+
+
+def close_at_once(tx: Tx, ids: list[int], verb: str, reason: str | None) -> set[int]:
+    """Cancel or terminate (``verb``) those of these executions (row ids) no
+    attempt of which runs, with one statement conditional on each row's state
+    as it is then (so one that was claimed or closed meanwhile is left for
+    ``cancel`` / ``terminate``); the row ids it closed.
+    """
+    if not ids:
+        return set()
+    status = CLOSE_AT_ONCE[verb]
+    rows = tx.fetch(
+        "close_at_once",
+        ids=ids,
+        states=sorted(state.value for state in lc.NO_ATTEMPT_RUNS),
+        status=status.value,
+        cancel_requested=status is Status.CANCELED,
+        reason=reason,
+        now=tx.now,
+        far=FAR,
+    )
+    if rows:
+        tx.changed = True
+    for row in rows:
+        tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], status)))
+    return {row["id"] for row in rows}
 
 
 def pause(tx: Tx, namespace: str, activity_id: str, run_id: str | None) -> bool:

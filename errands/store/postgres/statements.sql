@@ -327,11 +327,35 @@ UPDATE executions SET run_state = %(to_state)s WHERE id = %(id)s AND run_state =
 UPDATE executions SET run_state = 'SCHEDULED', ready_at = %(ready_at)s, deadline = %(deadline)s
 WHERE id = %(id)s AND run_state = 'PAUSED'
 
+-- name: close_at_once
+-- Close with %(status)s (CANCELED or TERMINATED) those of these executions
+-- (%(ids)s) still open in one of %(states)s (the states in which no attempt
+-- runs); the row and run ids of those it closed. A closed row's run_state is
+-- NULL, so the state test is the open test too; status is not tested, so the
+-- planner looks the ids up by primary key and not through a partial index on
+-- status = 'RUNNING' (whose statistics lag after a burst of starts).
+UPDATE executions SET status = %(status)s, run_state = NULL, close_time = %(now)s,
+    canceled_reason = %(reason)s, cancel_requested = (cancel_requested OR %(cancel_requested)s),
+    deadline = %(far)s
+WHERE id = ANY(%(ids)s::bigint[]) AND run_state = ANY(%(states)s)
+RETURNING id, run_id
+
 -- name: open_matching
--- A batch of open executions matching a visibility query ({where}), in id
--- order after %(after)s, for a bulk action.
-SELECT id, activity_id, run_id FROM executions WHERE {where} AND status = 'RUNNING'
-AND id > %(after)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+-- The open executions matching a visibility query ({where}), in id order,
+-- for a bulk action.
+SELECT id FROM executions WHERE {where} AND status = 'RUNNING' ORDER BY id
+
+-- name: open_matching_of
+-- Those of these executions (%(ids)s) still open and matching a visibility
+-- query ({where}), each looked up by primary key and locked. LATERAL and
+-- "run_state IS NOT NULL" (a closed row's run_state is NULL) rather than
+-- status = 'RUNNING': the planner cannot pick, per id, a scan of a partial
+-- index on status = 'RUNNING' (whose statistics lag after a burst of
+-- starts). Not SKIP LOCKED: a row a claim or an outcome holds is waited for
+-- (briefly), not passed over.
+SELECT e.id, e.activity_id, e.run_id FROM unnest(%(ids)s::bigint[]) AS b(id),
+LATERAL (SELECT id, activity_id, run_id FROM executions
+    WHERE id = b.id AND {where} AND run_state IS NOT NULL FOR UPDATE) AS e
 
 -- name: reset
 -- Reset an execution whose attempt and state are still as read: the next

@@ -61,6 +61,13 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
 """How long a connection waits for another one's write lock before "locked"."""
 
+LOCK_POLL_S = 0.0005
+"""How often the writer tries again for the write lock while another process
+holds it. SQLite's own busy handler sleeps longer and longer (up to 100 ms
+between tries), so a process that waits behind a run of short transactions
+(a bulk action's batches) would rarely try in the gap between two of them;
+trying this often, it gets the lock in the first gap."""
+
 SCHEMA_VERSION = _migrations.newest("sqlite")
 """The newest schema this code knows."""
 
@@ -230,8 +237,29 @@ class SQLiteDialect(Dialect):
     def begin(self, kinds: frozenset[str]) -> Tx:
         # A batch that only takes in other processes' changes begins reading
         # (it takes the write lock only if it claims for an armed poller).
-        self._writer.execute("BEGIN" if kinds == {"intake"} else "BEGIN IMMEDIATE")
+        if kinds == {"intake"}:
+            self._writer.execute("BEGIN")
+        else:
+            self._lock_for_writing()
         return Tx(self, self._writer, time.time())
+
+    def _lock_for_writing(self) -> None:
+        """BEGIN IMMEDIATE, trying every LOCK_POLL_S while another process
+        writes, for at most BUSY_TIMEOUT_MS."""
+        conn = self._writer
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            give_up = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as e:
+                    if not self.contended(e) or time.monotonic() > give_up:
+                        raise
+                time.sleep(LOCK_POLL_S)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def commit(self, tx: Tx) -> None:
         if tx.changes:

@@ -293,11 +293,28 @@ UPDATE executions SET run_state = :to_state WHERE id = :id AND run_state = :from
 UPDATE executions SET run_state = 'SCHEDULED', ready_at = :ready_at, deadline = :deadline
 WHERE id = :id AND run_state = 'PAUSED'
 
+-- name: close_at_once
+-- Close with :status (CANCELED or TERMINATED) those of these executions
+-- (:ids, JSON) still open in one of :states (JSON: the states in which no
+-- attempt runs); the row and run ids of those it closed.
+UPDATE executions SET status = :status, run_state = NULL, close_time = :now,
+    canceled_reason = :reason, cancel_requested = (cancel_requested OR :cancel_requested),
+    deadline = :far
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'RUNNING'
+AND run_state IN (SELECT value FROM json_each(:states))
+RETURNING id, run_id
+
 -- name: open_matching
--- A batch of open executions matching a visibility query ({where}), in id
--- order after :after, for a bulk action.
-SELECT id, activity_id, run_id FROM executions WHERE {where} AND status = 'RUNNING'
-AND id > :after ORDER BY id LIMIT :limit
+-- The open executions matching a visibility query ({where}), in id order,
+-- for a bulk action.
+SELECT id FROM executions WHERE {where} AND status = 'RUNNING' ORDER BY id
+
+-- name: open_matching_of
+-- Those of these executions (:ids, JSON) still open and matching a
+-- visibility query ({where}), in id order, for a batch of a bulk action (NOT
+-- INDEXED: looked up by id, not through an index on the query's columns).
+SELECT id, activity_id, run_id FROM executions NOT INDEXED
+WHERE id IN (SELECT value FROM json_each(:ids)) AND {where} AND status = 'RUNNING' ORDER BY id
 
 -- name: reset
 -- Reset an execution whose attempt and state are still as read: the next
