@@ -477,6 +477,7 @@ class Client:
             weakref.WeakKeyDictionary()
         )
         self._lease: Lease | None = None
+        self._watching_liveness = False
         self._finalizer: weakref.finalize[[], Client] | None = None
 
     @classmethod
@@ -860,7 +861,19 @@ class Client:
         return watcher
 
     async def _wait_closed(self, run_id: str) -> ClosedRun:
+        await self._watch_liveness()
         return await self._outcomes().wait(run_id)
+
+    async def _watch_liveness(self) -> None:
+        """Fail the attempts of worker processes found gone, from now on (a
+        worker watches, and so does a client awaiting a result)."""
+        if not self._watching_liveness:
+            self._watching_liveness = True
+            lost = ApplicationError(
+                "the worker process running this attempt is gone", type=lc.WORKER_LOST_ERROR_TYPE
+            )
+            encoded = await self.data_converter.encode_failure(lost)
+            self._store.watch_liveness(encoded.data)
 
     async def _failure(self, record: ExecutionRecord) -> FailureError | None:
         converter = self.data_converter

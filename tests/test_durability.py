@@ -10,9 +10,11 @@ from pathlib import Path
 from errands.client import (
     ActivityExecutionDescription,
     ActivityExecutionStatus,
+    AttemptOutcome,
     Client,
     PendingActivityState,
 )
+from errands.exceptions import ApplicationError
 from errands.worker import Worker
 from tests import procs
 from tests.support import CEILING_S, FAST_RETRY, describe_until, eventually
@@ -84,47 +86,53 @@ async def test_a_sigkilled_heartbeating_worker_is_retried_elsewhere_from_its_las
     assert desc.attempt == 2
     assert desc.last_worker_identity is not None
     assert desc.last_worker_identity.startswith(f"{second.pid}@")
-    # Attempt 2 started only once attempt 1's heartbeat timeout had passed.
-    assert desc.last_started_time is not None and desc.last_heartbeat_time is not None
-    assert desc.last_started_time.timestamp() >= desc.last_heartbeat_time.timestamp() + 1.0
+    # The first worker's process was seen gone: its attempt failed as WorkerLost.
+    lost, done = await handle.attempts()
+    assert (lost.outcome, done.outcome) == (AttemptOutcome.WORKER_LOST, AttemptOutcome.COMPLETED)
+    assert isinstance(lost.failure, ApplicationError) and lost.failure.type == "WorkerLost"
     await assert_one_outcome(client, ["counter"])
 
 
-async def test_a_sigkilled_worker_without_heartbeats_is_retried_after_start_to_close(
+async def test_a_sigkilled_worker_without_heartbeats_is_failed_over_without_waiting_for_a_timeout(
     client: Client, db_url: str, task_queue: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "runs.log"
     with procs.Children(tmp_path) as children:
         first = await children.worker("worker-1", db_url, task_queue)
+        second = await children.worker("worker-2", db_url, task_queue + "-other")
         handle = await client.start_activity(
             procs.hang_first_attempt,
             str(log),
             id="hanger",
             task_queue=task_queue,
-            start_to_close_timeout=timedelta(seconds=1),
+            start_to_close_timeout=timedelta(minutes=10),
             retry_policy=FAST_RETRY,
         )
 
         async def started(desc: ActivityExecutionDescription) -> bool:
             return desc.run_state is PendingActivityState.STARTED and log.exists()
 
-        seen = await describe_until(handle, started, "started")
-        assert seen.last_started_time is not None
-        started_at = seen.last_started_time.timestamp()
+        await describe_until(handle, started, "started")
         first.kill()
-        second = await children.worker("worker-2", db_url, task_queue)
+        # The second worker (of another queue) sees the first one's process
+        # gone and fails its attempt; the retry waits for a worker of the queue.
+        lost = await describe_until(
+            handle, lambda d: d.attempt == 2, "attempt 1 failed as WorkerLost", ceiling_s=10
+        )
+        third = await children.worker("worker-3", db_url, task_queue)
         result = await asyncio.wait_for(handle.result(), CEILING_S)
+        second.stop()
 
-    assert result == {"attempt": 2, "pid": second.pid}
-    desc = await handle.describe()
-    assert desc.attempt == 2
-    assert desc.last_started_time is not None
-    # Attempt 2 could start only once attempt 1's start_to_close had passed.
-    assert desc.last_started_time.timestamp() >= started_at + 1.0
+    assert lost.last_failure is not None and "gone" in str(lost.last_failure)
+    assert result == {"attempt": 2, "pid": third.pid}
+    history = await handle.attempts()
+    assert [a.outcome for a in history] == [AttemptOutcome.WORKER_LOST, AttemptOutcome.COMPLETED]
+    assert history[0].worker_identity is not None
+    assert history[0].worker_identity.startswith(f"{first.pid}@")
     assert log_lines(log) == [
         ["start", "hanger", "1", str(first.pid)],
-        ["start", "hanger", "2", str(second.pid)],
-        ["done", "hanger", "2", str(second.pid)],
+        ["start", "hanger", "2", str(third.pid)],
+        ["done", "hanger", "2", str(third.pid)],
     ]
     await assert_one_outcome(client, ["hanger"])
 

@@ -108,6 +108,7 @@ EXPORTS: dict[str, set[str]] = {
         "Query",
         "StartResult",
         "Store",
+        "WorkerRecord",
     },
 }
 

@@ -147,7 +147,14 @@ async def test_connecting_twice_migrates_once_and_keeps_the_executions(
             (pg_schema,),
         )
     }
-    assert tables == {"errands_schema", "executions", "queue_rates", "attempts"}
+    assert tables == {
+        "errands_schema",
+        "executions",
+        "queue_rates",
+        "attempts",
+        "owners",
+        "workers",
+    }
 
 
 async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(

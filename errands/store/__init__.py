@@ -19,6 +19,7 @@ from errands.store._base import (
     Query,
     StartResult,
     Store,
+    WorkerRecord,
 )
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Query",
     "StartResult",
     "Store",
+    "WorkerRecord",
 ]
 
 

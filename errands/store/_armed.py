@@ -33,6 +33,9 @@ class ClaimSpec:
         only_types: Sequence[str] | None,
         exclude_types: Sequence[str],
         queue_rate_per_s: float | None,
+        *,
+        worker_id: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.namespace = namespace
         self.task_queue = task_queue
@@ -41,6 +44,11 @@ class ClaimSpec:
         self.only_types = None if only_types is None else frozenset(only_types)
         self.exclude_types = frozenset(exclude_types)
         self.queue_rate_per_s = queue_rate_per_s
+        self.worker_id = worker_id
+        """The registered worker claiming, if any (its last_seen moves)."""
+        self.owner = owner
+        """This process's hold on the store, which the claimed attempts name:
+        whoever sees it gone fails them as WorkerLost (None: nobody does)."""
 
     def takes(self, activity_type: str) -> bool:
         """Whether this claim's type filter admits the type."""

@@ -200,6 +200,26 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class WorkerRecord:
+    """One registered worker (``Store.register_worker``, ``list_workers``)."""
+
+    worker_id: str
+    namespace: str
+    identity: str
+    host: str
+    pid: int
+    task_queue: str
+    slots: int
+    executor: str
+    """async, thread or process: where its plain-def activities run (async: none)."""
+    started: float
+    last_seen: float
+    """Its last claim that took work, or its start."""
+    used: int = 0
+    """Attempts its process runs on its task queue now."""
+
+
+@dataclass(frozen=True)
 class Condition:
     """One term of a parsed visibility query: ``field op value``."""
 
@@ -244,9 +264,12 @@ class Store(abc.ABC):
         only_types: Sequence[str] | None = None,
         exclude_types: Sequence[str] = (),
         queue_rate_per_s: float | None = None,
+        worker_id: str | None = None,
     ) -> ClaimResult:
         """Start up to ``max_tasks`` ready attempts of the queue: smallest
-        priority key first, then in the order they became ready."""
+        priority key first, then in the order they became ready. A registered
+        worker's claims (``worker_id``) name this process as the attempts'
+        owner (see ``register_worker``)."""
 
     def arm_claim(
         self,
@@ -259,6 +282,7 @@ class Store(abc.ABC):
         exclude_types: Sequence[str],
         deliver: Callable[[ClaimResult, int], None],
         listener: object = None,
+        worker_id: str | None = None,
     ) -> Callable[[], bool] | None:
         """Optional: a poller that found nothing asks the store to claim for it
         inside the transaction of the next change to its queue (a start by
@@ -433,6 +457,38 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def attempts(self, run_id: str) -> builtins.list[AttemptRecord]:
         """The attempts kept of an execution (the newest 100), oldest first."""
+
+    # -- workers and their liveness (DESIGN §6 "Liveness and failover")
+
+    @abc.abstractmethod
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Register a worker, taking this process's liveness token first if it
+        holds none yet: its claims (``claim_batch(worker_id=...)``) then name
+        this process, and whoever sees the token gone fails them as WorkerLost.
+
+        Raises StoreError if the token cannot be taken.
+        """
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+
+    @abc.abstractmethod
+    async def list_workers(self, namespace: str) -> builtins.list[WorkerRecord]:
+        """The namespace's registered workers, oldest first."""
+
+    @abc.abstractmethod
+    def watch_liveness(self, failure: bytes) -> None:
+        """From now on, fail the attempts of every process whose liveness token
+        is found gone, with ``failure`` (an encoded retryable
+        ``ApplicationError(type="WorkerLost")``); a worker or a client awaiting
+        a result calls this."""
+
+    @abc.abstractmethod
+    async def check_liveness(self) -> builtins.list[str]:
+        """Look now for processes whose token is gone and fail their attempts
+        (as ``watch_liveness`` does, which must have been called); the owners
+        found gone."""
 
     @abc.abstractmethod
     async def close(self) -> None:

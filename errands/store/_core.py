@@ -24,6 +24,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -51,6 +52,7 @@ from errands.store._base import (
     Query,
     StartResult,
     Store,
+    WorkerRecord,
 )
 from errands.store._changes import (
     FOREIGN,
@@ -142,6 +144,12 @@ class CoreStore(Store):
             self._before_commit,
             self._intake_failed,
         )
+        self._owner: str | None = None
+        """This process's hold on the store, once a worker registered (its
+        liveness token is held)."""
+        self._owner_lock = threading.Lock()
+        self._lost_failure: bytes | None = None
+        """What the attempts of a process found gone fail with (once watching)."""
         self._readers = ThreadPoolExecutor(dialect.readers, thread_name_prefix="errands-reader")
         self.reads = 0
         """Reads run (for tests and bench that count round trips)."""
@@ -202,6 +210,10 @@ class CoreStore(Store):
     async def close(self) -> None:
         if self._closed:
             return
+        owner = self._owner
+        if owner is not None:
+            with contextlib.suppress(StoreError):  # the token goes anyway, with the dialect
+                await self._op(functools.partial(_forget_owner, owner=owner))
         self._closed = True
         self.feed.close()
         loop = asyncio.get_running_loop()
@@ -426,11 +438,20 @@ class CoreStore(Store):
         only_types: Sequence[str] | None = None,
         exclude_types: Sequence[str] = (),
         queue_rate_per_s: float | None = None,
+        worker_id: str | None = None,
     ) -> ClaimResult:
         if only_types is not None and not only_types:
             return ClaimResult([], None)
         claim = Claim(
-            namespace, task_queue, max_tasks, identity, only_types, exclude_types, queue_rate_per_s
+            namespace,
+            task_queue,
+            max_tasks,
+            identity,
+            only_types,
+            exclude_types,
+            queue_rate_per_s,
+            worker_id=worker_id,
+            owner=None if worker_id is None else self._owner,
         )
         result: ClaimResult = await self._write("claim", claim.run)
         return result
@@ -446,8 +467,19 @@ class CoreStore(Store):
         exclude_types: Sequence[str],
         deliver: Callable[[ClaimResult, int], None],
         listener: object = None,
+        worker_id: str | None = None,
     ) -> Callable[[], bool]:
-        claim = Claim(namespace, task_queue, max_tasks, identity, only_types, exclude_types, None)
+        claim = Claim(
+            namespace,
+            task_queue,
+            max_tasks,
+            identity,
+            only_types,
+            exclude_types,
+            None,
+            worker_id=worker_id,
+            owner=None if worker_id is None else self._owner,
+        )
         armed = Armed(claim, deliver, asyncio.get_running_loop(), listener=listener)
         return self._armed.arm((namespace, task_queue), armed)
 
@@ -807,11 +839,99 @@ class CoreStore(Store):
             if n < batch:
                 return total
 
+    # ---------------------------------------------------------------- workers and liveness
+
+    def _hold_owner(self) -> tuple[str, int | None, bool]:
+        """This process's owner id and lock key, taking its token if it holds
+        none yet (blocking); True if it was taken now."""
+        with self._owner_lock:
+            if self._owner is not None:
+                return self._owner, None, False
+            owner = uuid.uuid4().hex
+            key = self._dialect.hold_token(owner)
+            self._owner = owner
+            return owner, key, True
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        try:
+            owner, key, new = await asyncio.to_thread(self._hold_owner)
+        except OSError as e:
+            raise StoreError(f"{self.label}: cannot take a liveness token: {e}") from e
+        row = {
+            name: getattr(worker, name)
+            for name in ("worker_id", "namespace", "identity", "host", "pid", "task_queue")
+        }
+        row.update(slots=worker.slots, executor=worker.executor)
+
+        def op(tx: Tx) -> None:
+            if new:
+                tx.run(
+                    "owner_add",
+                    owner=owner,
+                    host=worker.host,
+                    pid=worker.pid,
+                    now=tx.now,
+                    lock_key=key,
+                )
+            tx.run("worker_add", owner=owner, now=tx.now, **row)
+
+        await self._op(op)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._op(lambda tx: tx.run("worker_forget", worker_id=worker_id))
+
+    async def list_workers(self, namespace: str) -> builtins.list[WorkerRecord]:
+        def read(tx: Tx) -> builtins.list[WorkerRecord]:
+            return [
+                _rows.worker(row, namespace)
+                for row in tx.fetch("workers_of_namespace", ns=namespace)
+            ]
+
+        return await self._read(read)
+
+    def watch_liveness(self, failure: bytes) -> None:
+        first = self._lost_failure is None
+        self._lost_failure = failure
+        if first:
+            self._dialect.watch_tokens(self._tokens_gone)
+
+    def _tokens_gone(self, owners: builtins.list[str]) -> None:
+        """(A watcher thread.) Fail the attempts of the processes whose
+        liveness tokens are gone."""
+        for owner in owners:
+            if owner != self._owner and not self._closed:
+                self._writer.post("op", functools.partial(self._bury, owner=owner))
+
+    def _bury(self, tx: Tx, owner: str) -> int:
+        failed = tr.fail_owner(tx, owner, self._lost_failure)
+        if failed:
+            logger.warning(
+                "%s: a worker process is gone (owner %s): %d attempts failed as WorkerLost",
+                self.label,
+                owner,
+                failed,
+            )
+        self._dialect.bury_token(owner)
+        return failed
+
+    async def check_liveness(self) -> builtins.list[str]:
+        dead = await asyncio.to_thread(self._dialect.dead_tokens)
+        found = [owner for owner in dead if owner != self._owner]
+        for owner in found:
+            await self._op(functools.partial(self._bury, owner=owner))
+        return found
+
     async def attempts(self, run_id: str) -> builtins.list[AttemptRecord]:
         def read(tx: Tx) -> builtins.list[AttemptRecord]:
             return [_rows.attempt(row) for row in tx.fetch("attempts_of_run", run_id=run_id)]
 
         return await self._read(read)
+
+
+def _forget_owner(tx: Tx, owner: str) -> None:
+    """This process closes the store: forget its hold and its workers."""
+    tx.run("workers_of_owner_forget", owner=owner)
+    tx.run("owner_forget", owner=owner)
 
 
 def _localized(change: Change, offset: float) -> Change:

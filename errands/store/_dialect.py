@@ -185,9 +185,34 @@ class Dialect(abc.ABC):
         changes by group starts (before it returns) or stops hearing them.
         Callable from any thread; nothing by default."""
 
+    # -- liveness tokens (see the migration of schema 6) ----------------------
+
+    @abc.abstractmethod
+    def hold_token(self, owner: str) -> int | None:
+        """Take this process's liveness token, for ``owner`` (blocking); the
+        lock key to record with it, if the dialect's token has one.
+
+        Raises StoreError (or OSError) if it cannot be taken.
+        """
+
+    @abc.abstractmethod
+    def watch_tokens(self, gone: Callable[[list[str]], None]) -> None:
+        """From now on, call ``gone`` (on a watcher thread) with the owners
+        whose tokens are found gone (no-op if watching already)."""
+
+    @abc.abstractmethod
+    def dead_tokens(self) -> list[str]:
+        """The owners whose tokens are gone now, as far as the dialect knows
+        (blocking)."""
+
+    @abc.abstractmethod
+    def bury_token(self, owner: str) -> None:
+        """Forget a dead owner's token: its attempts were failed."""
+
     @abc.abstractmethod
     def close(self) -> None:
-        """Stop watching and release every connection (blocking)."""
+        """Stop watching, give up this process's token and release every
+        connection (blocking)."""
 
     @abc.abstractmethod
     def translate(self, error: BaseException) -> StoreError:

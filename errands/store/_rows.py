@@ -17,6 +17,7 @@ from errands.store._base import (
     ClosedRun,
     ExecutionOptions,
     ExecutionRecord,
+    WorkerRecord,
 )
 
 Row = Mapping[str, Any]
@@ -148,6 +149,23 @@ def options_text(opts: ExecutionOptions) -> str:
 def options_from_text(text: str) -> ExecutionOptions:
     """The options ``options_text`` wrote."""
     return options(json.loads(text))
+
+
+def worker(row: Row, namespace: str) -> WorkerRecord:
+    """A WorkerRecord from a row of ``workers_of_namespace``."""
+    return WorkerRecord(
+        worker_id=row["worker_id"],
+        namespace=namespace,
+        identity=row["identity"],
+        host=row["host"],
+        pid=row["pid"],
+        task_queue=row["task_queue"],
+        slots=row["slots"],
+        executor=row["executor"],
+        started=row["started"],
+        last_seen=row["last_seen"],
+        used=int(row["used"]),
+    )
 
 
 def closed_run(row: Row) -> ClosedRun:

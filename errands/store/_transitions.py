@@ -58,6 +58,7 @@ class Claim(ClaimSpec):
             "now": tx.now,
             "far": FAR,
             "identity": self.identity,
+            "owner": self.owner,
             "n": max(0, n),
             "max": self.max_tasks,
             "only": None if self.only_types is None else sorted(self.only_types),
@@ -89,10 +90,39 @@ class Claim(ClaimSpec):
             for row in tasks:
                 tx.claimed[row["run_id"]] = row["attempt"]
             begin_attempts(tx, tasks, self.identity)
+            if self.worker_id is not None:
+                worker_seen(tx, self.worker_id)
             tx.changes.append(Deadline(self.namespace, min(row["deadline"] for row in tasks)))
         return ClaimResult(
             [_rows.task(row) for row in tasks], None if next_ready is None else tx.local(next_ready)
         )
+
+
+SEEN_EVERY_S = 1.0
+"""How often at most a worker's claims move its ``last_seen``."""
+
+_seen: dict[str, float] = {}
+
+
+def worker_seen(tx: Tx, worker_id: str) -> None:
+    """Note that a worker claimed work (at most every SEEN_EVERY_S)."""
+    if tx.now - _seen.get(worker_id, 0.0) >= SEEN_EVERY_S:
+        _seen[worker_id] = tx.now
+        tx.run("worker_seen", worker_id=worker_id, now=tx.now)
+
+
+def fail_owner(tx: Tx, owner: str, failure_data: bytes | None) -> int:
+    """A process holding the store died: fail the attempts its workers ran as
+    WorkerLost (retried as the lifecycle decides) and forget it and its
+    workers; how many attempts it failed."""
+    info = lc.AttemptFailure(lc.FailureKind.APPLICATION, error_type=lc.WORKER_LOST_ERROR_TYPE)
+    failed = 0
+    for row in tx.fetch("running_of_owner", owner=owner):
+        if apply_failure(tx, row, info, failure_data) is not None:
+            failed += 1
+    tx.run("workers_of_owner_forget", owner=owner)
+    tx.run("owner_forget", owner=owner)
+    return failed
 
 
 def queue_tokens(tx: Tx, namespace: str, task_queue: str, rate: float) -> float:

@@ -72,11 +72,13 @@ class Poller:
         exclude_types: Sequence[str] = (),
         max_per_second: float | None = None,
         queue_rate_per_s: float | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self._store = store
         self._namespace = namespace
         self._task_queue = task_queue
         self._identity = identity
+        self._worker_id = worker_id
         self._slots = slots
         self._running = running
         self._start = start
@@ -142,6 +144,7 @@ class Poller:
                 only_types=self._only_types,
                 exclude_types=self._exclude_types,
                 queue_rate_per_s=self._queue_rate,
+                worker_id=self._worker_id,
             )
         except Exception:
             logger.exception("claiming from task queue %r failed; retrying", self._task_queue)
@@ -177,6 +180,7 @@ class Poller:
                 exclude_types=self._exclude_types,
                 deliver=deliver,
                 listener=sub,
+                worker_id=self._worker_id,
             )
         timeout = IDLE_POLL_S
         if self._next_ready is not None:

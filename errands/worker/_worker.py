@@ -10,13 +10,15 @@ import functools
 import logging
 import os
 import socket
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from errands.activity import ActivityCancellationDetails, _Definition, _Signal
-from errands.store import ClaimedTask
+from errands.store import ClaimedTask, WorkerRecord
 from errands.store._changes import Interrupted
 from errands.worker._attempt import Attempt, AttemptEnv
 from errands.worker._interrupts import InterruptWatcher, details_for, needs_heartbeat
@@ -101,6 +103,7 @@ class Worker:
         self._client = client
         self._task_queue = task_queue
         self._identity = identity or f"{os.getpid()}@{socket.gethostname()}"
+        self._worker_id = uuid.uuid4().hex
         self._graceful_s = graceful_shutdown_timeout.total_seconds()
         self._async_runner = AsyncRunner()
         self._definitions: dict[str, _Definition] = {}
@@ -160,6 +163,7 @@ class Worker:
         self._shutdown_requested = asyncio.Event()
         self._cut_grace = asyncio.Event()
         self._wire()
+        await self._register()
         self._watcher.subscribe()  # before the first claim, or a request could be missed
         stop_background = asyncio.Event()
         background = [
@@ -185,6 +189,10 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             if self._sync_runner is not None:
                 self._sync_runner.close()
+            try:
+                await self._client._store.unregister_worker(self._worker_id)
+            except Exception as e:  # the store's own record goes when the process's hold does
+                logger.warning("worker %s could not unregister: %s", self._identity, e)
             self._state = _State.STOPPED
             logger.info("worker %s stopped", self._identity)
 
@@ -220,6 +228,7 @@ class Worker:
             start=self._start_attempt,
             max_per_second=self._max_per_second,
             queue_rate_per_s=self._queue_rate,
+            worker_id=self._worker_id,
         )
         self._poller = make_poller(
             slots=self._slots,
@@ -237,6 +246,34 @@ class Worker:
                 exclude_types=async_names if sync_takes_unknown else (),
             )
             self._pollers.append(self._sync_poller)
+
+    async def _register(self) -> None:
+        """Register in the store's worker registry, holding this process's
+        liveness token, and watch the other processes' tokens: a worker whose
+        process dies has its attempts failed as WorkerLost by whoever sees it.
+
+        Raises StoreError if the store refuses.
+        """
+        store = self._client._store
+        if self._sync_runner is None:
+            executor = "async"
+        else:
+            executor = "thread" if isinstance(self._sync_runner, ThreadRunner) else "process"
+        await store.register_worker(
+            WorkerRecord(
+                worker_id=self._worker_id,
+                namespace=self._client.namespace,
+                identity=self._identity,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                task_queue=self._task_queue,
+                slots=self._slots,
+                executor=executor,
+                started=time.time(),
+                last_seen=time.time(),
+            )
+        )
+        await self._client._watch_liveness()
 
     async def _finish_attempts(self) -> None:
         """Shutdown after claiming stopped: tell activities, wait out the grace

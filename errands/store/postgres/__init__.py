@@ -70,6 +70,7 @@ from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
 from errands.store._thread import WatchThread
 from errands.store._writer import WRITING_KINDS
+from errands.store.postgres._tokens import AdvisoryLocks
 
 logger = logging.getLogger("errands.store.postgres")
 
@@ -320,6 +321,14 @@ class PostgresDialect(Dialect):
         self._token = uuid.uuid4().hex
         self._conn: Conn | None = None
         self._listener: _Listener | None = None
+        self._tokens = AdvisoryLocks(
+            conninfo,
+            kwargs,
+            CATALOGUE,
+            _lock_key("owners", schema) & 0x7FFFFFFF,
+            self.target,
+            _connect_kwargs(conninfo, schema)[1],
+        )
 
     # -- statements
 
@@ -476,7 +485,23 @@ class PostgresDialect(Dialect):
         if self._listener is not None:
             self._listener.listen(self._channels[group], on)
 
+    # -- liveness tokens
+
+    def hold_token(self, owner: str) -> int | None:
+        del owner  # the lock's key is recorded with it
+        return self._tokens.hold()
+
+    def watch_tokens(self, gone: Callable[[list[str]], None]) -> None:
+        self._tokens.watch(gone)
+
+    def dead_tokens(self) -> list[str]:
+        return self._tokens.dead()
+
+    def bury_token(self, owner: str) -> None:
+        del owner  # its lock is gone with its session; its row goes with its attempts
+
     def close(self) -> None:
+        self._tokens.stop()
         if self._listener is not None:
             self._listener.stop()
         self._drop_connection()

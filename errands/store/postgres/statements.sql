@@ -48,7 +48,7 @@ SELECT run_id FROM executions WHERE run_id = %(run_id)s
 -- claimed its task columns are NULL.
 WITH claimed AS (
     UPDATE executions SET run_state = 'STARTED', started_time = %(now)s,
-        identity = %(identity)s,
+        identity = %(identity)s, owner = %(owner)s,
         attempt_start_to_close_s = start_to_close_s, attempt_heartbeat_s = heartbeat_s,
         attempt_deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, %(far)s)),
         deadline = least(s2c_deadline, %(now)s + coalesce(start_to_close_s, %(far)s),
@@ -378,3 +378,61 @@ UPDATE executions SET task_queue = %(task_queue)s, schedule_to_close_s = %(sched
     s2c_deadline = %(s2c_deadline)s, deadline = %(deadline)s, attempt_deadline = %(attempt_deadline)s,
     retry_interval_s = %(interval_s)s
 WHERE id = %(id)s AND attempt = %(attempt_was)s AND run_state = %(state_was)s
+
+-- name: owner_add
+-- Record a process's hold on the store, once its liveness token is held.
+INSERT INTO owners (owner, host, pid, started, lock_key)
+VALUES (%(owner)s, %(host)s, %(pid)s, %(now)s, %(lock_key)s)
+
+-- name: owners
+-- Every process holding the store (liveness: see the migration of schema 6).
+SELECT owner, host, pid, started, lock_key FROM owners
+
+-- name: owner_forget
+-- Forget a process's hold on the store (it closed, or it died).
+DELETE FROM owners WHERE owner = %(owner)s
+
+-- name: workers_of_owner_forget
+-- Forget the workers of a process.
+DELETE FROM workers WHERE owner = %(owner)s
+
+-- name: running_of_owner
+-- The lifecycle's view of the attempts a process's workers run, locked.
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
+FROM executions WHERE owner = %(owner)s AND status = 'RUNNING'
+AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') FOR UPDATE
+
+-- name: worker_add
+-- Register a worker.
+INSERT INTO workers (worker_id, owner, namespace, identity, host, pid, task_queue, slots,
+    executor, started, last_seen)
+VALUES (%(worker_id)s, %(owner)s, %(namespace)s, %(identity)s, %(host)s, %(pid)s,
+    %(task_queue)s, %(slots)s, %(executor)s, %(now)s, %(now)s)
+
+-- name: worker_forget
+-- Unregister a worker that stopped.
+DELETE FROM workers WHERE worker_id = %(worker_id)s
+
+-- name: worker_seen
+-- Note when a worker last claimed work.
+UPDATE workers SET last_seen = %(now)s WHERE worker_id = %(worker_id)s
+
+-- name: workers_of_namespace
+-- A namespace's workers, oldest first, each with the attempts its process runs
+-- on its queue (slots in use).
+SELECT w.worker_id, w.owner, w.identity, w.host, w.pid, w.task_queue, w.slots, w.executor,
+    w.started, w.last_seen, (SELECT count(*) FROM executions e WHERE e.owner = w.owner
+        AND e.namespace = w.namespace AND e.task_queue = w.task_queue AND e.status = 'RUNNING'
+        AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')) AS used
+FROM workers w WHERE w.namespace = %(ns)s ORDER BY w.started, w.worker_id
+
+-- name: owners_unlocked
+-- The processes holding the store whose liveness token (a session advisory
+-- lock: class %(class)s, key lock_key) no session of this database holds.
+SELECT o.owner FROM owners o WHERE o.lock_key IS NOT NULL AND NOT EXISTS (
+    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = %(class)s::oid AND l.objid = o.lock_key::oid AND l.objsubid = 2)

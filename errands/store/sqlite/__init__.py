@@ -53,6 +53,7 @@ from errands.store._core import CoreStore
 from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
 from errands.store.sqlite._doorbell import Doorbell
+from errands.store.sqlite._tokens import LockFiles
 
 logger = logging.getLogger("errands.store.sqlite")
 
@@ -202,6 +203,7 @@ class SQLiteDialect(Dialect):
         self._version = self._data_version()
         self._seq = int(writer.execute(CATALOGUE["changes_head"]).fetchone()["seq"])
         self._watch: Doorbell | None = None
+        self._tokens = LockFiles(path + "-owners")
         self._look_posted = threading.Event()
         self._pulled_seq: int | None = None
         self._pulled_version: int | None = None
@@ -366,7 +368,23 @@ class SQLiteDialect(Dialect):
         except sqlite3.Error as e:
             raise _translate(e, self.path) from e
 
+    # -- liveness tokens
+
+    def hold_token(self, owner: str) -> int | None:
+        self._tokens.hold(owner)
+        return None
+
+    def watch_tokens(self, gone: Callable[[list[str]], None]) -> None:
+        self._tokens.watch(gone)
+
+    def dead_tokens(self) -> list[str]:
+        return self._tokens.dead()
+
+    def bury_token(self, owner: str) -> None:
+        self._tokens.bury(owner)
+
     def close(self) -> None:
+        self._tokens.release()
         if self._watch is not None:
             self._watch.stop()
         with self._lock:

@@ -53,7 +53,7 @@ _IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")  # struct inotify_event without its name
 
 
-class _Inotify:
+class Inotify:
     """An inotify descriptor, and watches added to it."""
 
     def __init__(self) -> None:
@@ -62,8 +62,9 @@ class _Inotify:
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
 
-    def add(self, path: str) -> int:
-        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_MODIFY))
+    def add(self, path: str, mask: int = _IN_MODIFY) -> int:
+        """Watch ``path`` for the events of ``mask`` (default: modified); the watch."""
+        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask))
         if wd < 0:
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {path} failed")
         return wd
@@ -109,7 +110,7 @@ class Doorbell(WatchThread):
         self._watches: dict[int, str] = {}
         self._pause = POLL_S[0]
         try:
-            self._inotify: _Inotify | None = _Inotify()
+            self._inotify: Inotify | None = Inotify()
         except OSError:
             logger.info("no inotify for %s: watching it by polling", path)
             self._inotify = None
@@ -188,7 +189,7 @@ class Doorbell(WatchThread):
             else:
                 self._rang(group, [i for i in range(BELLS) if now[i] != seen[i]])
 
-    def _watch(self, inotify: _Inotify) -> None:
+    def _watch(self, inotify: Inotify) -> None:
         wake = self._wake
         while not self._stopping.is_set():
             readable, _, _ = select.select([inotify.fd, wake], [], [], SAFETY_LOOK_S)

@@ -34,6 +34,7 @@ SELECT run_id FROM executions WHERE run_id = :run_id
 -- Start up to :n ready attempts of a queue: smallest priority key first, then
 -- in the order they became ready (:only / :skip filter types, JSON or NULL).
 UPDATE executions SET run_state = 'STARTED', started_time = :now, identity = :identity,
+    owner = :owner,
     attempt_start_to_close_s = start_to_close_s, attempt_heartbeat_s = heartbeat_s,
     attempt_deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, :far)),
     deadline = min(s2c_deadline, :now + coalesce(start_to_close_s, :far),
@@ -337,3 +338,53 @@ UPDATE executions SET task_queue = :task_queue, schedule_to_close_s = :schedule_
     s2c_deadline = :s2c_deadline, deadline = :deadline, attempt_deadline = :attempt_deadline,
     retry_interval_s = :interval_s
 WHERE id = :id AND attempt = :attempt_was AND run_state = :state_was
+
+-- name: owner_add
+-- Record a process's hold on the store, once its liveness token is held.
+INSERT INTO owners (owner, host, pid, started, lock_key)
+VALUES (:owner, :host, :pid, :now, :lock_key)
+
+-- name: owners
+-- Every process holding the store (liveness: see the migration of schema 6).
+SELECT owner, host, pid, started, lock_key FROM owners
+
+-- name: owner_forget
+-- Forget a process's hold on the store (it closed, or it died).
+DELETE FROM owners WHERE owner = :owner
+
+-- name: workers_of_owner_forget
+-- Forget the workers of a process.
+DELETE FROM workers WHERE owner = :owner
+
+-- name: running_of_owner
+-- The lifecycle's view of the attempts a process's workers run.
+SELECT id, namespace, task_queue, run_id, attempt, run_state, retry_policy, cancel_requested,
+    s2c_deadline, ready_at, started_time, last_heartbeat_time, schedule_to_start_s,
+    start_to_close_s, heartbeat_s, deadline, attempt_base, attempt_start_to_close_s,
+    attempt_heartbeat_s
+FROM executions WHERE owner = :owner AND status = 'RUNNING'
+AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
+
+-- name: worker_add
+-- Register a worker.
+INSERT INTO workers (worker_id, owner, namespace, identity, host, pid, task_queue, slots,
+    executor, started, last_seen)
+VALUES (:worker_id, :owner, :namespace, :identity, :host, :pid,
+    :task_queue, :slots, :executor, :now, :now)
+
+-- name: worker_forget
+-- Unregister a worker that stopped.
+DELETE FROM workers WHERE worker_id = :worker_id
+
+-- name: worker_seen
+-- Note when a worker last claimed work.
+UPDATE workers SET last_seen = :now WHERE worker_id = :worker_id
+
+-- name: workers_of_namespace
+-- A namespace's workers, oldest first, each with the attempts its process runs
+-- on its queue (slots in use).
+SELECT w.worker_id, w.owner, w.identity, w.host, w.pid, w.task_queue, w.slots, w.executor,
+    w.started, w.last_seen, (SELECT count(*) FROM executions e WHERE e.owner = w.owner
+        AND e.namespace = w.namespace AND e.task_queue = w.task_queue AND e.status = 'RUNNING'
+        AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')) AS used
+FROM workers w WHERE w.namespace = :ns ORDER BY w.started, w.worker_id
