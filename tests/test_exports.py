@@ -66,6 +66,11 @@ EXPORTS: dict[str, set[str]] = {
         "Priority",
         "RawValue",
         "RetryPolicy",
+        "SearchAttributeIndexedValueType",
+        "SearchAttributeKey",
+        "SearchAttributePair",
+        "SearchAttributeUpdate",
+        "TypedSearchAttributes",
     },
     "errands.exceptions": {
         "ActivityAlreadyClosedError",
