@@ -260,10 +260,7 @@ class TypedSearchAttributes(Collection[SearchAttributePair[Any]]):
 
     def __contains__(self, key: object) -> bool:
         """Whether a key (name and type alike), or a name, is present."""
-        for pair in self.search_attributes:
-            if pair.key == key or pair.key.name == key:
-                return True
-        return False
+        return any(pair.key == key or pair.key.name == key for pair in self.search_attributes)
 
     def __getitem__(self, key: SearchAttributeKey[T]) -> T:
         """The value of the key. Raises KeyError if its name is absent or
