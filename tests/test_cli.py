@@ -25,6 +25,7 @@ import pytest
 
 from errands._query import parse_query
 from errands.cli import parse_duration, quoted
+from errands.store import Compare
 from errands.store.sqlite import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -399,8 +400,8 @@ def test_filters_match_values_with_quotes_and_backslashes_exactly(
     "value", ["it's", "a\\b", "\\'", "''", "a\\\\'b", "trailing\\", "new\nline", '"double"', ""]
 )
 def test_a_quoted_filter_value_parses_back_to_itself(value: str) -> None:
-    (condition,) = parse_query(f"ActivityType = {quoted(value)}").conditions
-    assert condition.value == value
+    condition = parse_query(f"ActivityType = {quoted(value)}").where
+    assert isinstance(condition, Compare) and condition.value == value
 
 
 @pytest.mark.parametrize(
