@@ -26,6 +26,9 @@ from bench.idle import WORKER_SLOTS as IDLE_SLOTS
 from bench.idle import await_forever, idle
 from bench.retention import RUNS as RETENTION_RUNS
 from bench.retention import retention
+from bench.search import NAME as SEARCH
+from bench.search import PAGE as SEARCH_PAGE
+from bench.search import list_by_keyword
 from bench.stores import StoreTarget
 from bench.stores import read_settings as read_store_settings
 from errands.client import Client
@@ -45,13 +48,16 @@ WORKLOADS = [
     "retention",
     "idle",
     "fleet",
+    "list-by-keyword",
 ]
 """1p: worker and client in one process; 2p: the worker in a child process;
 thread/process: sync activities on a thread pool / process pool of a worker in
 the client's process; scaling: 1, 2, 4 worker processes and the client in this
 one; retention: claims with and without a million closed rows, and prune; idle: the
 CPU of a waiting worker process and of a client process awaiting a result;
-fleet: 1, 4, 16 worker processes of I/O-bound activities (bench/fleet.py)."""
+fleet: 1, 4, 16 worker processes of I/O-bound activities (bench/fleet.py);
+list-by-keyword: a page of the executions with one value of a keyword search
+attribute among a million (bench/search.py; p50 target <= 20 ms on both stores)."""
 
 THREAD_SHARE = 0.7
 """throughput-thread must reach this share of throughput-1p (same run)."""
@@ -109,6 +115,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=1000,
         help="tasks started, then claimed one claim_batch call each (retention)",
+    )
+    p.add_argument(
+        "--search-rows",
+        type=int,
+        default=1_000_000,
+        help="closed executions with a keyword search attribute (list-by-keyword)",
+    )
+    p.add_argument(
+        "--search-calls", type=int, default=500, help="list calls timed (list-by-keyword)"
     )
     p.add_argument(
         "--idle-window", type=float, default=60.0, help="seconds the idle CPU is measured over"
@@ -251,6 +266,8 @@ async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[st
         f"keeping slots x workers x {1 + args.fleet_margin:g} in flight; "
         f"{args.fleet_warmup:g} s warm-up, {args.fleet_window:g} s window",
         "fleet netem delay (PostgreSQL only)": f"{args.netem_delay_ms:g} ms each way",
+        "list-by-keyword": f"{args.search_rows:,} closed rows, {args.search_calls} list calls "
+        f"of {SEARCH_PAGE} one at a time",
         "workloads": " ".join(args.only),
     }
 
@@ -265,6 +282,8 @@ async def run_workload(
         return await idle(store, args.idle_window, args.idle_settle, notes)
     if name == "fleet":
         return await fleet(store, fleet_size(args), notes)
+    if name == SEARCH:
+        return await list_by_keyword(store, args.search_rows, args.search_calls)
     if name == "retention":
         return await retention(
             store, args.closed_rows, args.retention_n, args.in_flight, args.claim_rounds
