@@ -60,7 +60,7 @@ async def fill(store: StoreTarget, url: str, client: Client, rows: int) -> None:
     )
     await template.terminate()
     assert template.run_id is not None
-    number = "CAST(substr(activity_id, 8) AS INTEGER)"  # activity_id is 'closed-' || i
+    number = "CAST(substr(activity_id, 8) AS BIGINT)"  # activity_id is 'closed-' || i
     index = (
         "INSERT INTO search_attributes (execution_id, namespace, name, position, text_value) "
         f"SELECT id, namespace, 'Customer', 0, {customer_sql(number)} FROM executions "

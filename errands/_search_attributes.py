@@ -174,7 +174,13 @@ class SearchAttributeUpdate(Generic[T]):
 def _string(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"search attribute {name!r} takes a str, not {type(value).__name__}")
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_STRING_BYTES:
+    if "\x00" in value:
+        raise ValueError(f"search attribute {name!r}: a value holds a NUL character")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"search attribute {name!r}: a value is not valid Unicode") from None
+    if len(encoded) > MAX_STRING_BYTES:
         raise ValueError(
             f"search attribute {name!r}: a value is over {MAX_STRING_BYTES} bytes (UTF-8)"
         )
