@@ -382,8 +382,8 @@ class _Parser:
 
     def datetime(self, field: str) -> datetime:
         value = self.string()
-        try:
-            moment = datetime.fromisoformat(value)
+        try:  # Python 3.10's fromisoformat does not read "Z"
+            moment = datetime.fromisoformat(re.sub(r"[Zz]$", "+00:00", value))
         except ValueError:
             raise self.error(f"{field} takes an ISO-8601 time, not {value!r}") from None
         return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment

@@ -12,10 +12,11 @@ from __future__ import annotations
 import enum
 import math
 import re
+import sys
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -156,11 +157,21 @@ _PYTHON_TYPE: dict[SearchAttributeIndexedValueType, type] = {
 }
 
 
-class SearchAttributePair(NamedTuple, Generic[T]):
-    """A key and its value."""
+if TYPE_CHECKING or sys.version_info >= (3, 11):
 
-    key: SearchAttributeKey[T]
-    value: T
+    class SearchAttributePair(NamedTuple, Generic[T]):
+        """A key and its value."""
+
+        key: SearchAttributeKey[T]
+        value: T
+
+else:  # Python 3.10's NamedTuple cannot be generic
+
+    class SearchAttributePair(NamedTuple):
+        """A key and its value."""
+
+        key: SearchAttributeKey[Any]
+        value: Any
 
 
 @dataclass(frozen=True)
