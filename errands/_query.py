@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 
 from errands._lifecycle import RunState, Status
@@ -334,14 +334,20 @@ class _Parser:
 
     # -- values
 
-    def string(self) -> str:
+    def literal(self, accepts: Callable[[Token], bool], refusal: str) -> str:
+        """The next token's text if ``accepts`` it; else ValueError with
+        ``refusal`` and what was found."""
         found = self.peek()
-        if found is None or found[0] != "string":
-            shown = "the end" if found is None else repr(found[1])
-            raise self.error(f"expected a quoted string, found {shown}")
+        if found is None or not accepts(found):
+            raise self.error(f"{refusal} {'the end' if found is None else repr(found[1])}")
         self.i += 1
         self.count()
-        value = _unquote(found[1])
+        return found[1]
+
+    def string(self) -> str:
+        value = _unquote(
+            self.literal(lambda t: t[0] == "string", "expected a quoted string, found")
+        )
         if "\x00" in value:
             raise self.error("a string holds a NUL character")
         try:
@@ -365,13 +371,10 @@ class _Parser:
         if kind is IVT.DOUBLE:
             return float(self.number(name, integer=False))
         if kind is IVT.BOOL:
-            found = self.peek()
-            if found is None or found not in (("keyword", "TRUE"), ("keyword", "FALSE")):
-                shown = "the end" if found is None else repr(found[1])
-                raise self.error(f"{name} takes TRUE or FALSE, not {shown}")
-            self.i += 1
-            self.count()
-            return int(found[1] == "TRUE")
+            truth = ("keyword", "TRUE"), ("keyword", "FALSE")
+            return int(
+                self.literal(truth.__contains__, f"{name} takes TRUE or FALSE, not") == "TRUE"
+            )
         return self.string()
 
     def named(self, names: Mapping[str, Status | RunState], field: str) -> Status | RunState:
@@ -389,13 +392,7 @@ class _Parser:
         return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
     def number(self, field: str, *, integer: bool) -> int | float:
-        found = self.peek()
-        if found is None or found[0] != "number":
-            shown = "the end" if found is None else repr(found[1])
-            raise self.error(f"{field} takes a number, not {shown}")
-        self.i += 1
-        self.count()
-        token = found[1]
+        token = self.literal(lambda t: t[0] == "number", f"{field} takes a number, not")
         if integer:
             if not re.fullmatch(r"-?\d+", token):
                 raise self.error(f"{field} takes an integer, not {token}")

@@ -187,14 +187,22 @@ def _write_postgres(url: str, schema: str, rows: list[dict[str, Any]]) -> None:
         )
 
 
-async def test_a_first_release_store_with_executions_in_every_state_carries_on(
+async def _first_release(
     store_kind: str, db_url: str, task_queue: str, request: pytest.FixtureRequest
-) -> None:
+) -> list[dict[str, Any]]:
+    """Write a first-release store with executions in every state; its rows."""
     rows = await _rows(task_queue)
     if store_kind == "sqlite":
         _write_sqlite(str(request.getfixturevalue("db_path")), rows)
     else:
         _write_postgres(db_url, request.getfixturevalue("pg_schema"), rows)
+    return rows
+
+
+async def test_a_first_release_store_with_executions_in_every_state_carries_on(
+    store_kind: str, db_url: str, task_queue: str, request: pytest.FixtureRequest
+) -> None:
+    await _first_release(store_kind, db_url, task_queue, request)
 
     client = await Client.connect(db_url)
     try:
@@ -238,11 +246,7 @@ async def test_a_first_release_store_with_executions_in_every_state_carries_on(
 async def test_a_first_release_store_takes_search_attributes_after_migrating(
     store_kind: str, db_url: str, task_queue: str, request: pytest.FixtureRequest
 ) -> None:
-    rows = await _rows(task_queue)
-    if store_kind == "sqlite":
-        _write_sqlite(str(request.getfixturevalue("db_path")), rows)
-    else:
-        _write_postgres(db_url, request.getfixturevalue("pg_schema"), rows)
+    rows = await _first_release(store_kind, db_url, task_queue, request)
     customer = SearchAttributeKey.for_keyword("Customer")
 
     client = await Client.connect(db_url)
