@@ -435,7 +435,7 @@ class Store(abc.ABC):
     async def list(
         self, namespace: str, query: Query, *, limit: int | None = None
     ) -> builtins.list[ExecutionRecord]:
-        """Executions matching the query, newest first."""
+        """Executions matching the query, newest first (or in its ORDER BY)."""
 
     @abc.abstractmethod
     async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
