@@ -38,6 +38,7 @@ from errands.exceptions import (
 )
 from errands.store import NewExecution, Store, open_store
 from errands.store._changes import Started
+from errands.store._migrations import migrations
 from errands.worker import Worker
 from tests import procs
 from tests.conftest import admin, psycopg, with_params
@@ -131,12 +132,8 @@ async def test_connecting_twice_migrates_once_and_keeps_the_executions(
 
     assert desc.activity_run_id == handle.run_id
     assert desc.status is ActivityExecutionStatus.RUNNING
-    versions = admin(f'SELECT version, name FROM "{pg_schema}".errands_schema')
-    assert versions == [
-        (1, "0001_initial.sql"),
-        (2, "0002_change_feed.sql"),
-        (3, "0003_attempts.sql"),
-    ]
+    versions = admin(f'SELECT version, name FROM "{pg_schema}".errands_schema ORDER BY version')
+    assert versions == [(version, name) for version, name, _ in migrations("postgres")]
     tables = {
         name
         for (name,) in admin(
@@ -144,7 +141,14 @@ async def test_connecting_twice_migrates_once_and_keeps_the_executions(
             (pg_schema,),
         )
     }
-    assert tables == {"errands_schema", "executions", "queue_rates", "attempts"}
+    assert tables == {
+        "errands_schema",
+        "executions",
+        "queue_rates",
+        "attempts",
+        "search_attribute_names",
+        "search_attributes",
+    }
 
 
 async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(
@@ -160,9 +164,7 @@ async def test_many_processes_connecting_to_a_new_schema_at_once_all_succeed(
 
     assert len({line.split()[1] for line in lines}) == 6, lines
     assert admin(f'SELECT version FROM "{pg_schema}".errands_schema ORDER BY version') == [
-        (1,),
-        (2,),
-        (3,),
+        (version,) for version, _, _ in migrations("postgres")
     ]
     assert admin(f'SELECT count(*) FROM "{pg_schema}".executions') == [(6,)]
 
