@@ -27,6 +27,9 @@ from bench.idle import WORKER_SLOTS as IDLE_SLOTS
 from bench.idle import await_forever, idle
 from bench.retention import RUNS as RETENTION_RUNS
 from bench.retention import retention
+from bench.search import NAME as SEARCH
+from bench.search import PAGE as SEARCH_PAGE
+from bench.search import list_by_keyword
 from bench.stores import StoreTarget
 from bench.stores import read_settings as read_store_settings
 from errands.client import Client
@@ -47,6 +50,7 @@ WORKLOADS = [
     "idle",
     "fleet",
     "bulk-cancel",
+    "list-by-keyword",
 ]
 """1p: worker and client in one process; 2p: the worker in a child process;
 thread/process: sync activities on a thread pool / process pool of a worker in
@@ -55,7 +59,9 @@ one; retention: claims with and without a million closed rows, and prune; idle: 
 CPU of a waiting worker process and of a client process awaiting a result;
 fleet: 1, 4, 16 worker processes of I/O-bound activities (bench/fleet.py);
 bulk-cancel: cancel_activities of 100,000 scheduled executions while a worker
-process claims from another queue (bench/bulk.py)."""
+process claims from another queue (bench/bulk.py);
+list-by-keyword: a page of the executions with one value of a keyword search
+attribute among a million (bench/search.py; p50 target <= 20 ms on both stores)."""
 
 THREAD_SHARE = 0.7
 """throughput-thread must reach this share of throughput-1p (same run)."""
@@ -113,6 +119,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=1000,
         help="tasks started, then claimed one claim_batch call each (retention)",
+    )
+    p.add_argument(
+        "--search-rows",
+        type=int,
+        default=1_000_000,
+        help="closed executions with a keyword search attribute (list-by-keyword)",
+    )
+    p.add_argument(
+        "--search-calls", type=int, default=500, help="list calls timed (list-by-keyword)"
     )
     p.add_argument(
         "--idle-window", type=float, default=60.0, help="seconds the idle CPU is measured over"
@@ -263,6 +278,8 @@ async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[st
         "fleet netem delay (PostgreSQL only)": f"{args.netem_delay_ms:g} ms each way",
         "bulk-cancel": f"{args.bulk_n:,} scheduled executions cancelled by query while "
         "a worker process claims one activity started every 10 ms on another queue",
+        "list-by-keyword": f"{args.search_rows:,} closed rows, {args.search_calls} list calls "
+        f"of {SEARCH_PAGE} one at a time",
         "workloads": " ".join(args.only),
     }
 
@@ -279,6 +296,8 @@ async def run_workload(
         return await fleet(store, fleet_size(args), notes)
     if name == "bulk-cancel":
         return await bulk_cancel(store, args.bulk_n, notes)
+    if name == SEARCH:
+        return await list_by_keyword(store, args.search_rows, args.search_calls)
     if name == "retention":
         return await retention(
             store, args.closed_rows, args.retention_n, args.in_flight, args.claim_rounds

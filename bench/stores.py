@@ -19,6 +19,7 @@ import re
 import secrets
 import sqlite3
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,10 +140,13 @@ async def read_settings(client: Client, kind: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- bulk fill
 
 
-def _copy_columns(columns: list[str]) -> tuple[str, str]:
+def _copy_columns(
+    columns: list[str], overrides: Mapping[str, str] | None = None
+) -> tuple[str, str]:
     """The INSERT column list and the SELECT list that copies template row
     ``t`` as closed execution number ``i`` (closed ``i`` ms before the newest):
-    own activity and run ids, times moved back, everything else the template's."""
+    own activity and run ids, times moved back, ``overrides`` (column: SQL
+    over ``i``), everything else the template's."""
     at = "(%(newest)s - i * 0.001)"
     moved = {
         "activity_id": "'closed-' || i",
@@ -151,21 +155,29 @@ def _copy_columns(columns: list[str]) -> tuple[str, str]:
         "ready_at": at,
         "started_time": at,
         "close_time": at,
+        **(overrides or {}),
     }
     names = [c for c in columns if c != "id"]
     return ", ".join(names), ", ".join(moved.get(c, f"t.{c}") for c in names)
 
 
-def fill_closed_sqlite(url: str, count: int, template_run_id: str, newest: float) -> None:
+def fill_closed_sqlite(
+    url: str,
+    count: int,
+    template_run_id: str,
+    newest: float,
+    overrides: Mapping[str, str] | None = None,
+    then: Sequence[str] = (),
+) -> None:
     """Insert ``count`` closed executions, copies of the template run, with a
     recursive CTE per chunk of FILL_CHUNK rows (one transaction each), on a
     connection of its own (blocking: call it in a thread, with no worker
-    writing); then checkpoint the WAL, as a store that grew over time would
-    have done all along."""
+    writing); then run the statements ``then`` and checkpoint the WAL, as a
+    store that grew over time would have done all along."""
     conn = sqlite3.connect(sqlite_path(url), timeout=60, isolation_level=None)
     try:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(executions)")]
-        names, selected = _copy_columns(columns)
+        names, selected = _copy_columns(columns, overrides)
         selected = selected.replace("%(newest)s", repr(newest))
         template_id = conn.execute(
             "SELECT id FROM executions WHERE run_id = ?", (template_run_id,)
@@ -180,16 +192,25 @@ def fill_closed_sqlite(url: str, count: int, template_run_id: str, newest: float
                 (first, last, template_id),
             )
             conn.execute("COMMIT")
+        for statement in then:
+            conn.execute(statement)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
 
 
-def fill_closed_postgres(url: str, count: int, template_run_id: str, newest: float) -> None:
+def fill_closed_postgres(
+    url: str,
+    count: int,
+    template_run_id: str,
+    newest: float,
+    overrides: Mapping[str, str] | None = None,
+    then: Sequence[str] = (),
+) -> None:
     """``fill_closed_sqlite`` for PostgreSQL: INSERT ... SELECT FROM
-    generate_series per chunk, then VACUUM ANALYZE (what autovacuum would soon
-    do to a table that grew by a million rows; done here so it does not run
-    during the measurement)."""
+    generate_series per chunk, the statements ``then``, then VACUUM ANALYZE
+    (what autovacuum would soon do to a table that grew by a million rows;
+    done here so it does not run during the measurement)."""
     import psycopg
 
     from errands.store.postgres import parse_url
@@ -204,7 +225,7 @@ def fill_closed_postgres(url: str, count: int, template_run_id: str, newest: flo
                 (schema,),
             )
         ]
-        names, selected = _copy_columns(columns)
+        names, selected = _copy_columns(columns, overrides)
         selected = selected.replace("%(newest)s", "%(newest)s::float8")
         for first in range(1, count + 1, FILL_CHUNK):
             last = min(count, first + FILL_CHUNK - 1)
@@ -214,12 +235,25 @@ def fill_closed_postgres(url: str, count: int, template_run_id: str, newest: flo
                 "executions AS t WHERE t.run_id = %(template)s",
                 {"newest": newest, "first": first, "last": last, "template": template_run_id},
             )
+        for statement in then:
+            conn.execute(statement)  # type: ignore[call-overload]
         conn.execute("VACUUM ANALYZE executions")
 
 
-def fill_closed(kind: str, url: str, count: int, template_run_id: str, newest: float) -> None:
+def fill_closed(
+    kind: str,
+    url: str,
+    count: int,
+    template_run_id: str,
+    newest: float,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    then: Sequence[str] = (),
+) -> None:
     """Insert ``count`` closed executions (copies of the closed template run,
-    closed at ``newest`` and a millisecond apart before it) into the store at
-    ``url``, with SQL in bulk (blocking: call it in a thread)."""
+    closed at ``newest`` and a millisecond apart before it, but for the
+    columns in ``overrides``: SQL over their number ``i``, without '%') into
+    the store at ``url``, with SQL in bulk, then run the statements ``then``
+    (blocking: call it in a thread)."""
     fill = fill_closed_sqlite if kind == "sqlite" else fill_closed_postgres
-    fill(url, count, template_run_id, newest)
+    fill(url, count, template_run_id, newest, overrides, then)

@@ -3,7 +3,8 @@ writes to stdout (library code only logs).
 
 Humans get aligned tables and ``Field  value`` blocks; scripts (``--json``) get
 one JSON document: times as ISO 8601 UTC strings, durations as seconds, enums
-by name, failures as ``{"type", "message", ...}``.
+by name, failures as ``{"type", "message", ...}``, search attributes as
+``{"name": value}``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from errands.client import (
     ActivityExecutionDescription,
     ActivityExecutionOptions,
 )
-from errands.common import Priority, RetryPolicy
+from errands.common import Priority, RetryPolicy, TypedSearchAttributes
 from errands.exceptions import ApplicationError, FailureError, TimeoutError
 
 # --------------------------------------------------------------------------- writing
@@ -74,6 +75,8 @@ def jsonable(value: Any) -> Any:
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, FailureError):
         return failure_json(value)
+    if isinstance(value, TypedSearchAttributes):
+        return {key.name: jsonable(v) for key, v in value}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: jsonable(getattr(value, f.name))
@@ -233,6 +236,12 @@ def description(desc: ActivityExecutionDescription, heartbeat_details: Sequence[
             ("Priority", _priority(desc.priority)),
             ("Cancel reason", desc.canceled_reason),
             ("Last failure", _opt(failure, desc.last_failure)),
+            (
+                "Search attributes",
+                json.dumps(jsonable(desc.typed_search_attributes), ensure_ascii=False)
+                if desc.typed_search_attributes
+                else None,
+            ),
         ]
     )
 

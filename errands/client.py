@@ -17,13 +17,15 @@ from typing import Any, Generic, TypeVar, cast
 from errands import _lifecycle as lc
 from errands._async_completion import AsyncActivityCancelledError, AsyncActivityHandle
 from errands._outcomes import OutcomeWatcher
-from errands._query import STATUS_NAMES, parse_query
+from errands._query import STATUS_NAMES, UnknownFieldError, parse_query
 from errands.activity import _Definition
 from errands.common import (
     ActivityIDConflictPolicy,
     ActivityIDReusePolicy,
     Priority,
     RetryPolicy,
+    SearchAttributeIndexedValueType,
+    TypedSearchAttributes,
 )
 from errands.converter import DataConverter
 from errands.exceptions import (
@@ -34,7 +36,14 @@ from errands.exceptions import (
     TerminatedError,
     TimeoutError,
 )
-from errands.store import ClosedRun, ExecutionOptions, ExecutionRecord, NewExecution, Store
+from errands.store import (
+    ClosedRun,
+    ExecutionOptions,
+    ExecutionRecord,
+    NewExecution,
+    Query,
+    Store,
+)
 from errands.store._shared import Lease, acquire
 
 __all__ = [
@@ -367,6 +376,8 @@ class ActivityExecution:
     close_time: datetime | None
     execution_duration: timedelta | None
     """close_time - schedule_time, once closed."""
+    typed_search_attributes: TypedSearchAttributes = TypedSearchAttributes.empty
+    """The search attributes it was started with."""
 
     @classmethod
     def _fields_from(cls, r: ExecutionRecord) -> dict[str, Any]:
@@ -388,6 +399,7 @@ class ActivityExecution:
             "execution_duration": (
                 None if r.close_time is None else timedelta(seconds=r.close_time - r.schedule_time)
             ),
+            "typed_search_attributes": r.search_attributes,
         }
 
 
@@ -479,6 +491,8 @@ class Client:
         self._lease: Lease | None = None
         self._watching_liveness = False
         self._finalizer: weakref.finalize[[], Client] | None = None
+        self._attribute_types: dict[str, SearchAttributeIndexedValueType] = {}
+        """Search attribute names the store has seen (a name never changes type)."""
 
     @classmethod
     async def connect(
@@ -563,17 +577,21 @@ class Client:
         start_delay: timedelta | None = None,
         priority: Priority | None = None,
         summary: str | None = None,
+        search_attributes: TypedSearchAttributes | None = None,
     ) -> ActivityHandle[Any]:
         """Start an activity execution and return its handle (without waiting).
 
         ``activity`` is a function marked ``@activity.defn`` or an activity
         name; pass one argument as ``arg`` or several as ``args``. One of
         schedule_to_close_timeout and start_to_close_timeout is required;
-        start_to_close defaults to schedule_to_close.
+        start_to_close defaults to schedule_to_close. ``search_attributes``
+        are kept with the execution for queries; a name keeps the type the
+        namespace's first start with it gave it.
 
         Raises:
             ValueError: a missing timeout or id, arg and args both given,
-                arguments over the payload size limit.
+                arguments over the payload size limit, a search attribute
+                name used before with another type (nothing is written).
             TypeError: the wrong number of arguments for the function, or an
                 argument that cannot be converted.
             ActivityAlreadyStartedError: the id is running (policy FAIL) or its
@@ -586,6 +604,13 @@ class Client:
             raise ValueError("start_activity needs a non-empty task_queue")
         if arg is not _NO_ARG and args:
             raise ValueError("pass either arg or args, not both")
+        if search_attributes is None:
+            search_attributes = TypedSearchAttributes.empty
+        elif not isinstance(search_attributes, TypedSearchAttributes):
+            raise TypeError(
+                "search_attributes must be a TypedSearchAttributes, not "
+                f"{type(search_attributes).__name__}"
+            )
         values = [arg] if arg is not _NO_ARG else list(args)
         if isinstance(activity, str):
             if not activity:
@@ -646,6 +671,7 @@ class Client:
                     summary=summary,
                     id_reuse_policy=id_reuse_policy,
                     id_conflict_policy=id_conflict_policy,
+                    search_attributes=search_attributes,
                 )
             )
         except BaseException:
@@ -733,16 +759,21 @@ class Client:
     async def list_activities(
         self, query: str | None = None, *, limit: int | None = None
     ) -> AsyncIterator[ActivityExecution]:
-        """Executions matching a visibility query, newest first.
+        """Executions matching a visibility query, newest first (or as its
+        ORDER BY says).
 
-        Queries: ``Field = 'value'`` (also ``!=``; ``ActivityId STARTS_WITH
-        'prefix'``) joined with AND; fields ActivityId, ActivityType,
-        TaskQueue, ExecutionStatus (Running Completed Failed Canceled
-        Terminated TimedOut).
+        Queries: conditions such as ``Field = 'value'`` joined with AND, OR,
+        NOT and parentheses; operators = != < <= > >= IN BETWEEN IS NULL
+        STARTS_WITH; fields ActivityId, ActivityType, TaskQueue,
+        ExecutionStatus, RunState, ScheduleTime, CloseTime, Attempt and
+        every search attribute (the grammar: ``errands._query``). E.g.
+        ``Customer = 'acme' AND (Attempt > 1 OR ExecutionStatus = 'Failed')
+        ORDER BY CloseTime DESC``.
 
-        Raises ValueError for a query outside that subset.
+        Raises ValueError for a query outside the grammar, an unknown field,
+        or a value of the wrong type for its field.
         """
-        parsed = parse_query(query)
+        parsed = await self._parse(query)
         if parsed.group_by_status:
             raise ValueError("GROUP BY works with count_activities only")
         if limit is not None and limit < 0:
@@ -825,7 +856,7 @@ class Client:
         jitter_s: float = 0.0,
         reset: dict[str, bool] | None = None,
     ) -> int:
-        parsed = parse_query(query)
+        parsed = await self._parse(query)
         if parsed.group_by_status:
             raise ValueError("GROUP BY works with count_activities only")
         return await self._store.bulk(
@@ -838,7 +869,7 @@ class Client:
 
         Raises ValueError for a malformed query.
         """
-        parsed = parse_query(query)
+        parsed = await self._parse(query)
         total, groups = await self._store.count(self.namespace, parsed)
         return ActivityExecutionCount(
             total,
@@ -849,6 +880,15 @@ class Client:
         )
 
     # ---------------------------------------------------------------- internals
+
+    async def _parse(self, query: str | None) -> Query:
+        """The query parsed, its search attribute names typed as the store
+        knows them (looked up again when one is new to this client)."""
+        try:
+            return parse_query(query, self._attribute_types)
+        except UnknownFieldError:
+            self._attribute_types = await self._store.search_attribute_types(self.namespace)
+            return parse_query(query, self._attribute_types)
 
     def _outcomes(self) -> OutcomeWatcher:
         """The outcome watcher of the running event loop."""

@@ -1,4 +1,5 @@
-"""Options shared by the client and the worker: retry policy, priority, id policies."""
+"""Options shared by the client and the worker: retry policy, priority, id
+policies, search attributes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+
+from errands._search_attributes import (
+    SearchAttributeIndexedValueType,
+    SearchAttributeKey,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+)
 
 if TYPE_CHECKING:
     from errands.converter import Payload
@@ -17,6 +26,11 @@ __all__ = [
     "Priority",
     "RawValue",
     "RetryPolicy",
+    "SearchAttributeIndexedValueType",
+    "SearchAttributeKey",
+    "SearchAttributePair",
+    "SearchAttributeUpdate",
+    "TypedSearchAttributes",
 ]
 
 

@@ -25,6 +25,9 @@ import pytest
 
 from errands._query import parse_query
 from errands.cli import parse_duration, quoted
+from errands.client import Client
+from errands.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from errands.store import Compare
 from errands.store.sqlite import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -433,8 +436,8 @@ def test_filters_match_values_with_quotes_and_backslashes_exactly(
     "value", ["it's", "a\\b", "\\'", "''", "a\\\\'b", "trailing\\", "new\nline", '"double"', ""]
 )
 def test_a_quoted_filter_value_parses_back_to_itself(value: str) -> None:
-    (condition,) = parse_query(f"ActivityType = {quoted(value)}").conditions
-    assert condition.value == value
+    condition = parse_query(f"ActivityType = {quoted(value)}").where
+    assert isinstance(condition, Compare) and condition.value == value
 
 
 @pytest.mark.parametrize(
@@ -605,3 +608,25 @@ def test_prune_deletes_closed_activities_older_than_asked(errands: Callable[...,
     assert pruned.stdout.startswith("Deleted 1 activities closed before ")
     assert_one_error_line(errands("describe", "old"), 1, "no activity execution 'old'")
     assert errands("describe", "open", "--json").json()["status"] == "RUNNING"
+
+
+async def test_list_takes_the_grown_query_language_and_describe_shows_search_attributes(
+    client: Client, errands: Callable[..., Ran], task_queue: str
+) -> None:
+    customer, size = SearchAttributeKey.for_keyword("Customer"), SearchAttributeKey.for_int("Size")
+    for id, who, n in (("sa-1", "acme", 1), ("sa-2", "acme", 5), ("sa-3", "globex", 9)):
+        await client.start_activity(
+            "greet", id=id, task_queue=task_queue, start_to_close_timeout=timedelta(seconds=30),
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(customer, who), SearchAttributePair(size, n)]
+            ),
+        )  # fmt: skip
+    query = "(Customer = 'acme' AND Size > 2) OR Customer IN ('globex') ORDER BY ScheduleTime"
+    listed = errands("list", "--query", query, "--json").json()
+    assert [e["activity_id"] for e in listed] == ["sa-2", "sa-3"]
+    assert listed[0]["typed_search_attributes"] == {"Customer": "acme", "Size": 5}
+    described = dict(columns(line) for line in errands("describe", "sa-3").stdout.splitlines())
+    assert described["Search attributes"] == '{"Customer": "globex", "Size": 9}'
+    refused = errands("list", "--query", "Size = 'many'")
+    assert refused.code != 0
+    assert "Size takes a number" in refused.stderr

@@ -20,7 +20,12 @@ import pytest
 
 from errands import exceptions
 from errands.client import ActivityExecutionStatus, Client
-from errands.common import RetryPolicy
+from errands.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 from errands.converter import DataConverter
 from errands.store import open_store
 from errands.worker import Worker
@@ -182,14 +187,22 @@ def _write_postgres(url: str, schema: str, rows: list[dict[str, Any]]) -> None:
         )
 
 
-async def test_a_first_release_store_with_executions_in_every_state_carries_on(
+async def _first_release(
     store_kind: str, db_url: str, task_queue: str, request: pytest.FixtureRequest
-) -> None:
+) -> list[dict[str, Any]]:
+    """Write a first-release store with executions in every state; its rows."""
     rows = await _rows(task_queue)
     if store_kind == "sqlite":
         _write_sqlite(str(request.getfixturevalue("db_path")), rows)
     else:
         _write_postgres(db_url, request.getfixturevalue("pg_schema"), rows)
+    return rows
+
+
+async def test_a_first_release_store_with_executions_in_every_state_carries_on(
+    store_kind: str, db_url: str, task_queue: str, request: pytest.FixtureRequest
+) -> None:
+    await _first_release(store_kind, db_url, task_queue, request)
 
     client = await Client.connect(db_url)
     try:
@@ -228,3 +241,27 @@ async def test_a_first_release_store_with_executions_in_every_state_carries_on(
     }
     store = await open_store(db_url)  # a second open applies nothing again
     await store.close()
+
+
+async def test_a_first_release_store_takes_search_attributes_after_migrating(
+    store_kind: str, db_url: str, task_queue: str, request: pytest.FixtureRequest
+) -> None:
+    rows = await _first_release(store_kind, db_url, task_queue, request)
+    customer = SearchAttributeKey.for_keyword("Customer")
+
+    client = await Client.connect(db_url)
+    try:
+        await client.start_activity(
+            "echo", id="tagged", task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=CEILING_S),
+            search_attributes=TypedSearchAttributes([SearchAttributePair(customer, "acme")]),
+        )  # fmt: skip
+        tagged = [e.activity_id async for e in client.list_activities("Customer = 'acme'")]
+        untagged = [e.activity_id async for e in client.list_activities("Customer IS NULL")]
+        old = await client.get_activity_handle("completed").describe()
+    finally:
+        await client.close()
+
+    assert tagged == ["tagged"]
+    assert sorted(untagged) == sorted(row["activity_id"] for row in rows)
+    assert old.typed_search_attributes == TypedSearchAttributes.empty

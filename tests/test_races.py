@@ -22,7 +22,7 @@ from errands.client import (
 )
 from errands.common import RetryPolicy
 from errands.exceptions import ActivityAlreadyClosedError, CancelledError, TimeoutError, TimeoutType
-from errands.store import Condition, Query
+from errands.store import Compare, Field, Query
 from tests import procs
 from tests.support import CEILING_S
 
@@ -184,7 +184,7 @@ async def test_a_cancel_racing_a_completion_across_processes_has_one_outcome(
         }
         # Cancel each execution as soon as this process sees its first heartbeat
         # (or sees it closed): the cancel then races the activity's return.
-        query = Query((Condition("TaskQueue", "=", task_queue),))
+        query = Query(Compare(Field("TaskQueue"), "=", task_queue))
         cancels: dict[str, asyncio.Task[None]] = {}
         deadline = time.monotonic() + CEILING_S
         while len(cancels) < n:
@@ -252,7 +252,7 @@ async def test_a_bulk_cancel_racing_two_worker_processes_ends_each_execution_onc
             await asyncio.sleep(0.01)
         # when a bulk cancel of the queue runs in small batches (the
         # cancelled attempts free slots, so the workers claim while it runs),
-        query = Query((Condition("TaskQueue", "=", task_queue),))
+        query = Query(Compare(Field("TaskQueue"), "=", task_queue))
         changed = await client.store.bulk(
             client.namespace, query, "cancel", reason="bulk race", batch=20
         )

@@ -132,14 +132,8 @@ async def test_connecting_twice_migrates_once_and_keeps_the_executions(
 
     assert desc.activity_run_id == handle.run_id
     assert desc.status is ActivityExecutionStatus.RUNNING
-    versions = admin(f'SELECT version, name FROM "{pg_schema}".errands_schema')
+    versions = admin(f'SELECT version, name FROM "{pg_schema}".errands_schema ORDER BY version')
     assert versions == [(version, name) for version, name, _ in migrations("postgres")]
-    assert versions[:4] == [
-        (1, "0001_initial.sql"),
-        (2, "0002_change_feed.sql"),
-        (3, "0003_attempts.sql"),
-        (4, "0004_steering.sql"),
-    ]
     tables = {
         name
         for (name,) in admin(
@@ -154,6 +148,8 @@ async def test_connecting_twice_migrates_once_and_keeps_the_executions(
         "attempts",
         "owners",
         "workers",
+        "search_attribute_names",
+        "search_attributes",
     }
 
 

@@ -11,11 +11,17 @@ from __future__ import annotations
 import abc
 import builtins
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from errands._lifecycle import AttemptFailure, RunState, Status
-from errands.common import ActivityIDConflictPolicy, ActivityIDReusePolicy, RetryPolicy
+from errands.common import (
+    ActivityIDConflictPolicy,
+    ActivityIDReusePolicy,
+    RetryPolicy,
+    SearchAttributeIndexedValueType,
+    TypedSearchAttributes,
+)
 from errands.exceptions import TimeoutType
 
 if TYPE_CHECKING:
@@ -42,6 +48,7 @@ class NewExecution:
     summary: str | None = None
     id_reuse_policy: ActivityIDReusePolicy = ActivityIDReusePolicy.ALLOW_DUPLICATE
     id_conflict_policy: ActivityIDConflictPolicy = ActivityIDConflictPolicy.FAIL
+    search_attributes: TypedSearchAttributes = TypedSearchAttributes.empty
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,7 @@ class ExecutionRecord:
     summary: str | None
     retry_interval_s: float | None
     cancel_requested: bool
+    search_attributes: TypedSearchAttributes = TypedSearchAttributes.empty
 
     @property
     def is_open(self) -> bool:
@@ -220,19 +228,92 @@ class WorkerRecord:
 
 
 @dataclass(frozen=True)
-class Condition:
-    """One term of a parsed visibility query: ``field op value``."""
+class Field:
+    """A field of a visibility query: a built-in one (``attribute`` None) or
+    a search attribute of that type."""
 
-    field: str  # ActivityId, ActivityType, TaskQueue, ExecutionStatus
-    op: str  # "=", "!=", "STARTS_WITH"
-    value: str
+    name: str
+    attribute: SearchAttributeIndexedValueType | None = None
+
+
+Value = str | int | float
+"""A query value as the store compares it: a status or run state as stored,
+a built-in time in seconds, a search attribute's bool as 0/1 and datetime in
+microseconds since the epoch."""
+
+
+@dataclass(frozen=True)
+class Compare:
+    """``field op value``: op is one of = != < <= > >= STARTS_WITH. Only an
+    execution that has the field matches (a search attribute it was started
+    with, a CloseTime once closed); a keyword list matches if an element
+    does, and ``!=`` if none is equal."""
+
+    field: Field
+    op: str
+    value: Value
+
+
+@dataclass(frozen=True)
+class In:
+    """``field IN (values)``."""
+
+    field: Field
+    values: tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class Between:
+    """``field BETWEEN low AND high`` (both ends included)."""
+
+    field: Field
+    low: Value
+    high: Value
+
+
+@dataclass(frozen=True)
+class IsNull:
+    """``field IS NULL``: the execution has no value for it."""
+
+    field: Field
+
+
+@dataclass(frozen=True)
+class Not:
+    """``NOT term``: true exactly when the term is not."""
+
+    term: Expr
+
+
+@dataclass(frozen=True)
+class And:
+    """All of the terms."""
+
+    terms: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    """Any of the terms."""
+
+    terms: tuple[Expr, ...]
+
+
+Expr = Compare | In | Between | IsNull | Not | And | Or
+"""A parsed visibility condition."""
+
+ORDER_FIELDS = ("ScheduleTime", "CloseTime")
+"""The fields a query may ORDER BY."""
 
 
 @dataclass(frozen=True)
 class Query:
-    """A parsed visibility query: conditions joined with AND."""
+    """A parsed visibility query: a condition (None: everything), an order
+    (None: newest first) and whether counts group by status."""
 
-    conditions: Sequence[Condition] = field(default_factory=tuple)
+    where: Expr | None = None
+    order_by: str | None = None  # one of ORDER_FIELDS
+    descending: bool = True
     group_by_status: bool = False
 
 
@@ -443,11 +524,19 @@ class Store(abc.ABC):
     async def list(
         self, namespace: str, query: Query, *, limit: int | None = None
     ) -> builtins.list[ExecutionRecord]:
-        """Executions matching the query, newest first."""
+        """Executions matching the query, newest first (or in its ORDER BY)."""
 
     @abc.abstractmethod
     async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
         """How many executions match; per status when the query groups by it."""
+
+    @abc.abstractmethod
+    async def search_attribute_types(
+        self, namespace: str
+    ) -> dict[str, SearchAttributeIndexedValueType]:
+        """The type of every search attribute name executions of the
+        namespace were started with (a name keeps the type it was first
+        started with)."""
 
     @abc.abstractmethod
     async def prune(self, namespace: str, closed_before: float, *, batch: int = 1000) -> int:

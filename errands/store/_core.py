@@ -31,13 +31,14 @@ from typing import Any, TypeVar
 
 from errands import _lifecycle as lc
 from errands._lifecycle import FAR, RunState, Status
+from errands.common import SearchAttributeIndexedValueType
 from errands.exceptions import (
     ActivityAlreadyClosedError,
     ActivityNotFoundError,
     ErrandsError,
     StoreError,
 )
-from errands.store import _rows
+from errands.store import _rows, _where
 from errands.store import _transitions as tr
 from errands.store._armed import Armed, ArmedClaims
 from errands.store._base import (
@@ -401,8 +402,9 @@ class CoreStore(Store):
     def _bulk_start(self, tx: Tx, news: list[NewExecution]) -> list[Outcome]:
         out: list[Outcome | None] = [None] * len(news)
         insert: list[int] = []
+        types: dict[tuple[str, str], str] = {}
         for i, new in enumerate(news):
-            refused = tr.reuse_refusal(tx, new)
+            refused = tr.reuse_refusal(tx, new) or tr.attribute_refusal(tx, new, types)
             if refused is not None:
                 out[i] = (None, refused)
             else:
@@ -641,7 +643,7 @@ class CoreStore(Store):
         reset: dict[str, bool] | None = None,
         batch: int = BULK_BATCH,
     ) -> int:
-        where, params = tr.where(self._dialect, namespace, query)
+        where, params = _where.where(self._dialect, namespace, query)
         action = self._bulk_action(namespace, verb, reason, jitter_s, reset)
         batch = max(1, min(batch, BULK_BATCH))
 
@@ -799,17 +801,28 @@ class CoreStore(Store):
     async def list(
         self, namespace: str, query: Query, *, limit: int | None = None
     ) -> builtins.list[ExecutionRecord]:
-        where, params = tr.where(self._dialect, namespace, query)
+        driven = _where.driver(query)
+        slots = {"order": _where.order(query)}
+        name = "list_executions"
+        if driven is not None:
+            term, query = driven
+            assert term.field.attribute is not None
+            name = "list_by_attribute"
+            column = _rows.VALUE_COLUMNS[term.field.attribute]
+            slots["driver"] = f"{column} = {self._dialect.param('d_value')}"
+        where, params = _where.where(self._dialect, namespace, query)
+        if driven is not None:
+            params.update(d_name=driven[0].field.name, d_value=driven[0].value)
+        params["limit"] = NO_LIMIT if limit is None else limit
 
         def read(tx: Tx) -> builtins.list[ExecutionRecord]:
-            limited = {**params, "limit": NO_LIMIT if limit is None else limit}
-            rows = self._dialect.query(tx, "list_executions", limited, slots={"where": where})
+            rows = self._dialect.query(tx, name, params, slots={"where": where, **slots})
             return [_rows.record(row) for row in rows]
 
         return await self._read(read)
 
     async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
-        where, params = tr.where(self._dialect, namespace, query)
+        where, params = _where.where(self._dialect, namespace, query)
 
         def read(tx: Tx) -> tuple[int, dict[Status, int]]:
             groups: dict[Status, int] = {}
@@ -818,6 +831,15 @@ class CoreStore(Store):
                 groups[Status(row["status"])] = int(row["n"])
                 total += int(row["n"])
             return total, (groups if query.group_by_status else {})
+
+        return await self._read(read)
+
+    async def search_attribute_types(
+        self, namespace: str
+    ) -> dict[str, SearchAttributeIndexedValueType]:
+        def read(tx: Tx) -> dict[str, SearchAttributeIndexedValueType]:
+            rows = tx.fetch("search_attribute_types", ns=namespace)
+            return {row["name"]: SearchAttributeIndexedValueType[row["type"]] for row in rows}
 
         return await self._read(read)
 
@@ -830,6 +852,7 @@ class CoreStore(Store):
             if not ids:
                 return 0
             tx.run("prune_attempts", ids=ids)
+            tx.run("prune_search_attributes", ids=ids)
             return tx.run("prune_runs", ids=ids)
 
         total = 0

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from errands._lifecycle import RunState, Status
-from errands.common import RetryPolicy
+from errands.common import (
+    RetryPolicy,
+    SearchAttributeIndexedValueType,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 from errands.exceptions import TimeoutType
 from errands.store._base import (
     OPTION_FIELDS,
@@ -29,8 +36,12 @@ QUERY_FIELDS = {
     "TaskQueue": "task_queue",
     # Paused executions are RUNNING rows whose run state is PAUSED.
     "ExecutionStatus": "(CASE WHEN run_state = 'PAUSED' THEN 'PAUSED' ELSE status END)",
+    "ScheduleTime": "schedule_time",
+    "CloseTime": "close_time",
+    "Attempt": "(attempt - attempt_base)",  # the number users see (attempt is its serial)
+    "RunState": "run_state",
 }
-"""Visibility query fields and the columns they name."""
+"""Visibility query fields and the columns (or expressions) they name."""
 
 _policy_cache: dict[str, RetryPolicy] = {}
 
@@ -107,7 +118,76 @@ def record(row: Row) -> ExecutionRecord:
         summary=row["summary"],
         retry_interval_s=row["retry_interval_s"],
         cancel_requested=bool(row["cancel_requested"]),
+        search_attributes=attributes(row["search_attributes"]),
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+IVT = SearchAttributeIndexedValueType
+
+VALUE_COLUMNS = {
+    IVT.KEYWORD: "text_value",
+    IVT.TEXT: "text_value",
+    IVT.KEYWORD_LIST: "text_value",  # a row per distinct element
+    IVT.INT: "int_value",
+    IVT.BOOL: "int_value",  # 0 or 1
+    IVT.DATETIME: "int_value",  # microseconds since the epoch
+    IVT.DOUBLE: "float_value",
+}
+"""The column of the search_attributes table that holds a type's values."""
+
+
+def attributes_text(typed: TypedSearchAttributes) -> str | None:
+    """Search attributes as the JSON an execution's row keeps (None if
+    none): ``{"name": ["KEYWORD", value]}``, a datetime in microseconds since
+    the epoch."""
+    if not typed:
+        return None
+    out: dict[str, list[Any]] = {}
+    for key, value in typed:
+        kind = key.indexed_value_type
+        if kind is IVT.DATETIME:
+            value = (value - _EPOCH) // _MICROSECOND
+        elif kind is IVT.KEYWORD_LIST:
+            value = list(value)
+        out[key.name] = [kind.name, value]
+    return json.dumps(out, separators=(",", ":"))
+
+
+def attributes(text: str | None) -> TypedSearchAttributes:
+    """The search attributes ``attributes_text`` wrote."""
+    if not text:
+        return TypedSearchAttributes.empty
+    pairs: list[SearchAttributePair[Any]] = []
+    for name, (kind_name, value) in json.loads(text).items():
+        kind = IVT.__members__[kind_name]
+        if kind is IVT.DATETIME:
+            value = _EPOCH + value * _MICROSECOND
+        pairs.append(SearchAttributePair(SearchAttributeKey(name, kind), value))
+    return TypedSearchAttributes(pairs)
+
+
+def attribute_rows(run_id: str, typed: TypedSearchAttributes) -> list[dict[str, Any]]:
+    """The rows of the search_attributes table that index these values of a
+    run: one per name, or per distinct element of a keyword list."""
+    rows: list[dict[str, Any]] = []
+    for key, value in typed:
+        kind = key.indexed_value_type
+        elements = dict.fromkeys(value) if kind is IVT.KEYWORD_LIST else [value]
+        for position, element in enumerate(elements):
+            row: dict[str, Any] = {
+                "slot": f"{run_id}/{key.name}/{position}",  # unique: a bulk round's key
+                "run_id": run_id,
+                "name": key.name,
+                "position": position,
+                **dict.fromkeys(set(VALUE_COLUMNS.values())),
+            }
+            if kind is IVT.DATETIME:
+                element = (element - _EPOCH) // _MICROSECOND
+            row[VALUE_COLUMNS[kind]] = int(element) if kind is IVT.BOOL else element
+            rows.append(row)
+    return rows
 
 
 def task(row: Row) -> ClaimedTask:

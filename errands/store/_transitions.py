@@ -27,7 +27,6 @@ from errands.store._base import (
     ClosedRun,
     ExecutionOptions,
     NewExecution,
-    Query,
     StartResult,
 )
 from errands.store._changes import (
@@ -38,7 +37,7 @@ from errands.store._changes import (
     OptionsChanged,
     Started,
 )
-from errands.store._dialect import Dialect, Tx
+from errands.store._dialect import Tx
 from errands.store._rows import Row
 
 Outcome = tuple[Any, BaseException | None]
@@ -151,6 +150,28 @@ def reuse_refusal(tx: Tx, new: NewExecution) -> ActivityAlreadyStartedError | No
     )
 
 
+def attribute_refusal(
+    tx: Tx, new: NewExecution, known: dict[tuple[str, str], str]
+) -> ValueError | None:
+    """Fix the type of each search attribute name of the start the first
+    time a start uses it; a ValueError if one was fixed to another type
+    (``known``: the types this transaction has seen)."""
+    for key, _ in new.search_attributes:
+        kind = key.indexed_value_type.name
+        seen = known.get((new.namespace, key.name))
+        if seen is None:
+            tx.run("register_search_attribute", ns=new.namespace, attr=key.name, type=kind)
+            row = tx.one("search_attribute_type", ns=new.namespace, attr=key.name)
+            assert row is not None
+            seen = known[(new.namespace, key.name)] = row["type"]
+        if seen != kind:
+            return ValueError(
+                f"search attribute {key.name!r} holds {seen} values in namespace "
+                f"{new.namespace!r}; activity {new.activity_id!r} gives it a {kind} value"
+            )
+    return None
+
+
 def insert(tx: Tx, news: list[NewExecution]) -> set[str]:
     """Insert new executions; the run ids of those inserted (the others' ids
     are running already, or their run ids are taken)."""
@@ -185,12 +206,21 @@ def insert(tx: Tx, news: list[NewExecution]) -> set[str]:
                 "priority_key": new.priority_key,
                 "start_delay_s": new.start_delay_s,
                 "summary": new.summary,
+                "search_attributes": _rows.attributes_text(new.search_attributes),
             }
         )
     created = {
         row["run_id"]
         for row in tx.each("insert_execution", rows, key="run_id", now=tx.now, far=FAR)
     }
+    indexed = [
+        row
+        for new in news
+        if new.search_attributes and new.run_id in created
+        for row in _rows.attribute_rows(new.run_id, new.search_attributes)
+    ]
+    if indexed:
+        tx.each("insert_search_attributes", indexed, key="slot")
     for new, times in zip(news, planned, strict=True):
         if new.run_id in created:
             _note_waiting(tx, new.namespace, new.task_queue, times.ready_at, times.deadline)
@@ -707,24 +737,6 @@ def expire_if_due(tx: Tx, run_id: str) -> None:
     row = tx.one("due_of_run", run_id=run_id, now=tx.now)
     if row is not None:
         fire_timer(tx, row)
-
-
-def where(dialect: Dialect, namespace: str, query: Query) -> tuple[str, dict[str, Any]]:
-    """A parsed visibility query as SQL conditions over bound parameters."""
-    clauses = [f"namespace = {dialect.param('ns')}"]
-    params: dict[str, Any] = {"ns": namespace}
-    for i, cond in enumerate(query.conditions):
-        column = _rows.QUERY_FIELDS[cond.field]
-        name = f"q{i}"
-        params[name] = cond.value
-        p = dialect.param(name)
-        if cond.op == "STARTS_WITH":
-            clauses.append(f"substr({column}, 1, length({p})) = {p}")
-        elif cond.op in ("=", "!="):
-            clauses.append(f"{column} {'<>' if cond.op == '!=' else '='} {p}")
-        else:
-            raise ValueError(f"unsupported operator {cond.op!r}")
-    return " AND ".join(clauses), params
 
 
 # ------------------------------------------------------------------ attempt history

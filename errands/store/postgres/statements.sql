@@ -18,16 +18,16 @@ ORDER BY id DESC LIMIT 1
 INSERT INTO executions (namespace, activity_id, run_id, activity_type, task_queue, status,
     run_state, attempt, input, schedule_time, ready_at, s2c_deadline, attempt_deadline,
     deadline, schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s,
-    retry_policy, priority_key, start_delay_s, summary)
+    retry_policy, priority_key, start_delay_s, summary, search_attributes)
 SELECT r.namespace, r.activity_id, r.run_id, r.activity_type, r.task_queue, 'RUNNING',
     'SCHEDULED', 1, decode(r.input, 'base64'), %(now)s, r.ready_at, r.s2c_deadline, %(far)s,
     r.deadline, r.schedule_to_close_s, r.schedule_to_start_s, r.start_to_close_s, r.heartbeat_s,
-    r.retry_policy, r.priority_key, r.start_delay_s, r.summary
+    r.retry_policy, r.priority_key, r.start_delay_s, r.summary, r.search_attributes
 FROM json_to_recordset(%(rows)s::json) AS r(namespace text, activity_id text, run_id text,
     activity_type text, task_queue text, input text, ready_at float8, s2c_deadline float8,
     deadline float8, schedule_to_close_s float8, schedule_to_start_s float8,
     start_to_close_s float8, heartbeat_s float8, retry_policy text, priority_key int,
-    start_delay_s float8, summary text)
+    start_delay_s float8, summary text, search_attributes text)
 ON CONFLICT DO NOTHING
 RETURNING run_id
 
@@ -242,8 +242,18 @@ SELECT * FROM executions WHERE run_id = ANY(%(ids)s)
 SELECT run_id, status, run_state, attempt, attempt_base, result FROM executions WHERE run_id = ANY(%(ids)s)
 
 -- name: list_executions
--- Executions matching a visibility query ({where}), newest first.
-SELECT * FROM executions WHERE {where} ORDER BY id DESC LIMIT %(limit)s
+-- Executions matching a visibility query ({where}) in an order ({order}:
+-- newest first, or by a time).
+SELECT * FROM executions WHERE {where} ORDER BY {order} LIMIT %(limit)s
+
+-- name: list_by_attribute
+-- Executions with a search attribute value ({driver}, of the name
+-- %(d_name)s) that match the rest of a visibility query ({where}), newest
+-- first: a walk down the attribute's index that stops after %(limit)s rows.
+SELECT e.* FROM (SELECT execution_id FROM search_attributes
+    WHERE namespace = %(ns)s AND name = %(d_name)s AND {driver}) AS d
+JOIN executions AS e ON e.id = d.execution_id
+WHERE {where} ORDER BY d.execution_id DESC LIMIT %(limit)s
 
 -- name: count_executions
 -- How many executions match a visibility query ({where}), per status as
@@ -436,3 +446,30 @@ SELECT o.owner FROM owners o WHERE o.lock_key IS NOT NULL AND NOT EXISTS (
     SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND l.classid = %(class)s::oid AND l.objid = o.lock_key::oid AND l.objsubid = 2)
+
+-- name: register_search_attribute
+-- Fix the type of a search attribute name, the first time a start uses it.
+INSERT INTO search_attribute_names (namespace, name, type) VALUES (%(ns)s, %(attr)s, %(type)s)
+ON CONFLICT (namespace, name) DO NOTHING
+
+-- name: search_attribute_type
+-- The type a search attribute name was fixed to.
+SELECT type FROM search_attribute_names WHERE namespace = %(ns)s AND name = %(attr)s
+
+-- name: search_attribute_types
+-- Every search attribute name of a namespace, with its type.
+SELECT name, type FROM search_attribute_names WHERE namespace = %(ns)s
+
+-- name: insert_search_attributes
+-- Index the search attribute values of new executions, in bulk.
+INSERT INTO search_attributes (execution_id, namespace, name, position, text_value,
+    int_value, float_value)
+SELECT e.id, e.namespace, r.name, r.position, r.text_value, r.int_value, r.float_value
+FROM json_to_recordset(%(rows)s::json) AS r(run_id text, name text, position int,
+    text_value text, int_value bigint, float_value float8)
+JOIN executions AS e ON e.run_id = r.run_id
+
+-- name: prune_search_attributes
+-- Delete the search attribute values of these runs.
+DELETE FROM search_attributes WHERE execution_id IN (SELECT id FROM executions
+WHERE run_id IN (SELECT unnest(%(ids)s::text[])))

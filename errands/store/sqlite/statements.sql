@@ -14,11 +14,11 @@ ORDER BY id DESC LIMIT 1
 INSERT OR IGNORE INTO executions (namespace, activity_id, run_id, activity_type, task_queue,
     status, run_state, attempt, input, schedule_time, ready_at, s2c_deadline, attempt_deadline,
     deadline, schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s,
-    retry_policy, priority_key, start_delay_s, summary)
+    retry_policy, priority_key, start_delay_s, summary, search_attributes)
 VALUES (:namespace, :activity_id, :run_id, :activity_type, :task_queue, 'RUNNING', 'SCHEDULED',
     1, :input, :now, :ready_at, :s2c_deadline, :far, :deadline, :schedule_to_close_s,
     :schedule_to_start_s, :start_to_close_s, :heartbeat_s, :retry_policy, :priority_key,
-    :start_delay_s, :summary)
+    :start_delay_s, :summary, :search_attributes)
 RETURNING run_id
 
 -- name: running_of_id
@@ -209,8 +209,18 @@ SELECT run_id, status, run_state, attempt, attempt_base, result FROM executions
 WHERE run_id IN (SELECT value FROM json_each(:ids))
 
 -- name: list_executions
--- Executions matching a visibility query ({where}), newest first.
-SELECT * FROM executions WHERE {where} ORDER BY id DESC LIMIT :limit
+-- Executions matching a visibility query ({where}) in an order ({order}:
+-- newest first, or by a time).
+SELECT * FROM executions WHERE {where} ORDER BY {order} LIMIT :limit
+
+-- name: list_by_attribute
+-- Executions with a search attribute value ({driver}, of the name
+-- :d_name) that match the rest of a visibility query ({where}), newest
+-- first: a walk down the attribute's index that stops after :limit rows.
+SELECT e.* FROM (SELECT execution_id FROM search_attributes
+    WHERE namespace = :ns AND name = :d_name AND {driver}) AS d
+JOIN executions AS e ON e.id = d.execution_id
+WHERE {where} ORDER BY d.execution_id DESC LIMIT :limit
 
 -- name: count_executions
 -- How many executions match a visibility query ({where}), per status as
@@ -388,3 +398,28 @@ SELECT w.worker_id, w.owner, w.identity, w.host, w.pid, w.task_queue, w.slots, w
         AND e.namespace = w.namespace AND e.task_queue = w.task_queue AND e.status = 'RUNNING'
         AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')) AS used
 FROM workers w WHERE w.namespace = :ns ORDER BY w.started, w.worker_id
+
+-- name: register_search_attribute
+-- Fix the type of a search attribute name, the first time a start uses it.
+INSERT INTO search_attribute_names (namespace, name, type) VALUES (:ns, :attr, :type)
+ON CONFLICT (namespace, name) DO NOTHING
+
+-- name: search_attribute_type
+-- The type a search attribute name was fixed to.
+SELECT type FROM search_attribute_names WHERE namespace = :ns AND name = :attr
+
+-- name: search_attribute_types
+-- Every search attribute name of a namespace, with its type.
+SELECT name, type FROM search_attribute_names WHERE namespace = :ns
+
+-- name: insert_search_attributes
+-- Index a search attribute value of a new execution, one row per call.
+INSERT INTO search_attributes (execution_id, namespace, name, position, text_value,
+    int_value, float_value)
+SELECT id, namespace, :name, :position, :text_value, :int_value, :float_value FROM executions
+WHERE run_id = :run_id
+
+-- name: prune_search_attributes
+-- Delete the search attribute values of these runs.
+DELETE FROM search_attributes WHERE execution_id IN (SELECT id FROM executions
+WHERE run_id IN (SELECT value FROM json_each(:ids)))
