@@ -1154,8 +1154,11 @@ class ActivityHandle(Generic[ReturnType]):
             failure = None
             if a.failure is not None:
                 failure = await client.data_converter.decode_failure(a.failure)
-            elif a.outcome == "TIMED_OUT" and record.timeout_type is not None:
-                failure = TimeoutError("activity timed out", type=record.timeout_type)
+            elif a.outcome == "TIMED_OUT":
+                # Attempts recorded before schema 4 kept no timeout type of their own.
+                kind = a.timeout_type or record.timeout_type
+                if kind is not None:
+                    failure = TimeoutError(f"activity timed out ({kind.name})", type=kind)
             out.append(
                 ActivityAttempt(
                     attempt=a.attempt,

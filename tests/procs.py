@@ -162,6 +162,25 @@ async def fleet_step(log_path: str, fail_first: bool, seconds: float) -> str:
 
 
 @activity.defn
+async def four_endings(log_path: str) -> int:
+    """Appends ``start <attempt> <pid>``. Attempt 1 fails; attempt 2 heartbeats
+    once, then sleeps past its heartbeat timeout; attempt 3 heartbeats every
+    0.1 s until its worker dies; attempt 4 returns its number."""
+    info = activity.info()
+    append_line(log_path, f"start {info.attempt} {os.getpid()}")
+    activity.heartbeat(info.attempt)
+    if info.attempt == 1:
+        raise ApplicationError("attempt 1 fails", type="First")
+    if info.attempt == 2:
+        await asyncio.sleep(3600)
+    if info.attempt == 3:
+        while True:
+            await asyncio.sleep(0.1)
+            activity.heartbeat(info.attempt)
+    return info.attempt
+
+
+@activity.defn
 async def note_interruption(log_path: str) -> int:
     """The first run heartbeats and waits; when interrupted it appends
     ``interrupted <id> <attempt> <flags>`` (the cancellation details that are
@@ -183,6 +202,7 @@ async def note_interruption(log_path: str) -> int:
 
 
 ACTIVITIES = [
+    four_endings,
     note_interruption,
     record_run,
     count_until_retried,

@@ -4,7 +4,9 @@ failure, worker and heartbeats; the newest 100 kept with exact numbers."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,20 +14,10 @@ from errands import activity, exceptions
 from errands.client import ActivityExecutionStatus, AttemptOutcome, Client
 from errands.common import RetryPolicy
 from errands.worker import Worker
+from tests import procs
 from tests.support import CEILING_S, describe_until
 
 FAST = RetryPolicy(initial_interval=timedelta(milliseconds=5), backoff_coefficient=1.0)
-
-
-@activity.defn
-async def fails_then_times_out_then_succeeds() -> str:
-    attempt = activity.info().attempt
-    activity.heartbeat(attempt)
-    if attempt == 1:
-        raise RuntimeError("the first attempt fails")
-    if attempt == 2:
-        await asyncio.sleep(60)  # start_to_close (1 s) ends it
-    return "done"
 
 
 @activity.defn
@@ -43,42 +35,57 @@ async def heartbeats_then_waits() -> str:
     return "never"
 
 
-async def test_a_failure_a_timeout_and_a_success_are_three_attempts_with_their_endings(
-    client: Client, task_queue: str
+async def test_a_failure_a_timeout_a_lost_worker_and_a_success_are_four_attempts(
+    client: Client, db_url: str, task_queue: str, tmp_path: Path
 ) -> None:
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        activities=[fails_then_times_out_then_succeeds],
-        identity="worker-a",
-    ):
+    log = tmp_path / "runs.log"
+    with procs.Children(tmp_path) as children:
+        first = await children.worker("worker-1", db_url, task_queue)
         handle = await client.start_activity(
-            fails_then_times_out_then_succeeds,
-            id="three",
+            procs.four_endings,
+            str(log),
+            id="four",
             task_queue=task_queue,
-            start_to_close_timeout=timedelta(seconds=1),
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(seconds=1),
             retry_policy=FAST,
         )
-        assert await asyncio.wait_for(handle.result(), CEILING_S) == "done"
-        attempts = await handle.attempts()
+        # Attempt 3 heartbeats: the first at once, the next after the throttle.
+        await describe_until(
+            handle,
+            lambda d: d.attempt == 3 and d.total_heartbeat_count >= 4,
+            "attempt 3 heartbeated twice",
+        )
+        first.kill()
+        second = await children.worker("worker-2", db_url, task_queue)
+        assert await asyncio.wait_for(handle.result(), CEILING_S) == 4
+    attempts = await handle.attempts()
 
-    assert [a.attempt for a in attempts] == [1, 2, 3]
+    assert [a.attempt for a in attempts] == [1, 2, 3, 4]
     assert [a.outcome for a in attempts] == [
         AttemptOutcome.FAILED,
         AttemptOutcome.TIMED_OUT,
+        AttemptOutcome.WORKER_LOST,
         AttemptOutcome.COMPLETED,
     ]
-    assert isinstance(attempts[0].failure, exceptions.ApplicationError)
-    assert "the first attempt fails" in str(attempts[0].failure)
-    assert isinstance(attempts[1].failure, exceptions.TimeoutError)
-    assert attempts[2].failure is None
-    assert {a.worker_identity for a in attempts} == {"worker-a"}
+    failures = [a.failure for a in attempts]
+    assert isinstance(failures[0], exceptions.ApplicationError) and failures[0].type == "First"
+    assert isinstance(failures[1], exceptions.TimeoutError)
+    assert failures[1].type is exceptions.TimeoutType.HEARTBEAT
+    assert isinstance(failures[2], exceptions.ApplicationError)
+    assert failures[2].type == "WorkerLost" and not failures[2].non_retryable
+    assert failures[3] is None
+    identities = [a.worker_identity or "" for a in attempts]
+    assert [i.split("@")[0] for i in identities] == [str(first.pid)] * 3 + [str(second.pid)]
+    counts = [a.heartbeat_count for a in attempts]
+    assert counts[0] == counts[1] == counts[3] == 1 and counts[2] >= 2
+    assert sum(counts) == (await handle.describe()).total_heartbeat_count
     for a in attempts:
         assert a.closed_time is not None and a.closed_time >= a.started_time
-        assert a.heartbeat_count == 1
         assert a.last_heartbeat_time is not None
         assert a.started_time <= a.last_heartbeat_time <= a.closed_time
-    assert attempts[0].closed_time <= attempts[1].started_time  # type: ignore[operator]
+    for before, after in itertools.pairwise(attempts):
+        assert before.closed_time is not None and before.closed_time <= after.started_time
 
 
 async def test_only_the_newest_100_attempts_are_kept_and_their_numbers_stay_exact(

@@ -205,6 +205,8 @@ class AttemptRecord:
     heartbeat_count: int | None
     """The attempt's own heartbeats, once it closed."""
     last_heartbeat_time: float | None
+    timeout_type: TimeoutType | None = None
+    """The timeout that ended it, if one did."""
 
 
 @dataclass(frozen=True)

@@ -520,7 +520,9 @@ class CoreStore(Store):
             (row["run_id"], row["attempt"])
             for row in tx.each("complete", rows, key="run_id", now=tx.now, far=FAR)
         }
-        tr.end_attempts(tx, [(r, a, "COMPLETED", None) for r, a, _ in outcomes if (r, a) in done])
+        tr.end_attempts(
+            tx, [(r, a, "COMPLETED", None, None) for r, a, _ in outcomes if (r, a) in done]
+        )
         out: list[Outcome] = []
         for run_id, attempt, data in outcomes:
             tx.released.add((run_id, attempt))
@@ -555,7 +557,7 @@ class CoreStore(Store):
                 far=FAR,
             )
             if row is not None:
-                tr.end_attempts(tx, [(run_id, attempt, "CANCELED", failure)])
+                tr.end_attempts(tx, [(run_id, attempt, "CANCELED", failure, None)])
                 tx.changes.append(Closed(run_id, ClosedRun(run_id, Status.CANCELED)))
                 return True
             tr.expire_if_due(tx, run_id)

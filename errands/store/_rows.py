@@ -209,6 +209,7 @@ def attempt(row: Row) -> AttemptRecord:
         heartbeats_before=row["heartbeats_before"],
         heartbeat_count=row["heartbeat_count"],
         last_heartbeat_time=row["last_heartbeat_time"],
+        timeout_type=None if row["timeout_type"] is None else TimeoutType(row["timeout_type"]),
     )
 
 

@@ -344,7 +344,7 @@ def terminate(
     tx.changes.append(Closed(found_run, ClosedRun(found_run, Status.TERMINATED)))
     if RunState(row["run_state"]) not in lc.NO_ATTEMPT_RUNS:
         # The attempt is cut short: recorded as CANCELED (terminated).
-        end_attempts(tx, [(found_run, row["attempt"], "CANCELED", None)])
+        end_attempts(tx, [(found_run, row["attempt"], "CANCELED", None, None)])
         tx.changes.append(Interrupted(found_run, "terminate", row["attempt"]))
 
 
@@ -479,7 +479,7 @@ def reset(
         return False
     found_run = row["run_id"]
     if state in (RunState.STARTED, RunState.PAUSE_REQUESTED):
-        end_attempts(tx, [(found_run, row["attempt"], "RESET", None)])
+        end_attempts(tx, [(found_run, row["attempt"], "RESET", None, None)])
         tx.changes.append(Interrupted(found_run, "reset", row["attempt"]))
     _note_waiting(tx, row["namespace"], row["task_queue"], None if held else ready_at, deadline)
     return True
@@ -660,7 +660,8 @@ def _end_failed(tx: Tx, row: Row, info: lc.AttemptFailure, failure: bytes | None
     outcome = lc.failed_attempt_outcome(
         info, pause_requested=row["run_state"] == RunState.PAUSE_REQUESTED.value
     )
-    end_attempts(tx, [(row["run_id"], row["attempt"], outcome, failure)])
+    timeout = None if info.timeout_type is None else int(info.timeout_type)
+    end_attempts(tx, [(row["run_id"], row["attempt"], outcome, failure, timeout)])
 
 
 def close_timed_out(tx: Tx, row: Row, fired: TimeoutType) -> None:
@@ -677,7 +678,7 @@ def close_timed_out(tx: Tx, row: Row, fired: TimeoutType) -> None:
     )
     if done == 1:
         if row["run_state"] not in (RunState.SCHEDULED.value, RunState.PAUSED.value):
-            end_attempts(tx, [(row["run_id"], row["attempt"], "TIMED_OUT", None)])
+            end_attempts(tx, [(row["run_id"], row["attempt"], "TIMED_OUT", None, int(fired))])
         tx.changes.append(Closed(row["run_id"], ClosedRun(row["run_id"], Status.TIMED_OUT)))
 
 
@@ -763,11 +764,15 @@ def begin_attempts(tx: Tx, rows: list[Row], identity: str) -> None:
             tx.run("attempts_forget", run_id=row["run_id"], attempt=row["attempt"])
 
 
-def end_attempts(tx: Tx, ended: list[tuple[str, int, str, bytes | None]]) -> None:
-    """Record how attempts ended: (run id, attempt, outcome, failure)."""
+Ended = tuple[str, int, str, bytes | None, int | None]
+"""How an attempt ended: run id, serial, outcome, failure, timeout type."""
+
+
+def end_attempts(tx: Tx, ended: list[Ended]) -> None:
+    """Record how attempts ended."""
     if ended:
         rows = [
-            {"run_id": r, "attempt": a, "outcome": outcome, "failure": failure}
-            for r, a, outcome, failure in ended
+            {"run_id": r, "attempt": a, "outcome": outcome, "failure": failure, "timeout": t}
+            for r, a, outcome, failure, t in ended
         ]
         tx.each("attempt_end", rows, key="run_id", now=tx.now)

@@ -286,15 +286,15 @@ DELETE FROM attempts WHERE run_id = %(run_id)s AND attempt <= %(attempt)s - 100
 
 -- name: attempt_end
 -- Close running attempts with their outcomes, in bulk (%(rows)s: run_id,
--- attempt, outcome, failure), counting each one's heartbeats from its
+-- attempt, outcome, failure, timeout type), counting each one's heartbeats from its
 -- execution's.
 UPDATE attempts a SET closed_time = %(now)s, outcome = r.outcome,
-    failure = decode(r.failure, 'base64'),
+    failure = decode(r.failure, 'base64'), timeout_type = r.timeout,
     heartbeat_count = e.heartbeat_count - a.heartbeats_before,
     last_heartbeat_time = CASE WHEN e.last_heartbeat_time >= a.started_time
         THEN e.last_heartbeat_time END
 FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, outcome text,
-    failure text), executions e
+    failure text, timeout int), executions e
 WHERE a.run_id = ANY(%(keys)s) AND a.run_id = r.run_id AND a.attempt = r.attempt
 AND a.closed_time IS NULL AND e.run_id = a.run_id
 

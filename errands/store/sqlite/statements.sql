@@ -259,7 +259,7 @@ DELETE FROM attempts WHERE run_id = :run_id AND attempt <= :attempt - 100
 -- Close a running attempt with its outcome, counting its heartbeats from the
 -- execution's.
 UPDATE attempts SET closed_time = :now, outcome = :outcome, failure = :failure,
-    heartbeat_count = (SELECT e.heartbeat_count FROM executions e
+    timeout_type = :timeout, heartbeat_count = (SELECT e.heartbeat_count FROM executions e
         WHERE e.run_id = attempts.run_id) - heartbeats_before,
     last_heartbeat_time = (SELECT CASE WHEN e.last_heartbeat_time >= attempts.started_time
         THEN e.last_heartbeat_time END FROM executions e WHERE e.run_id = attempts.run_id)

@@ -15,6 +15,8 @@ ALTER TABLE executions ADD COLUMN original_options TEXT;
 UPDATE executions SET attempt_start_to_close_s = start_to_close_s, attempt_heartbeat_s = heartbeat_s
 WHERE run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED');
 
--- The attempt's number as users see it (attempt is its serial).
+-- The attempt's number as users see it (attempt is its serial), and the
+-- timeout that ended it, if one did.
 ALTER TABLE attempts ADD COLUMN attempt_number INTEGER;
+ALTER TABLE attempts ADD COLUMN timeout_type INTEGER;
 UPDATE attempts SET attempt_number = attempt;
