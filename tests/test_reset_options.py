@@ -158,6 +158,8 @@ async def test_reset_of_a_retry_waiting_out_its_backoff_runs_attempt_1_at_once(
     assert waiting.next_attempt_schedule_time is not None
     assert result == 1  # the attempt count started over
     assert [a.attempt for a in await handle.attempts()] == [1, 2, 1]
+    # Queries see the number too, not the attempt's serial (4).
+    assert (await client.count_activities("ActivityId = 'r3' AND Attempt = 1")).count == 1
 
 
 async def test_reset_unpauses_unless_kept_paused_and_a_requested_cancel_wins(
