@@ -25,6 +25,7 @@ from errands.client import (
     ActivityExecutionCount,
     ActivityExecutionDescription,
     ActivityExecutionOptions,
+    WorkerInfo,
 )
 from errands.common import Priority, RetryPolicy, TypedSearchAttributes
 from errands.exceptions import ApplicationError, FailureError, TimeoutError
@@ -175,6 +176,38 @@ def attempts(found: Sequence[ActivityAttempt]) -> None:
             ]
             for a in found
         ],
+    )
+
+
+def workers(found: Sequence[WorkerInfo]) -> None:
+    """The ``errands workers`` table."""
+    if not found:
+        line("No workers.")
+        return
+    table(
+        [
+            "identity",
+            "host",
+            "pid",
+            "task queue",
+            "slots used",
+            "executor",
+            "started (utc)",
+            "last seen (utc)",
+        ],
+        (
+            [
+                w.identity,
+                w.host,
+                str(w.pid),
+                ", ".join(w.task_queues),
+                f"{w.slots_used}/{w.slots}",
+                w.executor,
+                when(w.started_time)[:-1],
+                when(w.last_seen_time)[:-1],
+            ]
+            for w in found
+        ),
     )
 
 

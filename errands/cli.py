@@ -40,6 +40,7 @@ from errands.client import (
     ActivityHandle,
     ActivityOptionsKeys,
     Client,
+    WorkerInfo,
 )
 from errands.common import Priority, RetryPolicy
 from errands.exceptions import ActivityFailedError, ErrandsError
@@ -808,6 +809,23 @@ def attempts(
         out.as_json(out.jsonable(found))
     else:
         out.attempts(found)
+
+
+@cli.command()
+@store_options
+@json_option
+def workers(url: str | None, namespace: str, as_json: bool) -> None:
+    """List the running workers: where they run, their task queue, their slots
+    in use, when they started and last claimed work."""
+
+    async def work(client: Client) -> list[WorkerInfo]:
+        return await client.list_workers()
+
+    found = _run(_with_client(url, namespace, work))
+    if as_json:
+        out.as_json(out.jsonable(found))
+    else:
+        out.workers(found)
 
 
 @cli.command(name="list")

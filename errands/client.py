@@ -64,6 +64,7 @@ __all__ = [
     "AttemptOutcome",
     "Client",
     "PendingActivityState",
+    "WorkerInfo",
 ]
 
 ActivityFailureError = ActivityFailedError
@@ -461,6 +462,31 @@ class ActivityExecutionCount:
 
     count: int
     groups: Sequence[ActivityExecutionCountAggregationGroup] = ()
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """*(errands)* One running worker, as ``Client.list_workers`` shows it."""
+
+    worker_id: str
+    identity: str
+    host: str
+    pid: int
+    task_queues: Sequence[str]
+    slots: int
+    """Attempts it runs at most (max_concurrent_activities)."""
+    slots_used: int
+    """Attempts its process runs on its task queue now."""
+    executor: str
+    """Where its plain-def activities run: "thread", "process", or "async" (none)."""
+    started_time: datetime
+    last_seen_time: datetime
+    """Its last claim that took work (at most a second behind), or its start."""
+
+    @property
+    def slots_free(self) -> int:
+        """Slots it has left."""
+        return max(0, self.slots - self.slots_used)
 
 
 class Client:
@@ -862,6 +888,26 @@ class Client:
         return await self._store.bulk(
             self.namespace, parsed, verb, reason=reason, jitter_s=jitter_s, reset=reset
         )
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """*(errands)* The namespace's running workers, oldest first. A worker
+        is listed from its start until it stops, or until its process is seen
+        gone (its attempts then fail as WorkerLost)."""
+        return [
+            WorkerInfo(
+                worker_id=w.worker_id,
+                identity=w.identity,
+                host=w.host,
+                pid=w.pid,
+                task_queues=[w.task_queue],
+                slots=w.slots,
+                slots_used=w.used,
+                executor=w.executor,
+                started_time=_utc_required(w.started),
+                last_seen_time=_utc_required(w.last_seen),
+            )
+            for w in await self._store.list_workers(self.namespace)
+        ]
 
     async def count_activities(self, query: str | None = None) -> ActivityExecutionCount:
         """How many executions match a visibility query (see list_activities);

@@ -196,6 +196,24 @@ def test_execute_prints_the_result_of_an_activity_run_by_a_worker_the_command_st
     assert "activity 'g-1' (greet) attempt 1 completed" in worker.log()
 
 
+def test_workers_lists_the_running_workers(
+    errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    assert errands("workers").stdout == "No workers.\n"
+    worker = start_worker(ACTIVITIES, "--task-queue", "q", "--threads", "3")
+
+    listed = errands("workers", "--json").json()
+    table = errands("workers").stdout.splitlines()
+
+    assert [(w["pid"], w["task_queues"], w["executor"]) for w in listed] == [
+        (worker.pid, ["q"], "thread")
+    ]
+    assert listed[0]["identity"].startswith(f"{worker.pid}@")
+    assert listed[0]["slots_used"] == 0 and listed[0]["slots"] > 0
+    assert table[0].split()[:4] == ["IDENTITY", "HOST", "PID", "TASK"]
+    assert table[1].split()[2] == str(worker.pid)
+
+
 @pytest.mark.parametrize("pool", ["--threads", "--processes"])
 def test_a_worker_given_a_module_runs_its_plain_def_activities_on_the_pool_asked_for(
     pool: str, errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
@@ -509,7 +527,7 @@ def test_help_lists_every_command(errands: Callable[..., Ran]) -> None:
     commands = ran.stdout.split("Commands:")[1].split()
     for name in ("worker", "start", "execute", "describe", "result", "cancel", "terminate",
                  "list", "count", "migrate", "prune", "attempts", "retry-now", "pause",
-                 "unpause", "reset", "update-options"):  # fmt: skip
+                 "unpause", "reset", "update-options", "workers"):  # fmt: skip
         assert name in commands
 
 

@@ -61,6 +61,7 @@ EXPORTS: dict[str, set[str]] = {
         "AsyncActivityHandle",
         "Client",
         "PendingActivityState",
+        "WorkerInfo",
     },
     "errands.worker": {"SharedStateManager", "Worker"},
     "errands.testing": {"ActivityEnvironment"},

@@ -110,6 +110,13 @@ class Worker:
         self._dynamic: _Definition | None = None
         definitions = [_Definition.from_callable(fn) for fn in activities]
         sync = [d for d in definitions if not d.is_async]
+        self._executor_kind = (
+            "async"
+            if activity_executor is None
+            else "thread"
+            if isinstance(activity_executor, concurrent.futures.ThreadPoolExecutor)
+            else "process"
+        )
         self._sync_runner, self._sync_slots = _sync_runner(
             sync, activity_executor, shared_state_manager, max_concurrent_activities
         )
@@ -255,10 +262,6 @@ class Worker:
         Raises StoreError if the store refuses.
         """
         store = self._client._store
-        if self._sync_runner is None:
-            executor = "async"
-        else:
-            executor = "thread" if isinstance(self._sync_runner, ThreadRunner) else "process"
         await store.register_worker(
             WorkerRecord(
                 worker_id=self._worker_id,
@@ -268,7 +271,7 @@ class Worker:
                 pid=os.getpid(),
                 task_queue=self._task_queue,
                 slots=self._slots,
-                executor=executor,
+                executor=self._executor_kind,
                 started=time.time(),
                 last_seen=time.time(),
             )

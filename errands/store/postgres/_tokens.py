@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import select
 import socket
@@ -113,11 +114,16 @@ class AdvisoryLocks(WatchThread):
         self._kick_r.close()
         self._kick_w.close()
 
+    def _connect_kwargs(self) -> dict[str, Any]:
+        """The connection's settings; its application_name says whose token it
+        holds (``errands-owner:<pid>``), for an operator reading pg_stat_activity."""
+        return {**self._kwargs, "application_name": f"errands-owner:{os.getpid()}"}
+
     def _run(self) -> None:
         delay = BACKOFF_S[0]
         while not self._stopping.is_set():
             try:
-                conn = psycopg.connect(self._conninfo, autocommit=True, **self._kwargs)
+                conn = psycopg.connect(self._conninfo, autocommit=True, **self._connect_kwargs())
             except psycopg.Error as e:
                 logger.warning(
                     "PostgreSQL store %s: cannot connect for liveness (%s); retrying in %.1f s",
