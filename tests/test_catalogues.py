@@ -12,7 +12,7 @@ from errands.store.sqlite import CATALOGUE as SQLITE
 
 OWN = {
     "SQLite": {"announce", "changes_since", "changes_head"},  # the change table
-    "PostgreSQL": {"notify_and_commit", "owners_unlocked"},  # NOTIFY with the COMMIT; liveness
+    "PostgreSQL": {"notify_and_commit", "owners_liveness"},  # NOTIFY with the COMMIT; liveness
 }
 
 

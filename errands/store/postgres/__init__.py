@@ -488,8 +488,7 @@ class PostgresDialect(Dialect):
     # -- liveness tokens
 
     def hold_token(self, owner: str) -> int | None:
-        del owner  # the lock's key is recorded with it
-        return self._tokens.hold()
+        return self._tokens.hold(owner)
 
     def watch_tokens(self, gone: Callable[[list[str]], None]) -> None:
         self._tokens.watch(gone)

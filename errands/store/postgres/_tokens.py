@@ -2,9 +2,11 @@
 advisory lock each, held on a connection of its own, which the server drops
 when the process dies (its connection closes).
 
-The same connection looks every POLL_S, while this process watches (a worker
-runs, or a client awaits a result), for processes registered in ``owners``
-whose lock no session holds. One missing for LOST_AFTER_S is gone. A process
+The same connection looks, while this process watches (a worker runs, or a
+client awaits a result), for processes registered in ``owners`` whose lock no
+session holds: every POLL_S while another process's workers run attempts,
+every IDLE_POLL_S otherwise (there is nothing to fail over then, and polling
+is what an idle process would pay for). One missing for LOST_AFTER_S is gone. A process
 whose connection drops takes its lock again on reconnecting, so a watcher
 that itself just reconnected (after a restart of the server, say) waits
 RECONNECT_GRACE_S before it declares anyone gone: the others are
@@ -33,7 +35,11 @@ from errands.store._thread import WatchThread
 logger = logging.getLogger("errands.store.postgres")
 
 POLL_S = 0.25
-"""How often a watching process looks for locks gone."""
+"""How often a watching process looks for locks gone while another process's
+workers run attempts."""
+
+IDLE_POLL_S = 2.0
+"""How often it looks otherwise."""
 
 LOST_AFTER_S = 0.5
 """How long a lock must be missing before its process is declared gone."""
@@ -70,6 +76,9 @@ class AdvisoryLocks(WatchThread):
         self._timeout_s = connect_timeout_s
         self._lock = threading.Lock()
         self._key: int | None = None
+        self._owner = ""
+        self._busy = False
+        """Whether another process's workers ran attempts at the last look."""
         self._held = threading.Event()
         self._gone: Callable[[list[str]], None] | None = None
         self._missing: dict[str, float] = {}
@@ -88,12 +97,13 @@ class AdvisoryLocks(WatchThread):
         with contextlib.suppress(OSError):
             self._kick_w.send(b"x")
 
-    def hold(self) -> int:
-        """Take this process's token (blocking until held); its lock key.
+    def hold(self, owner: str) -> int:
+        """Take this process's token, for ``owner`` (blocking until held); its lock key.
 
         Raises StoreError if the server cannot be reached in time.
         """
         with self._lock:
+            self._owner = owner
             if self._key is None:
                 self._key = random.randint(1, _MAX_KEY)
         self._ensure_started()
@@ -176,9 +186,8 @@ class AdvisoryLocks(WatchThread):
             self._take(conn)
             with self._lock:
                 gone = self._gone
-            readable, _, _ = select.select(
-                [self._wake, kick, conn.pgconn.socket], [], [], POLL_S if gone else None
-            )
+            pause = (POLL_S if self._busy else IDLE_POLL_S) if gone else None
+            readable, _, _ = select.select([self._wake, kick, conn.pgconn.socket], [], [], pause)
             if self._wake in readable:
                 return
             if kick in readable:
@@ -194,9 +203,14 @@ class AdvisoryLocks(WatchThread):
                     gone(found)
 
     def _look(self, conn: psycopg.Connection[Any]) -> list[str]:
-        rows = conn.execute(self._catalogue["owners_unlocked"], {"class": self._class}).fetchall()
+        with self._lock:
+            me = self._owner
+        rows = conn.execute(
+            self._catalogue["owners_liveness"], {"class": self._class, "me": me}
+        ).fetchall()
         now = time.monotonic()
-        unlocked = {row[0] for row in rows}
+        unlocked = {owner for owner, is_unlocked, _ in rows if is_unlocked}
+        self._busy = any(busy for _, _, busy in rows)
         self._missing = {o: self._missing.get(o, now) for o in unlocked}
         grace = RECONNECT_GRACE_S if self._reconnected else LOST_AFTER_S
         if now - self._up_since < grace:

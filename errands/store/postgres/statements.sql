@@ -174,7 +174,7 @@ FROM executions WHERE run_id = ANY(%(ids)s) AND status = 'RUNNING'
 -- name: retry
 -- Schedule the next attempt (run_state SCHEDULED), or hold it for
 -- unpause (PAUSED), if the row is still as the decision read it.
-UPDATE executions SET run_state = %(run_state)s, attempt = %(next_attempt)s,
+UPDATE executions SET run_state = %(run_state)s, attempt = %(next_attempt)s, owner = NULL,
     ready_at = %(ready_at)s, deadline = %(deadline)s, attempt_deadline = %(far)s,
     failure = %(failure)s, timeout_type = %(timeout_type)s, retry_interval_s = %(interval_s)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND deadline = %(deadline_was)s
@@ -373,6 +373,7 @@ LATERAL (SELECT id, activity_id, run_id FROM executions
 -- %(ready_at)s (%(run_state)s: SCHEDULED, or PAUSED to keep it paused); heartbeat
 -- details go if %(reset_heartbeat)s.
 UPDATE executions SET run_state = %(run_state)s, attempt = attempt + 1, attempt_base = attempt,
+    owner = NULL,
     ready_at = %(ready_at)s, deadline = %(deadline)s, attempt_deadline = %(far)s, retry_interval_s = NULL,
     heartbeat_details = CASE WHEN %(reset_heartbeat)s THEN NULL ELSE heartbeat_details END
 WHERE id = %(id)s AND attempt = %(attempt_was)s AND run_state = %(state_was)s
@@ -439,13 +440,17 @@ SELECT w.worker_id, w.owner, w.identity, w.host, w.pid, w.task_queue, w.slots, w
         AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')) AS used
 FROM workers w WHERE w.namespace = %(ns)s ORDER BY w.started, w.worker_id
 
--- name: owners_unlocked
--- The processes holding the store whose liveness token (a session advisory
--- lock: class %(class)s, key lock_key) no session of this database holds.
-SELECT o.owner FROM owners o WHERE o.lock_key IS NOT NULL AND NOT EXISTS (
-    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND l.classid = %(class)s::oid AND l.objid = o.lock_key::oid AND l.objsubid = 2)
+-- name: owners_liveness
+-- Each process holding the store but this one: whether its liveness token (a
+-- session advisory lock: class %(class)s, key lock_key) is gone, held by no
+-- session of this database, and whether its workers run attempts.
+SELECT o.owner, NOT EXISTS (
+        SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND l.classid = %(class)s::oid AND l.objid = o.lock_key::oid AND l.objsubid = 2
+    ) AS unlocked,
+    EXISTS (SELECT 1 FROM executions e WHERE e.owner = o.owner AND e.status = 'RUNNING') AS busy
+FROM owners o WHERE o.lock_key IS NOT NULL AND o.owner <> %(me)s
 
 -- name: register_search_attribute
 -- Fix the type of a search attribute name, the first time a start uses it.

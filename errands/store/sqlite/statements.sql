@@ -142,7 +142,8 @@ WHERE run_id IN (SELECT value FROM json_each(:ids)) AND status = 'RUNNING'
 -- name: retry
 -- Schedule the next attempt (run_state SCHEDULED), or hold it for
 -- unpause (PAUSED), if the row is still as the decision read it.
-UPDATE executions SET run_state = :run_state, attempt = :next_attempt, ready_at = :ready_at,
+UPDATE executions SET run_state = :run_state, attempt = :next_attempt, owner = NULL,
+    ready_at = :ready_at,
     deadline = :deadline, attempt_deadline = :far, failure = :failure,
     timeout_type = :timeout_type, retry_interval_s = :interval_s
 WHERE id = :id AND attempt = :attempt AND deadline = :deadline_was
@@ -333,6 +334,7 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND {where} AND status = 'RUNNIN
 -- :ready_at (:run_state: SCHEDULED, or PAUSED to keep it paused); heartbeat
 -- details go if :reset_heartbeat.
 UPDATE executions SET run_state = :run_state, attempt = attempt + 1, attempt_base = attempt,
+    owner = NULL,
     ready_at = :ready_at, deadline = :deadline, attempt_deadline = :far, retry_interval_s = NULL,
     heartbeat_details = CASE WHEN :reset_heartbeat THEN NULL ELSE heartbeat_details END
 WHERE id = :id AND attempt = :attempt_was AND run_state = :state_was

@@ -29,6 +29,7 @@ CREATE TABLE workers (
 );
 CREATE INDEX workers_namespace ON workers (namespace, started);
 
--- The owner whose worker runs the current attempt (NULL: claimed by no worker).
+-- The owner whose worker runs the current attempt (NULL: claimed by no worker,
+-- or no attempt runs).
 ALTER TABLE executions ADD COLUMN owner text;
 CREATE INDEX executions_owner ON executions (owner) WHERE status = 'RUNNING' AND owner IS NOT NULL;
