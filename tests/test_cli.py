@@ -196,6 +196,43 @@ def test_execute_prints_the_result_of_an_activity_run_by_a_worker_the_command_st
     assert "activity 'g-1' (greet) attempt 1 completed" in worker.log()
 
 
+def group_members(pgid: int) -> set[int]:
+    """The processes of a process group (from /proc)."""
+    members = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    members.add(int(entry))
+    return members
+
+
+def test_a_sigkilled_worker_takes_its_pool_children_and_manager_with_it(
+    errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker("tests.pool_activities", "--task-queue", "q", "--processes", "2")
+    for name in ("s-1", "s-2"):
+        errands("start", "heartbeat_then_sleep", "--id", name, "--task-queue", "q")
+    for name in ("s-1", "s-2"):
+        wait_until(
+            lambda name=name: (
+                errands("describe", name, "--json").json()["total_heartbeat_count"] >= 1
+            ),
+            f"{name} sleeps in a pool child",
+        )
+    helpers = group_members(worker.pid) - {worker.pid}
+
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait_exit()
+    # Both pool children (busy for an hour) and the manager's server end with
+    # it; the design's bound is 2 s.
+    wait_until(lambda: not group_members(worker.pid), "its helper processes exited", timeout=5)
+
+    assert len(helpers) >= 3  # two pool children and the manager's server
+
+
 def test_workers_lists_the_running_workers(
     errands: Callable[..., Ran], start_worker: Callable[..., WorkerProcess]
 ) -> None:

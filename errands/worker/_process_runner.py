@@ -62,6 +62,7 @@ from errands.worker._shared_state import (
     SharedStateManager,
     ThrottledLog,
 )
+from errands.worker._watchdog import die_with
 
 logger = logging.getLogger("errands.worker")
 
@@ -99,6 +100,8 @@ class _ChildSpec:
     worker_shutdown: bool
     """Whether the worker was shutting down when it sent the call (its
     watcher in the child may not have read it yet)."""
+    worker_pid: int
+    """The worker's process: the child ends when it does (``_watchdog``)."""
 
 
 class _ChildAttempt:
@@ -335,6 +338,7 @@ def _run_in_child(
 ) -> tuple[Any, Sequence[Any] | None]:
     """The call a pool child makes: run the activity with its context; return
     its result and its latest heartbeat details (so none is lost in flight)."""
+    die_with(spec.worker_pid)
     activity_logger = logging.getLogger("errands.activity")
     if activity_logger.level != spec.log_level:
         activity_logger.setLevel(spec.log_level)
@@ -404,6 +408,7 @@ class ProcessRunner(Runner):
             raise_on_cancel=not definition.no_thread_cancel_exception,
             log_level=logging.getLogger("errands.activity").getEffectiveLevel(),
             worker_shutdown=context.worker_shutdown.is_set(),
+            worker_pid=os.getpid(),
         )
         executor = self._executor
         direct = getattr(context.heartbeat, "direct", context.heartbeat)

@@ -31,11 +31,14 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing.managers
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, MutableMapping, Sequence
 from typing import Any
+
+from errands.worker._watchdog import DieWith
 
 logger = logging.getLogger("errands.worker")
 
@@ -48,6 +51,10 @@ SHUTDOWN_KEY = b"errands:worker-shutdown"
 
 WAKE_KEY = b"errands:wake-up"
 """The entry of the shared mapping that holds the recipe of the current wake-up event."""
+
+DIE_WITH_KEY = b"errands:die-with"
+"""The entry of the shared mapping whose unpickling made the manager's server
+end with the worker's process (see ``_watchdog``)."""
 
 RETIRED_WAKE_UPS = 8
 """How many set wake-up events the worker keeps alive after replacing them: a
@@ -249,6 +256,8 @@ class _MultiprocessingSharedStateManager(SharedStateManager):
         self._next_wake_up: Any = mgr.Event()  # made ahead of the next request
         self._retired: collections.deque[Any] = collections.deque(maxlen=RETIRED_WAKE_UPS)
         self._mapping[WAKE_KEY] = _recipe(self._wake_up)
+        # Unpickled in the manager's server, this makes it end with this process.
+        self._mapping[DIE_WITH_KEY] = DieWith(os.getpid())
         self._ringing = threading.Lock()  # one request at a time replaces the wake-up
         self._channel = _MultiprocessingChannel(_recipe(self._mapping), _recipe(self._messages))
         self._heartbeaters: dict[bytes, Callable[[Sequence[Any]], None]] = {}
