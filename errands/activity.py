@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActivityCancellationDetails",
+    "ActivityDefaults",
     "Info",
     "cancellation_details",
     "client",
@@ -57,10 +58,52 @@ _CACHE_ATTR = "__errands_activity_cache__"
 
 
 @dataclass(frozen=True)
+class ActivityDefaults:
+    """*(errands)* Start options an activity's definition carries
+    (``@activity.defn(start_to_close_timeout=...)``): ``start_activity`` of
+    the function uses each one its call leaves out. An activity started by
+    name gets none of them."""
+
+    task_queue: str | None = None
+    schedule_to_close_timeout: timedelta | None = None
+    schedule_to_start_timeout: timedelta | None = None
+    start_to_close_timeout: timedelta | None = None
+    heartbeat_timeout: timedelta | None = None
+    retry_policy: RetryPolicy | None = None
+    priority: Priority | None = None
+
+    def __post_init__(self) -> None:
+        if self.task_queue is not None and (
+            not isinstance(self.task_queue, str) or not self.task_queue
+        ):
+            raise ValueError(f"task_queue must be a non-empty string, got {self.task_queue!r}")
+        for name in (
+            "schedule_to_close_timeout",
+            "schedule_to_start_timeout",
+            "start_to_close_timeout",
+            "heartbeat_timeout",
+        ):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, timedelta):
+                raise TypeError(f"{name} must be a timedelta, got {type(value).__name__}")
+            if value <= timedelta(0):
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.retry_policy is not None and not isinstance(self.retry_policy, RetryPolicy):
+            raise TypeError(
+                f"retry_policy must be a RetryPolicy, got {type(self.retry_policy).__name__}"
+            )
+        if self.priority is not None and not isinstance(self.priority, Priority):
+            raise TypeError(f"priority must be a Priority, got {type(self.priority).__name__}")
+
+
+@dataclass(frozen=True)
 class _Options:
     name: str | None
     dynamic: bool
     no_thread_cancel_exception: bool
+    defaults: ActivityDefaults = ActivityDefaults()
 
 
 @overload
@@ -69,13 +112,17 @@ def defn(fn: CallableType) -> CallableType: ...
 
 @overload
 def defn(
-    *, name: str | None = None, no_thread_cancel_exception: bool = False
-) -> Callable[[CallableType], CallableType]: ...
-
-
-@overload
-def defn(
-    *, no_thread_cancel_exception: bool = False, dynamic: bool = False
+    *,
+    name: str | None = None,
+    no_thread_cancel_exception: bool = False,
+    dynamic: bool = False,
+    task_queue: str | None = None,
+    schedule_to_close_timeout: timedelta | None = None,
+    schedule_to_start_timeout: timedelta | None = None,
+    start_to_close_timeout: timedelta | None = None,
+    heartbeat_timeout: timedelta | None = None,
+    retry_policy: RetryPolicy | None = None,
+    priority: Priority | None = None,
 ) -> Callable[[CallableType], CallableType]: ...
 
 
@@ -85,6 +132,13 @@ def defn(
     name: str | None = None,
     no_thread_cancel_exception: bool = False,
     dynamic: bool = False,
+    task_queue: str | None = None,
+    schedule_to_close_timeout: timedelta | None = None,
+    schedule_to_start_timeout: timedelta | None = None,
+    start_to_close_timeout: timedelta | None = None,
+    heartbeat_timeout: timedelta | None = None,
+    retry_policy: RetryPolicy | None = None,
+    priority: Priority | None = None,
 ) -> CallableType | Callable[[CallableType], CallableType]:
     """Mark a function (or method) as an activity.
 
@@ -95,13 +149,28 @@ def defn(
     ``CancelledError`` inside a sync activity's thread. The function is
     returned unchanged, so calling it directly still works.
 
+    *(errands)* ``task_queue``, the four timeouts, ``retry_policy`` and
+    ``priority`` are defaults for ``start_activity`` of the function: the
+    call's own arguments win (see ``ActivityDefaults``).
+
     Raises:
         TypeError: the function has keyword-only parameters (activities take
-            positional arguments only), or ``name`` and ``dynamic`` are both given.
+            positional arguments only), ``name`` and ``dynamic`` are both
+            given, or a default has the wrong type.
+        ValueError: a default timeout that is not positive, or an empty task_queue.
     """
     if name is not None and dynamic:
         raise TypeError("activity.defn: a dynamic activity takes no name")
-    options = _Options(name, dynamic, no_thread_cancel_exception)
+    defaults = ActivityDefaults(
+        task_queue=task_queue,
+        schedule_to_close_timeout=schedule_to_close_timeout,
+        schedule_to_start_timeout=schedule_to_start_timeout,
+        start_to_close_timeout=start_to_close_timeout,
+        heartbeat_timeout=heartbeat_timeout,
+        retry_policy=retry_policy,
+        priority=priority,
+    )
+    options = _Options(name, dynamic, no_thread_cancel_exception, defaults)
 
     def decorate(f: CallableType) -> CallableType:
         if not callable(f):
@@ -136,6 +205,7 @@ class _Definition:
     required_args: int
     takes_varargs: bool
     result_type: Any
+    defaults: ActivityDefaults = ActivityDefaults()
 
     @staticmethod
     def from_callable(fn: Callable[..., Any]) -> _Definition:
@@ -197,6 +267,7 @@ class _Definition:
             required_args=required,
             takes_varargs=varargs,
             result_type=result_type,
+            defaults=options.defaults,
         )
 
     def check_arg_count(self, count: int) -> None:

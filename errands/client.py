@@ -345,6 +345,14 @@ def _td(seconds: float | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
 
 
+OrT = TypeVar("OrT")
+
+
+def _or(given: OrT | None, default: OrT | None) -> OrT | None:
+    """The call's own value, or the definition's default when it gave none."""
+    return default if given is None else given
+
+
 def _jitter_s(jitter: timedelta | None) -> float:
     """Seconds of an unpause or reset jitter. Raises ValueError if negative."""
     seconds = 0.0 if jitter is None else jitter.total_seconds()
@@ -591,7 +599,7 @@ class Client:
         *,
         args: Sequence[Any] = (),
         id: str,
-        task_queue: str,
+        task_queue: str | None = None,
         result_type: type | None = None,
         schedule_to_close_timeout: timedelta | None = None,
         schedule_to_start_timeout: timedelta | None = None,
@@ -626,8 +634,6 @@ class Client:
         """
         if not isinstance(id, str) or not id:
             raise ValueError("start_activity needs a non-empty id")
-        if not isinstance(task_queue, str) or not task_queue:
-            raise ValueError("start_activity needs a non-empty task_queue")
         if arg is not _NO_ARG and args:
             raise ValueError("pass either arg or args, not both")
         if search_attributes is None:
@@ -650,6 +656,20 @@ class Client:
             name = definition.name
             if result_type is None:
                 result_type = definition.result_type
+            # The definition's defaults, where the call leaves an option out.
+            d = definition.defaults
+            task_queue = _or(task_queue, d.task_queue)
+            schedule_to_close_timeout = _or(schedule_to_close_timeout, d.schedule_to_close_timeout)
+            schedule_to_start_timeout = _or(schedule_to_start_timeout, d.schedule_to_start_timeout)
+            start_to_close_timeout = _or(start_to_close_timeout, d.start_to_close_timeout)
+            heartbeat_timeout = _or(heartbeat_timeout, d.heartbeat_timeout)
+            retry_policy = _or(retry_policy, d.retry_policy)
+            priority = _or(priority, d.priority)
+        if not isinstance(task_queue, str) or not task_queue:
+            raise ValueError(
+                "start_activity needs a non-empty task_queue (the call gave none, and the "
+                "activity's definition sets none)"
+            )
         s2c = _seconds("schedule_to_close_timeout", schedule_to_close_timeout)
         stc = _seconds("start_to_close_timeout", start_to_close_timeout)
         if s2c is None and stc is None:
@@ -717,7 +737,7 @@ class Client:
         *,
         args: Sequence[Any] = (),
         id: str,
-        task_queue: str,
+        task_queue: str | None = None,
         result_type: type | None = None,
         schedule_to_close_timeout: timedelta | None = None,
         schedule_to_start_timeout: timedelta | None = None,

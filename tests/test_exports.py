@@ -25,6 +25,7 @@ EXPORTS: dict[str, set[str]] = {
     "errands": {"activity"},
     "errands.activity": {
         "ActivityCancellationDetails",
+        "ActivityDefaults",
         "Info",
         "cancellation_details",
         "client",

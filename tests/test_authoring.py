@@ -1,0 +1,82 @@
+"""Authoring beyond Temporal (DESIGN §6 "Authoring"): start options carried
+by the activity's definition, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from errands import activity
+from errands.client import Client
+from errands.common import Priority, RetryPolicy
+from errands.worker import Worker
+from tests.support import CEILING_S
+
+POLICY = RetryPolicy(initial_interval=timedelta(seconds=3), maximum_attempts=4)
+
+
+@activity.defn(
+    task_queue="defaults-queue",
+    start_to_close_timeout=timedelta(seconds=42),
+    schedule_to_start_timeout=timedelta(minutes=5),
+    heartbeat_timeout=timedelta(seconds=9),
+    retry_policy=POLICY,
+    priority=Priority(priority_key=2),
+)
+async def configured(word: str) -> str:
+    return word.upper()
+
+
+async def test_a_start_takes_what_its_call_leaves_out_from_the_definition(
+    client: Client,
+) -> None:
+    async with Worker(client, task_queue="defaults-queue", activities=[configured]):
+        handle = await client.start_activity(configured, "hi", id="defaults")
+        result = await asyncio.wait_for(handle.result(), CEILING_S)
+    used = await handle.describe()
+
+    assert result == "HI"
+    assert used.task_queue == "defaults-queue"
+    assert used.start_to_close_timeout == timedelta(seconds=42)
+    assert used.schedule_to_start_timeout == timedelta(minutes=5)
+    assert used.heartbeat_timeout == timedelta(seconds=9)
+    assert used.schedule_to_close_timeout is None
+    assert used.retry_policy == POLICY
+    assert used.priority.priority_key == 2
+
+
+async def test_the_call_s_own_options_win_and_a_start_by_name_assumes_nothing(
+    client: Client, task_queue: str
+) -> None:
+    own = await client.start_activity(
+        configured,
+        "x",
+        id="own",
+        task_queue=task_queue,
+        start_to_close_timeout=timedelta(seconds=7),
+        retry_policy=RetryPolicy(maximum_attempts=1),
+        priority=Priority(priority_key=1),
+    )
+    used = await own.describe()
+
+    assert (used.task_queue, used.start_to_close_timeout) == (task_queue, timedelta(seconds=7))
+    assert used.retry_policy == RetryPolicy(maximum_attempts=1)
+    assert used.priority.priority_key == 1
+    assert used.heartbeat_timeout == timedelta(seconds=9)  # left out: the definition's
+    with pytest.raises(ValueError, match="task_queue"):
+        await client.start_activity("configured", "x", id="by-name")
+    with pytest.raises(ValueError, match="start_to_close_timeout"):
+        await client.start_activity("configured", "x", id="by-name", task_queue=task_queue)
+
+
+def test_bad_defaults_are_refused_when_the_activity_is_defined() -> None:
+    with pytest.raises(TypeError, match="start_to_close_timeout must be a timedelta"):
+        activity.defn(start_to_close_timeout=30)  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="heartbeat_timeout must be positive"):
+        activity.defn(heartbeat_timeout=timedelta(0))
+    with pytest.raises(ValueError, match="task_queue"):
+        activity.defn(task_queue="")
+    with pytest.raises(TypeError, match="retry_policy must be a RetryPolicy"):
+        activity.defn(retry_policy={"maximum_attempts": 3})  # type: ignore[call-overload]
