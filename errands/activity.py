@@ -34,6 +34,7 @@ __all__ = [
     "client",
     "defn",
     "heartbeat",
+    "heartbeat_details",
     "in_activity",
     "info",
     "is_cancelled",
@@ -504,6 +505,27 @@ def heartbeat(*details: Any) -> None:
     Never blocks. Heartbeating is also how cancellation reaches the activity.
     Raises RuntimeError outside an activity."""
     _context().heartbeat(details)
+
+
+DetailsT = TypeVar("DetailsT")
+
+
+def heartbeat_details(type_hint: type[DetailsT] | Any = None) -> DetailsT | None:
+    """*(errands)* The first of the details the last heartbeat before this
+    attempt stored (earlier attempts included), converted to ``type_hint``
+    (a dataclass, a pydantic model, ``list[MyType]``, ...: what the payload
+    converter reads), or None when there are none.
+
+    Raises TypeError or ValueError if the details do not fit the type (the
+    message says what was expected), RuntimeError outside an activity.
+    """
+    context = _context()
+    details = context.info.heartbeat_details
+    if not details:
+        return None
+    converter = context.payload_converter
+    value: DetailsT = converter.from_payload(converter.to_payload(details[0]), type_hint)
+    return value
 
 
 def is_cancelled() -> bool:

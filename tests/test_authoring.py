@@ -4,6 +4,7 @@ by the activity's definition, on both stores."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from errands import activity
 from errands.client import Client
 from errands.common import Priority, RetryPolicy
+from errands.testing import ActivityEnvironment
 from errands.worker import Worker
 from tests.support import CEILING_S
 
@@ -80,3 +82,56 @@ def test_bad_defaults_are_refused_when_the_activity_is_defined() -> None:
         activity.defn(task_queue="")
     with pytest.raises(TypeError, match="retry_policy must be a RetryPolicy"):
         activity.defn(retry_policy={"maximum_attempts": 3})  # type: ignore[call-overload]
+
+
+# ---------------------------------------------------------------- typed heartbeat details
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    done: int
+    last: str
+
+
+@activity.defn
+async def resumes_from_progress() -> list[object]:
+    if activity.info().attempt == 1:
+        activity.heartbeat(Progress(3, "c"), "ignored")
+        raise RuntimeError("fails after its heartbeat")
+    return [activity.heartbeat_details(Progress), activity.heartbeat_details()]
+
+
+async def test_a_retry_reads_the_last_heartbeat_details_by_type(
+    client: Client, task_queue: str
+) -> None:
+    async with Worker(client, task_queue=task_queue, activities=[resumes_from_progress]):
+        handle = await client.start_activity(
+            resumes_from_progress,
+            id="typed",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=10)),
+        )
+        typed, plain = await asyncio.wait_for(handle.result(), CEILING_S)
+
+    # The result travels as JSON: the typed value was a Progress in the activity.
+    assert typed == {"done": 3, "last": "c"}
+    assert plain == {"done": 3, "last": "c"}
+
+
+def test_heartbeat_details_by_type_none_and_a_mismatch() -> None:
+    env = ActivityEnvironment()
+
+    def read(hint: object) -> object:
+        return activity.heartbeat_details(hint)
+
+    assert env.run(read, Progress) is None  # no heartbeat before this attempt
+    env.info = dataclasses.replace(
+        env.info, heartbeat_details=[[{"done": 1, "last": "a"}, {"done": 2, "last": "b"}]]
+    )
+    assert env.run(read, list[Progress]) == [Progress(1, "a"), Progress(2, "b")]
+    env.info = dataclasses.replace(env.info, heartbeat_details=[{"done": "many"}])
+    with pytest.raises(TypeError):
+        env.run(read, Progress)
+    with pytest.raises(RuntimeError):
+        activity.heartbeat_details(Progress)

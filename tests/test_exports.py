@@ -31,6 +31,7 @@ EXPORTS: dict[str, set[str]] = {
         "client",
         "defn",
         "heartbeat",
+        "heartbeat_details",
         "in_activity",
         "info",
         "is_cancelled",
