@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import logging
 import os
 import random
 import uuid
@@ -67,6 +68,8 @@ __all__ = [
     "WorkerInfo",
 ]
 
+logger = logging.getLogger("errands.client")
+
 ActivityFailureError = ActivityFailedError
 """temporalio's name for ``errands.exceptions.ActivityFailedError`` (the same class)."""
 
@@ -75,6 +78,9 @@ DEFAULT_URL = "sqlite:///errands.db"
 
 DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
 """Largest encoded arguments, result or heartbeat details: 2 MiB."""
+
+DEFAULT_PAYLOAD_WARNING_BYTES = 256 * 1024
+"""Arguments larger than this (encoded) are logged as a warning at start."""
 
 DEFAULT_RETENTION = timedelta(days=7)
 """How long closed executions are kept."""
@@ -513,11 +519,14 @@ class Client:
         data_converter: DataConverter | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retention: timedelta = DEFAULT_RETENTION,
+        payload_warning_bytes: int = DEFAULT_PAYLOAD_WARNING_BYTES,
     ) -> None:
         self._store = store
         self.namespace = namespace
         self.data_converter = data_converter or DataConverter()
         self.max_payload_bytes = max_payload_bytes
+        self.payload_warning_bytes = payload_warning_bytes
+        """*(errands)* Arguments larger than this, encoded, are logged at start."""
         self.retention = retention
         self._watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OutcomeWatcher] = (
             weakref.WeakKeyDictionary()
@@ -537,6 +546,7 @@ class Client:
         data_converter: DataConverter | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retention: timedelta = DEFAULT_RETENTION,
+        payload_warning_bytes: int = DEFAULT_PAYLOAD_WARNING_BYTES,
     ) -> Client:
         """Open the store at ``url`` (default ``$ERRANDS_URL``, else
         ``sqlite:///errands.db``), applying pending schema migrations.
@@ -559,6 +569,7 @@ class Client:
             data_converter=data_converter,
             max_payload_bytes=max_payload_bytes,
             retention=retention,
+            payload_warning_bytes=payload_warning_bytes,
         )
         client._lease = lease
         # A client dropped without close() gives its lease back when collected.
@@ -689,6 +700,15 @@ class Client:
             raise ValueError(
                 f"arguments of activity {name!r} are {len(data)} bytes encoded, over the "
                 f"{self.max_payload_bytes}-byte payload limit"
+            )
+        if len(data) > self.payload_warning_bytes:
+            logger.warning(
+                "activity %r (id %r) is started with %d bytes of arguments, over the "
+                "%d-byte warning threshold: large payloads slow every read of the execution",
+                name,
+                id,
+                len(data),
+                self.payload_warning_bytes,
             )
         run_id = _new_run_id()
         expecting = _expect_result.get()

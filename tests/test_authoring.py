@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from datetime import timedelta
 
 import pytest
@@ -135,3 +136,19 @@ def test_heartbeat_details_by_type_none_and_a_mismatch() -> None:
         env.run(read, Progress)
     with pytest.raises(RuntimeError):
         activity.heartbeat_details(Progress)
+
+
+async def test_a_start_with_large_arguments_is_logged_with_their_size_and_the_activity(
+    client: Client, task_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.payload_warning_bytes = 1_000
+    with caplog.at_level(logging.WARNING, logger="errands.client"):
+        await client.start_activity(configured, "x" * 10, id="small", task_queue=task_queue)
+        quiet = list(caplog.records)
+        await client.start_activity(configured, "x" * 2_000, id="large", task_queue=task_queue)
+
+    assert quiet == []
+    (record,) = caplog.records
+    assert "'configured'" in record.getMessage() and "'large'" in record.getMessage()
+    size = len(await client.data_converter.encode(["x" * 2_000]))
+    assert f"{size} bytes" in record.getMessage()
