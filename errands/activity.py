@@ -35,6 +35,7 @@ __all__ = [
     "defn",
     "heartbeat",
     "heartbeat_details",
+    "heartbeating",
     "in_activity",
     "info",
     "is_cancelled",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 CallableType = TypeVar("CallableType", bound=Callable[..., Any])
+
+DEFAULT_HEARTBEATING_S = 1.0
+"""How often ``heartbeating()`` beats where no worker set an interval (ActivityEnvironment)."""
 
 _DEFINITION_ATTR = "__errands_activity_definition__"
 _CACHE_ATTR = "__errands_activity_cache__"
@@ -105,6 +109,7 @@ class _Options:
     dynamic: bool
     no_thread_cancel_exception: bool
     defaults: ActivityDefaults = ActivityDefaults()
+    auto_heartbeat: bool = False
 
 
 @overload
@@ -124,6 +129,7 @@ def defn(
     heartbeat_timeout: timedelta | None = None,
     retry_policy: RetryPolicy | None = None,
     priority: Priority | None = None,
+    auto_heartbeat: bool = False,
 ) -> Callable[[CallableType], CallableType]: ...
 
 
@@ -140,6 +146,7 @@ def defn(
     heartbeat_timeout: timedelta | None = None,
     retry_policy: RetryPolicy | None = None,
     priority: Priority | None = None,
+    auto_heartbeat: bool = False,
 ) -> CallableType | Callable[[CallableType], CallableType]:
     """Mark a function (or method) as an activity.
 
@@ -152,7 +159,8 @@ def defn(
 
     *(errands)* ``task_queue``, the four timeouts, ``retry_policy`` and
     ``priority`` are defaults for ``start_activity`` of the function: the
-    call's own arguments win (see ``ActivityDefaults``).
+    call's own arguments win (see ``ActivityDefaults``). ``auto_heartbeat=True``
+    runs the whole activity inside ``activity.heartbeating()``.
 
     Raises:
         TypeError: the function has keyword-only parameters (activities take
@@ -171,7 +179,7 @@ def defn(
         retry_policy=retry_policy,
         priority=priority,
     )
-    options = _Options(name, dynamic, no_thread_cancel_exception, defaults)
+    options = _Options(name, dynamic, no_thread_cancel_exception, defaults, auto_heartbeat)
 
     def decorate(f: CallableType) -> CallableType:
         if not callable(f):
@@ -207,6 +215,7 @@ class _Definition:
     takes_varargs: bool
     result_type: Any
     defaults: ActivityDefaults = ActivityDefaults()
+    auto_heartbeat: bool = False
 
     @staticmethod
     def from_callable(fn: Callable[..., Any]) -> _Definition:
@@ -269,6 +278,7 @@ class _Definition:
             takes_varargs=varargs,
             result_type=result_type,
             defaults=options.defaults,
+            auto_heartbeat=options.auto_heartbeat,
         )
 
     def check_arg_count(self, count: int) -> None:
@@ -417,6 +427,8 @@ class _Context:
         "client",
         "details",
         "heartbeat",
+        "heartbeat_every_s",
+        "last_details",
         "payload_converter",
         "worker_shutdown",
     )
@@ -430,8 +442,13 @@ class _Context:
         worker_shutdown: _Signal,
         payload_converter: PayloadConverter,
         client: Client | None,
+        heartbeat_every_s: float = DEFAULT_HEARTBEATING_S,
     ) -> None:
         self._info: Info | None = None
+        self.heartbeat_every_s = heartbeat_every_s
+        """How often ``heartbeating()`` heartbeats: the worker's throttle interval."""
+        self.last_details: Sequence[Any] | None = None
+        """The details of this attempt's latest ``heartbeat()``, once there is one."""
         self._make_info = info
         self.heartbeat = heartbeat
         self.cancelled = cancelled
@@ -504,7 +521,57 @@ def heartbeat(*details: Any) -> None:
     (at once for the first, then at most once per 0.8 x heartbeat_timeout).
     Never blocks. Heartbeating is also how cancellation reaches the activity.
     Raises RuntimeError outside an activity."""
-    _context().heartbeat(details)
+    context = _context()
+    context.last_details = details
+    context.heartbeat(details)
+
+
+@contextlib.contextmanager
+def heartbeating(every: timedelta | None = None) -> Iterator[None]:
+    """*(errands)* Heartbeat while the body runs: at once, then every
+    ``every`` (default: the worker's heartbeat throttle interval, 0.8 x
+    heartbeat_timeout), from a thread of its own, so a long call that never
+    returns to the activity's code still keeps its heartbeat timeout and
+    receives cancellation (async: at its next await; a thread: by the
+    exception errands raises there; a process-pool child: by signal, even in
+    a blocking call). Each beat repeats the details of the activity's latest
+    ``heartbeat()`` (before any, those of the previous attempt).
+    ``@activity.defn(auto_heartbeat=True)`` wraps the whole activity in it.
+
+    Raises RuntimeError outside an activity; ValueError for a non-positive ``every``.
+    """
+    context = _context()
+    every_s = context.heartbeat_every_s if every is None else every.total_seconds()
+    if every_s <= 0:
+        raise ValueError(f"heartbeating every {every} is not possible: it must be positive")
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            details = context.last_details
+            if details is None:
+                details = context.info.heartbeat_details
+            try:
+                context.heartbeat(details)
+            except Exception:  # the worker's loop closed, say: the attempt is over
+                logging.getLogger("errands.worker").exception(
+                    "activity.heartbeating() could not heartbeat; it stops"
+                )
+                return
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=beat, name="errands-heartbeating", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def _auto_heartbeat(definition: _Definition) -> contextlib.AbstractContextManager[None]:
+    """``heartbeating()`` for an ``auto_heartbeat`` activity, else nothing."""
+    return heartbeating() if definition.auto_heartbeat else contextlib.nullcontext()
 
 
 DetailsT = TypeVar("DetailsT")

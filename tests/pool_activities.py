@@ -294,3 +294,15 @@ def heartbeat_pid_then_wait_for_shutdown() -> bool:
     """Heartbeats its pid, then waits for the worker's shutdown."""
     activity.heartbeat(os.getpid())
     return activity.wait_for_worker_shutdown_sync(GATE_CEILING_S)
+
+
+@activity.defn(auto_heartbeat=True)
+def busy_without_heartbeats(seconds: float, blocking: bool) -> str:
+    """Never heartbeats itself: pure-Python work (``blocking`` False) or a
+    blocking sleep (True) for ``seconds``; auto_heartbeat keeps it alive and
+    lets a cancel in."""
+    if blocking:
+        time.sleep(seconds)
+    else:
+        spin_for(seconds)
+    return "finished"

@@ -10,12 +10,14 @@ from datetime import timedelta
 
 import pytest
 
-from errands import activity
+from errands import activity, exceptions
 from errands.client import Client
 from errands.common import Priority, RetryPolicy
 from errands.testing import ActivityEnvironment
 from errands.worker import Worker
-from tests.support import CEILING_S
+from tests.support import CEILING_S, describe_until
+
+LONG = timedelta(seconds=60)
 
 POLICY = RetryPolicy(initial_interval=timedelta(seconds=3), maximum_attempts=4)
 
@@ -152,3 +154,67 @@ async def test_a_start_with_large_arguments_is_logged_with_their_size_and_the_ac
     assert "'configured'" in record.getMessage() and "'large'" in record.getMessage()
     size = len(await client.data_converter.encode(["x" * 2_000]))
     assert f"{size} bytes" in record.getMessage()
+
+
+# --------------------------------------------------------------------------- auto-heartbeat
+
+
+@activity.defn(auto_heartbeat=True)
+async def awaits_without_heartbeats(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "finished"
+
+
+@activity.defn
+async def heartbeats_in_a_block() -> list[int]:
+    activity.heartbeat(7)
+    with activity.heartbeating(timedelta(milliseconds=50)):
+        await asyncio.sleep(0.5)
+    return list(activity.info().heartbeat_details)
+
+
+async def test_an_auto_heartbeating_async_activity_lives_past_its_heartbeat_timeout_and_cancels(
+    client: Client, task_queue: str
+) -> None:
+    async with Worker(client, task_queue=task_queue, activities=[awaits_without_heartbeats]):
+        lives = await client.start_activity(
+            awaits_without_heartbeats,
+            1.5,
+            id="lives",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=timedelta(milliseconds=500),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+        )
+        cancelled = await client.start_activity(
+            awaits_without_heartbeats,
+            120.0,
+            id="cancelled",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=180),
+        )
+        await describe_until(cancelled, lambda d: d.total_heartbeat_count >= 1, "it beats")
+        await cancelled.cancel()
+        assert await asyncio.wait_for(lives.result(), CEILING_S) == "finished"
+        with pytest.raises(exceptions.ActivityFailedError) as failed:
+            await asyncio.wait_for(cancelled.result(), CEILING_S)
+    assert isinstance(failed.value.cause, exceptions.CancelledError)
+
+
+async def test_heartbeating_repeats_the_latest_details_while_its_block_runs(
+    client: Client, task_queue: str
+) -> None:
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        activities=[heartbeats_in_a_block],
+        max_heartbeat_throttle_interval=timedelta(milliseconds=20),
+        default_heartbeat_throttle_interval=timedelta(milliseconds=20),
+    ):
+        handle = await client.start_activity(
+            heartbeats_in_a_block, id="block", task_queue=task_queue, start_to_close_timeout=LONG
+        )
+        await asyncio.wait_for(handle.result(), CEILING_S)
+    desc = await handle.describe(include_heartbeat_details=True)
+    assert list(await desc.heartbeat_details()) == [7]  # the beats kept the activity's details
+    assert desc.total_heartbeat_count >= 3

@@ -32,6 +32,7 @@ EXPORTS: dict[str, set[str]] = {
         "defn",
         "heartbeat",
         "heartbeat_details",
+        "heartbeating",
         "in_activity",
         "info",
         "is_cancelled",

@@ -26,6 +26,7 @@ import pytest
 
 from errands import activity, exceptions
 from errands.client import ActivityExecutionStatus, Client, PendingActivityState
+from errands.common import RetryPolicy
 from errands.worker import SharedStateManager, Worker
 from tests import pool_activities as acts
 from tests.support import (
@@ -36,6 +37,7 @@ from tests.support import (
     TIMEOUT,
     Probe,
     cancel_and_time,
+    describe_until,
     eventually,
     heartbeat_stored,
     my_probe,
@@ -379,3 +381,42 @@ async def test_an_activity_running_past_the_grace_period_is_cancelled_and_anothe
 
     async with pool.worker(client, task_queue, [acts.outlast_the_grace_period]):
         assert await asyncio.wait_for(handle.result(), CEILING_S) == "attempt 2 finished"
+
+
+# --------------------------------------------------------------------------- auto-heartbeat
+
+
+async def test_an_auto_heartbeating_activity_outlives_a_short_heartbeat_timeout(
+    client: Client, task_queue: str, pool: Pool
+) -> None:
+    async with pool.worker(client, task_queue, [acts.busy_without_heartbeats]):
+        handle = await client.start_activity(
+            acts.busy_without_heartbeats,
+            args=[2.0, pool.interrupts_a_sleep],
+            id="long-call",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=timedelta(milliseconds=500),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+        )
+        assert await asyncio.wait_for(handle.result(), CEILING_S) == "finished"
+    assert (await handle.describe()).total_heartbeat_count >= 2
+
+
+async def test_an_auto_heartbeating_activity_in_a_long_call_is_cancelled(
+    client: Client, task_queue: str, pool: Pool
+) -> None:
+    async with pool.worker(client, task_queue, [acts.busy_without_heartbeats]):
+        handle = await client.start_activity(
+            acts.busy_without_heartbeats,
+            # A thread is interrupted in pure-Python work; a child even in time.sleep.
+            args=[120.0, pool.interrupts_a_sleep],
+            id="cancel-me",
+            task_queue=task_queue,
+            start_to_close_timeout=timedelta(seconds=180),
+        )
+        await describe_until(handle, lambda d: d.total_heartbeat_count >= 1, "it beats")
+        await handle.cancel()
+        with pytest.raises(exceptions.ActivityFailedError) as failed:
+            await asyncio.wait_for(handle.result(), CEILING_S)
+    assert isinstance(failed.value.cause, exceptions.CancelledError)

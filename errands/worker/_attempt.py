@@ -230,6 +230,7 @@ class Attempt:
             worker_shutdown=env.worker_shutdown,
             payload_converter=converter.payload_converter,
             client=env.client if definition.is_async else None,
+            heartbeat_every_s=self.heartbeater.throttle_s,
         )
         self.arm_timeout(self.local_deadline(None))
         pending = self._pending_cancel

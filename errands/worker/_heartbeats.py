@@ -36,6 +36,11 @@ class Heartbeater:
         self._sending: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def throttle_s(self) -> float:
+        """The most often details reach the store (after the first)."""
+        return self._throttle_s
+
     def record(self, details: Sequence[Any]) -> None:
         """Take the activity's latest details; send now or when the window ends."""
         self._pending = details

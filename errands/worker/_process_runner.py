@@ -52,6 +52,7 @@ from errands.activity import (
     _Definition,
     _shield_target,
     _Signal,
+    heartbeating,
 )
 from errands.converter import PayloadConverter
 from errands.exceptions import ApplicationError, CancelledError
@@ -102,6 +103,10 @@ class _ChildSpec:
     watcher in the child may not have read it yet)."""
     worker_pid: int
     """The worker's process: the child ends when it does (``_watchdog``)."""
+    auto_heartbeat: bool
+    """Whether the activity runs inside ``activity.heartbeating()``."""
+    heartbeat_every_s: float
+    """How often ``heartbeating()`` beats: the worker's throttle interval."""
 
 
 class _ChildAttempt:
@@ -117,6 +122,7 @@ class _ChildAttempt:
             worker_shutdown=watch.shutdown,
             payload_converter=spec.payload_converter,
             client=None,
+            heartbeat_every_s=spec.heartbeat_every_s,
         )
         # Re-entrant: the SIGUSR1 handler takes it on the main thread, which may
         # hold it already (a signal handler runs between any two bytecodes).
@@ -348,7 +354,8 @@ def _run_in_child(
     try:
         try:
             attempt.start()
-            result = fn(*args)
+            with heartbeating() if spec.auto_heartbeat else contextlib.nullcontext():
+                result = fn(*args)
         finally:
             # After end() the SIGUSR1 handler raises nothing; a cancel landing
             # before it (even here) is caught below and marked as the activity's.
@@ -409,6 +416,8 @@ class ProcessRunner(Runner):
             log_level=logging.getLogger("errands.activity").getEffectiveLevel(),
             worker_shutdown=context.worker_shutdown.is_set(),
             worker_pid=os.getpid(),
+            auto_heartbeat=definition.auto_heartbeat,
+            heartbeat_every_s=context.heartbeat_every_s,
         )
         executor = self._executor
         direct = getattr(context.heartbeat, "direct", context.heartbeat)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from errands.activity import _Context, _current, _Definition
+from errands.activity import _auto_heartbeat, _Context, _current, _Definition
 
 HeartbeatRecorder = Callable[[Sequence[Any]], None]
 """Takes an activity's heartbeat details."""
@@ -51,11 +52,16 @@ class Runner(abc.ABC):
 
 
 def from_any_thread(record: HeartbeatRecorder) -> HeartbeatRecorder:
-    """``record``, callable from any thread: it runs on the current event loop."""
+    """``record``, callable from any thread: it runs on the current event loop
+    (at once when called there)."""
     loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
 
     def heartbeat(details: Sequence[Any]) -> None:
-        loop.call_soon_threadsafe(record, details)
+        if threading.get_ident() == loop_thread:
+            record(details)
+        else:
+            loop.call_soon_threadsafe(record, details)
 
     return heartbeat
 
@@ -76,7 +82,8 @@ class AsyncRunner(Runner):
         self._tasks[key] = task
         token = _current.set(context)
         try:
-            return await definition.fn(*args)
+            with _auto_heartbeat(definition):
+                return await definition.fn(*args)
         finally:
             _current.reset(token)
             del self._tasks[key]
@@ -87,6 +94,10 @@ class AsyncRunner(Runner):
         task = self._tasks.get(id(context))
         if task is not None:
             task.cancel()
+
+    def threadsafe(self, record: HeartbeatRecorder) -> HeartbeatRecorder:
+        # activity.heartbeating() beats from a thread of its own.
+        return from_any_thread(record)
 
 
 def _uncancel(task: asyncio.Task[Any]) -> None:

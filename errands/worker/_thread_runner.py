@@ -19,7 +19,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from errands.activity import _Context, _current, _Definition, _shield_target, _Signal
+from errands.activity import (
+    _auto_heartbeat,
+    _Context,
+    _current,
+    _Definition,
+    _shield_target,
+    _Signal,
+)
 from errands.exceptions import CancelledError
 from errands.worker._runner import HeartbeatRecorder, Runner, from_any_thread
 
@@ -153,7 +160,8 @@ class ThreadRunner(Runner):
             try:
                 if call.begin(threading.get_ident()):
                     raise CancelledError()
-                return fn(*args)
+                with _auto_heartbeat(definition):
+                    return fn(*args)
             finally:
                 call.end()
 
