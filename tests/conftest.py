@@ -195,3 +195,19 @@ async def pg_client(pg_url: str) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture(autouse=True)
+def no_blocked_loop_reports(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """Every test but those marked ``blocks_loop`` fails if a worker reported
+    its event loop held: the report must raise no false alarms."""
+    yield
+    if request.node.get_closest_marker("blocks_loop") is None:
+        held = [
+            r.getMessage()
+            for r in caplog.records
+            if "held the worker's event loop" in r.getMessage()
+        ]
+        assert not held, held

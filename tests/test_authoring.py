@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -218,3 +219,56 @@ async def test_heartbeating_repeats_the_latest_details_while_its_block_runs(
     desc = await handle.describe(include_heartbeat_details=True)
     assert list(await desc.heartbeat_details()) == [7]  # the beats kept the activity's details
     assert desc.total_heartbeat_count >= 3
+
+
+# --------------------------------------------------------------------------- a blocked event loop
+
+
+@activity.defn
+async def blocks_the_loop(seconds: float) -> str:
+    time.sleep(seconds)  # the mistake being reported: a blocking call in async code
+    return "blocked"
+
+
+@activity.defn
+async def awaits_politely(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "polite"
+
+
+@pytest.mark.blocks_loop
+async def test_an_async_activity_holding_the_loop_is_reported_with_its_stack(
+    client: Client, task_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        activities=[blocks_the_loop, awaits_politely],
+        blocked_loop_threshold=timedelta(milliseconds=300),
+    ):
+        polite = await client.start_activity(
+            awaits_politely, 1.0, id="polite", task_queue=task_queue, start_to_close_timeout=LONG
+        )
+        assert await asyncio.wait_for(polite.result(), CEILING_S) == "polite"
+        quiet = [r for r in caplog.records if "event loop" in r.getMessage()]
+        blocking = await client.start_activity(
+            blocks_the_loop, 1.5, id="blocking", task_queue=task_queue, start_to_close_timeout=LONG
+        )
+        assert await asyncio.wait_for(blocking.result(), CEILING_S) == "blocked"
+    reports = [r for r in caplog.records if "event loop" in r.getMessage()]
+
+    assert quiet == []
+    (report,) = reports  # one per episode
+    message = report.getMessage()
+    assert "'blocks_the_loop'" in message and "time.sleep(seconds)" in message
+    assert report.levelno == logging.WARNING
+
+
+def test_a_non_positive_blocked_loop_threshold_is_refused(client: Client) -> None:
+    with pytest.raises(ValueError, match="blocked_loop_threshold"):
+        Worker(
+            client,
+            task_queue="q",
+            activities=[awaits_politely],
+            blocked_loop_threshold=timedelta(0),
+        )

@@ -22,6 +22,7 @@ from errands.store import ClaimedTask, WorkerRecord
 from errands.store._changes import Interrupted
 from errands.worker._attempt import Attempt, AttemptEnv
 from errands.worker._interrupts import InterruptWatcher, details_for, needs_heartbeat
+from errands.worker._loopwatch import LoopWatch
 from errands.worker._poller import Poller
 from errands.worker._process_runner import ProcessRunner, pool_size
 from errands.worker._runner import AsyncRunner, Runner
@@ -63,6 +64,9 @@ class Worker:
         default_heartbeat_throttle_interval: Heartbeat throttle when the activity
             has no heartbeat timeout. Default 30 s.
         max_heartbeat_throttle_interval: Longest heartbeat throttle. Default 60 s.
+        blocked_loop_threshold: *(errands)* An async activity that holds the
+            worker's event loop longer than this is reported (a warning with
+            the activity and its stack). Default 1 s; None turns it off.
 
     Raises:
         ValueError: no activities, a name registered twice, two dynamic
@@ -85,6 +89,7 @@ class Worker:
         identity: str | None = None,
         default_heartbeat_throttle_interval: timedelta = timedelta(seconds=30),
         max_heartbeat_throttle_interval: timedelta = timedelta(seconds=60),
+        blocked_loop_threshold: timedelta | None = timedelta(seconds=1),
     ) -> None:
         if not task_queue:
             raise ValueError("Worker needs a task_queue")
@@ -100,6 +105,12 @@ class Worker:
                 raise ValueError(f"{name} must be positive")
         if graceful_shutdown_timeout < timedelta(0):
             raise ValueError("graceful_shutdown_timeout must not be negative")
+        if blocked_loop_threshold is not None and blocked_loop_threshold <= timedelta(0):
+            raise ValueError("blocked_loop_threshold must be positive (or None)")
+        self._blocked_loop_s = (
+            None if blocked_loop_threshold is None else blocked_loop_threshold.total_seconds()
+        )
+        self._loop_watch: LoopWatch | None = None
         self._client = client
         self._task_queue = task_queue
         self._identity = identity or f"{os.getpid()}@{socket.gethostname()}"
@@ -170,6 +181,7 @@ class Worker:
         self._shutdown_requested = asyncio.Event()
         self._cut_grace = asyncio.Event()
         self._wire()
+        self._watch_loop()
         await self._register()
         self._watcher.subscribe()  # before the first claim, or a request could be missed
         stop_background = asyncio.Event()
@@ -196,6 +208,8 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             if self._sync_runner is not None:
                 self._sync_runner.close()
+            if self._loop_watch is not None:
+                self._loop_watch.stop()
             try:
                 await self._client._store.unregister_worker(self._worker_id)
             except Exception as e:  # the store's own record goes when the process's hold does
@@ -253,6 +267,21 @@ class Worker:
                 exclude_types=async_names if sync_takes_unknown else (),
             )
             self._pollers.append(self._sync_poller)
+
+    def _watch_loop(self) -> None:
+        """Report async activities that hold the event loop (``_loopwatch``)."""
+        async_definitions = [d for d in self._definitions.values() if d.is_async]
+        if self._dynamic is not None and self._dynamic.is_async:
+            async_definitions.append(self._dynamic)
+        if self._blocked_loop_s is None or not async_definitions:
+            return
+        codes = {getattr(d.fn, "__func__", d.fn).__code__: d.name for d in async_definitions}
+        self._loop_watch = LoopWatch(
+            asyncio.get_running_loop(),
+            self._blocked_loop_s,
+            codes,
+            busy=lambda: self._busy_async > 0,
+        )
 
     async def _register(self) -> None:
         """Register in the store's worker registry, holding this process's
@@ -354,6 +383,8 @@ class Worker:
             self._busy_sync += 1
         else:
             self._busy_async += 1
+            if self._loop_watch is not None:
+                self._loop_watch.attempt_started()
         attempt = Attempt(self._env, task, definition, runner, reason)
         self._running[(task.run_id, task.serial)] = attempt
         early = self._watcher.take_early(task.run_id, task.serial)
