@@ -9,6 +9,7 @@ import logging
 import time
 from datetime import timedelta
 
+import pydantic
 import pytest
 
 from errands import activity, exceptions
@@ -97,6 +98,11 @@ class Progress:
     last: str
 
 
+class ProgressModel(pydantic.BaseModel):
+    done: int
+    last: str
+
+
 @activity.defn
 async def resumes_from_progress() -> list[object]:
     if activity.info().attempt == 1:
@@ -134,6 +140,8 @@ def test_heartbeat_details_by_type_none_and_a_mismatch() -> None:
         env.info, heartbeat_details=[[{"done": 1, "last": "a"}, {"done": 2, "last": "b"}]]
     )
     assert env.run(read, list[Progress]) == [Progress(1, "a"), Progress(2, "b")]
+    env.info = dataclasses.replace(env.info, heartbeat_details=[{"done": 4, "last": "d"}])
+    assert env.run(read, ProgressModel) == ProgressModel(done=4, last="d")
     env.info = dataclasses.replace(env.info, heartbeat_details=[{"done": "many"}])
     with pytest.raises(TypeError):
         env.run(read, Progress)
