@@ -11,7 +11,7 @@ import random
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar, cast
 
@@ -60,6 +60,7 @@ __all__ = [
     "ActivityOptionsKey",
     "ActivityOptionsKeys",
     "ActivityOptionsUpdate",
+    "ActivityStart",
     "AsyncActivityCancelledError",
     "AsyncActivityHandle",
     "AttemptOutcome",
@@ -479,6 +480,30 @@ class ActivityExecutionCount:
 
 
 @dataclass(frozen=True)
+class ActivityStart:
+    """*(errands)* One start of ``Client.start_activities``: the arguments of
+    ``start_activity``, the function or name first, then ``args``."""
+
+    activity: Callable[..., Any] | str
+    args: Sequence[Any] = ()
+    _: KW_ONLY
+    id: str
+    task_queue: str | None = None
+    result_type: type | None = None
+    schedule_to_close_timeout: timedelta | None = None
+    schedule_to_start_timeout: timedelta | None = None
+    start_to_close_timeout: timedelta | None = None
+    heartbeat_timeout: timedelta | None = None
+    retry_policy: RetryPolicy | None = None
+    id_reuse_policy: ActivityIDReusePolicy = ActivityIDReusePolicy.ALLOW_DUPLICATE
+    id_conflict_policy: ActivityIDConflictPolicy = ActivityIDConflictPolicy.FAIL
+    start_delay: timedelta | None = None
+    priority: Priority | None = None
+    summary: str | None = None
+    search_attributes: TypedSearchAttributes | None = None
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """*(errands)* One running worker, as ``Client.list_workers`` shows it."""
 
@@ -643,6 +668,104 @@ class Client:
                 reuse is refused.
             StoreError: the store failed.
         """
+        new, result_type = await self._prepare(
+            activity,
+            arg,
+            args=args,
+            id=id,
+            task_queue=task_queue,
+            result_type=result_type,
+            schedule_to_close_timeout=schedule_to_close_timeout,
+            schedule_to_start_timeout=schedule_to_start_timeout,
+            start_to_close_timeout=start_to_close_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            retry_policy=retry_policy,
+            id_reuse_policy=id_reuse_policy,
+            id_conflict_policy=id_conflict_policy,
+            start_delay=start_delay,
+            priority=priority,
+            summary=summary,
+            search_attributes=search_attributes,
+        )
+        run_id = new.run_id
+        expecting = _expect_result.get()
+        if expecting:
+            # execute_activity: watch for the close before the start commits,
+            # so waiting for it needs no first look.
+            self._outcomes().expect(run_id)
+        try:
+            result = await self._store.start(new)
+        except BaseException:
+            if expecting:
+                self._outcomes().forget(run_id)
+            raise
+        if expecting and result.run_id != run_id:  # USE_EXISTING gave another run
+            self._outcomes().forget(run_id)
+        handle: ActivityHandle[Any] = ActivityHandle(self, id, result.run_id, result_type)
+        handle._exists = True
+        return handle
+
+    async def start_activities(self, starts: Sequence[ActivityStart]) -> list[ActivityHandle[Any]]:
+        """*(errands)* Start many executions in one transaction, all or none (at
+        most 10,000; each ``ActivityStart`` holds ``start_activity``'s
+        arguments); their handles, in order. A start whose id is running
+        fails the whole call unless its conflict policy is USE_EXISTING (its
+        handle is then the running one's).
+
+        Raises:
+            ActivityAlreadyStartedError: ids running (policy FAIL) or given
+                twice, named in the message; or a refused reuse. Nothing is
+                written.
+            ValueError, TypeError: as ``start_activity``, naming the start;
+                more than 10,000 starts.
+            StoreError: the store failed.
+        """
+        prepared = []
+        for i, start in enumerate(starts):
+            if not isinstance(start, ActivityStart):
+                raise TypeError(f"start {i} is a {type(start).__name__}, not an ActivityStart")
+            try:
+                prepared.append(
+                    await self._prepare(
+                        start.activity,
+                        _NO_ARG,
+                        **{f.name: getattr(start, f.name) for f in fields(start)[1:]},
+                    )
+                )
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"start {i} (id {start.id!r}): {e}") from e
+        results = await self._store.start_many([new for new, _ in prepared])
+        handles: list[ActivityHandle[Any]] = []
+        for (new, result_type), result in zip(prepared, results, strict=True):
+            handle: ActivityHandle[Any] = ActivityHandle(
+                self, new.activity_id, result.run_id, result_type
+            )
+            handle._exists = True
+            handles.append(handle)
+        return handles
+
+    async def _prepare(
+        self,
+        activity: Callable[..., Any] | str,
+        arg: Any = _NO_ARG,
+        *,
+        args: Sequence[Any] = (),
+        id: str,
+        task_queue: str | None = None,
+        result_type: type | None = None,
+        schedule_to_close_timeout: timedelta | None = None,
+        schedule_to_start_timeout: timedelta | None = None,
+        start_to_close_timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        id_reuse_policy: ActivityIDReusePolicy = ActivityIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy: ActivityIDConflictPolicy = ActivityIDConflictPolicy.FAIL,
+        start_delay: timedelta | None = None,
+        priority: Priority | None = None,
+        summary: str | None = None,
+        search_attributes: TypedSearchAttributes | None = None,
+    ) -> tuple[NewExecution, type | None]:
+        """A start's arguments checked and encoded; raises as ``start_activity``."""
         if not isinstance(id, str) or not id:
             raise ValueError("start_activity needs a non-empty id")
         if arg is not _NO_ARG and args:
@@ -710,45 +833,26 @@ class Client:
                 len(data),
                 self.payload_warning_bytes,
             )
-        run_id = _new_run_id()
-        expecting = _expect_result.get()
-        if expecting:
-            # execute_activity: watch for the close before the start commits,
-            # so waiting for it needs no first look.
-            self._outcomes().expect(run_id)
-        try:
-            result = await self._store.start(
-                NewExecution(
-                    namespace=self.namespace,
-                    activity_id=id,
-                    run_id=run_id,
-                    activity_type=name,
-                    task_queue=task_queue,
-                    input=data,
-                    schedule_to_close_s=s2c,
-                    schedule_to_start_s=_seconds(
-                        "schedule_to_start_timeout", schedule_to_start_timeout
-                    ),
-                    start_to_close_s=stc if stc is not None else s2c,
-                    heartbeat_s=_seconds("heartbeat_timeout", heartbeat_timeout),
-                    retry_policy=retry_policy or RetryPolicy(),
-                    priority_key=(priority or Priority()).effective_key,
-                    start_delay_s=delay,
-                    summary=summary,
-                    id_reuse_policy=id_reuse_policy,
-                    id_conflict_policy=id_conflict_policy,
-                    search_attributes=search_attributes,
-                )
-            )
-        except BaseException:
-            if expecting:
-                self._outcomes().forget(run_id)
-            raise
-        if expecting and result.run_id != run_id:  # USE_EXISTING gave another run
-            self._outcomes().forget(run_id)
-        handle: ActivityHandle[Any] = ActivityHandle(self, id, result.run_id, result_type)
-        handle._exists = True
-        return handle
+        new = NewExecution(
+            namespace=self.namespace,
+            activity_id=id,
+            run_id=_new_run_id(),
+            activity_type=name,
+            task_queue=task_queue,
+            input=data,
+            schedule_to_close_s=s2c,
+            schedule_to_start_s=_seconds("schedule_to_start_timeout", schedule_to_start_timeout),
+            start_to_close_s=stc if stc is not None else s2c,
+            heartbeat_s=_seconds("heartbeat_timeout", heartbeat_timeout),
+            retry_policy=retry_policy or RetryPolicy(),
+            priority_key=(priority or Priority()).effective_key,
+            start_delay_s=delay,
+            summary=summary,
+            id_reuse_policy=id_reuse_policy,
+            id_conflict_policy=id_conflict_policy,
+            search_attributes=search_attributes,
+        )
+        return new, result_type
 
     async def execute_activity(
         self,

@@ -60,6 +60,7 @@ EXPORTS: dict[str, set[str]] = {
         "ActivityOptionsKey",  # the type of ActivityOptionsKeys' attributes
         "ActivityOptionsKeys",
         "ActivityOptionsUpdate",
+        "ActivityStart",
         "AsyncActivityCancelledError",
         "AsyncActivityHandle",
         "Client",

@@ -337,6 +337,17 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def start_many(self, news: Sequence[NewExecution]) -> builtins.list[StartResult]:
+        """Record many new executions in one transaction, all or none (at most
+        10,000); USE_EXISTING starts of a running id return that run.
+
+        Raises ActivityAlreadyStartedError naming every id that is running
+        (policy FAIL) or given twice, or the first refused reuse; ValueError
+        for too many or a search attribute of another type. Nothing is
+        written then.
+        """
+
+    @abc.abstractmethod
     async def claim_batch(
         self,
         namespace: str,

@@ -31,9 +31,10 @@ from typing import Any, TypeVar
 
 from errands import _lifecycle as lc
 from errands._lifecycle import FAR, RunState, Status
-from errands.common import SearchAttributeIndexedValueType
+from errands.common import ActivityIDConflictPolicy, SearchAttributeIndexedValueType
 from errands.exceptions import (
     ActivityAlreadyClosedError,
+    ActivityAlreadyStartedError,
     ActivityNotFoundError,
     ErrandsError,
     StoreError,
@@ -86,6 +87,9 @@ NO_LIMIT = 2**62
 
 BULK_BATCH = 1_000
 """Most executions one transaction of a bulk action changes."""
+
+MAX_BATCH_STARTS = 10_000
+"""Most executions one ``start_many`` writes (in one transaction)."""
 
 BULK_PAUSE_S = 0.002
 """How long a bulk action leaves the database to others between two batches:
@@ -427,6 +431,68 @@ class CoreStore(Store):
                     tx.handoffs,
                 )
         return [o if o is not None else (None, None) for o in out]
+
+    async def start_many(self, news: Sequence[NewExecution]) -> builtins.list[StartResult]:
+        batch = builtins.list(news)
+        if len(batch) > MAX_BATCH_STARTS:
+            raise ValueError(
+                f"start {len(batch)} activities in batches of at most {MAX_BATCH_STARTS:,}"
+            )
+        results, refused = await self._op(functools.partial(self._start_all, news=batch))
+        if refused is not None:
+            raise refused
+        assert results is not None
+        return results
+
+    def _start_all(
+        self, tx: Tx, news: builtins.list[NewExecution]
+    ) -> tuple[builtins.list[StartResult] | None, Exception | None]:
+        """Start every one of ``news`` or none: a refused one (an id running
+        under policy FAIL, a refused reuse, a search attribute of another
+        type) undoes the others' inserts, within the transaction; the results,
+        or the refusal."""
+        types: dict[tuple[str, str], str] = {}
+        for new in news:
+            refused = tr.reuse_refusal(tx, new) or tr.attribute_refusal(tx, new, types)
+            if refused is not None:
+                return None, refused
+        mark = len(tx.changes)
+        created = tr.insert(tx, news)
+        results: builtins.list[StartResult] = []
+        conflicts: builtins.list[str] = []
+        for new in news:
+            if new.run_id in created:
+                results.append(StartResult(new.run_id, created=True))
+                continue
+            running = tx.one("running_of_id", ns=new.namespace, activity_id=new.activity_id)
+            if running is not None and (
+                new.id_conflict_policy is ActivityIDConflictPolicy.USE_EXISTING
+            ):
+                results.append(StartResult(running["run_id"], created=False))
+            else:
+                conflicts.append(new.activity_id)
+        if conflicts:
+            ids = sorted(created)
+            tx.run("prune_search_attributes", ids=ids)
+            tx.run("prune_runs", ids=ids)
+            del tx.changes[mark:]
+            shown = ", ".join(repr(c) for c in conflicts[:20])
+            more = f" and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
+            return None, ActivityAlreadyStartedError(
+                f"activity ids already running (or given twice): {shown}{more}; "
+                "nothing was started",
+                activity_id=conflicts[0],
+            )
+        if self._armed:
+            for new in news:
+                if new.run_id in created and not new.start_delay_s:
+                    self._armed.claim_for(
+                        (new.namespace, new.task_queue),
+                        new.activity_type,
+                        lambda claim: claim.run(tx),
+                        tx.handoffs,
+                    )
+        return results, None
 
     # ---------------------------------------------------------------- claim
 
