@@ -37,6 +37,7 @@ from errands.client import Client
 WORKLOADS = [
     "throughput-1p",
     "throughput-2p",
+    "batch-2p",
     "latency-1p",
     "latency-2p",
     "cancel-1p",
@@ -74,6 +75,9 @@ WORKLOAD_TIMEOUT_S = 900.0
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--n", type=int, default=5000, help="activities per throughput run")
+    p.add_argument(
+        "--batch-n", type=int, default=20_000, help="activities of the batch-2p run (1,000 a call)"
+    )
     p.add_argument(
         "--in-flight", type=int, default=500, help="pending start+result (and worker slots)"
     )
@@ -350,6 +354,8 @@ async def run_activity_workload(
                 return figures
             if kind == "latency":
                 return await w.latency(name, client, "bench", args.latency_rounds)
+            if kind == "batch":
+                return await w.batch_throughput(name, client, "bench", args.batch_n)
             mark_dir = tmp / name if where in ("2p", "process") else None
             if mark_dir is not None:
                 mark_dir.mkdir()

@@ -55,6 +55,7 @@ TARGETS: dict[str, dict[tuple[str, str], str]] = {
         ("scaling", "1 worker process"): ">= 2000",
         ("bulk-cancel", "wall time"): "<= 10",  # issue 11 point 5, for 100,000
         ("bulk-cancel", "claim latency p99 during"): "<= 100",
+        ("batch-2p", "throughput"): ">= 20000",  # issue 16 point 1
     },
     "postgresql": {  # issue 5 point 6: the database shares this 2-core machine
         ("throughput-1p", "throughput"): ">= 2000",
@@ -62,6 +63,7 @@ TARGETS: dict[str, dict[tuple[str, str], str]] = {
         ("latency-1p", "p50"): "< 10",
         ("latency-2p", "p50"): "< 10",
         ("scaling", "1 worker process"): ">= 2000",
+        ("batch-2p", "throughput"): ">= 15000",  # issue 16 point 1
     },
 }
 """Targets by store kind, (workload, figure); cancel delivery p50 (< 50 ms),
@@ -280,6 +282,39 @@ async def timed_run(
     began = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(in_flight)))
     return time.perf_counter() - began
+
+
+BATCH_SIZE = 1_000
+"""Starts per start_activities call in the batch workload (issue 16 point 1)."""
+
+
+async def batch_throughput(name: str, client: Client, task_queue: str, n: int) -> list[Figure]:
+    """Start ``n`` trivial activities with start_activities, BATCH_SIZE a call
+    (one call after another), while awaiting every result; the rate from the
+    first start to the last result."""
+    await warm_up(client, task_queue)
+    from errands.client import ActivityStart
+
+    waits: list[asyncio.Task[Any]] = []
+    began = time.perf_counter()
+    for first in range(0, n, BATCH_SIZE):
+        starts = [
+            ActivityStart(noop, [i], id=f"batch-{i}", task_queue=task_queue,
+                          start_to_close_timeout=TIMEOUT)
+            for i in range(first, min(n, first + BATCH_SIZE))
+        ]  # fmt: skip
+        handles = await client.start_activities(starts)
+        waits.extend(asyncio.ensure_future(h.result()) for h in handles)
+    started = time.perf_counter() - began
+    results = await asyncio.gather(*waits)
+    elapsed = time.perf_counter() - began
+    if results != list(range(n)):
+        raise RuntimeError("a batch activity returned the wrong value")
+    return [
+        Figure(name, "throughput", n / elapsed, "activities/s"),
+        Figure(name, "starts", n / started, "starts/s"),
+        Figure(name, "wall time", elapsed, "s"),
+    ]
 
 
 def apply_targets(figures: list[Figure], kind: str) -> list[Figure]:
