@@ -270,7 +270,10 @@ class Subscription:
     ) -> None:
         self._feed = feed
         self.kinds = frozenset(kinds)
-        self.keys: frozenset[Hashable] | None = None if keys is None else frozenset(keys)
+        self.keys: set[Hashable] | None = None if keys is None else set(keys)
+        """The keys wanted (None: all). Changed in place under the feed's lock,
+        so a key costs the same however many there are; whoever iterates it
+        holds that lock (a membership test needs none)."""
         self.where = where
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
@@ -283,14 +286,16 @@ class Subscription:
         """Also receive changes for these keys (from other processes too: this
         may wait for the store to start hearing them)."""
         with self._feed.lock:
-            self.keys = (self.keys or frozenset()) | frozenset(keys)
+            if self.keys is None:
+                self.keys = set()
+            self.keys.update(keys)
         self._feed.interest_changed(self.kinds)
 
     def discard_keys(self, keys: Iterable[Hashable]) -> None:
         """Stop receiving changes for these keys."""
         with self._feed.lock:
             if self.keys is not None:
-                self.keys = self.keys - frozenset(keys)
+                self.keys.difference_update(keys)
         self._feed.interest_changed(self.kinds)
 
     def wants(self, change: Change) -> bool:
@@ -410,19 +415,21 @@ class Feed:
     def subscribed_runs(self, kind: AnyKind) -> set[str]:
         """The run ids that subscriptions to ``kind`` name."""
         found: set[str] = set()
-        for sub in self._subs:
-            if kind in sub.kinds and sub.keys is not None:
-                found.update(k for k in sub.keys if isinstance(k, str))
+        with self.lock:
+            for sub in self._subs:
+                if kind in sub.kinds and sub.keys is not None:
+                    found.update(k for k in sub.keys if isinstance(k, str))
         return found
 
     def keys(self, kind: AnyKind) -> set[Hashable] | None:
         """The keys subscriptions to ``kind`` name; None if one takes all."""
         found: set[Hashable] = set()
-        for sub in self._subs:
-            if kind in sub.kinds:
-                if sub.keys is None:
-                    return None
-                found.update(sub.keys)
+        with self.lock:
+            for sub in self._subs:
+                if kind in sub.kinds:
+                    if sub.keys is None:
+                        return None
+                    found.update(sub.keys)
         return found
 
     def publish(
