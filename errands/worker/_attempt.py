@@ -72,6 +72,15 @@ def _td(seconds: float | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
 
 
+class _Undecodable(Exception):
+    """Stored bytes of an attempt could not be decoded; ``error`` is the
+    failure to report."""
+
+    def __init__(self, error: ApplicationError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class Attempt:
     """One claimed task being worked on."""
 
@@ -214,9 +223,14 @@ class Attempt:
         converter = env.converter
         try:
             heartbeat_details: Sequence[Any] = (
-                await converter.decode(task.heartbeat_details) if task.heartbeat_details else ()
+                await self._decode_stored("its last heartbeat details", task.heartbeat_details)
+                if task.heartbeat_details
+                else ()
             )
             args = await self._decode_args(definition)
+        except _Undecodable as e:
+            await self._fail(e.error, "undecodable")
+            return
         except (TypeError, ValueError) as e:
             await self._fail(
                 ApplicationError(str(e), type=type(e).__name__, non_retryable=True),
@@ -275,19 +289,47 @@ class Attempt:
         await self.heartbeater.flush()
         await self._complete(definition, result)
 
+    async def _decode_stored(self, what: str, data: bytes) -> list[Any]:
+        """The plain values of stored bytes; _Undecodable if they cannot be read."""
+        try:
+            payloads = await self.env.converter.decode_to_payloads(data)
+            return [self.env.converter.payload_converter.from_payload(p) for p in payloads]
+        except Exception as e:
+            raise self._undecodable(what, e) from e
+
+    def _undecodable(self, what: str, error: Exception) -> _Undecodable:
+        # Bytes that do not decode now will not decode on the next attempt
+        # either; only a codec's own trouble (say, its key server is down) may pass.
+        permanent = isinstance(error, (TypeError, ValueError))
+        return _Undecodable(
+            ApplicationError(
+                f"activity {self.task.activity_id!r} ({self.task.activity_type}): {what} "
+                f"cannot be decoded: {type(error).__name__}: {error}",
+                type=lc.PAYLOAD_DECODE_ERROR_TYPE,
+                non_retryable=permanent,
+            )
+        )
+
     async def _decode_args(self, definition: _Definition) -> list[Any]:
         converter = self.env.converter
-        payloads = await converter.decode_to_payloads(self.task.input)
+        try:
+            payloads = await converter.decode_to_payloads(self.task.input)
+        except Exception as e:
+            raise self._undecodable("its input", e) from e
         if definition.dynamic:
             return [[RawValue(p) for p in payloads]]
         definition.check_arg_count(len(payloads))
         args = []
         for i, payload in enumerate(payloads):
             hint = definition.arg_types[i] if i < len(definition.arg_types) else None
+            name = definition.arg_names[i] if i < len(definition.arg_names) else f"#{i}"
             try:
                 args.append(converter.payload_converter.from_payload(payload, hint))
             except (TypeError, ValueError) as e:
-                name = definition.arg_names[i] if i < len(definition.arg_names) else f"#{i}"
+                try:  # bytes that are no value at all are corrupt, not of the wrong type
+                    converter.payload_converter.from_payload(payload)
+                except (TypeError, ValueError) as plain:
+                    raise self._undecodable(f"its input (parameter {name!r})", plain) from e
                 raise type(e)(f"activity {definition.name!r} parameter {name!r}: {e}") from e
         return args
 
