@@ -5,8 +5,12 @@ stays intact."""
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -172,3 +176,126 @@ def test_a_sqlite_url_takes_a_busy_timeout_and_refuses_unknown_options() -> None
         options_from_url("sqlite:////tmp/x.db?timeout=3")
     with pytest.raises(ValueError, match="whole number"):
         options_from_url("sqlite:////tmp/x.db?busy_timeout_ms=soon")
+
+
+# --------------------------------------------------------------------------- a full disk
+
+DISK_SIZE = "4m"
+"""The size of the small filesystem the store lives on."""
+
+SLACK = 600_000
+"""Bytes left free once the disk is filled: some starts fit, then they do not."""
+
+PADDING = "x" * 4000
+"""An argument big enough that a few starts need a new page."""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of DISK_SIZE mounted on a folder of its own (root only), unmounted after."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {made.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(path: Path) -> int:
+    """Write ``path`` until the filesystem has no room left; the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (1 << 16, 1 << 12, 1 << 9):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    written += os.write(fd, block)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return written
+
+
+async def test_on_a_full_disk_a_start_fails_naming_the_cause_loses_nothing_and_work_goes_on(
+    small_disk: Path, task_queue: str, tmp_path: Path
+) -> None:
+    db_path = small_disk / "errands.db"
+    url = f"sqlite:///{db_path}"
+    log = tmp_path / "runs.log"  # off the small disk
+    acknowledged: list[str] = []
+    client = await Client.connect(url)
+    try:
+        with procs.Children(tmp_path) as children:
+            await children.worker("worker", url, task_queue)
+            for i in range(3):
+                handle = await client.start_activity(
+                    procs.echo,
+                    f"early-{i}",
+                    id=f"early-{i}",
+                    task_queue=task_queue,
+                    start_to_close_timeout=TIMEOUT,
+                )
+                assert await handle.result() == f"early-{i}"
+                acknowledged.append(handle.id)
+
+            filler = small_disk / "filler"
+            size = fill(filler)
+            os.truncate(filler, size - SLACK)  # room for a few more starts
+            full: StoreError | None = None
+            for i in range(10_000):
+                try:
+                    handle = await client.start_activity(
+                        procs.sleep_then_return,
+                        args=[str(log), 0.0],
+                        id=f"pile-{i}",
+                        task_queue=task_queue,
+                        start_to_close_timeout=TIMEOUT,
+                        summary=PADDING,
+                    )
+                except StoreError as e:
+                    full = e
+                    break
+                acknowledged.append(handle.id)
+            assert full is not None, "10,000 starts fitted on a full disk"
+            assert "the disk is full" in str(full), str(full)
+            assert len(acknowledged) > 3, "no start fitted in the slack"
+            assert str(db_path) in str(full)
+            # The file is intact, and every start that returned is in it.
+            assert integrity(db_path) == [("ok",)]
+            assert set(acknowledged) <= await ids_in(client)
+
+            # Space is freed: the same client, the worker (whose claims and
+            # reports failed meanwhile) and a new worker carry on.
+            filler.unlink()
+            handle = await client.start_activity(
+                procs.echo,
+                "after",
+                id="after",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+            acknowledged.append(handle.id)
+            await children.worker("worker-2", url, task_queue)
+            assert await handle.result() == "after"
+            for activity_id in acknowledged:
+                desc = await client.get_activity_handle(activity_id).describe()
+                if desc.status is ActivityExecutionStatus.RUNNING:
+                    await client.get_activity_handle(activity_id).result()
+            assert await ids_in(client) >= set(acknowledged)
+            piled = [a for a in acknowledged if a.startswith("pile-")]
+            assert len(log.read_text().splitlines()) == len(piled)  # each ran once
+    finally:
+        await client.close()
+    assert integrity(db_path) == [("ok",)]

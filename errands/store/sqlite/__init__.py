@@ -128,6 +128,8 @@ def _translate(error: BaseException, path: str) -> StoreError:
     text = str(error)
     if "locked" in text or "busy" in text:
         return StoreError(f"SQLite store {path!r} is locked: {text}")
+    if "is full" in text:  # SQLITE_FULL: the transaction was rolled back
+        return StoreError(f"SQLite store {path!r}: the disk is full: {text}")
     if "not a database" in text or "malformed" in text:
         return StoreError(f"{path!r} is not an errands SQLite store: {text}")
     return StoreError(f"SQLite store {path!r} failed: {text}")
