@@ -53,7 +53,7 @@ from errands.store._changes import (
 from errands.store._core import CoreStore
 from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
-from errands.store.sqlite._doorbell import Doorbell
+from errands.store.sqlite._doorbell import FILE_MODE, Doorbell
 from errands.store.sqlite._tokens import LockFiles
 
 logger = logging.getLogger("errands.store.sqlite")
@@ -143,6 +143,14 @@ def _connect(path: str, busy_timeout_ms: int | None = None) -> sqlite3.Connectio
         raise StoreError(
             f"cannot open SQLite store {path!r}: directory {directory!r} does not exist"
         )
+    try:
+        # A new store is its owner's only (SQLite gives the -wal and -shm files
+        # the database file's mode): it holds every activity's arguments and results.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StoreError(f"cannot create SQLite store {path!r}: {e}") from e
     try:
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
