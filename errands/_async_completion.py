@@ -64,9 +64,16 @@ class AsyncActivityHandle:
     async def _attempt(self) -> tuple[str, int]:
         if self._task_token is not None:
             try:
-                return lc.parse_task_token(self._task_token)
+                run_id, attempt = lc.parse_task_token(self._task_token)
             except ValueError as e:
                 raise ActivityNotFoundError(str(e)) from None
+            # A token names a run in any namespace: only this client's may be touched.
+            records = await self._client.store.get_by_run_ids([run_id])
+            if not records or records[0].namespace != self._client.namespace:
+                raise ActivityNotFoundError(
+                    f"no run {run_id} in namespace {self._client.namespace!r}"
+                )
+            return run_id, attempt
         assert self._activity_id is not None
         client = self._client
         record = await client.store.describe(client.namespace, self._activity_id, self._run_id)

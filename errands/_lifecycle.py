@@ -118,6 +118,12 @@ WORKER_LOST_ERROR_TYPE = "WorkerLost"
 """The error type of an attempt whose worker died."""
 
 
+PAYLOAD_DECODE_ERROR_TYPE = "PayloadDecodeError"
+"""The error type of an attempt whose stored input (or heartbeat details)
+cannot be decoded: corrupt bytes, or a codec that refuses them. It is not
+retryable: the next attempt would read the same bytes."""
+
+
 def failed_attempt_outcome(failure: AttemptFailure, *, pause_requested: bool) -> str:
     """How an attempt that failed is shown in the history: TIMED_OUT, PAUSED
     (it let out the cancel of a pause), WORKER_LOST or FAILED."""

@@ -10,7 +10,7 @@ import os
 import random
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar, cast
@@ -87,6 +87,7 @@ DEFAULT_RETENTION = timedelta(days=7)
 """How long closed executions are kept."""
 
 ReturnType = TypeVar("ReturnType")
+T = TypeVar("T")
 
 _NO_ARG: Any = object()
 
@@ -338,6 +339,24 @@ def _new_run_id() -> str:
     from os.urandom itself: a system call per start was a measurable cost, and
     run ids need uniqueness (the store enforces it), not secrecy."""
     return str(uuid.UUID(int=_run_ids.getrandbits(128), version=4))
+
+
+async def _read(
+    decoding: Awaitable[T], execution: ExecutionRecord | tuple[str, str], what: str
+) -> T:
+    """The decoded value of an execution's stored bytes; a ValueError or
+    TypeError names the execution and the field (corrupt bytes, or a value
+    that does not fit the type asked for)."""
+    try:
+        return await decoding
+    except (TypeError, ValueError) as e:
+        activity_id, run_id = (
+            execution if isinstance(execution, tuple) else (execution.activity_id, execution.run_id)
+        )
+        kind = TypeError if isinstance(e, TypeError) else ValueError
+        raise kind(
+            f"activity {activity_id!r} (run {run_id}): its {what} cannot be read: {e}"
+        ) from e
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -1112,7 +1131,11 @@ class Client:
             lc.Status.RUNNING,
         ):
             details: Sequence[Any] = (
-                await converter.decode(record.heartbeat_details) if record.heartbeat_details else ()
+                await _read(
+                    converter.decode(record.heartbeat_details), record, "last heartbeat details"
+                )
+                if record.heartbeat_details
+                else ()
             )
             return TimeoutError(
                 f"activity timed out ({record.timeout_type.name})",
@@ -1121,7 +1144,11 @@ class Client:
             )
         if record.status is lc.Status.TERMINATED:
             return TerminatedError(record.canceled_reason or "Terminated")
-        decoded = None if record.failure is None else await converter.decode_failure(record.failure)
+        decoded = (
+            None
+            if record.failure is None
+            else await _read(converter.decode_failure(record.failure), record, "failure")
+        )
         if record.status is lc.Status.CANCELED:
             # Cancelled during retry backoff, the failure column still holds the
             # previous attempt's error: the execution's cause is the cancel.
@@ -1184,7 +1211,9 @@ class ActivityHandle(Generic[ReturnType]):
         closed = await client._wait_closed(run_id)
         if closed.status is lc.Status.COMPLETED and closed.result is not None:
             hints = None if self._result_type is None else [self._result_type]
-            values = await client.data_converter.decode(closed.result, hints)
+            values = await _read(
+                client.data_converter.decode(closed.result, hints), (self._id, run_id), "result"
+            )
             return cast(ReturnType, values[0] if values else None)
         (record,) = await client._store.get_by_run_ids([run_id])
         cause = await client._failure(record)
@@ -1343,7 +1372,11 @@ class ActivityHandle(Generic[ReturnType]):
             running = a.closed_time is None
             failure = None
             if a.failure is not None:
-                failure = await client.data_converter.decode_failure(a.failure)
+                failure = await _read(
+                    client.data_converter.decode_failure(a.failure),
+                    record,
+                    f"attempt {a.attempt}'s failure",
+                )
             elif a.outcome == "TIMED_OUT":
                 # Attempts recorded before schema 4 kept no timeout type of their own.
                 kind = a.timeout_type or record.timeout_type
@@ -1392,13 +1425,13 @@ class ActivityHandle(Generic[ReturnType]):
         r = await client._store.describe(client.namespace, self._id, self._run_id)
         details: Sequence[Any] = ()
         if include_heartbeat_details and r.heartbeat_details:
-            details = await converter.decode(r.heartbeat_details)
+            details = await _read(converter.decode(r.heartbeat_details), r, "heartbeat details")
         payloads: dict[str, Any] = {}
         if include_input:
-            payloads["input"] = await converter.decode(r.input)
+            payloads["input"] = await _read(converter.decode(r.input), r, "input")
         if include_outcome and r.status is lc.Status.COMPLETED and r.result is not None:
             hints = None if self._result_type is None else [self._result_type]
-            values = await converter.decode(r.result, hints)
+            values = await _read(converter.decode(r.result, hints), r, "result")
             payloads["has_result"] = True
             payloads["result"] = values[0] if values else None
         elif include_outcome and not r.is_open:

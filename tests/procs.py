@@ -13,6 +13,10 @@ parent starts it with ``sys.executable`` and ``cwd=REPO_ROOT``). Commands:
   worker does, only more often), printing ``ready <pid>`` once it runs.
 - ``connect``: print ``ready``, wait for a go-file, then connect to a
   (brand-new) store and start one activity; prints ``ok <run_id>``.
+- ``hold-lock``: another program's write transaction on a SQLite file: take
+  the write lock (``BEGIN IMMEDIATE`` or ``BEGIN EXCLUSIVE``), write a row of
+  its own table, print ``locked``, hold it for ``--seconds``, commit and print
+  ``released``.
 - ``fleet-client``: wait for a go-file, then run ``fleet_step`` for the ids
   ``<prefix>-<first>`` ... with at most ``--in-flight`` executions open at once
   (start, then await the result), and print one JSON line: each id's result
@@ -35,6 +39,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -374,6 +379,18 @@ async def _fleet_client(args: argparse.Namespace) -> None:
         await client.close()
 
 
+async def _hold_lock(args: argparse.Namespace) -> None:
+    conn = sqlite3.connect(args.path, isolation_level=None, timeout=30)
+    conn.execute(f"BEGIN {args.mode.upper()}")
+    conn.execute("CREATE TABLE IF NOT EXISTS another_program (at REAL)")
+    conn.execute("INSERT INTO another_program VALUES (?)", (time.time(),))
+    _say("locked")
+    time.sleep(args.seconds)  # the fault itself: a program that holds its lock this long
+    conn.execute("COMMIT")
+    conn.close()
+    _say("released")
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     parser = argparse.ArgumentParser(prog="python -m tests.procs")
@@ -414,6 +431,10 @@ def main(argv: list[str]) -> None:
     fleet.add_argument("--start-to-close", type=float, required=True)
     fleet.add_argument("--retry-interval", type=float, required=True)
     fleet.add_argument("--go", required=True)
+    hold = commands.add_parser("hold-lock")
+    hold.add_argument("--path", required=True)
+    hold.add_argument("--seconds", type=float, required=True)
+    hold.add_argument("--mode", choices=["immediate", "exclusive"], default="exclusive")
     args = parser.parse_args(argv)
     run = {
         "worker": _worker,
@@ -422,6 +443,7 @@ def main(argv: list[str]) -> None:
         "start-same": _start_same,
         "connect": _connect,
         "fleet-client": _fleet_client,
+        "hold-lock": _hold_lock,
     }[args.command]
     asyncio.run(run(args))
 

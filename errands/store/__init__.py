@@ -57,7 +57,8 @@ __all__ = [
 
 
 async def open_store(url: str) -> Store:
-    """Open the store a URL names: ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+    """Open the store a URL names: ``sqlite:///relative.db``, ``sqlite:////absolute.db``
+    (``?busy_timeout_ms=N``: how long to wait for another process's write lock),
     or ``postgresql://user@host:5432/dbname?schema=errands`` (also ``postgres://``;
     ``schema`` picks the PostgreSQL schema, default ``errands``).
 
@@ -65,9 +66,9 @@ async def open_store(url: str) -> Store:
     opened, and ImportError naming the extra to install when psycopg is missing.
     """
     if url.startswith("sqlite:"):
-        from errands.store.sqlite import SQLiteStore, path_from_url
+        from errands.store.sqlite import SQLiteStore, options_from_url, path_from_url
 
-        return await SQLiteStore.open(path_from_url(url))
+        return await SQLiteStore.open(path_from_url(url), **options_from_url(url))
     if url.startswith(("postgresql:", "postgres:")):
         try:
             from errands.store.postgres import PostgresStore

@@ -54,7 +54,9 @@ def url_key(url: str) -> str:
         if url.startswith("sqlite:"):
             from errands.store.sqlite import path_from_url
 
-            return "sqlite:" + os.path.realpath(path_from_url(url))
+            # Options (the busy timeout) make another store of the same file.
+            query = url.partition("?")[2]
+            return "sqlite:" + os.path.realpath(path_from_url(url)) + (f"?{query}" * bool(query))
         if url.startswith(("postgresql:", "postgres:")):
             import psycopg
 

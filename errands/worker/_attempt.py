@@ -7,10 +7,10 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from errands import _lifecycle as lc
 from errands._lifecycle import PAUSE_ERROR_TYPE
@@ -24,7 +24,7 @@ from errands.activity import (
 )
 from errands.common import Priority, RawValue
 from errands.converter import DataConverter
-from errands.exceptions import ApplicationError, CancelledError, FailureError
+from errands.exceptions import ApplicationError, CancelledError, FailureError, StoreError
 from errands.store import ClaimedTask, FailureReport, Store
 from errands.worker._heartbeats import Heartbeater
 
@@ -37,6 +37,12 @@ logger = logging.getLogger("errands.worker")
 LOCAL_TIMEOUT_GRACE_S = 0.05
 """The worker interrupts a timed-out attempt this long after its deadline, so
 the store's timer (which makes the retry) is due by then."""
+
+REPORT_RETRY_S = (0.05, 2.0)
+"""The first and the longest pause between two tries to report an outcome to a
+store that failed (locked by another program, restarting, unreachable)."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,15 @@ def _utc(ts: float) -> datetime:
 
 def _td(seconds: float | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
+
+
+class _Undecodable(Exception):
+    """Stored bytes of an attempt could not be decoded; ``error`` is the
+    failure to report."""
+
+    def __init__(self, error: ApplicationError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Attempt:
@@ -214,9 +229,14 @@ class Attempt:
         converter = env.converter
         try:
             heartbeat_details: Sequence[Any] = (
-                await converter.decode(task.heartbeat_details) if task.heartbeat_details else ()
+                await self._decode_stored("its last heartbeat details", task.heartbeat_details)
+                if task.heartbeat_details
+                else ()
             )
             args = await self._decode_args(definition)
+        except _Undecodable as e:
+            await self._fail(e.error, "undecodable")
+            return
         except (TypeError, ValueError) as e:
             await self._fail(
                 ApplicationError(str(e), type=type(e).__name__, non_retryable=True),
@@ -276,23 +296,85 @@ class Attempt:
         await self.heartbeater.flush()
         await self._complete(definition, result)
 
+    async def _decode_stored(self, what: str, data: bytes) -> list[Any]:
+        """The plain values of stored bytes; _Undecodable if they cannot be read."""
+        try:
+            payloads = await self.env.converter.decode_to_payloads(data)
+            return [self.env.converter.payload_converter.from_payload(p) for p in payloads]
+        except Exception as e:
+            raise self._undecodable(what, e) from e
+
+    def _undecodable(self, what: str, error: Exception) -> _Undecodable:
+        # Bytes that do not decode now will not decode on the next attempt
+        # either; only a codec's own trouble (say, its key server is down) may pass.
+        permanent = isinstance(error, (TypeError, ValueError))
+        return _Undecodable(
+            ApplicationError(
+                f"activity {self.task.activity_id!r} ({self.task.activity_type}): {what} "
+                f"cannot be decoded: {type(error).__name__}: {error}",
+                type=lc.PAYLOAD_DECODE_ERROR_TYPE,
+                non_retryable=permanent,
+            )
+        )
+
     async def _decode_args(self, definition: _Definition) -> list[Any]:
         converter = self.env.converter
-        payloads = await converter.decode_to_payloads(self.task.input)
+        try:
+            payloads = await converter.decode_to_payloads(self.task.input)
+        except Exception as e:
+            raise self._undecodable("its input", e) from e
         if definition.dynamic:
             return [[RawValue(p) for p in payloads]]
         definition.check_arg_count(len(payloads))
         args = []
         for i, payload in enumerate(payloads):
             hint = definition.arg_types[i] if i < len(definition.arg_types) else None
+            name = definition.arg_names[i] if i < len(definition.arg_names) else f"#{i}"
             try:
                 args.append(converter.payload_converter.from_payload(payload, hint))
             except (TypeError, ValueError) as e:
-                name = definition.arg_names[i] if i < len(definition.arg_names) else f"#{i}"
+                try:  # bytes that are no value at all are corrupt, not of the wrong type
+                    converter.payload_converter.from_payload(payload)
+                except (TypeError, ValueError) as plain:
+                    raise self._undecodable(f"its input (parameter {name!r})", plain) from e
                 raise type(e)(f"activity {definition.name!r} parameter {name!r}: {e}") from e
         return args
 
     # ---------------------------------------------------------------- reporting
+
+    async def _stored(self, report: Callable[[], Awaitable[T]]) -> T:
+        """Send an outcome, trying again with backoff while the store fails
+        (locked by another program, restarting): the attempt ran, and its
+        outcome must not wait for a timeout and a retry. Gives up (raising the
+        StoreError) once the attempt's start-to-close or schedule-to-close
+        deadline has passed: the store's timers have decided by then, and
+        would refuse the report."""
+        t = self.task
+        deadlines = [lc.FAR]
+        if t.start_to_close_s is not None:
+            deadlines.append(self._claimed_at + t.start_to_close_s)
+        if t.schedule_to_close_s is not None:
+            deadlines.append(
+                self._claimed_at + t.schedule_time + t.schedule_to_close_s - t.started_time
+            )
+        give_up = min(deadlines)
+        pause, logged = REPORT_RETRY_S[0], False
+        while True:
+            try:
+                return await report()
+            except StoreError as e:
+                if time.monotonic() + pause > give_up:
+                    raise
+                if not logged:
+                    logged = True
+                    logger.warning(
+                        "reporting the outcome of %r attempt %d failed, trying again: %s",
+                        t.activity_id,
+                        t.attempt,
+                        e,
+                    )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, REPORT_RETRY_S[1])
 
     async def _complete(self, definition: _Definition, result: Any) -> None:
         env, task = self.env, self.task
@@ -319,7 +401,7 @@ class Attempt:
                 "result too large",
             )
             return
-        if not await env.store.complete(task.run_id, task.serial, data):
+        if not await self._stored(lambda: env.store.complete(task.run_id, task.serial, data)):
             logger.info(
                 "completion of %r attempt %d refused: the attempt is stale (timed out, "
                 "terminated or cancelled)",
@@ -344,7 +426,8 @@ class Attempt:
             non_retryable=encoded.non_retryable,
             next_retry_delay_s=encoded.next_retry_delay_s,
         )
-        status = await env.store.fail(task.run_id, task.serial, FailureReport(info, encoded.data))
+        report = FailureReport(info, encoded.data)
+        status = await self._stored(lambda: env.store.fail(task.run_id, task.serial, report))
         if status is None:
             logger.info(
                 "failure of %r attempt %d refused: the attempt is stale",
@@ -405,7 +488,9 @@ class Attempt:
         if details.cancel_requested:
             cancelled = error if isinstance(error, FailureError) else CancelledError()
             encoded = await env.converter.encode_failure(cancelled)
-            if await env.store.report_cancelled(task.run_id, task.serial, encoded.data):
+            if await self._stored(
+                lambda: env.store.report_cancelled(task.run_id, task.serial, encoded.data)
+            ):
                 logger.info(
                     "activity %r (%s) attempt %d canceled",
                     task.activity_id,

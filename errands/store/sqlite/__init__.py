@@ -26,6 +26,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -52,7 +53,7 @@ from errands.store._changes import (
 from errands.store._core import CoreStore
 from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
-from errands.store.sqlite._doorbell import Doorbell
+from errands.store.sqlite._doorbell import FILE_MODE, Doorbell
 from errands.store.sqlite._tokens import LockFiles
 
 logger = logging.getLogger("errands.store.sqlite")
@@ -60,7 +61,8 @@ logger = logging.getLogger("errands.store.sqlite")
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
-"""How long a connection waits for another one's write lock before "locked"."""
+"""How long a connection waits for another one's write lock before "locked",
+unless the URL says otherwise (``?busy_timeout_ms=``)."""
 
 LOCK_POLL_S = 0.0005
 """How often the writer tries again for the write lock while another process
@@ -90,39 +92,71 @@ def _bell(change: Change) -> tuple[str, int] | None:
 
 
 def path_from_url(url: str) -> str:
-    """The file path of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL.
+    """The file path of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL
+    (a ``?query`` after it is not part of the path: see :func:`options_from_url`).
 
     Raises ValueError for any other URL.
     """
     prefix = "sqlite:///"
-    if not url.startswith(prefix) or len(url) == len(prefix):
+    path = url.split("?", 1)[0]
+    if not path.startswith(prefix) or len(path) == len(prefix):
         raise ValueError(
             f"not a SQLite URL: {url!r} (expected sqlite:///relative.db or sqlite:////absolute.db)"
         )
-    return url[len(prefix) :]
+    return path[len(prefix) :]
+
+
+def options_from_url(url: str) -> dict[str, int]:
+    """The options in a SQLite URL's query: ``busy_timeout_ms`` (how long to
+    wait for another process's write lock; default BUSY_TIMEOUT_MS).
+
+    Raises ValueError for an unknown option or a value that is not a
+    non-negative integer.
+    """
+    query = url.split("?", 1)[1] if "?" in url else ""
+    options: dict[str, int] = {}
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if name != "busy_timeout_ms":
+            raise ValueError(f"unknown SQLite URL option {name!r} in {url!r}: busy_timeout_ms")
+        if not value.isdigit():
+            raise ValueError(f"busy_timeout_ms must be a whole number of milliseconds: {value!r}")
+        options[name] = int(value)
+    return options
 
 
 def _translate(error: BaseException, path: str) -> StoreError:
     text = str(error)
     if "locked" in text or "busy" in text:
         return StoreError(f"SQLite store {path!r} is locked: {text}")
+    if "is full" in text:  # SQLITE_FULL: the transaction was rolled back
+        return StoreError(f"SQLite store {path!r}: the disk is full: {text}")
     if "not a database" in text or "malformed" in text:
         return StoreError(f"{path!r} is not an errands SQLite store: {text}")
     return StoreError(f"SQLite store {path!r} failed: {text}")
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+    if busy_timeout_ms is None:
+        busy_timeout_ms = BUSY_TIMEOUT_MS
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StoreError(
             f"cannot open SQLite store {path!r}: directory {directory!r} does not exist"
         )
     try:
+        # A new store is its owner's only (SQLite gives the -wal and -shm files
+        # the database file's mode): it holds every activity's arguments and results.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StoreError(f"cannot create SQLite store {path!r}: {e}") from e
+    try:
         conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"SQLite store {path!r} could not switch to WAL (got {mode!r})")
@@ -193,8 +227,11 @@ class SQLiteDialect(Dialect):
     readers = 1
     driver_errors = (sqlite3.Error,)
 
-    def __init__(self, path: str, writer: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: str, writer: sqlite3.Connection, busy_timeout_ms: int | None = None
+    ) -> None:
         self.path = path
+        self.busy_timeout_ms = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
         self.label = f"SQLite store {path!r}"
         self._writer = writer
         self._readers: list[sqlite3.Connection] = []
@@ -247,11 +284,11 @@ class SQLiteDialect(Dialect):
 
     def _lock_for_writing(self) -> None:
         """BEGIN IMMEDIATE, trying every LOCK_POLL_S while another process
-        writes, for at most BUSY_TIMEOUT_MS."""
+        writes, for at most the busy timeout."""
         conn = self._writer
         conn.execute("PRAGMA busy_timeout = 0")
         try:
-            give_up = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            give_up = time.monotonic() + self.busy_timeout_ms / 1000
             while True:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -261,7 +298,7 @@ class SQLiteDialect(Dialect):
                         raise
                 time.sleep(LOCK_POLL_S)
         finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
 
     def commit(self, tx: Tx) -> None:
         if tx.changes:
@@ -359,7 +396,7 @@ class SQLiteDialect(Dialect):
     def read(self, fn: Callable[[Tx], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            conn = _connect(self.path, self.busy_timeout_ms)
             self._reader_local.conn = conn
             with self._lock:
                 self._readers.append(conn)
@@ -405,18 +442,21 @@ class SQLiteStore(CoreStore):
         self.path = dialect.path
 
     @classmethod
-    async def open(cls, path: str) -> SQLiteStore:
+    async def open(cls, path: str, *, busy_timeout_ms: int | None = None) -> SQLiteStore:
         """Open (creating if missing) and migrate the store at ``path``.
+        ``busy_timeout_ms``: how long a write waits for another process's
+        write lock before it fails with StoreError (default BUSY_TIMEOUT_MS).
 
         Raises StoreError if the directory is missing, the file is not a
         database, the schema is newer than this code, or the file stays locked.
         """
+        timeout_ms = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
 
         def setup() -> SQLiteStore:
-            conn = _connect(path)
+            conn = _connect(path, timeout_ms)
             try:
                 migrate(conn, path)
-                store = cls(SQLiteDialect(path, conn))
+                store = cls(SQLiteDialect(path, conn, timeout_ms))
             except BaseException:
                 conn.close()
                 raise

@@ -41,6 +41,13 @@ SAFETY_LOOK_S = 30.0
 POLL_S = (0.002, 0.05)
 """Without inotify: the first and the longest pause between two looks."""
 
+FILE_MODE = 0o600
+"""The mode of a new database file, and of the files beside it: the store
+holds every activity's arguments and results, for its owner only."""
+
+FOLDER_MODE = 0o700
+"""The mode of the folders beside the database (doorbell, owners)."""
+
 BELLS = 64
 """Bells per group (one byte each)."""
 
@@ -97,10 +104,12 @@ class Doorbell(WatchThread):
         deadline: Callable[[float], None],
     ) -> None:
         super().__init__("errands-doorbell")
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, FOLDER_MODE, exist_ok=True)
         self._path = path
         self._fds = {
-            name: os.open(os.path.join(path, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            name: os.open(
+                os.path.join(path, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
+            )
             for name in [*groups, DEADLINE]
         }
         self._rang = rang

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 
 from errands.store._thread import WatchThread
-from errands.store.sqlite._doorbell import Inotify
+from errands.store.sqlite._doorbell import FILE_MODE, FOLDER_MODE, Inotify
 
 logger = logging.getLogger("errands.store.sqlite")
 
@@ -53,10 +53,10 @@ class LockFiles:
 
         Raises OSError if the folder cannot be written.
         """
-        os.makedirs(self.path, exist_ok=True)
+        os.makedirs(self.path, FOLDER_MODE, exist_ok=True)
         final = os.path.join(self.path, owner)
         temporary = final + ".new"
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(temporary, final)
@@ -111,7 +111,7 @@ class LockFiles:
         with self._lock:
             if self._watcher is not None:
                 return
-            os.makedirs(self.path, exist_ok=True)
+            os.makedirs(self.path, FOLDER_MODE, exist_ok=True)
             self._watcher = _Watcher(self, gone)
 
 
