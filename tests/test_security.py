@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from errands import activity, exceptions
@@ -199,3 +200,66 @@ async def test_an_existing_sqlite_store_keeps_the_mode_its_owner_gave_it(
     client = await Client.connect(db_url)
     await client.close()
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o640
+
+
+# --------------------------------------------------------------------------- PostgreSQL grants
+
+APP_GRANTS = [
+    'GRANT USAGE ON SCHEMA "{schema}" TO {role}',
+    'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO {role}',
+    'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}',
+]
+"""What a worker and a client need once the schema is made (README, "Store URLs")."""
+
+
+@pytest.fixture
+def app_role(pg_server: str) -> Iterator[str]:
+    """A login role with no grants of its own; dropped afterwards."""
+    role = f"errands_app_{os.getpid()}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        yield role
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+@activity.defn
+async def echoes(text: str) -> str:
+    return text
+
+
+async def test_a_role_with_only_the_readme_grants_runs_workers_and_clients(
+    pg_url: str, pg_server: str, pg_schema: str, app_role: str, task_queue: str
+) -> None:
+    owner = await Client.connect(pg_url)  # makes the schema, as its owner
+    await owner.close()
+    app_url = pg_url.replace("postgresql://postgres@", f"postgresql://{app_role}@")
+    with pytest.raises(exceptions.StoreError, match="may not use schema"):
+        client = await Client.connect(app_url)
+        await client.count_activities()
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        for grant in APP_GRANTS:
+            admin.execute(grant.format(schema=pg_schema, role=app_role))
+
+    client = await Client.connect(app_url)
+    try:
+        async with Worker(client, task_queue=task_queue, activities=[echoes]):
+            result = await client.execute_activity(
+                echoes, "granted", id="g", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+            )
+            workers = await client.list_workers()
+            held = await client.start_activity(
+                echoes, "x", id="p", task_queue=task_queue + "-none", start_to_close_timeout=TIMEOUT
+            )
+            await held.pause()
+            await held.reset(keep_paused=True)
+            await held.terminate()
+    finally:
+        await client.close()
+
+    assert result == "granted"
+    assert [w.task_queues for w in workers] == [[task_queue]]

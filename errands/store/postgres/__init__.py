@@ -227,10 +227,20 @@ def migrate(conn: Conn, schema: str, target: str) -> int:
             ).fetchone()
             if exists is None:
                 conn.execute(f'CREATE SCHEMA "{schema}"')  # a checked identifier
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS errands_schema "
-                "(version integer PRIMARY KEY, name text NOT NULL, applied float8 NOT NULL)"
-            )
+            usable = conn.execute("SELECT has_schema_privilege(%s, 'USAGE')", (schema,)).fetchone()
+            if usable is None or not usable[0]:
+                raise StoreError(
+                    f"PostgreSQL store {target}: this role may not use schema {schema!r}; "
+                    "grant it USAGE and the table privileges the README lists"
+                )
+            # Looked up first: a role with only the grants of the README (no
+            # CREATE) opens a store that is up to date.
+            known = conn.execute("SELECT to_regclass('errands_schema')").fetchone()
+            if known is None or known[0] is None:
+                conn.execute(
+                    "CREATE TABLE errands_schema "
+                    "(version integer PRIMARY KEY, name text NOT NULL, applied float8 NOT NULL)"
+                )
             row = conn.execute("SELECT coalesce(max(version), 0) FROM errands_schema").fetchone()
             current = int(row[0]) if row is not None else 0
             for version, name, sql in _migrations.pending(
@@ -245,6 +255,11 @@ def migrate(conn: Conn, schema: str, target: str) -> int:
                 logger.info("PostgreSQL store %s: applied migration %s", target, name)
                 current = version
             return current
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise StoreError(
+            f"PostgreSQL store {target}: its schema needs migrating, and this role may not "
+            f"({str(e).strip()}); run `errands migrate` as the schema's owner"
+        ) from e
     except psycopg.Error as e:
         raise StoreError(f"PostgreSQL store {target}: migration failed: {e}") from e
 
