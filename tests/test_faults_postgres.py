@@ -43,7 +43,7 @@ RECONNECT_CEILING_S = 6.0
 """A generous ceiling on reconnecting after the server is back (the aim is
 under 2 s: every connection retries at least once a second)."""
 
-OUTCOMES_CEILING_S = 120.0
+OUTCOMES_CEILING_S = 60.0
 """Longest a fault test waits for all its executions to close."""
 
 LONG = timedelta(minutes=5)
@@ -85,11 +85,13 @@ def wait_accepting(ceiling_s: float = SERVER_CEILING_S) -> float:
     """Block until the server accepts connections; the database clock then."""
     deadline = time.monotonic() + ceiling_s
     while True:
-        with contextlib.suppress(psycopg.Error):
-            with psycopg.connect(PG_URL, connect_timeout=1) as conn:
-                row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
-                assert row is not None
-                return float(row[0])
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(PG_URL, connect_timeout=1) as conn,
+        ):
+            row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+            assert row is not None
+            return float(row[0])
         if time.monotonic() > deadline:
             raise AssertionError(f"the server did not accept connections within {ceiling_s} s")
         time.sleep(0.01)
@@ -157,7 +159,13 @@ class Load:
     client, at most ``in_flight`` open at once."""
 
     def __init__(
-        self, client: Client, queue: str, log: Path, count: int, in_flight: int, seconds: float = 0.0
+        self,
+        client: Client,
+        queue: str,
+        log: Path,
+        count: int,
+        in_flight: int,
+        seconds: float = 0.0,
     ) -> None:
         self.client = client
         self.seconds = seconds
@@ -187,12 +195,28 @@ class Load:
                 self.errors[activity_id] = repr(e)
 
     async def run(self) -> None:
-        await asyncio.wait_for(
-            asyncio.gather(*(self._one(i) for i in self.ids)), OUTCOMES_CEILING_S
-        )
+        tasks = [asyncio.ensure_future(self._one(i)) for i in self.ids]
+        _, late = await asyncio.wait(tasks, timeout=OUTCOMES_CEILING_S)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for activity_id in self.ids:
+            if activity_id not in self.results and activity_id not in self.errors:
+                self.errors[activity_id] = f"not done within {OUTCOMES_CEILING_S} s"
 
-    def check(self) -> None:
-        assert self.errors == {}, f"{len(self.errors)} failed: {list(self.errors.items())[:5]}"
+    def check(self, schema: str) -> None:
+        """Every execution returned its id; else what the store says of the others."""
+        if self.errors:
+            rows = admin(
+                "SELECT activity_id, status, run_state, attempt, owner, identity, "
+                "deadline - extract(epoch FROM clock_timestamp()) AS deadline_in, "
+                f'(SELECT count(*) FROM "{schema}".attempts a WHERE a.run_id = e.run_id) '
+                f'FROM "{schema}".executions e WHERE activity_id = ANY(%s)',
+                (list(self.errors)[:10],),
+            )
+            raise AssertionError(
+                f"{len(self.errors)} failed: {list(self.errors.items())[:5]}; stored: {rows}"
+            )
         assert self.results == {i: i for i in self.ids}
 
 
@@ -207,7 +231,7 @@ def app_name(schema: str, who: str) -> str:
 async def test_a_server_restart_amid_5000_activities_loses_and_doubles_nothing(
     server: list[str], pg_url: str, pg_schema: str, task_queue: str, tmp_path: Path
 ) -> None:
-    count, restart_after = 5_000, 1_500
+    count, restart_after = 5_000, 1_000
     log = tmp_path / "runs.log"
     names = {who: app_name(pg_schema, who) for who in ("w1", "w2", "client")}
     with procs.Children(tmp_path) as children:
@@ -219,7 +243,8 @@ async def test_a_server_restart_amid_5000_activities_loses_and_doubles_nothing(
         ]
         client = await Client.connect(with_params(pg_url, application_name=names["client"]))
         try:
-            load = Load(client, task_queue, log, count, in_flight=500)
+            # 400 slots of 0.5 s activities: about 6 s of load, which the restart cuts.
+            load = Load(client, task_queue, log, count, in_flight=600, seconds=0.5)
             running = asyncio.ensure_future(load.run())
             await eventually(lambda: load.done >= restart_after or running.done(), "load")
             assert not running.done(), "the load ended before the restart"
@@ -230,17 +255,19 @@ async def test_a_server_restart_amid_5000_activities_loses_and_doubles_nothing(
             back_at = await asyncio.to_thread(wait_accepting)
             restart_s = time.monotonic() - began
             done_at_restart = load.done
+            assert done_at_restart < count, "the load ended before the server was back"
             await running
+            load.check(pg_schema)
+            # Measured while every process still holds its connections.
+            pids = {"w1": workers[0].pid, "w2": workers[1].pid}
+            reconnect = reconnect_times(pg_schema, names, pids, back_at)
         finally:
             await client.close()
-        load.check()
-        pids = {"w1": workers[0].pid, "w2": workers[1].pid}
 
     assert_one_completion_each(pg_schema, load.ids)
     endings = attempt_endings(pg_schema)
     runs = runs_per_id(log)
     twice = {i: n for i, n in runs.items() if n != 1}
-    reconnect = reconnect_times(pg_schema, names, pids, back_at)
     print(
         f"\nrestart: {restart_s:.2f} s with {done_at_restart} of {count} done; "
         f"reconnected after the server was back: "
@@ -347,7 +374,7 @@ async def test_backends_terminated_at_random_under_load_lose_and_double_nothing(
             await killer
             await client.close()
         elapsed = time.monotonic() - began
-        load.check()
+        load.check(pg_schema)
 
     assert_one_completion_each(pg_schema, load.ids)
     endings = attempt_endings(pg_schema)
@@ -388,9 +415,7 @@ gates: dict[str, Flag] = {}
 @contextlib.asynccontextmanager
 async def stopped(server: list[str]) -> AsyncIterator[None]:
     """The server stopped within the block, and running again after it."""
-    await asyncio.to_thread(
-        subprocess.run, [*server, "stop"], check=True, timeout=SERVER_CEILING_S
-    )
+    await asyncio.to_thread(subprocess.run, [*server, "stop"], check=True, timeout=SERVER_CEILING_S)
     try:
         yield
     finally:
@@ -424,7 +449,11 @@ async def test_a_stopped_server_fails_calls_within_a_bound_and_nothing_pending(
     try:
         async with Worker(client, task_queue=task_queue, activities=[wait_for_gate]):
             pending = await client.start_activity(
-                wait_for_gate, task_queue, id="pending", task_queue=task_queue, start_to_close_timeout=LONG
+                wait_for_gate,
+                task_queue,
+                id="pending",
+                task_queue=task_queue,
+                start_to_close_timeout=LONG,
             )
             result = asyncio.ensure_future(pending.result())
             await eventually(lambda: attempts_running(pg_schema) == 1, "the attempt runs")
@@ -458,7 +487,11 @@ async def test_a_stopped_server_fails_calls_within_a_bound_and_nothing_pending(
             # What was pending goes on: the report, the result, the poller.
             assert await asyncio.wait_for(result, CEILING_S) == task_queue
             after = await client.start_activity(
-                wait_for_gate, task_queue, id="after", task_queue=task_queue, start_to_close_timeout=LONG
+                wait_for_gate,
+                task_queue,
+                id="after",
+                task_queue=task_queue,
+                start_to_close_timeout=LONG,
             )
             assert await asyncio.wait_for(after.result(), CEILING_S) == task_queue
             print(f"pending result and a new execution done {time.monotonic() - back:.2f} s after")
@@ -479,7 +512,7 @@ def _repeated_warnings(records: list[logging.LogRecord]) -> dict[str, int]:
     """Warning messages (their format strings) logged more than once."""
     counts: dict[str, int] = {}
     for record in records:
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.WARNING and record.name.startswith("errands"):
             key = f"{record.name}: {record.msg}"
             counts[key] = counts.get(key, 0) + 1
     return {key: n for key, n in counts.items() if n > 1}

@@ -7,13 +7,14 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from errands import _lifecycle as lc
 from errands._lifecycle import PAUSE_ERROR_TYPE
+from errands._outage import Backoff, Outage
 from errands.activity import (
     ActivityCancellationDetails,
     Info,
@@ -24,7 +25,7 @@ from errands.activity import (
 )
 from errands.common import Priority, RawValue
 from errands.converter import DataConverter
-from errands.exceptions import ApplicationError, CancelledError, FailureError
+from errands.exceptions import ApplicationError, CancelledError, FailureError, StoreError
 from errands.store import ClaimedTask, FailureReport, Store
 from errands.worker._heartbeats import Heartbeater
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from errands.worker._runner import Runner
 
 logger = logging.getLogger("errands.worker")
+
+T = TypeVar("T")
 
 LOCAL_TIMEOUT_GRACE_S = 0.05
 """The worker interrupts a timed-out attempt this long after its deadline, so
@@ -54,6 +57,8 @@ class AttemptEnv:
     on_slot_free: Callable[[Attempt], None]
     on_done: Callable[[Attempt], None]
     fire_timers: Callable[[str], None]
+    outage: Outage
+    """The worker's store outage: its parts log one once."""
 
 
 class Phase(enum.Enum):
@@ -293,6 +298,41 @@ class Attempt:
 
     # ---------------------------------------------------------------- reporting
 
+    def _report_deadline(self) -> float:
+        """When the store's timer will have decided the attempt whatever it
+        is told (its start-to-close or schedule-to-close deadline, on this
+        worker's monotonic clock; a heartbeat timeout is left out: a report
+        that lands before its timer fires still counts)."""
+        t = self.task
+        deadlines = [lc.FAR]
+        if t.start_to_close_s is not None:
+            deadlines.append(self._claimed_at + t.start_to_close_s)
+        if t.schedule_to_close_s is not None:
+            deadlines.append(
+                self._claimed_at + (t.schedule_time + t.schedule_to_close_s - t.started_time)
+            )
+        return min(deadlines)
+
+    async def _reporting(self, what: str, report: Callable[[], Awaitable[T]]) -> T:
+        """Run a report to the store, trying again with backoff while the
+        store fails (an outage fails nothing on its own). A retry after a
+        report that went through unanswered is refused as stale, which is
+        what the caller then logs. Gives up, raising the StoreError, once the
+        store's timer decides the attempt anyway."""
+        backoff, outage = Backoff(), self.env.outage
+        while True:
+            try:
+                result = await report()
+            except StoreError as e:
+                outage.failed(f"{what} of activity {self.task.activity_id!r}", e)
+                pause = backoff.next()
+                if time.monotonic() + pause > self._report_deadline():
+                    raise
+                await asyncio.sleep(pause)
+                continue
+            outage.passed()
+            return result
+
     async def _complete(self, definition: _Definition, result: Any) -> None:
         env, task = self.env, self.task
         try:
@@ -318,7 +358,9 @@ class Attempt:
                 "result too large",
             )
             return
-        if not await env.store.complete(task.run_id, task.serial, data):
+        if not await self._reporting(
+            "the completion", lambda: env.store.complete(task.run_id, task.serial, data)
+        ):
             logger.info(
                 "completion of %r attempt %d refused: the attempt is stale (timed out, "
                 "terminated or cancelled)",
@@ -343,7 +385,10 @@ class Attempt:
             non_retryable=encoded.non_retryable,
             next_retry_delay_s=encoded.next_retry_delay_s,
         )
-        status = await env.store.fail(task.run_id, task.serial, FailureReport(info, encoded.data))
+        report = FailureReport(info, encoded.data)
+        status = await self._reporting(
+            "the failure", lambda: env.store.fail(task.run_id, task.serial, report)
+        )
         if status is None:
             logger.info(
                 "failure of %r attempt %d refused: the attempt is stale",
@@ -404,7 +449,10 @@ class Attempt:
         if details.cancel_requested:
             cancelled = error if isinstance(error, FailureError) else CancelledError()
             encoded = await env.converter.encode_failure(cancelled)
-            if await env.store.report_cancelled(task.run_id, task.serial, encoded.data):
+            if await self._reporting(
+                "the cancellation",
+                lambda: env.store.report_cancelled(task.run_id, task.serial, encoded.data),
+            ):
                 logger.info(
                     "activity %r (%s) attempt %d canceled",
                     task.activity_id,

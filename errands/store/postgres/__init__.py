@@ -51,6 +51,7 @@ import psycopg.conninfo
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 from errands.exceptions import StoreError
 from errands.store import _migrations
@@ -102,8 +103,10 @@ BULK_BYTES = 64 * 1024 * 1024
 NOTIFY_BYTES = 7_900
 """Most bytes of one NOTIFY payload (PostgreSQL refuses 8,000 or more)."""
 
-LISTEN_BACKOFF_S = (0.1, 5.0)
-"""First and longest pause between two attempts to reconnect the listener."""
+RECONNECT_BACKOFF_S = (0.1, 1.0)
+"""First and longest pause between two attempts to reconnect (the pool, the
+listener, the liveness connection): every connection is back within about a
+second of the server."""
 
 UNLISTEN_AFTER_S = 5.0
 """How long a channel nobody waits on stays LISTENed to (so that a process
@@ -574,26 +577,26 @@ class _Listener(WatchThread):
         return self._listening.wait(timeout)
 
     def _run(self) -> None:
-        delay = LISTEN_BACKOFF_S[0]
+        delay = RECONNECT_BACKOFF_S[0]
         lost = False
         while not self._stopping.is_set():
             try:
                 conn = psycopg.connect(self._conninfo, autocommit=True, **self._kwargs)
             except psycopg.Error as e:
-                logger.warning(
-                    "PostgreSQL store %s: cannot connect to LISTEN (%s); retrying in %.1f s",
-                    self._target,
-                    str(e).strip(),
-                    delay,
-                )
+                if delay == RECONNECT_BACKOFF_S[0]:  # once per outage
+                    logger.warning(
+                        "PostgreSQL store %s: cannot connect to LISTEN (%s); retrying",
+                        self._target,
+                        str(e).strip(),
+                    )
                 self._stopping.wait(delay)
-                delay = min(delay * 2, LISTEN_BACKOFF_S[1])
+                delay = min(delay * 2, RECONNECT_BACKOFF_S[1])
                 continue
+            delay = RECONNECT_BACKOFF_S[0]
             try:
                 conn.add_notify_handler(self._notified)  # those read while a LISTEN runs
                 self._listen(conn, restored=lost)
                 lost = False
-                delay = LISTEN_BACKOFF_S[0]
             except psycopg.Error as e:
                 if self._stopping.is_set():
                     break
@@ -681,6 +684,28 @@ class _Listener(WatchThread):
             return [Resync()]
 
 
+# --------------------------------------------------------------------------- the pool
+
+
+class _Attempt(AttemptWithBackoff):
+    """psycopg_pool's reconnection backoff, bounded by RECONNECT_BACKOFF_S
+    (its own doubles from 1 s without bound: after a minute's outage the
+    pool would come back half a minute after the server)."""
+
+    INITIAL_DELAY = RECONNECT_BACKOFF_S[0]
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_BACKOFF_S[1])
+
+
+class _Pool(ConnectionPool[Conn]):
+    """The connection pool, reconnecting with the bounded backoff."""
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _Attempt(timeout=self.reconnect_timeout), growing)
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -714,7 +739,7 @@ class PostgresStore(CoreStore):
                 migrate(conn, schema, target)
             finally:
                 conn.close()
-            pool: ConnectionPool[Conn] = ConnectionPool(
+            pool: ConnectionPool[Conn] = _Pool(
                 conninfo,
                 kwargs={**kwargs, "autocommit": True, "row_factory": dict_row},
                 min_size=READERS + 1,
