@@ -87,7 +87,10 @@ READERS = 2
 
 CONNECT_TIMEOUT_S = 10
 """libpq's connect_timeout unless the URL sets one; also how long an operation
-waits for a working connection (the pool reconnecting) before a StoreError."""
+waits for a working connection (the pool reconnecting) before a StoreError.
+A call made while the server is down raises within this, or within twice
+this when its change queues behind a group commit already waiting (the
+writer runs one at a time)."""
 
 KEEPALIVES = {
     "keepalives": 1,
