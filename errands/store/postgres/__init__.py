@@ -326,6 +326,9 @@ class PostgresDialect(Dialect):
         self._channels = {group: f"{_channel_base(schema)}_{group[0]}" for group in GROUPS}
         self._token = uuid.uuid4().hex
         self._conn: Conn | None = None
+        self._reads_lost = False
+        """Whether a reader found its connection dead since the last read that
+        worked (so that an outage is logged once, not once per connection)."""
         self._listener: _Listener | None = None
         self._tokens = AdvisoryLocks(
             conninfo,
@@ -465,15 +468,19 @@ class PostgresDialect(Dialect):
             except PoolTimeout as e:
                 raise StoreError(f"{self.label}: no connection: {e}") from e
             try:
-                return fn(Tx(self, conn.cursor(), time.time()))
+                result = fn(Tx(self, conn.cursor(), time.time()))
+                self._reads_lost = False
+                return result
             except psycopg.Error as e:
                 if not _is_broken(conn) or last_try:
                     raise StoreError(f"{self.label} failed: {e}") from e
                 # A connection that died while idle in the pool: reads are safe
                 # to repeat on a fresh one.
-                logger.warning(
-                    "%s: connection lost (%s); reading again", self.label, str(e).strip()
-                )
+                if not self._reads_lost:
+                    self._reads_lost = True
+                    logger.warning(
+                        "%s: connection lost (%s); reading again", self.label, str(e).strip()
+                    )
             finally:
                 self._pool.putconn(conn)  # the pool replaces a broken one
             with contextlib.suppress(Exception):
