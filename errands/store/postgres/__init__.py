@@ -88,9 +88,13 @@ READERS = 2
 CONNECT_TIMEOUT_S = 10
 """libpq's connect_timeout unless the URL sets one; also how long an operation
 waits for a working connection (the pool reconnecting) before a StoreError.
-A call made while the server is down raises within this, or within twice
-this when its change queues behind a group commit already waiting (the
-writer runs one at a time)."""
+A call made while the server is down raises within this (a read counts the
+time it queued for a reader thread), or a change within twice this when it
+queues behind a group commit already waiting (the writer runs one at a time)."""
+
+MIN_WAIT_S = 0.05
+"""The least a read that queued for its whole wait still waits for a
+connection (one may be free at once)."""
 
 KEEPALIVES = {
     "keepalives": 1,
@@ -326,6 +330,8 @@ class PostgresDialect(Dialect):
         self._channels = {group: f"{_channel_base(schema)}_{group[0]}" for group in GROUPS}
         self._token = uuid.uuid4().hex
         self._conn: Conn | None = None
+        self._wait_s = _connect_kwargs(conninfo, schema)[1]
+        """How long an operation waits for a connection before a StoreError."""
         self._reads_lost = False
         """Whether a reader found its connection dead since the last read that
         worked (so that an outage is logged once, not once per connection)."""
@@ -336,7 +342,7 @@ class PostgresDialect(Dialect):
             CATALOGUE,
             _lock_key("owners", schema) & 0x7FFFFFFF,
             self.target,
-            _connect_kwargs(conninfo, schema)[1],
+            self._wait_s,
         )
 
     # -- statements
@@ -461,10 +467,11 @@ class PostgresDialect(Dialect):
 
     # -- reads
 
-    def read(self, fn: Callable[[Tx], T]) -> T:
+    def read(self, fn: Callable[[Tx], T], asked_at: float) -> T:
         for last_try in (False, True):
+            left = asked_at + self._wait_s - time.monotonic()
             try:
-                conn = self._pool.getconn()
+                conn = self._pool.getconn(max(left, MIN_WAIT_S))
             except PoolTimeout as e:
                 raise StoreError(f"{self.label}: no connection: {e}") from e
             try:
@@ -491,8 +498,7 @@ class PostgresDialect(Dialect):
 
     def watch(self, arrived: Arrived, wants: Callable[[AnyKind, Collection[int]], bool]) -> None:
         self._listener = _Listener(self._conninfo, self._kwargs, self._token, arrived, self.target)
-        _, timeout_s = _connect_kwargs(self._conninfo, self.schema)
-        self._listener.wait_listening(timeout_s)
+        self._listener.wait_listening(self._wait_s)
 
     def listen(self, group: str, on: bool) -> None:
         if self._listener is not None:
