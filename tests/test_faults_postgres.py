@@ -407,6 +407,11 @@ CONNECT_TIMEOUT_S = 2
 """The connect_timeout this test's URL sets: calls made while the server is
 down raise StoreError within OUTAGE_BOUND_S."""
 
+REPORT_OUTAGE_S = 2 * CONNECT_TIMEOUT_S + 1.0
+"""How long the server stays down after the pending attempt ended: its
+report, queued behind at most one group commit waiting for a connection,
+fails at least once meanwhile."""
+
 READS = 20
 """Reads made at once while the server is down (ten times the reader threads)."""
 
@@ -486,8 +491,12 @@ async def test_a_stopped_server_fails_calls_within_a_bound_and_nothing_pending(
                     ),
                     *(timed(pending.describe()) for _ in range(READS)),
                 )
-                gate.set()  # the attempt ends while the server is down: its report waits
-                again = await timed(pending.describe())
+                gate.set()  # the attempt ends while the server is down: its report fails
+                # The outage lasts long enough for the report to fail at least
+                # once (a fault's length, not a wait for an event).
+                again, _ = await asyncio.gather(
+                    timed(pending.describe()), asyncio.sleep(REPORT_OUTAGE_S)
+                )
                 slowest = max(took for took, _ in described)
                 print(
                     f"\nwith the server stopped: start_activity {started[0]:.2f} s, "

@@ -318,7 +318,9 @@ class Attempt:
         store fails (an outage fails nothing on its own). A retry after a
         report that went through unanswered is refused as stale, which is
         what the caller then logs. Gives up, raising the StoreError, once the
-        store's timer decides the attempt anyway."""
+        store's timer decides the attempt anyway, or once the worker shuts
+        down (its shutdown would otherwise wait for the store: the store's
+        timer then retries the attempt elsewhere)."""
         backoff, outage = Backoff(), self.env.outage
         while True:
             try:
@@ -326,7 +328,10 @@ class Attempt:
             except StoreError as e:
                 outage.failed(f"{what} of activity {self.task.activity_id!r}", e)
                 pause = backoff.next()
-                if time.monotonic() + pause > self._report_deadline():
+                if (
+                    time.monotonic() + pause > self._report_deadline()
+                    or self.env.worker_shutdown.is_set()
+                ):
                     raise
                 await asyncio.sleep(pause)
                 continue
