@@ -32,7 +32,7 @@ RELOOK_S = 30.0
 """How often every waiting run is looked up anyway, so that a close whose
 change went unheard (a lost connection) still ends its wait."""
 
-RETRY_S = (0.05, 5.0)
+RETRY_S = (0.05, 1.0)
 """First and longest pause between two tries while the store fails."""
 
 

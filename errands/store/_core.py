@@ -182,7 +182,7 @@ class CoreStore(Store):
             raise StoreError(f"{self.label} is closed")
         self.reads += 1
         return await asyncio.get_running_loop().run_in_executor(
-            self._readers, self._dialect.read, fn
+            self._readers, self._dialect.read, fn, time.monotonic()
         )
 
     def start_watching(self) -> None:

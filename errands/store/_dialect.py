@@ -165,8 +165,12 @@ class Dialect(abc.ABC):
     # -- reads (reader threads) ----------------------------------------------
 
     @abc.abstractmethod
-    def read(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` with a Tx on a reading connection."""
+    def read(self, fn: Callable[[Tx], T], asked_at: float) -> T:
+        """Run ``fn`` with a Tx on a reading connection. ``asked_at``
+        (``time.monotonic()``) is when the read was asked for: a dialect that
+        waits for connections counts the time it queued for a reader thread
+        against that wait, so that a read made during an outage fails within
+        the wait's bound however many reads are queued."""
 
     # -- wake-ups and life ----------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from errands import _lifecycle as lc
 from errands._lifecycle import PAUSE_ERROR_TYPE
+from errands._outage import Backoff, Outage
 from errands.activity import (
     ActivityCancellationDetails,
     Info,
@@ -34,15 +35,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("errands.worker")
 
+T = TypeVar("T")
+
 LOCAL_TIMEOUT_GRACE_S = 0.05
 """The worker interrupts a timed-out attempt this long after its deadline, so
 the store's timer (which makes the retry) is due by then."""
-
-REPORT_RETRY_S = (0.05, 2.0)
-"""The first and the longest pause between two tries to report an outcome to a
-store that failed (locked by another program, restarting, unreachable)."""
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +57,8 @@ class AttemptEnv:
     on_slot_free: Callable[[Attempt], None]
     on_done: Callable[[Attempt], None]
     fire_timers: Callable[[str], None]
+    outage: Outage
+    """The worker's store outage: its parts log one once."""
 
 
 class Phase(enum.Enum):
@@ -342,39 +341,45 @@ class Attempt:
 
     # ---------------------------------------------------------------- reporting
 
-    async def _stored(self, report: Callable[[], Awaitable[T]]) -> T:
-        """Send an outcome, trying again with backoff while the store fails
-        (locked by another program, restarting): the attempt ran, and its
-        outcome must not wait for a timeout and a retry. Gives up (raising the
-        StoreError) once the attempt's start-to-close or schedule-to-close
-        deadline has passed: the store's timers have decided by then, and
-        would refuse the report."""
+    def _report_deadline(self) -> float:
+        """When the store's timer will have decided the attempt whatever it
+        is told (its start-to-close or schedule-to-close deadline, on this
+        worker's monotonic clock; a heartbeat timeout is left out: a report
+        that lands before its timer fires still counts)."""
         t = self.task
         deadlines = [lc.FAR]
         if t.start_to_close_s is not None:
             deadlines.append(self._claimed_at + t.start_to_close_s)
         if t.schedule_to_close_s is not None:
             deadlines.append(
-                self._claimed_at + t.schedule_time + t.schedule_to_close_s - t.started_time
+                self._claimed_at + (t.schedule_time + t.schedule_to_close_s - t.started_time)
             )
-        give_up = min(deadlines)
-        pause, logged = REPORT_RETRY_S[0], False
+        return min(deadlines)
+
+    async def _reporting(self, what: str, report: Callable[[], Awaitable[T]]) -> T:
+        """Run a report to the store, trying again with backoff while the
+        store fails (an outage fails nothing on its own). A retry after a
+        report that went through unanswered is refused as stale, which is
+        what the caller then logs. Gives up, raising the StoreError, once the
+        store's timer decides the attempt anyway, or once the worker shuts
+        down (its shutdown would otherwise wait for the store: the store's
+        timer then retries the attempt elsewhere)."""
+        backoff, outage = Backoff(), self.env.outage
         while True:
             try:
-                return await report()
+                result = await report()
             except StoreError as e:
-                if time.monotonic() + pause > give_up:
+                outage.failed(f"{what} of activity {self.task.activity_id!r}", e)
+                pause = backoff.next()
+                if (
+                    time.monotonic() + pause > self._report_deadline()
+                    or self.env.worker_shutdown.is_set()
+                ):
                     raise
-                if not logged:
-                    logged = True
-                    logger.warning(
-                        "reporting the outcome of %r attempt %d failed, trying again: %s",
-                        t.activity_id,
-                        t.attempt,
-                        e,
-                    )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, REPORT_RETRY_S[1])
+                await asyncio.sleep(pause)
+                continue
+            outage.passed()
+            return result
 
     async def _complete(self, definition: _Definition, result: Any) -> None:
         env, task = self.env, self.task
@@ -401,7 +406,9 @@ class Attempt:
                 "result too large",
             )
             return
-        if not await self._stored(lambda: env.store.complete(task.run_id, task.serial, data)):
+        if not await self._reporting(
+            "the completion", lambda: env.store.complete(task.run_id, task.serial, data)
+        ):
             logger.info(
                 "completion of %r attempt %d refused: the attempt is stale (timed out, "
                 "terminated or cancelled)",
@@ -427,7 +434,9 @@ class Attempt:
             next_retry_delay_s=encoded.next_retry_delay_s,
         )
         report = FailureReport(info, encoded.data)
-        status = await self._stored(lambda: env.store.fail(task.run_id, task.serial, report))
+        status = await self._reporting(
+            "the failure", lambda: env.store.fail(task.run_id, task.serial, report)
+        )
         if status is None:
             logger.info(
                 "failure of %r attempt %d refused: the attempt is stale",
@@ -488,8 +497,9 @@ class Attempt:
         if details.cancel_requested:
             cancelled = error if isinstance(error, FailureError) else CancelledError()
             encoded = await env.converter.encode_failure(cancelled)
-            if await self._stored(
-                lambda: env.store.report_cancelled(task.run_id, task.serial, encoded.data)
+            if await self._reporting(
+                "the cancellation",
+                lambda: env.store.report_cancelled(task.run_id, task.serial, encoded.data),
             ):
                 logger.info(
                     "activity %r (%s) attempt %d canceled",

@@ -1,7 +1,9 @@
 """Heartbeats of one attempt: the first goes to the store at once, then at
 most one per throttle window (0.8 x heartbeat_timeout, else the worker's
 default, never more than its maximum). The latest details win; whatever is
-pending when the attempt ends is flushed before its outcome."""
+pending when the attempt ends is flushed before its outcome. A heartbeat the
+store failed (an outage) is sent again after a backoff, unless newer details
+replaced it."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from errands._outage import Backoff
 from errands.activity import ActivityCancellationDetails
+from errands.exceptions import StoreError
 
 if TYPE_CHECKING:
     from errands.worker._attempt import Attempt
@@ -35,6 +39,7 @@ class Heartbeater:
         self._next_send = 0.0
         self._sending: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._backoff = Backoff()
 
     @property
     def throttle_s(self) -> float:
@@ -96,9 +101,17 @@ class Heartbeater:
         sent_at = time.monotonic()
         try:
             result = await env.store.heartbeat(task.run_id, task.serial, data)
+        except StoreError as e:
+            env.outage.failed(f"a heartbeat of activity {task.activity_id!r}", e)
+            if self._pending is None:
+                self._pending = details  # send them again, after a pause
+            self._next_send = time.monotonic() + self._backoff.next()
+            return
         except Exception:
             logger.exception("heartbeat of %r failed", task.activity_id)
             return
+        self._backoff.reset()
+        env.outage.passed()
         if not result.accepted:
             # Terminated, timed out or gone: stop the attempt; its outcome would be refused.
             attempt.request_cancel(

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from errands._aio import wait_any
+from errands._outage import Backoff, Outage
+from errands.exceptions import StoreError
 from errands.store import ClaimedTask, ClaimResult, Store
 from errands.store._changes import Change, Claimable, Started, Subscription
 
@@ -30,7 +32,7 @@ DELIVERY_WAIT_S = 10.0
 """Longest a poller waits for the tasks of an armed claim that fired."""
 
 STORE_RETRY_S = 1.0
-"""Pause after the store failed a claim."""
+"""Pause after a claim failed for another reason than the store (a bug)."""
 
 
 class _TokenBucket:
@@ -73,6 +75,7 @@ class Poller:
         max_per_second: float | None = None,
         queue_rate_per_s: float | None = None,
         worker_id: str | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self._store = store
         self._namespace = namespace
@@ -86,6 +89,8 @@ class Poller:
         self._exclude_types = exclude_types
         self._bucket = None if max_per_second is None else _TokenBucket(max_per_second)
         self._queue_rate = queue_rate_per_s
+        self._outage = outage or Outage(logger, f"poller of task queue {task_queue!r}")
+        self._backoff = Backoff()
         self._slot_freed = asyncio.Event()
         self._next_ready: float | None = None
         """When the queue's next known task becomes ready (this machine's clock)."""
@@ -146,10 +151,16 @@ class Poller:
                 queue_rate_per_s=self._queue_rate,
                 worker_id=self._worker_id,
             )
+        except StoreError as e:  # an outage: claim again after a pause
+            self._outage.failed(f"claiming from task queue {self._task_queue!r}", e)
+            await wait_any(stop, timeout=self._backoff.next())
+            return None
         except Exception:
             logger.exception("claiming from task queue %r failed; retrying", self._task_queue)
             await wait_any(stop, timeout=STORE_RETRY_S)
             return None
+        self._backoff.reset()
+        self._outage.passed()
         self._next_ready = result.next_ready_at
         if self._bucket is not None:
             self._bucket.take(len(result.tasks))

@@ -14,6 +14,8 @@ import logging
 import time
 
 from errands._aio import wait_any
+from errands._outage import Backoff, Outage
+from errands.exceptions import StoreError
 from errands.store import Store
 from errands.store._changes import Change, Deadline
 
@@ -27,7 +29,7 @@ MIN_GAP_S = 0.02
 """Shortest gap between two looks, however busy the store."""
 
 STORE_RETRY_S = 1.0
-"""Pause after the store failed a look."""
+"""Pause after a look failed for another reason than the store (a bug)."""
 
 PRUNE_INTERVAL_S = 600.0
 """How often closed executions past retention are deleted."""
@@ -36,8 +38,12 @@ PRUNE_INTERVAL_S = 600.0
 class TimerFirer:
     """Fires the namespace's due timers at their deadlines."""
 
-    def __init__(self, store: Store, namespace: str, retention_s: float) -> None:
+    def __init__(
+        self, store: Store, namespace: str, retention_s: float, outage: Outage | None = None
+    ) -> None:
         self._store = store
+        self._outage = outage or Outage(logger, f"timers of namespace {namespace!r}")
+        self._backoff = Backoff()
         self._namespace = namespace
         self._retention_s = retention_s
         self._kick = asyncio.Event()
@@ -83,9 +89,14 @@ class TimerFirer:
                 pruned = await self._store.prune(self._namespace, time.time() - self._retention_s)
                 if pruned:
                     logger.info("pruned %d closed executions past retention", pruned)
+        except StoreError as e:  # an outage: look again after a pause
+            self._outage.failed("firing timers", e)
+            return self._backoff.next()
         except Exception:
             logger.exception("firing timers failed; retrying")
             return STORE_RETRY_S
+        self._backoff.reset()
+        self._outage.passed()
         if nxt is None:
             return SAFETY_LOOK_S
         return min(SAFETY_LOOK_S, max(0.0, nxt - time.time()))

@@ -17,6 +17,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from errands._outage import Outage
 from errands.activity import ActivityCancellationDetails, _Definition, _Signal
 from errands.store import ClaimedTask, WorkerRecord
 from errands.store._changes import Interrupted
@@ -221,7 +222,11 @@ class Worker:
         """Build the parts that run: attempt environment, watchers, pollers."""
         client = self._client
         store, namespace = client._store, client.namespace
-        self._timers = timers = TimerFirer(store, namespace, client.retention.total_seconds())
+        # One outage per worker: its parts log a store outage once between them.
+        outage = Outage(logger, f"worker {self._identity}")
+        self._timers = timers = TimerFirer(
+            store, namespace, client.retention.total_seconds(), outage
+        )
         self._env = AttemptEnv(
             store=store,
             namespace=namespace,
@@ -234,6 +239,7 @@ class Worker:
             on_slot_free=self._slot_free,
             on_done=self._attempt_done,
             fire_timers=lambda _run_id: timers.fire_soon(),
+            outage=outage,
         )
         self._watcher = InterruptWatcher(store, self._deliver_interrupt)
         sync_names = [n for n, d in self._definitions.items() if not d.is_async]
@@ -250,6 +256,7 @@ class Worker:
             max_per_second=self._max_per_second,
             queue_rate_per_s=self._queue_rate,
             worker_id=self._worker_id,
+            outage=outage,
         )
         self._poller = make_poller(
             slots=self._slots,

@@ -51,6 +51,7 @@ import psycopg.conninfo
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 from errands.exceptions import StoreError
 from errands.store import _migrations
@@ -86,7 +87,14 @@ READERS = 2
 
 CONNECT_TIMEOUT_S = 10
 """libpq's connect_timeout unless the URL sets one; also how long an operation
-waits for a working connection (the pool reconnecting) before a StoreError."""
+waits for a working connection (the pool reconnecting) before a StoreError.
+A call made while the server is down raises within this (a read counts the
+time it queued for a reader thread), or a change within twice this when it
+queues behind a group commit already waiting (the writer runs one at a time)."""
+
+MIN_WAIT_S = 0.05
+"""The least a read that queued for its whole wait still waits for a
+connection (one may be free at once)."""
 
 KEEPALIVES = {
     "keepalives": 1,
@@ -102,8 +110,10 @@ BULK_BYTES = 64 * 1024 * 1024
 NOTIFY_BYTES = 7_900
 """Most bytes of one NOTIFY payload (PostgreSQL refuses 8,000 or more)."""
 
-LISTEN_BACKOFF_S = (0.1, 5.0)
-"""First and longest pause between two attempts to reconnect the listener."""
+RECONNECT_BACKOFF_S = (0.1, 1.0)
+"""First and longest pause between two attempts to reconnect (the pool, the
+listener, the liveness connection): every connection is back within about a
+second of the server."""
 
 UNLISTEN_AFTER_S = 5.0
 """How long a channel nobody waits on stays LISTENed to (so that a process
@@ -335,6 +345,11 @@ class PostgresDialect(Dialect):
         self._channels = {group: f"{_channel_base(schema)}_{group[0]}" for group in GROUPS}
         self._token = uuid.uuid4().hex
         self._conn: Conn | None = None
+        self._wait_s = _connect_kwargs(conninfo, schema)[1]
+        """How long an operation waits for a connection before a StoreError."""
+        self._reads_lost = False
+        """Whether a reader found its connection dead since the last read that
+        worked (so that an outage is logged once, not once per connection)."""
         self._listener: _Listener | None = None
         self._tokens = AdvisoryLocks(
             conninfo,
@@ -342,7 +357,7 @@ class PostgresDialect(Dialect):
             CATALOGUE,
             _lock_key("owners", schema) & 0x7FFFFFFF,
             self.target,
-            _connect_kwargs(conninfo, schema)[1],
+            self._wait_s,
         )
 
     # -- statements
@@ -467,22 +482,27 @@ class PostgresDialect(Dialect):
 
     # -- reads
 
-    def read(self, fn: Callable[[Tx], T]) -> T:
+    def read(self, fn: Callable[[Tx], T], asked_at: float) -> T:
         for last_try in (False, True):
+            left = asked_at + self._wait_s - time.monotonic()
             try:
-                conn = self._pool.getconn()
+                conn = self._pool.getconn(max(left, MIN_WAIT_S))
             except PoolTimeout as e:
                 raise StoreError(f"{self.label}: no connection: {e}") from e
             try:
-                return fn(Tx(self, conn.cursor(), time.time()))
+                result = fn(Tx(self, conn.cursor(), time.time()))
+                self._reads_lost = False
+                return result
             except psycopg.Error as e:
                 if not _is_broken(conn) or last_try:
                     raise StoreError(f"{self.label} failed: {e}") from e
                 # A connection that died while idle in the pool: reads are safe
                 # to repeat on a fresh one.
-                logger.warning(
-                    "%s: connection lost (%s); reading again", self.label, str(e).strip()
-                )
+                if not self._reads_lost:
+                    self._reads_lost = True
+                    logger.warning(
+                        "%s: connection lost (%s); reading again", self.label, str(e).strip()
+                    )
             finally:
                 self._pool.putconn(conn)  # the pool replaces a broken one
             with contextlib.suppress(Exception):
@@ -493,8 +513,7 @@ class PostgresDialect(Dialect):
 
     def watch(self, arrived: Arrived, wants: Callable[[AnyKind, Collection[int]], bool]) -> None:
         self._listener = _Listener(self._conninfo, self._kwargs, self._token, arrived, self.target)
-        _, timeout_s = _connect_kwargs(self._conninfo, self.schema)
-        self._listener.wait_listening(timeout_s)
+        self._listener.wait_listening(self._wait_s)
 
     def listen(self, group: str, on: bool) -> None:
         if self._listener is not None:
@@ -589,26 +608,26 @@ class _Listener(WatchThread):
         return self._listening.wait(timeout)
 
     def _run(self) -> None:
-        delay = LISTEN_BACKOFF_S[0]
+        delay = RECONNECT_BACKOFF_S[0]
         lost = False
         while not self._stopping.is_set():
             try:
                 conn = psycopg.connect(self._conninfo, autocommit=True, **self._kwargs)
             except psycopg.Error as e:
-                logger.warning(
-                    "PostgreSQL store %s: cannot connect to LISTEN (%s); retrying in %.1f s",
-                    self._target,
-                    str(e).strip(),
-                    delay,
-                )
+                if delay == RECONNECT_BACKOFF_S[0]:  # once per outage
+                    logger.warning(
+                        "PostgreSQL store %s: cannot connect to LISTEN (%s); retrying",
+                        self._target,
+                        str(e).strip(),
+                    )
                 self._stopping.wait(delay)
-                delay = min(delay * 2, LISTEN_BACKOFF_S[1])
+                delay = min(delay * 2, RECONNECT_BACKOFF_S[1])
                 continue
+            delay = RECONNECT_BACKOFF_S[0]
             try:
                 conn.add_notify_handler(self._notified)  # those read while a LISTEN runs
                 self._listen(conn, restored=lost)
                 lost = False
-                delay = LISTEN_BACKOFF_S[0]
             except psycopg.Error as e:
                 if self._stopping.is_set():
                     break
@@ -696,6 +715,28 @@ class _Listener(WatchThread):
             return [Resync()]
 
 
+# --------------------------------------------------------------------------- the pool
+
+
+class _Attempt(AttemptWithBackoff):
+    """psycopg_pool's reconnection backoff, bounded by RECONNECT_BACKOFF_S
+    (its own doubles from 1 s without bound: after a minute's outage the
+    pool would come back half a minute after the server)."""
+
+    INITIAL_DELAY = RECONNECT_BACKOFF_S[0]
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_BACKOFF_S[1])
+
+
+class _Pool(ConnectionPool[Conn]):
+    """The connection pool, reconnecting with the bounded backoff."""
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _Attempt(timeout=self.reconnect_timeout), growing)
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -729,7 +770,7 @@ class PostgresStore(CoreStore):
                 migrate(conn, schema, target)
             finally:
                 conn.close()
-            pool: ConnectionPool[Conn] = ConnectionPool(
+            pool: ConnectionPool[Conn] = _Pool(
                 conninfo,
                 kwargs={**kwargs, "autocommit": True, "row_factory": dict_row},
                 min_size=READERS + 1,

@@ -48,8 +48,9 @@ RECONNECT_GRACE_S = 5.0
 """After the watcher's own connection came back: how long before it declares
 anyone gone (the others reconnect and take their locks again meanwhile)."""
 
-BACKOFF_S = (0.1, 2.0)
-"""First and longest pause between two attempts to reconnect."""
+BACKOFF_S = (0.1, 1.0)
+"""First and longest pause between two attempts to reconnect (so the lock is
+back within about a second of the server)."""
 
 _MAX_KEY = 2**31 - 1
 
@@ -135,20 +136,20 @@ class AdvisoryLocks(WatchThread):
             try:
                 conn = psycopg.connect(self._conninfo, autocommit=True, **self._connect_kwargs())
             except psycopg.Error as e:
-                logger.warning(
-                    "PostgreSQL store %s: cannot connect for liveness (%s); retrying in %.1f s",
-                    self._target,
-                    str(e).strip(),
-                    delay,
-                )
+                if delay == BACKOFF_S[0]:  # once per outage
+                    logger.warning(
+                        "PostgreSQL store %s: cannot connect for liveness (%s); retrying",
+                        self._target,
+                        str(e).strip(),
+                    )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, BACKOFF_S[1])
                 self._reconnected = True
                 continue
+            delay = BACKOFF_S[0]
             try:
                 self._up_since = time.monotonic()
                 self._serve(conn)
-                delay = BACKOFF_S[0]
             except psycopg.Error as e:
                 if self._stopping.is_set():
                     break

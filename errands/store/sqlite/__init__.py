@@ -393,7 +393,8 @@ class SQLiteDialect(Dialect):
 
     # -- reads
 
-    def read(self, fn: Callable[[Tx], T]) -> T:
+    def read(self, fn: Callable[[Tx], T], asked_at: float) -> T:
+        del asked_at  # a reader never waits for a connection; the busy timeout bounds locks
         conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
         if conn is None:
             conn = _connect(self.path, self.busy_timeout_ms)
