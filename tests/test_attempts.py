@@ -47,7 +47,7 @@ async def test_a_failure_a_timeout_a_lost_worker_and_a_success_are_four_attempts
             id="four",
             task_queue=task_queue,
             start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(seconds=1),
+            heartbeat_timeout=timedelta(seconds=3),  # longer than a failover takes
             retry_policy=FAST,
         )
         # Attempt 3 heartbeats: the first at once, the next after the throttle.

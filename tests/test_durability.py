@@ -52,12 +52,12 @@ async def test_a_sigkilled_heartbeating_worker_is_retried_elsewhere_from_its_las
             id="counter",
             task_queue=task_queue,
             start_to_close_timeout=timedelta(seconds=60),
-            heartbeat_timeout=timedelta(seconds=1),
+            heartbeat_timeout=timedelta(seconds=3),  # longer than a failover takes
             retry_policy=FAST_RETRY,
         )
 
         async def progressed(desc: ActivityExecutionDescription) -> bool:
-            # The first heartbeat goes out at once, the next after the 0.8 s throttle.
+            # The first heartbeat goes out at once, the next after the 2.4 s throttle.
             details = await desc.heartbeat_details()
             return bool(details) and details[0] >= 1
 
