@@ -215,10 +215,11 @@ class Writer:
                         self._dialect.rollback(tx)
                     return self._failed(e, batch, lost)
                 # The connection is gone. Nothing can have committed if COMMIT was
-                # not sent yet, or if the server answered it with an error (a
-                # terminated backend says so); else ask what became of it.
+                # not sent yet; else ask what became of it. Even an error with a
+                # SQLSTATE proves nothing: a backend told to terminate (57P01) may
+                # say so after its commit went through, before it answered it.
                 fate = "aborted"
-                if committing and getattr(e, "sqlstate", None) is None and tx and tx.xid:
+                if committing and tx and tx.xid:
                     fate = self._dialect.fate(tx.xid)
                 if fate == "committed" and tx is not None:
                     logger.warning(
