@@ -493,6 +493,9 @@ class PostgresDialect(Dialect):
     def watch_tokens(self, gone: Callable[[list[str]], None]) -> None:
         self._tokens.watch(gone)
 
+    def expect_claims(self, in_s: float) -> None:
+        self._tokens.expect_busy(in_s)
+
     def dead_tokens(self) -> list[str]:
         return self._tokens.dead()
 
