@@ -543,6 +543,7 @@ class _Listener(WatchThread):
         self._linger: dict[str, float] = {}
         """Channels nobody wants any more, and since when (monotonic)."""
         self._kick_r, self._kick_w = socket.socketpair()
+        self._kick_r.setblocking(False)  # drained only as far as it holds bytes
         self.start()
 
     def listen(self, channel: str, on: bool) -> None:
@@ -659,7 +660,7 @@ class _Listener(WatchThread):
             readable, _, _ = select.select([pgconn.socket, wake, kick], [], [], timeout)
             if wake in readable:
                 return
-            if kick in readable or not readable:
+            if kick in readable or not readable:  # asked to (UN)LISTEN, or a channel's linger ended
                 with contextlib.suppress(BlockingIOError):
                     self._kick_r.recv(4096)
                 listened = self._listen_wanted(conn, listened)

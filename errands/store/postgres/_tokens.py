@@ -92,6 +92,7 @@ class AdvisoryLocks(WatchThread):
         self._up_since = 0.0
         self._reconnected = False
         self._kick_r, self._kick_w = socket.socketpair()
+        self._kick_r.setblocking(False)  # drained only as far as it holds bytes
         self._started = False
 
     def _ensure_started(self) -> None:
