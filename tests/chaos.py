@@ -291,7 +291,11 @@ class Soak:
             if a.outcome is AttemptOutcome.RUNNING or a.closed_time is None:
                 self._violation(activity_id, f"attempt {a.attempt} still runs ({history})")
             elif a.closed_time < a.started_time:
-                self._violation(activity_id, f"attempt {a.attempt} closed before it started")
+                self._violation(
+                    activity_id,
+                    f"attempt {a.attempt} closed at {a.closed_time} before it started at "
+                    f"{a.started_time} ({history})",
+                )
             if (
                 a.outcome is AttemptOutcome.WORKER_LOST
                 and _pid(a.worker_identity) not in self.killed
