@@ -22,6 +22,8 @@ from typing import Any
 from bench import workloads as w
 from bench.activities import noop_sync
 from bench.bulk import bulk_cancel
+from bench.chaos import chaos
+from bench.failover import failover
 from bench.fleet import FleetSize, drive, fleet
 from bench.idle import WORKER_SLOTS as IDLE_SLOTS
 from bench.idle import await_forever, idle
@@ -52,6 +54,8 @@ WORKLOADS = [
     "fleet",
     "bulk-cancel",
     "list-by-keyword",
+    "failover",
+    "chaos",
 ]
 """1p: worker and client in one process; 2p: the worker in a child process;
 thread/process: sync activities on a thread pool / process pool of a worker in
@@ -62,7 +66,10 @@ fleet: 1, 4, 16 worker processes of I/O-bound activities (bench/fleet.py);
 bulk-cancel: cancel_activities of 100,000 scheduled executions while a worker
 process claims from another queue (bench/bulk.py);
 list-by-keyword: a page of the executions with one value of a keyword search
-attribute among a million (bench/search.py; p50 target <= 20 ms on both stores)."""
+attribute among a million (bench/search.py; p50 target <= 20 ms on both stores);
+failover: SIGKILL the worker process running an attempt while another serves the
+queue, time to the next attempt's start (bench/failover.py; target < 1 s);
+chaos: the chaos soak of tests/chaos.py for --chaos-seconds (bench/chaos.py)."""
 
 THREAD_SHARE = 0.7
 """throughput-thread must reach this share of throughput-1p (same run)."""
@@ -169,6 +176,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--fleet-window", type=float, default=30.0, help="seconds the fleet is measured over"
     )
+    p.add_argument("--chaos-seconds", type=float, default=600.0, help="soak time (chaos)")
+    p.add_argument(
+        "--chaos-total", type=int, default=1_000_000, help="most executions started (chaos)"
+    )
+    p.add_argument("--failover-rounds", type=int, default=20, help="SIGKILLs timed (failover)")
     p.add_argument(
         "--bulk-n",
         type=int,
@@ -284,6 +296,9 @@ async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[st
         "a worker process claims one activity started every 10 ms on another queue",
         "list-by-keyword": f"{args.search_rows:,} closed rows, {args.search_calls} list calls "
         f"of {SEARCH_PAGE} one at a time",
+        "failover": f"{args.failover_rounds} SIGKILLs of a worker process (2 serve the queue)",
+        "chaos": f"{args.chaos_seconds:g} s, at most {args.chaos_total:,} executions, "
+        "3 worker processes (tests/chaos.py)",
         "workloads": " ".join(args.only),
     }
 
@@ -300,6 +315,10 @@ async def run_workload(
         return await fleet(store, fleet_size(args), notes)
     if name == "bulk-cancel":
         return await bulk_cancel(store, args.bulk_n, notes)
+    if name == "chaos":
+        return await chaos(store, args.chaos_seconds, args.chaos_total, notes)
+    if name == "failover":
+        return await failover(store, args.failover_rounds, notes)
     if name == SEARCH:
         return await list_by_keyword(store, args.search_rows, args.search_calls)
     if name == "retention":

@@ -64,6 +64,23 @@ async def stamp(i: int) -> list[float]:
 
 
 @activity.defn
+async def hold_first(mark_dir: str) -> list[float]:
+    """The failover workload's activity (bench/failover.py). Attempt 1 writes
+    its pid to ``<mark_dir>/<activity id>.pid`` and waits (its worker process
+    is SIGKILLed); a later attempt returns ``[time.time() at its start, its
+    pid]``."""
+    began = time.time()
+    info = activity.info()
+    if info.attempt == 1:
+        mark = os.path.join(mark_dir, f"{info.activity_id}.pid")
+        with open(mark + ".part", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(mark + ".part", mark)  # a reader never sees half a file
+        await asyncio.sleep(3600)
+    return [began, float(os.getpid())]
+
+
+@activity.defn
 def noop_sync(i: int) -> int:
     """``noop`` as a plain ``def``, for the thread and process pools."""
     return i
@@ -97,7 +114,7 @@ def child_ready(hold_s: float) -> int:
     return os.getpid()
 
 
-ALL: list[Callable[..., Any]] = [noop, io_wait, spin, stamp]
+ALL: list[Callable[..., Any]] = [noop, io_wait, spin, stamp, hold_first]
 """The async activities (every worker registers them)."""
 
 SYNC: list[Callable[..., Any]] = [noop_sync, spin_sync]

@@ -40,6 +40,12 @@ class Child:
             raise RuntimeError(f"{' '.join(self.argv[:2])} exited (status {status})")
         return raw.decode().strip()
 
+    async def ready(self) -> None:
+        """Wait until it says ``ready``; RuntimeError if it says anything else."""
+        line = await self.line(WORKER_READY_TIMEOUT_S)
+        if line != "ready":
+            raise RuntimeError(f"{self.argv[0]} child did not start (said {line!r})")
+
     async def stop(self) -> None:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -59,23 +65,19 @@ async def started(
     children: list[Child] = []
     try:
         for argv in argvs:
-            proc = await asyncio.create_subprocess_exec(
-                *prefix,
-                sys.executable,
-                "-m",
-                "bench",
-                *argv,
-                stdout=asyncio.subprocess.PIPE,
-                cwd=REPO_ROOT,
-            )
-            children.append(Child(proc, argv))
-        said = await asyncio.gather(*(c.line(WORKER_READY_TIMEOUT_S) for c in children))
-        for child, line in zip(children, said, strict=True):
-            if line != "ready":
-                raise RuntimeError(f"{child.argv[0]} child did not start (said {line!r})")
+            children.append(await spawn(argv, prefix))
+        await asyncio.gather(*(c.ready() for c in children))
         yield children
     finally:
         await asyncio.gather(*(c.stop() for c in children))
+
+
+async def spawn(argv: Sequence[str], prefix: Sequence[str] = ()) -> Child:
+    """Start ``python -m bench <argv>`` (not waiting for its ``ready``)."""
+    proc = await asyncio.create_subprocess_exec(
+        *prefix, sys.executable, "-m", "bench", *argv, stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT
+    )
+    return Child(proc, argv)
 
 
 def worker_argv(url: str, task_queue: str, slots: int) -> list[str]:

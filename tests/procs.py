@@ -206,7 +206,27 @@ async def note_interruption(log_path: str) -> int:
     return info.attempt
 
 
+@activity.defn
+async def chaos_step(seconds: float, fail_attempts: int) -> int:
+    """The chaos soak's activity (tests/chaos.py): heartbeat every 20 ms for
+    ``seconds`` (so cancels, pauses and resets reach it at once), fail
+    retryably while its attempt number is at most ``fail_attempts``, else
+    return the attempt number."""
+    info = activity.info()
+    deadline = time.monotonic() + seconds
+    while True:
+        activity.heartbeat(info.attempt)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        await asyncio.sleep(min(0.02, left))
+    if info.attempt <= fail_attempts:
+        raise ApplicationError(f"attempt {info.attempt} fails", type="ChaosFlaky")
+    return info.attempt
+
+
 ACTIVITIES = [
+    chaos_step,
     four_endings,
     note_interruption,
     record_run,

@@ -904,3 +904,38 @@ async def test_a_pending_result_survives_a_database_outage_and_returns_the_value
         await client.close()
     warnings = [r.getMessage() for r in caplog.records if "the store failed" in r.getMessage()]
     assert len(warnings) == 1, warnings
+
+
+async def test_the_listener_goes_on_hearing_other_processes_after_it_unlistens_a_channel(
+    pg_url: str, task_queue: str, tmp_path: Path
+) -> None:
+    # Given a worker in another process, and a client that awaited a result
+    # there (so it LISTENed to the outcome channel, which then lingers),
+    client = await Client.connect(pg_url)
+    try:
+        with procs.Children(tmp_path) as children:
+            await children.worker("w", pg_url, task_queue)
+
+            async def echo(value: str) -> str:
+                return await asyncio.wait_for(
+                    client.execute_activity(
+                        procs.echo,
+                        value,
+                        id=value,
+                        task_queue=task_queue,
+                        start_to_close_timeout=timedelta(seconds=10),
+                    ),
+                    CEILING_S,
+                )
+
+            assert await echo("first") == "first"
+            listener = client.store._dialect._listener  # type: ignore[attr-defined]
+            # when the listener UNLISTENs it, nobody awaiting an outcome any more
+            # (it used to block then, reading its wake-up socket: deaf to every
+            # process until something else woke it, and never stopping),
+            await eventually(lambda: not listener._linger, "the channel UNLISTENed", 30.0)
+            # then a result from the other process still arrives,
+            assert await echo("second") == "second"
+    finally:
+        # and the client closes.
+        await asyncio.wait_for(client.close(), CEILING_S)

@@ -256,6 +256,7 @@ class CoreStore(Store):
         for change in tx.changes:
             if isinstance(change, Deadline):
                 self._note_deadline(change.namespace, change.at, tx.now)
+        self._expect_claims(tx.changes, tx.now)
         for run_id, serial in tx.released:
             self._forget_held(run_id, serial)
         for run_id, serial in tx.claimed.items():
@@ -270,6 +271,23 @@ class CoreStore(Store):
             self.feed.publish(_collapsed(tx.covered), serial, skip=tx.covered_for)
         # Other processes' changes: no commit of this process covers them.
         self.feed.publish(_collapsed(tx.local_changes), FOREIGN)
+
+    def _expect_claims(self, changes: Sequence[Change | Hint], now: float) -> None:
+        """Tell the dialect's liveness watcher when the earliest of ``changes``
+        that makes an execution claimable falls due (``now`` on the store's
+        clock, as the changes' times): a worker process may claim it and die
+        before the watcher's next look at who runs attempts."""
+        if self._lost_failure is None:
+            return  # not watching
+        due: float | None = None
+        for change in changes:
+            if isinstance(change, Started):
+                due = now
+                break
+            if isinstance(change, Claimable) and (due is None or change.at < due):
+                due = change.at
+        if due is not None:
+            self._dialect.expect_claims(max(0.0, due - now))
 
     def _intake_failed(self) -> None:
         # Other processes' changes that this intake took in went unheard.
@@ -293,6 +311,7 @@ class CoreStore(Store):
         if hints is None:
             self._writer.post("intake", None)
             return
+        self._expect_claims(hints, time.time() - self._offset)
         awaited = self.feed.subscribed_runs(Closed)
         needed: list[Hint] = []
         direct: list[Change] = []
@@ -367,6 +386,7 @@ class CoreStore(Store):
     def _resolve_runs(self, tx: Tx, hints: list[Hint]) -> None:
         """Read the state of the runs the hints may concern that this process
         awaits or holds; publish their closes and interrupts."""
+        self._expect_claims(hints, time.time() - self._offset)
         awaited = self.feed.subscribed_runs(Closed)
         held = {run_id: set(serials) for run_id, serials in self._held.items()}
         exact = {h.run_id for h in hints if isinstance(h, (Closed, Interrupted))}

@@ -204,6 +204,12 @@ class Dialect(abc.ABC):
         """From now on, call ``gone`` (on a watcher thread) with the owners
         whose tokens are found gone (no-op if watching already)."""
 
+    def expect_claims(self, in_s: float) -> None:  # noqa: B027 - an optional hook
+        """An execution becomes claimable in ``in_s`` seconds (0: now), so a
+        process may soon run an attempt: a dialect that looks for lost
+        tokens less often while no other process runs attempts looks often
+        from then on. Callable from any thread; nothing by default."""
+
     @abc.abstractmethod
     def dead_tokens(self) -> list[str]:
         """The owners whose tokens are gone now, as far as the dialect knows

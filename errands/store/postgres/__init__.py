@@ -527,6 +527,9 @@ class PostgresDialect(Dialect):
     def watch_tokens(self, gone: Callable[[list[str]], None]) -> None:
         self._tokens.watch(gone)
 
+    def expect_claims(self, in_s: float) -> None:
+        self._tokens.expect_busy(in_s)
+
     def dead_tokens(self) -> list[str]:
         return self._tokens.dead()
 
@@ -574,6 +577,7 @@ class _Listener(WatchThread):
         self._linger: dict[str, float] = {}
         """Channels nobody wants any more, and since when (monotonic)."""
         self._kick_r, self._kick_w = socket.socketpair()
+        self._kick_r.setblocking(False)  # drained only as far as it holds bytes
         self.start()
 
     def listen(self, channel: str, on: bool) -> None:
@@ -690,7 +694,7 @@ class _Listener(WatchThread):
             readable, _, _ = select.select([pgconn.socket, wake, kick], [], [], timeout)
             if wake in readable:
                 return
-            if kick in readable or not readable:
+            if kick in readable or not readable:  # asked to (UN)LISTEN, or a channel's linger ended
                 with contextlib.suppress(BlockingIOError):
                     self._kick_r.recv(4096)
                 listened = self._listen_wanted(conn, listened)

@@ -6,7 +6,11 @@ The same connection looks, while this process watches (a worker runs, or a
 client awaits a result), for processes registered in ``owners`` whose lock no
 session holds: every POLL_S while another process's workers run attempts,
 every IDLE_POLL_S otherwise (there is nothing to fail over then, and polling
-is what an idle process would pay for). One missing for LOST_AFTER_S is gone. A process
+is what an idle process would pay for). Only a look tells that another
+process has begun running attempts, so from when this process hears that an
+execution becomes claimable (and some process may claim it) it looks every
+POLL_S for IDLE_POLL_S: a worker killed right after its claim is found within
+POLL_S + LOST_AFTER_S, not IDLE_POLL_S. One missing for LOST_AFTER_S is gone. A process
 whose connection drops takes its lock again on reconnecting, so a watcher
 that itself just reconnected (after a restart of the server, say) waits
 RECONNECT_GRACE_S before it declares anyone gone: the others are
@@ -80,12 +84,16 @@ class AdvisoryLocks(WatchThread):
         self._owner = ""
         self._busy = False
         """Whether another process's workers ran attempts at the last look."""
+        self._soon = (0.0, 0.0)
+        """From when until when (monotonic) another process may begin running
+        attempts (expect_busy): look every POLL_S then."""
         self._held = threading.Event()
         self._gone: Callable[[list[str]], None] | None = None
         self._missing: dict[str, float] = {}
         self._up_since = 0.0
         self._reconnected = False
         self._kick_r, self._kick_w = socket.socketpair()
+        self._kick_r.setblocking(False)  # drained only as far as it holds bytes
         self._started = False
 
     def _ensure_started(self) -> None:
@@ -120,6 +128,31 @@ class AdvisoryLocks(WatchThread):
             self._gone = gone
         self._ensure_started()
         self._kick()
+
+    def expect_busy(self, in_s: float) -> None:
+        """An execution becomes claimable ``in_s`` seconds from now: look
+        every POLL_S from then for IDLE_POLL_S."""
+        now = time.monotonic()
+        begin, end = now + in_s, now + in_s + IDLE_POLL_S
+        with self._lock:
+            was_begin, was_end = self._soon
+            if was_end > now:  # one window still ahead or running: merge
+                begin, end = min(begin, was_begin), max(end, was_end)
+            self._soon = (begin, end)
+            earlier = begin < was_begin or was_end <= now
+        if earlier:
+            self._kick()  # the watcher sleeps until its next look: shorten that
+
+    def _next_look(self, last: float) -> float:
+        """When (monotonic) to look next, the last look having been at ``last``."""
+        with self._lock:
+            begin, end = self._soon
+        if self._busy:
+            return last + POLL_S
+        due = last + IDLE_POLL_S
+        if begin < due and end > last:  # a window of expected claims overlaps
+            due = max(last + POLL_S, begin)
+        return due
 
     def _stopped(self) -> None:
         self._kick_r.close()
@@ -183,11 +216,14 @@ class AdvisoryLocks(WatchThread):
 
     def _serve(self, conn: psycopg.Connection[Any]) -> None:
         kick = self._kick_r.fileno()
+        last_look = -IDLE_POLL_S
         while not self._stopping.is_set():
             self._take(conn)
             with self._lock:
                 gone = self._gone
-            pause = (POLL_S if self._busy else IDLE_POLL_S) if gone else None
+            pause = None
+            if gone is not None:
+                pause = max(0.0, self._next_look(last_look) - time.monotonic())
             readable, _, _ = select.select([self._wake, kick, conn.pgconn.socket], [], [], pause)
             if self._wake in readable:
                 return
@@ -198,7 +234,8 @@ class AdvisoryLocks(WatchThread):
                 conn.pgconn.consume_input()  # a notice, or the server going away
                 if conn.pgconn.status != psycopg.pq.ConnStatus.OK:
                     raise psycopg.OperationalError("the liveness connection is closed")
-            if gone is not None:
+            if gone is not None and time.monotonic() >= self._next_look(last_look):
+                last_look = time.monotonic()
                 found = self._look(conn)
                 if found:
                     gone(found)

@@ -287,8 +287,10 @@ DELETE FROM attempts WHERE run_id = %(run_id)s AND attempt <= %(attempt)s - 100
 -- name: attempt_end
 -- Close running attempts with their outcomes, in bulk (%(rows)s: run_id,
 -- attempt, outcome, failure, timeout type), counting each one's heartbeats from its
--- execution's.
-UPDATE attempts a SET closed_time = %(now)s, outcome = r.outcome,
+-- execution's. Never closed before it started: %(now)s is read when this
+-- transaction began, and under READ COMMITTED it can close an attempt that a
+-- transaction begun later committed meanwhile.
+UPDATE attempts a SET closed_time = GREATEST(%(now)s, a.started_time), outcome = r.outcome,
     failure = decode(r.failure, 'base64'), timeout_type = r.timeout,
     heartbeat_count = e.heartbeat_count - a.heartbeats_before,
     last_heartbeat_time = CASE WHEN e.last_heartbeat_time >= a.started_time

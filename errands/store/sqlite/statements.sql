@@ -258,8 +258,9 @@ DELETE FROM attempts WHERE run_id = :run_id AND attempt <= :attempt - 100
 
 -- name: attempt_end
 -- Close a running attempt with its outcome, counting its heartbeats from the
--- execution's.
-UPDATE attempts SET closed_time = :now, outcome = :outcome, failure = :failure,
+-- execution's. Never closed before it started (as PostgreSQL's; SQLite's
+-- writers take turns, so :now is never earlier here).
+UPDATE attempts SET closed_time = max(:now, started_time), outcome = :outcome, failure = :failure,
     timeout_type = :timeout, heartbeat_count = (SELECT e.heartbeat_count FROM executions e
         WHERE e.run_id = attempts.run_id) - heartbeats_before,
     last_heartbeat_time = (SELECT CASE WHEN e.last_heartbeat_time >= attempts.started_time
