@@ -11,7 +11,7 @@ import random
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import KW_ONLY, dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar, cast
 
@@ -688,23 +688,25 @@ class Client:
             StoreError: the store failed.
         """
         new, result_type = await self._prepare(
-            activity,
+            ActivityStart(
+                activity,
+                args,
+                id=id,
+                task_queue=task_queue,
+                result_type=result_type,
+                schedule_to_close_timeout=schedule_to_close_timeout,
+                schedule_to_start_timeout=schedule_to_start_timeout,
+                start_to_close_timeout=start_to_close_timeout,
+                heartbeat_timeout=heartbeat_timeout,
+                retry_policy=retry_policy,
+                id_reuse_policy=id_reuse_policy,
+                id_conflict_policy=id_conflict_policy,
+                start_delay=start_delay,
+                priority=priority,
+                summary=summary,
+                search_attributes=search_attributes,
+            ),
             arg,
-            args=args,
-            id=id,
-            task_queue=task_queue,
-            result_type=result_type,
-            schedule_to_close_timeout=schedule_to_close_timeout,
-            schedule_to_start_timeout=schedule_to_start_timeout,
-            start_to_close_timeout=start_to_close_timeout,
-            heartbeat_timeout=heartbeat_timeout,
-            retry_policy=retry_policy,
-            id_reuse_policy=id_reuse_policy,
-            id_conflict_policy=id_conflict_policy,
-            start_delay=start_delay,
-            priority=priority,
-            summary=summary,
-            search_attributes=search_attributes,
         )
         run_id = new.run_id
         expecting = _expect_result.get()
@@ -744,13 +746,7 @@ class Client:
             if not isinstance(start, ActivityStart):
                 raise TypeError(f"start {i} is a {type(start).__name__}, not an ActivityStart")
             try:
-                prepared.append(
-                    await self._prepare(
-                        start.activity,
-                        _NO_ARG,
-                        **{f.name: getattr(start, f.name) for f in fields(start)[1:]},
-                    )
-                )
+                prepared.append(await self._prepare(start))
             except (ValueError, TypeError) as e:
                 raise type(e)(f"start {i} (id {start.id!r}): {e}") from e
         results = await self._store.start_many([new for new, _ in prepared])
@@ -764,27 +760,16 @@ class Client:
         return handles
 
     async def _prepare(
-        self,
-        activity: Callable[..., Any] | str,
-        arg: Any = _NO_ARG,
-        *,
-        args: Sequence[Any] = (),
-        id: str,
-        task_queue: str | None = None,
-        result_type: type | None = None,
-        schedule_to_close_timeout: timedelta | None = None,
-        schedule_to_start_timeout: timedelta | None = None,
-        start_to_close_timeout: timedelta | None = None,
-        heartbeat_timeout: timedelta | None = None,
-        retry_policy: RetryPolicy | None = None,
-        id_reuse_policy: ActivityIDReusePolicy = ActivityIDReusePolicy.ALLOW_DUPLICATE,
-        id_conflict_policy: ActivityIDConflictPolicy = ActivityIDConflictPolicy.FAIL,
-        start_delay: timedelta | None = None,
-        priority: Priority | None = None,
-        summary: str | None = None,
-        search_attributes: TypedSearchAttributes | None = None,
+        self, start: ActivityStart, arg: Any = _NO_ARG
     ) -> tuple[NewExecution, type | None]:
         """A start's arguments checked and encoded; raises as ``start_activity``."""
+        activity, args, id, task_queue = start.activity, start.args, start.id, start.task_queue
+        result_type, retry_policy, priority = start.result_type, start.retry_policy, start.priority
+        schedule_to_close_timeout = start.schedule_to_close_timeout
+        schedule_to_start_timeout = start.schedule_to_start_timeout
+        start_to_close_timeout = start.start_to_close_timeout
+        heartbeat_timeout = start.heartbeat_timeout
+        start_delay, search_attributes = start.start_delay, start.search_attributes
         if not isinstance(id, str) or not id:
             raise ValueError("start_activity needs a non-empty id")
         if arg is not _NO_ARG and args:
@@ -866,9 +851,9 @@ class Client:
             retry_policy=retry_policy or RetryPolicy(),
             priority_key=(priority or Priority()).effective_key,
             start_delay_s=delay,
-            summary=summary,
-            id_reuse_policy=id_reuse_policy,
-            id_conflict_policy=id_conflict_policy,
+            summary=start.summary,
+            id_reuse_policy=start.id_reuse_policy,
+            id_conflict_policy=start.id_conflict_policy,
             search_attributes=search_attributes,
         )
         return new, result_type
