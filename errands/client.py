@@ -877,6 +877,7 @@ class Client:
         start_delay: timedelta | None = None,
         priority: Priority | None = None,
         summary: str | None = None,
+        search_attributes: TypedSearchAttributes | None = None,
     ) -> Any:
         """``start_activity`` and await its result: the same arguments and
         errors, plus ``ActivityFailedError`` if the execution did not complete."""
@@ -899,6 +900,7 @@ class Client:
                 start_delay=start_delay,
                 priority=priority,
                 summary=summary,
+                search_attributes=search_attributes,
             )
         finally:
             _expect_result.reset(token)
