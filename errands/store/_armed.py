@@ -6,6 +6,11 @@ it, runs the claim inside its own transaction and hands the result over after
 the commit. Taking a claim out, and putting it back when
 nothing came of it, happen under one lock, so a poller's ``disarm()`` always
 knows whether its claim fired.
+
+A claim that finds nothing although its queue holds a task ready by this
+machine's clock is handed over all the same (empty, with the ready time): its
+transaction read the clock before the change it ran for became visible, so
+its poller must look again rather than wait for a change that already came.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -127,7 +133,7 @@ class ArmedClaims(Generic[C]):
     ) -> None:
         """In a start's transaction: run the claim of a poller waiting on the
         queue for this type, and note its tasks for delivery after the commit.
-        A claim that finds nothing, or raises, stays armed."""
+        A claim that finds nothing (see _hand_over), or raises, stays armed."""
         armed = self._take(key, activity_type)
         if armed is None:
             return
@@ -136,7 +142,7 @@ class ArmedClaims(Generic[C]):
         except BaseException:
             self._put_back(key, armed)
             raise
-        if result.tasks:
+        if _hand_over(result):
             handoffs.append((armed, result))
         else:
             self._put_back(key, armed)
@@ -149,7 +155,7 @@ class ArmedClaims(Generic[C]):
     ) -> list[Armed[C]]:
         """In an intake of another process's change to the queue: run every
         claim armed on it (the change does not say which types it concerns).
-        Claims that find nothing stay armed. Those that ran."""
+        Claims that find nothing (see _hand_over) stay armed. Those that ran."""
         with self._lock:
             waiting = self._waiting.pop(key, [])
         kept: list[Armed[C]] = []
@@ -158,7 +164,7 @@ class ArmedClaims(Generic[C]):
             for armed in waiting:
                 result = run(armed.claim)
                 done += 1
-                if result.tasks:
+                if _hand_over(result):
                     handoffs.append((armed, result))
                 else:
                     kept.append(armed)
@@ -186,3 +192,10 @@ class ArmedClaims(Generic[C]):
                 self._waiting.setdefault(key, []).append(armed)
                 return
         armed.nothing()  # its poller stopped waiting for it while it ran
+
+
+def _hand_over(result: ClaimResult) -> bool:
+    """Whether a claim's result goes to its poller: tasks, or a task ready
+    already that the claim's clock, read before its snapshot, did not admit."""
+    ready = result.next_ready_at
+    return bool(result.tasks) or (ready is not None and ready <= time.time())

@@ -277,7 +277,11 @@ class SQLiteDialect(Dialect):
         # A batch that only takes in other processes' changes begins reading
         # (it takes the write lock only if it claims for an armed poller).
         if kinds == {"intake"}:
+            # The first read takes the snapshot; the clock is read after it, so
+            # an execution another process made ready before it is ready by
+            # this transaction's "now" too (its claims would miss it otherwise).
             self._writer.execute("BEGIN")
+            self._writer.execute(CATALOGUE["changes_head"]).fetchone()
         else:
             self._lock_for_writing()
         return Tx(self, self._writer, time.time())
