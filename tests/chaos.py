@@ -274,6 +274,15 @@ class Soak:
             self._violation(
                 activity_id, f"result() {'failed' if run.failed else run.result} but {status.name}"
             )
+        closed, started = first.close_time, first.last_started_time
+        if closed is not None and started is not None and closed < started:
+            self._violation(activity_id, f"closed at {closed}, before its last start {started}")
+        if closed is not None and attempts and closed < attempts[-1].started_time:
+            self._violation(
+                activity_id,
+                f"closed at {closed}, before attempt {attempts[-1].attempt} started at "
+                f"{attempts[-1].started_time}",
+            )
         if run.terminated and status is not ActivityExecutionStatus.TERMINATED:
             self._violation(activity_id, f"terminate() returned, but it ended {status.name}")
         self._check_attempts(activity_id, run, attempts, completed, first.attempt)

@@ -5,7 +5,10 @@
 -- rows as one JSON array of objects (%(rows)s; bytes in base64) and their keys
 -- as an array (%(keys)s): "run_id = ANY(...)" steers the planner to the
 -- run_id index. Rows another transaction changes are locked (FOR UPDATE)
--- before a decision is taken on them.
+-- before a decision is taken on them. %(now)s is read when a transaction
+-- begins, and under READ COMMITTED a claim begun later may commit first: an
+-- execution closes at GREATEST(%(now)s, started_time), never before its last
+-- attempt started (SQLite's writers take turns, so its "now" needs no such care).
 
 -- name: latest_of_id
 -- The latest run of an activity id: its status and run id.
@@ -108,7 +111,7 @@ RETURNING e.run_id, e.attempt, e.cancel_requested, e.run_state
 -- Close current attempts' executions COMPLETED in bulk (keeping the last
 -- attempt's failure for describe); stale attempts return no row.
 UPDATE executions e SET status = 'COMPLETED', run_state = NULL,
-    result = decode(r.data, 'base64'), close_time = %(now)s, deadline = %(far)s
+    result = decode(r.data, 'base64'), close_time = GREATEST(%(now)s, e.started_time), deadline = %(far)s
 FROM json_to_recordset(%(rows)s::json) AS r(run_id text, attempt int, data text)
 WHERE e.run_id = ANY(%(keys)s) AND e.run_id = r.run_id AND e.attempt = r.attempt
 AND e.run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND e.deadline > %(now)s
@@ -117,7 +120,7 @@ RETURNING e.run_id, e.attempt
 -- name: close_cancelled
 -- Close the current attempt's execution CANCELED; no row if the attempt is stale.
 UPDATE executions SET status = 'CANCELED', run_state = NULL, failure = %(failure)s,
-    timeout_type = NULL, close_time = %(now)s, deadline = %(far)s
+    timeout_type = NULL, close_time = GREATEST(%(now)s, started_time), deadline = %(far)s
 WHERE run_id = %(run_id)s AND attempt = %(attempt)s
 AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED') AND deadline > %(now)s
 RETURNING run_id
@@ -183,7 +186,7 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND deadline = %(deadline_was)s
 -- Close FAILED or TIMED_OUT after an attempt's failure, if the row is still as
 -- the decision read it.
 UPDATE executions SET status = %(status)s, run_state = NULL, failure = %(failure)s,
-    timeout_type = %(timeout_type)s, close_time = %(now)s, deadline = %(far)s
+    timeout_type = %(timeout_type)s, close_time = GREATEST(%(now)s, started_time), deadline = %(far)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND deadline = %(deadline_was)s
 
 -- name: reset_deadline
@@ -208,7 +211,7 @@ WHERE namespace = %(ns)s AND activity_id = %(activity_id)s AND run_id = %(run_id
 
 -- name: cancel_scheduled
 -- Close a scheduled execution CANCELED.
-UPDATE executions SET status = 'CANCELED', run_state = NULL, close_time = %(now)s,
+UPDATE executions SET status = 'CANCELED', run_state = NULL, close_time = GREATEST(%(now)s, started_time),
     canceled_reason = %(reason)s, cancel_requested = true, deadline = %(far)s WHERE id = %(id)s
 
 -- name: cancel_started
@@ -218,7 +221,7 @@ UPDATE executions SET run_state = 'CANCEL_REQUESTED', cancel_requested = true,
 
 -- name: terminate
 -- Close an open execution TERMINATED.
-UPDATE executions SET status = 'TERMINATED', run_state = NULL, close_time = %(now)s,
+UPDATE executions SET status = 'TERMINATED', run_state = NULL, close_time = GREATEST(%(now)s, started_time),
     canceled_reason = %(reason)s, deadline = %(far)s WHERE id = %(id)s
 
 -- name: describe_latest
@@ -346,7 +349,7 @@ WHERE id = %(id)s AND run_state = 'PAUSED'
 -- NULL, so the state test is the open test too; status is not tested, so the
 -- planner looks the ids up by primary key and not through a partial index on
 -- status = 'RUNNING' (whose statistics lag after a burst of starts).
-UPDATE executions SET status = %(status)s, run_state = NULL, close_time = %(now)s,
+UPDATE executions SET status = %(status)s, run_state = NULL, close_time = GREATEST(%(now)s, started_time),
     canceled_reason = %(reason)s, cancel_requested = (cancel_requested OR %(cancel_requested)s),
     deadline = %(far)s
 WHERE id = ANY(%(ids)s::bigint[]) AND run_state = ANY(%(states)s)
