@@ -126,7 +126,8 @@ class Dialect(abc.ABC):
     def begin(self, kinds: frozenset[str]) -> Tx:
         """Begin a transaction on the writer's connection (connecting if
         needed) for a batch of these kinds of change (see ``_writer.KINDS``;
-        ``_writer.WRITING_KINDS`` nearly always change rows)."""
+        ``_writer.WRITING_KINDS`` nearly always change rows, and only a batch
+        holding one of them waits for the disk at its commit)."""
 
     @abc.abstractmethod
     def commit(self, tx: Tx) -> None:

@@ -41,7 +41,15 @@ independent (each caller waits for its own commit before its next change), so
 any order is valid; starts go first so that claims see them."""
 
 WRITING_KINDS = frozenset({"start", "heartbeat", "complete", "op"})
-"""Kinds that nearly always change rows (claims and intakes often find nothing)."""
+"""Kinds that nearly always change rows (claims and intakes often find nothing).
+
+They are also the kinds whose commit must reach the disk before it is
+acknowledged. A batch of claims and intakes only commits without waiting for
+the disk (no fsync on SQLite, ``synchronous_commit = off`` on PostgreSQL): a
+crash of the machine or the database can undo such a claim, never corrupt
+anything, and what it undoes is as if the worker died with the attempt - the
+execution is claimable again. The next durable commit makes it durable too
+(the write-ahead log is flushed in order)."""
 
 Outcome = tuple[Any, BaseException | None]
 Handler = Callable[[Tx, list[Any]], list[Outcome]]

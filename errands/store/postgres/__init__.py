@@ -25,7 +25,7 @@ busy loop (psycopg releases the GIL while it waits on the network).
 Lost connections: the core runs a transaction that cannot have committed
 again on a new connection; for one whose COMMIT went unanswered it asks
 ``fate`` (``pg_xact_status`` of the transaction id). ``synchronous_commit``
-is left on.
+is on, but for a batch of claims alone (``_writer.WRITING_KINDS``).
 """
 
 from __future__ import annotations
@@ -131,9 +131,12 @@ CATALOGUE = Catalogue.load("PostgreSQL", "errands.store.postgres")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,54}\Z")
 
+# A batch of claims alone commits without waiting for the WAL flush (see
+# _writer.WRITING_KINDS).
 _BEGIN = (
     "BEGIN ISOLATION LEVEL READ COMMITTED; "
-    "SELECT extract(epoch FROM clock_timestamp())::float8 AS now, NULL::text AS xid"
+    "SELECT extract(epoch FROM clock_timestamp())::float8 AS now, NULL::text AS xid, "
+    "set_config('synchronous_commit', 'off', true) AS synchronous_commit"
 )
 # A batch that will write takes its transaction id at once (it needs one
 # anyway): its COMMIT can then go with the NOTIFY in one round trip, and if the

@@ -13,7 +13,9 @@ connections, and how it hears other processes' commits.
   WAL mode) and only then reads the ``changes`` rows past the last one it saw.
 - Readers (one connection per reader thread) serve describe / list / count.
 
-``PRAGMA synchronous=FULL``: an acknowledged change survives a power cut.
+``PRAGMA synchronous=FULL``: an acknowledged change survives a power cut. A
+batch of claims alone commits with ``synchronous=NORMAL`` (no fsync; see
+``_writer.WRITING_KINDS``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from errands.store._changes import (
 from errands.store._core import CoreStore
 from errands.store._dialect import Arrived, BulkRows, Dialect, Params, Slots, Tx
 from errands.store._rows import Row
+from errands.store._writer import WRITING_KINDS
 from errands.store.sqlite._doorbell import FILE_MODE, Doorbell
 from errands.store.sqlite._tokens import LockFiles
 
@@ -242,6 +245,8 @@ class SQLiteDialect(Dialect):
         self._watch: Doorbell | None = None
         self._tokens = LockFiles(path + "-owners")
         self._look_posted = threading.Event()
+        self._durable = True
+        """Whether the writer's commits wait for the disk (PRAGMA synchronous)."""
         self._pulled_seq: int | None = None
         self._pulled_version: int | None = None
 
@@ -276,6 +281,10 @@ class SQLiteDialect(Dialect):
     def begin(self, kinds: frozenset[str]) -> Tx:
         # A batch that only takes in other processes' changes begins reading
         # (it takes the write lock only if it claims for an armed poller).
+        durable = bool(kinds & WRITING_KINDS)
+        if durable != self._durable:
+            self._writer.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         if kinds == {"intake"}:
             # The first read takes the snapshot; the clock is read after it, so
             # an execution another process made ready before it is ready by
