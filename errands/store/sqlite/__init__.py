@@ -281,6 +281,11 @@ class SQLiteDialect(Dialect):
     def begin(self, kinds: frozenset[str]) -> Tx:
         # A batch that only takes in other processes' changes begins reading
         # (it takes the write lock only if it claims for an armed poller).
+        if "intake" in kinds:
+            # A bell that rings from now on asks for another look: this one may
+            # fail before it reads (the lock not had), and must not leave the
+            # watcher believing a look is on its way.
+            self._look_posted.clear()
         durable = bool(kinds & WRITING_KINDS)
         if durable != self._durable:
             self._writer.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
