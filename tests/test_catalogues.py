@@ -11,7 +11,7 @@ from errands.store.postgres import CATALOGUE as POSTGRES
 from errands.store.sqlite import CATALOGUE as SQLITE
 
 OWN = {
-    "SQLite": {"announce", "changes_since", "changes_head"},  # the change table
+    "SQLite": {"announce", "changes_since", "changes_head", "closed_since"},  # the change table
     "PostgreSQL": {"notify_and_commit", "owners_liveness"},  # NOTIFY with the COMMIT; liveness
 }
 

@@ -384,12 +384,19 @@ class SQLiteDialect(Dialect):
         self._pulled_seq = self._seq
         if self._pulled_version is None:
             self._pulled_version = self._data_version()
+        closed = False
         for row in tx.cursor.execute(CATALOGUE["changes_since"], {"seq": self._seq}):
             self._pulled_seq = max(self._pulled_seq, int(row["seq"]))
+            if row["kind"] == "closed":
+                closed = True  # which runs: read below, exactly
+                continue
             try:
                 hints.append(from_row(row["kind"], row["key"], row["at"]))
             except ValueError as e:
                 logger.warning("%s: %s", self.label, e)
+        if closed:
+            rows = tx.cursor.execute(CATALOGUE["closed_since"], {"seq": self._seq})
+            hints.extend(Closed(row["run_id"]) for row in rows)
         return hints
 
     def watch(self, arrived: Arrived, wants: Callable[[AnyKind, Collection[int]], bool]) -> None:

@@ -1,7 +1,8 @@
 -- The SQLite store's statements. Parameters are named (:name); a parameter
 -- holding a list arrives as JSON text and is read with json_each. Times are
 -- REAL seconds since the epoch; 1e15 stands for "no deadline" (lifecycle.FAR,
--- passed in as :far).
+-- passed in as :far). A statement that closes an execution also sets its
+-- close_seq: the changes table's next position (schema 9).
 
 -- name: latest_of_id
 -- The latest run of an activity id: its status and run id.
@@ -81,7 +82,7 @@ RETURNING run_id, attempt, cancel_requested, run_state
 -- Close the current attempt's execution COMPLETED (keeping the last attempt's
 -- failure for describe); no row if the attempt is stale.
 UPDATE executions SET status = 'COMPLETED', run_state = NULL, result = :data,
-    close_time = :now, deadline = :far
+    close_time = :now, close_seq = (SELECT coalesce(max(seq), 0) + 1 FROM changes), deadline = :far
 WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
 AND deadline > :now
 RETURNING run_id, attempt
@@ -89,7 +90,7 @@ RETURNING run_id, attempt
 -- name: close_cancelled
 -- Close the current attempt's execution CANCELED; no row if the attempt is stale.
 UPDATE executions SET status = 'CANCELED', run_state = NULL, failure = :failure,
-    timeout_type = NULL, close_time = :now, deadline = :far
+    timeout_type = NULL, close_time = :now, close_seq = (SELECT coalesce(max(seq), 0) + 1 FROM changes), deadline = :far
 WHERE run_id = :run_id AND attempt = :attempt AND run_state IN ('STARTED', 'CANCEL_REQUESTED', 'PAUSE_REQUESTED')
 AND deadline > :now
 RETURNING run_id
@@ -152,7 +153,7 @@ WHERE id = :id AND attempt = :attempt AND deadline = :deadline_was
 -- Close FAILED or TIMED_OUT after an attempt's failure, if the row is still as
 -- the decision read it.
 UPDATE executions SET status = :status, run_state = NULL, failure = :failure,
-    timeout_type = :timeout_type, close_time = :now, deadline = :far
+    timeout_type = :timeout_type, close_time = :now, close_seq = (SELECT coalesce(max(seq), 0) + 1 FROM changes), deadline = :far
 WHERE id = :id AND attempt = :attempt AND deadline = :deadline_was
 
 -- name: reset_deadline
@@ -177,7 +178,7 @@ WHERE namespace = :ns AND activity_id = :activity_id AND run_id = :run_id
 
 -- name: cancel_scheduled
 -- Close a scheduled execution CANCELED.
-UPDATE executions SET status = 'CANCELED', run_state = NULL, close_time = :now,
+UPDATE executions SET status = 'CANCELED', run_state = NULL, close_time = :now, close_seq = (SELECT coalesce(max(seq), 0) + 1 FROM changes),
     canceled_reason = :reason, cancel_requested = 1, deadline = :far WHERE id = :id
 
 -- name: cancel_started
@@ -187,7 +188,7 @@ UPDATE executions SET run_state = 'CANCEL_REQUESTED', cancel_requested = 1,
 
 -- name: terminate
 -- Close an open execution TERMINATED.
-UPDATE executions SET status = 'TERMINATED', run_state = NULL, close_time = :now,
+UPDATE executions SET status = 'TERMINATED', run_state = NULL, close_time = :now, close_seq = (SELECT coalesce(max(seq), 0) + 1 FROM changes),
     canceled_reason = :reason, deadline = :far WHERE id = :id
 
 -- name: describe_latest
@@ -203,6 +204,10 @@ AND run_id = :run_id
 -- name: records_of_runs
 -- The executions with these run ids (:ids, JSON).
 SELECT * FROM executions WHERE run_id IN (SELECT value FROM json_each(:ids))
+
+-- name: closed_since
+-- The runs closed since change-log position :seq (see close_seq).
+SELECT run_id FROM executions WHERE close_seq > :seq
 
 -- name: states_of_runs
 -- Status, state, attempt and result of these runs (:ids, JSON).
@@ -310,7 +315,7 @@ WHERE id = :id AND run_state = 'PAUSED'
 -- Close with :status (CANCELED or TERMINATED) those of these executions
 -- (:ids, JSON) still open in one of :states (JSON: the states in which no
 -- attempt runs); the row and run ids of those it closed.
-UPDATE executions SET status = :status, run_state = NULL, close_time = :now,
+UPDATE executions SET status = :status, run_state = NULL, close_time = :now, close_seq = (SELECT coalesce(max(seq), 0) + 1 FROM changes),
     canceled_reason = :reason, cancel_requested = (cancel_requested OR :cancel_requested),
     deadline = :far
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'RUNNING'
