@@ -26,7 +26,7 @@ import contextlib
 import json
 import threading
 import zlib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,6 +420,17 @@ class Feed:
                 if kind in sub.kinds and sub.keys is not None:
                     found.update(k for k in sub.keys if isinstance(k, str))
         return found
+
+    def names_run_in(self, kind: AnyKind, buckets: Collection[int]) -> bool:
+        """Whether a subscription to ``kind`` names a run id of one of these
+        buckets (stops at the first: a process may await thousands)."""
+        with self.lock:
+            for sub in self._subs:
+                if kind in sub.kinds and sub.keys is not None:
+                    for key in sub.keys:
+                        if isinstance(key, str) and bucket(key) in buckets:
+                            return True
+        return False
 
     def keys(self, kind: AnyKind) -> set[Hashable] | None:
         """The keys subscriptions to ``kind`` name; None if one takes all."""

@@ -202,15 +202,15 @@ class CoreStore(Store):
         one of these buckets: an idle poller of a queue there (Started), an
         awaited run (Closed) or a held one (Interrupted) there, a watched one
         (options)."""
+        rang = set(buckets)
         if kind in (Started, Claimable):
             queues = self.feed.keys(Started)
             if queues is None:
                 return True
-            mine = {queue_bucket(q) for q in queues if isinstance(q, tuple)}
-        else:
-            runs = set(self._held) if kind is Interrupted else self.feed.subscribed_runs(kind)
-            mine = {bucket(r) for r in runs}
-        return not mine.isdisjoint(buckets)
+            return any(queue_bucket(q) in rang for q in queues if isinstance(q, tuple))
+        if kind is Interrupted:
+            return any(bucket(r) in rang for r in list(self._held))
+        return self.feed.names_run_in(kind, rang)
 
     async def close(self) -> None:
         if self._closed:
