@@ -37,6 +37,7 @@ from errands.exceptions import (
     TerminatedError,
     TimeoutError,
 )
+from errands.runtime import Runtime
 from errands.store import (
     ClosedRun,
     ExecutionOptions,
@@ -564,9 +565,14 @@ class Client:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retention: timedelta = DEFAULT_RETENTION,
         payload_warning_bytes: int = DEFAULT_PAYLOAD_WARNING_BYTES,
+        runtime: Runtime | None = None,
     ) -> None:
         self._store = store
         self.namespace = namespace
+        self.runtime = runtime or Runtime.default()
+        """Where this client's and its workers' metrics go."""
+        if self.runtime._metrics is not None:
+            self.runtime._metrics.watch_store(store)
         self.data_converter = data_converter or DataConverter()
         self.max_payload_bytes = max_payload_bytes
         self.payload_warning_bytes = payload_warning_bytes
@@ -591,9 +597,12 @@ class Client:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retention: timedelta = DEFAULT_RETENTION,
         payload_warning_bytes: int = DEFAULT_PAYLOAD_WARNING_BYTES,
+        runtime: Runtime | None = None,
     ) -> Client:
         """Open the store at ``url`` (default ``$ERRANDS_URL``, else
         ``sqlite:///errands.db``), applying pending schema migrations.
+        ``runtime`` says where metrics go (default ``Runtime.default()``:
+        nowhere, unless set); workers built on the client use it too.
 
         Raises:
             ValueError: an unknown URL or a bad option.
@@ -614,6 +623,7 @@ class Client:
             max_payload_bytes=max_payload_bytes,
             retention=retention,
             payload_warning_bytes=payload_warning_bytes,
+            runtime=runtime,
         )
         client._lease = lease
         # A client dropped without close() gives its lease back when collected.

@@ -210,6 +210,17 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class QueueBacklog:
+    """A task queue's executions that could be claimed now and wait for a worker."""
+
+    task_queue: str
+    backlog: int
+    """How many."""
+    oldest_age_s: float
+    """How long the one that became claimable first has waited (the store's clock)."""
+
+
+@dataclass(frozen=True)
 class WorkerRecord:
     """One registered worker (``Store.register_worker``, ``list_workers``)."""
 
@@ -550,6 +561,11 @@ class Store(abc.ABC):
         """The type of every search attribute name executions of the
         namespace were started with (a name keeps the type it was first
         started with)."""
+
+    @abc.abstractmethod
+    async def queue_backlog(self, namespace: str) -> builtins.list[QueueBacklog]:
+        """The namespace's queues that have executions claimable now: how many
+        and the oldest one's wait (one index-backed read), by queue name."""
 
     @abc.abstractmethod
     async def prune(self, namespace: str, closed_before: float, *, batch: int = 1000) -> int:

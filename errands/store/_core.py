@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -52,6 +53,7 @@ from errands.store._base import (
     HeartbeatResult,
     NewExecution,
     Query,
+    QueueBacklog,
     StartResult,
     Store,
     WorkerRecord,
@@ -96,6 +98,9 @@ BULK_PAUSE_S = 0.002
 long enough for a process waiting for the write lock to take it (the SQLite
 dialect tries every 0.5 ms), and for this process's other changes to commit
 without the next batch."""
+
+BLOCKING_READ_TIMEOUT_S = 5.0
+"""How long a read made off the event loop (a metrics collection) may take."""
 
 BulkAction = Callable[[Tx, str, str], object]
 """What a bulk action does to one open execution (activity id, run id), inside
@@ -930,6 +935,55 @@ class CoreStore(Store):
             return {row["name"]: SearchAttributeIndexedValueType[row["type"]] for row in rows}
 
         return await self._read(read)
+
+    @staticmethod
+    def _backlog_of(namespace: str) -> Callable[[Tx], builtins.list[QueueBacklog]]:
+        def read(tx: Tx) -> builtins.list[QueueBacklog]:
+            return [
+                QueueBacklog(
+                    task_queue=row["task_queue"],
+                    backlog=int(row["backlog"]),
+                    oldest_age_s=max(0.0, float(row["db_now"]) - float(row["oldest_ready"])),
+                )
+                for row in tx.fetch("queue_backlog", ns=namespace, now=tx.now)
+            ]
+
+        return read
+
+    async def queue_backlog(self, namespace: str) -> builtins.list[QueueBacklog]:
+        return await self._read(self._backlog_of(namespace))
+
+    def queue_backlog_now(
+        self, namespace: str, timeout_s: float = BLOCKING_READ_TIMEOUT_S
+    ) -> builtins.list[QueueBacklog]:
+        """``queue_backlog`` for a caller on any thread, with no event loop
+        (a metrics collection): blocks until read.
+
+        Raises StoreError if the store is closed or fails, or the read takes
+        longer than ``timeout_s``.
+        """
+        if self._closed:
+            raise StoreError(f"{self.label} is closed")
+        self.reads += 1
+        read = self._readers.submit(
+            self._dialect.read, self._backlog_of(namespace), time.monotonic()
+        )
+        try:
+            return read.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise StoreError(
+                f"{self.label}: the queue backlog read took over {timeout_s} s"
+            ) from None
+
+    def observe_commits(self, observer: Callable[[int, float], None]) -> None:
+        """Call ``observer(changes, seconds)`` on the writer's thread after each
+        group commit: how many changes it held and how long its transaction took."""
+        self._writer.observers.append(observer)
+
+    @property
+    def kind(self) -> str:
+        """The database: "sqlite" or "postgresql"."""
+        return self._dialect.kind
 
     async def prune(self, namespace: str, closed_before: float, *, batch: int = 1000) -> int:
         batch = min(batch, 1000)

@@ -94,6 +94,8 @@ class Dialect(abc.ABC):
     """One database's statements, connections and wake-up mechanics."""
 
     catalogue: Catalogue
+    kind: str = ""
+    """The database ("sqlite", "postgresql"), as metrics label it."""
     label: str
     """The store as messages name it ("SQLite store 'x.db'")."""
     readers: int = 1

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,8 @@ class Writer:
         self._deliver_lost = deliver_lost
         self.transactions = 0
         """Transactions begun (for tests and bench that count round trips)."""
+        self.observers: list[Callable[[int, float], None]] = []
+        """Called with (changes, seconds) after each commit (metrics)."""
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="errands-writer", daemon=True)
         self._thread.start()
@@ -149,7 +152,12 @@ class Writer:
         only_pulls = all(item.kind == "intake" and item.arg is None for item in batch)
         if only_pulls and not self._dialect.pull_needed():
             return  # only this process committed since the last look
+        began = time.perf_counter()
         done = self._transaction(batch)
+        if done is not None and done.tx is not None and self.observers:
+            elapsed = time.perf_counter() - began
+            for observe in self.observers:
+                observe(len(batch), elapsed)
         if done is None:
             # Something unexpected broke the batch: run each change alone.
             for item in batch:

@@ -332,6 +332,7 @@ class PostgresDialect(Dialect):
     """Statements, connections and wake-ups of one PostgreSQL schema."""
 
     catalogue = CATALOGUE
+    kind = "postgresql"
     readers = READERS
     driver_errors = (psycopg.Error, PoolTimeout)
 

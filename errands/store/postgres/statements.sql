@@ -78,6 +78,17 @@ AND task_queue = %(tq)s AND run_state = 'SCHEDULED'
 AND (%(only)s::text[] IS NULL OR activity_type = ANY(%(only)s::text[]))
 AND (%(skip)s::text[] IS NULL OR activity_type <> ALL(%(skip)s::text[]))
 
+-- name: queue_backlog
+-- Per queue of a namespace: how many executions are claimable now and when
+-- the first of them became claimable. Reads only the claim index
+-- (executions_claim, partial on SCHEDULED rows), one entry per waiting row.
+-- Times are the database's (:now is not used).
+SELECT task_queue, count(*) AS backlog, min(ready_at) AS oldest_ready,
+    extract(epoch FROM statement_timestamp())::float8 AS db_now FROM executions
+WHERE namespace = %(ns)s AND run_state = 'SCHEDULED'
+    AND ready_at <= extract(epoch FROM statement_timestamp())::float8
+GROUP BY task_queue
+
 -- name: queue_rate_add
 -- Make a queue's token bucket, full, if it has none.
 INSERT INTO queue_rates (namespace, task_queue, tokens, updated)

@@ -227,6 +227,7 @@ class SQLiteDialect(Dialect):
     """Statements, connections and wake-ups of one SQLite file."""
 
     catalogue = CATALOGUE
+    kind = "sqlite"
     readers = 1
     driver_errors = (sqlite3.Error,)
 

@@ -54,6 +54,14 @@ AND run_state = 'SCHEDULED'
 AND (:only IS NULL OR activity_type IN (SELECT value FROM json_each(:only)))
 AND (:skip IS NULL OR activity_type NOT IN (SELECT value FROM json_each(:skip)))
 
+-- name: queue_backlog
+-- Per queue of a namespace: how many executions are claimable now and when
+-- the first of them became claimable. Reads only the claim index
+-- (executions_claim, partial on SCHEDULED rows), one entry per waiting row.
+SELECT task_queue, count(*) AS backlog, min(ready_at) AS oldest_ready, :now AS db_now
+FROM executions WHERE namespace = :ns AND run_state = 'SCHEDULED' AND ready_at <= :now
+GROUP BY task_queue
+
 -- name: queue_rate_add
 -- Make a queue's token bucket, full, if it has none.
 INSERT INTO queue_rates (namespace, task_queue, tokens, updated) VALUES (:ns, :tq, :tokens, :now)
