@@ -26,6 +26,7 @@ from typing import Any
 
 from errands.activity import _DEFINITION_ATTR, _Definition
 from errands.client import Client
+from errands.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from errands.worker import SharedStateManager, Worker
 
 logger = logging.getLogger("errands.cli")
@@ -49,6 +50,9 @@ class WorkerOptions:
     threads: int | None
     processes: int | None
     graceful_shutdown_timeout: timedelta
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on 127.0.0.1 at this port (None: no metrics)."""
+    metric_prefix: str = "errands_"
 
 
 # --------------------------------------------------------------------------- activities
@@ -158,8 +162,9 @@ def _executor(
 async def serve(options: WorkerOptions) -> None:
     """Run the worker until a signal stops it (or it fails)."""
     activities = load_activities(options.spec)
+    runtime = _runtime(options)
     with _executor(options, activities) as (executor, shared_state):
-        client = await Client.connect(options.url, namespace=options.namespace)
+        client = await Client.connect(options.url, namespace=options.namespace, runtime=runtime)
         try:
             worker = Worker(
                 client,
@@ -179,6 +184,27 @@ async def serve(options: WorkerOptions) -> None:
             await _run_until_signalled(worker, options.graceful_shutdown_timeout)
         finally:
             await client.close()
+            if runtime is not None:
+                runtime.close()
+
+
+def _runtime(options: WorkerOptions) -> Runtime | None:
+    """The runtime serving ``--metrics-port`` (None without it)."""
+    if options.metrics_port is None:
+        return None
+    address = f"127.0.0.1:{options.metrics_port}"
+    try:
+        runtime = Runtime(
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=address),
+                metric_prefix=options.metric_prefix,
+            )
+        )
+    except OSError as e:
+        raise WorkerSetupError(f"cannot serve metrics on {address}: {e}") from e
+    host, port = runtime.prometheus_address or (address, options.metrics_port)
+    logger.info("serving metrics at http://%s:%d/metrics", host, port)
+    return runtime
 
 
 async def _run_until_signalled(worker: Worker, grace: timedelta) -> None:

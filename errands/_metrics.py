@@ -412,7 +412,8 @@ class Registry(Sink):
                 rows = []
         else:
             rows = sorted(family.series.items())
-        out.append(f"# HELP {name} {_escape_help(family.description)}\n")
+        if family.description:
+            out.append(f"# HELP {name} {_escape_help(family.description)}\n")
         out.append(f"# TYPE {name} {family.kind}\n")
         for labels, series in rows:
             if isinstance(series, _Buckets):

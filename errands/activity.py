@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, overload
 
-from errands.common import Priority, RetryPolicy
+from errands.common import MetricMeter, Priority, RetryPolicy
 from errands.exceptions import CancelledError
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ __all__ = [
     "is_cancelled",
     "is_worker_shutdown",
     "logger",
+    "metric_meter",
     "payload_converter",
     "raise_complete_async",
     "shield_thread_cancel_exception",
@@ -423,6 +424,8 @@ class _Context:
     __slots__ = (
         "_info",
         "_make_info",
+        "_meter",
+        "_runtime_meter",
         "cancelled",
         "client",
         "details",
@@ -443,8 +446,12 @@ class _Context:
         payload_converter: PayloadConverter,
         client: Client | None,
         heartbeat_every_s: float = DEFAULT_HEARTBEATING_S,
+        metric_meter: MetricMeter | None = None,
     ) -> None:
         self._info: Info | None = None
+        self._runtime_meter = metric_meter
+        """The runtime's meter; None in a process-pool child (no runtime there)."""
+        self._meter: MetricMeter | None = None
         self.heartbeat_every_s = heartbeat_every_s
         """How often ``heartbeating()`` heartbeats: the worker's throttle interval."""
         self.last_details: Sequence[Any] | None = None
@@ -463,6 +470,26 @@ class _Context:
         if self._info is None:
             self._info = self._make_info()
         return self._info
+
+    @property
+    def metric_meter(self) -> MetricMeter:
+        """The runtime's meter with the attempt's namespace, task queue and
+        activity type as attributes, made on first use."""
+        if self._runtime_meter is None:
+            raise RuntimeError(
+                "metric_meter() is not available in process-pool activities: record "
+                "metrics in the worker process (an async or thread-pool activity)"
+            )
+        if self._meter is None:
+            info = self.info
+            self._meter = self._runtime_meter.with_additional_attributes(
+                {
+                    "namespace": info.namespace,
+                    "task_queue": info.task_queue,
+                    "activity_type": info.activity_type,
+                }
+            )
+        return self._meter
 
 
 _current: contextvars.ContextVar[_Context] = contextvars.ContextVar("errands_activity")
@@ -651,6 +678,17 @@ def is_worker_shutdown() -> bool:
 async def wait_for_worker_shutdown() -> None:
     """Return when the worker begins shutting down. Raises RuntimeError outside an activity."""
     await _context().worker_shutdown.wait()
+
+
+def metric_meter() -> MetricMeter:
+    """A meter for the activity's own metrics, recording with its namespace,
+    task queue and activity type as attributes, into the worker's runtime
+    (``errands.runtime``); ``MetricMeter.noop`` when its metrics are off.
+
+    Raises RuntimeError outside an activity, and in a process-pool activity
+    (as temporalio: the child process has no runtime).
+    """
+    return _context().metric_meter
 
 
 def payload_converter() -> PayloadConverter:

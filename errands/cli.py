@@ -363,6 +363,19 @@ def cli() -> None:
     "a second signal cancels them at once.",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    metavar="N",
+    help="Serve Prometheus metrics at http://127.0.0.1:N/metrics (0: any free port, logged).",
+)
+@click.option(
+    "--metric-prefix",
+    metavar="PREFIX",
+    default="errands_",
+    show_default=True,
+    help="Put before every metric's name; temporal_ gives Temporal's names.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -377,6 +390,8 @@ def worker(
     threads: int | None,
     processes: int | None,
     graceful_shutdown_timeout: timedelta,
+    metrics_port: int | None,
+    metric_prefix: str,
     log_level: str,
 ) -> None:
     """Run a worker until SIGINT / SIGTERM.
@@ -404,6 +419,8 @@ def worker(
                 threads=threads,
                 processes=processes,
                 graceful_shutdown_timeout=graceful_shutdown_timeout,
+                metrics_port=metrics_port,
+                metric_prefix=metric_prefix,
             )
         )
     )

@@ -1,5 +1,5 @@
 """Options shared by the client and the worker: retry policy, priority, id
-policies, search attributes."""
+policies, search attributes; the metric meter (temporalio keeps it here too)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from errands._metric_meter import (
+    MetricAttributes,
+    MetricCommon,
+    MetricCounter,
+    MetricGauge,
+    MetricGaugeFloat,
+    MetricHistogram,
+    MetricHistogramFloat,
+    MetricHistogramTimedelta,
+    MetricMeter,
+)
 from errands._search_attributes import (
     SearchAttributeIndexedValueType,
     SearchAttributeKey,
@@ -23,6 +34,15 @@ if TYPE_CHECKING:
 __all__ = [
     "ActivityIDConflictPolicy",
     "ActivityIDReusePolicy",
+    "MetricAttributes",
+    "MetricCommon",
+    "MetricCounter",
+    "MetricGauge",
+    "MetricGaugeFloat",
+    "MetricHistogram",
+    "MetricHistogramFloat",
+    "MetricHistogramTimedelta",
+    "MetricMeter",
     "Priority",
     "RawValue",
     "RetryPolicy",

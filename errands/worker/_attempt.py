@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from errands import _lifecycle as lc
 from errands._lifecycle import PAUSE_ERROR_TYPE
+from errands._metrics import ActivityMetrics, Metrics
 from errands._outage import Backoff, Outage
 from errands.activity import (
     ActivityCancellationDetails,
@@ -23,7 +24,7 @@ from errands.activity import (
     _Definition,
     _Signal,
 )
-from errands.common import Priority, RawValue
+from errands.common import MetricMeter, Priority, RawValue
 from errands.converter import DataConverter
 from errands.exceptions import ApplicationError, CancelledError, FailureError, StoreError
 from errands.store import ClaimedTask, FailureReport, Store
@@ -59,6 +60,10 @@ class AttemptEnv:
     fire_timers: Callable[[str], None]
     outage: Outage
     """The worker's store outage: its parts log one once."""
+    metrics: Metrics | None = None
+    """Where the attempts' metrics go (None: metrics are off)."""
+    metric_meter: MetricMeter = MetricMeter.noop
+    """The runtime's meter, for ``activity.metric_meter()``."""
 
 
 class Phase(enum.Enum):
@@ -110,6 +115,16 @@ class Attempt:
         self._claimed_at = time.monotonic()  # the store's started_time, on this worker's clock
         self.context: _Context | None = None
         self._slot_held = True
+        self._cancel_heard_at: float | None = None
+        """When this worker heard of a client's cancel request (monotonic)."""
+        self.metrics: ActivityMetrics | None = None
+        if env.metrics is not None:
+            self.metrics = m = env.metrics.activity(
+                task.namespace, task.task_queue, task.activity_type
+            )
+            m.received(1)
+            waited_s = task.started_time - task.current_attempt_scheduled_time
+            m.schedule_to_start(max(0.0, waited_s) * 1000.0)
 
     # ---------------------------------------------------------------- cancellation
 
@@ -118,6 +133,8 @@ class Attempt:
     ) -> None:
         """Deliver cancellation now, or (a client cancel before the activity's
         first heartbeat of the attempt) when it first heartbeats."""
+        if details.cancel_requested and self._cancel_heard_at is None:
+            self._cancel_heard_at = time.monotonic()
         context = self.context
         if context is not None and context.details is not None:
             return  # already delivered
@@ -250,6 +267,7 @@ class Attempt:
             payload_converter=converter.payload_converter,
             client=env.client if definition.is_async else None,
             heartbeat_every_s=self.heartbeater.throttle_s,
+            metric_meter=env.metric_meter,
         )
         self.arm_timeout(self.local_deadline(None))
         pending = self._pending_cancel
@@ -264,6 +282,7 @@ class Attempt:
         except _CompleteAsyncError:
             # The activity hands its outcome to someone else (AsyncActivityHandle):
             # report nothing; the store's timers still apply to the attempt.
+            self._ran()
             self.phase = Phase.REPORTING
             self._free_slot()
             await self.heartbeater.flush()
@@ -275,6 +294,7 @@ class Attempt:
             )
             return
         except (asyncio.CancelledError, CancelledError) as e:
+            self._ran(cancelled=True)
             self.phase = Phase.REPORTING
             self._free_slot()
             if self.context.details is None:
@@ -285,15 +305,36 @@ class Attempt:
             await self._report_cancelled(self.context.details, e)
             return
         except Exception as e:
+            self._ran()
             self.phase = Phase.REPORTING
             self._free_slot()
             await self.heartbeater.flush()
             await self._fail(e, "failed")
             return
+        self._ran()
         self.phase = Phase.REPORTING
         self._free_slot()
         await self.heartbeater.flush()
         await self._complete(definition, result)
+
+    def _ran(self, *, cancelled: bool = False) -> None:
+        """The function ended: record how long it ran and, if a client's
+        cancel request ended it, how long that took to land."""
+        m = self.metrics
+        if m is None:
+            return
+        now = time.monotonic()
+        m.execution((now - self._claimed_at) * 1000.0)
+        heard = self._cancel_heard_at
+        context = self.context
+        if (
+            cancelled
+            and heard is not None
+            and context is not None
+            and context.details is not None
+            and context.details.cancel_requested
+        ):
+            m.cancel_delivery((now - heard) * 1000.0)
 
     async def _decode_stored(self, what: str, data: bytes) -> list[Any]:
         """The plain values of stored bytes; _Undecodable if they cannot be read."""
@@ -406,6 +447,11 @@ class Attempt:
                 "result too large",
             )
             return
+        if self.metrics is not None:
+            # From the first schedule, on the store's clock: when claimed, plus
+            # how long it has run since on this worker's.
+            since_s = task.started_time - task.schedule_time + time.monotonic() - self._claimed_at
+            self.metrics.succeeded(max(0.0, since_s) * 1000.0)
         if not await self._reporting(
             "the completion", lambda: env.store.complete(task.run_id, task.serial, data)
         ):
@@ -424,8 +470,12 @@ class Attempt:
                 time.monotonic() - self._claimed_at,  # started_time: the store's clock
             )
 
-    async def _fail(self, error: BaseException, what: str) -> None:
+    async def _fail(self, error: BaseException, what: str, *, counted: bool = True) -> None:
+        """Report a failure of the attempt; ``counted`` puts it in the
+        activity_execution_failed metric (not a pause or a worker shutdown)."""
         env, task = self.env, self.task
+        if counted and self.metrics is not None:
+            self.metrics.failed(1)
         encoded = await env.converter.encode_failure(error)
         info = lc.AttemptFailure(
             kind=lc.FailureKind(encoded.kind),
@@ -513,10 +563,12 @@ class Attempt:
             await self._fail(
                 ApplicationError("the activity was paused", type=PAUSE_ERROR_TYPE),
                 "stopped by a pause",
+                counted=False,
             )
             return
         # Worker shutdown: fail retryably so that another worker takes it.
         await self._fail(
             ApplicationError("worker shut down while the activity ran", type="WorkerShutdown"),
             "interrupted by worker shutdown",
+            counted=False,
         )

@@ -183,6 +183,7 @@ class Worker:
         self._cut_grace = asyncio.Event()
         self._wire()
         self._watch_loop()
+        unwatch = self._watch_metrics()
         await self._register()
         self._watcher.subscribe()  # before the first claim, or a request could be missed
         stop_background = asyncio.Event()
@@ -211,6 +212,7 @@ class Worker:
                 self._sync_runner.close()
             if self._loop_watch is not None:
                 self._loop_watch.stop()
+            unwatch()
             try:
                 await self._client._store.unregister_worker(self._worker_id)
             except Exception as e:  # the store's own record goes when the process's hold does
@@ -240,6 +242,8 @@ class Worker:
             on_done=self._attempt_done,
             fire_timers=lambda _run_id: timers.fire_soon(),
             outage=outage,
+            metrics=client.runtime._metrics,
+            metric_meter=client.runtime.metric_meter,
         )
         self._watcher = InterruptWatcher(store, self._deliver_interrupt)
         sync_names = [n for n, d in self._definitions.items() if not d.is_async]
@@ -275,6 +279,38 @@ class Worker:
             )
             self._pollers.append(self._sync_poller)
 
+    def _watch_metrics(self) -> Callable[[], None]:
+        """Report this worker's slots and its namespace's queue backlog in the
+        client's runtime's metrics (read when collected) until the returned
+        function is called."""
+        metrics = self._client.runtime._metrics
+        if metrics is None:
+            return lambda: None
+        common = {
+            "namespace": self._client.namespace,
+            "task_queue": self._task_queue,
+            "worker_type": "ActivityWorker",  # Temporal's label for activity slots
+        }
+        async_labels = {**common, "slot_type": "async"}
+        sync_labels = {**common, "slot_type": "sync"}
+
+        def slots() -> list[tuple[dict[str, str], int, int]]:
+            rows = [(async_labels, self._slots - self._busy_async, self._busy_async)]
+            if self._sync_runner is not None:
+                rows.append((sync_labels, self._sync_slots - self._busy_sync, self._busy_sync))
+            return rows
+
+        removals = [
+            metrics.add_slots(slots),
+            metrics.watch_backlog(self._client._store, self._client.namespace),
+        ]
+
+        def unwatch() -> None:
+            for remove in removals:
+                remove()
+
+        return unwatch
+
     def _watch_loop(self) -> None:
         """Report async activities that hold the event loop (``_loopwatch``)."""
         async_definitions = [d for d in self._definitions.values() if d.is_async]
@@ -283,11 +319,20 @@ class Worker:
         if self._blocked_loop_s is None or not async_definitions:
             return
         codes = {getattr(d.fn, "__func__", d.fn).__code__: d.name for d in async_definitions}
+        metrics = self._client.runtime._metrics
+        on_blocked = None
+        if metrics is not None:
+            namespace, task_queue = self._client.namespace, self._task_queue
+
+            def on_blocked(name: str | None) -> None:  # on the watch's thread
+                metrics.activity(namespace, task_queue, name or "unknown").loop_blocked(1)
+
         self._loop_watch = LoopWatch(
             asyncio.get_running_loop(),
             self._blocked_loop_s,
             codes,
             busy=lambda: self._busy_async > 0,
+            on_blocked=on_blocked,
         )
 
     async def _register(self) -> None:
