@@ -27,6 +27,9 @@ from bench.failover import failover
 from bench.fleet import FleetSize, drive, fleet
 from bench.idle import WORKER_SLOTS as IDLE_SLOTS
 from bench.idle import await_forever, idle
+from bench.overhead import NAME as OVERHEAD
+from bench.overhead import ROUNDS as OVERHEAD_ROUNDS
+from bench.overhead import overhead
 from bench.retention import RUNS as RETENTION_RUNS
 from bench.retention import retention
 from bench.search import NAME as SEARCH
@@ -56,6 +59,7 @@ WORKLOADS = [
     "list-by-keyword",
     "failover",
     "chaos",
+    "telemetry-overhead",
 ]
 """1p: worker and client in one process; 2p: the worker in a child process;
 thread/process: sync activities on a thread pool / process pool of a worker in
@@ -69,7 +73,9 @@ list-by-keyword: a page of the executions with one value of a keyword search
 attribute among a million (bench/search.py; p50 target <= 20 ms on both stores);
 failover: SIGKILL the worker process running an attempt while another serves the
 queue, time to the next attempt's start (bench/failover.py; target < 1 s);
-chaos: the chaos soak of tests/chaos.py for --chaos-seconds (bench/chaos.py)."""
+chaos: the chaos soak of tests/chaos.py for --chaos-seconds (bench/chaos.py);
+telemetry-overhead: throughput with metrics (and tracing) on against off, worker
+and client in one process, rounds interleaved (bench/overhead.py; target >= 85%)."""
 
 THREAD_SHARE = 0.7
 """throughput-thread must reach this share of throughput-1p (same run)."""
@@ -299,6 +305,8 @@ async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[st
         "failover": f"{args.failover_rounds} SIGKILLs of a worker process (2 serve the queue)",
         "chaos": f"{args.chaos_seconds:g} s, at most {args.chaos_total:,} executions, "
         "3 worker processes (tests/chaos.py)",
+        "telemetry-overhead": f"--n activities, --in-flight lanes, worker in the client's "
+        f"process; {OVERHEAD_ROUNDS} interleaved rounds per variant, the median",
         "workloads": " ".join(args.only),
     }
 
@@ -319,6 +327,8 @@ async def run_workload(
         return await chaos(store, args.chaos_seconds, args.chaos_total, notes)
     if name == "failover":
         return await failover(store, args.failover_rounds, notes)
+    if name == OVERHEAD:
+        return await overhead(store, args.n, args.in_flight, notes)
     if name == SEARCH:
         return await list_by_keyword(store, args.search_rows, args.search_calls)
     if name == "retention":

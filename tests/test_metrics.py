@@ -9,6 +9,7 @@ Waits poll a condition with a generous ceiling; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -26,7 +27,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from errands import activity, exceptions
-from errands._metrics import Registry, RenderOptions
+from errands._metrics import SPECS, Registry, RenderOptions
 from errands.client import Client
 from errands.common import MetricMeter
 from errands.runtime import OpenTelemetryConfig, PrometheusConfig, Runtime, TelemetryConfig
@@ -487,3 +488,19 @@ async def test_errands_worker_serves_prometheus_metrics_on_its_metrics_port(
     slots = 'namespace="default",slot_type="async",task_queue="q",worker_type="ActivityWorker"'
     assert samples[f"temporal_worker_task_slots_available{{{slots}}}"] == 100
     assert samples['temporal_store_group_commit_size_count{store="sqlite"}'] >= 1
+
+
+def test_the_grafana_dashboard_charts_only_metrics_errands_records() -> None:
+    dashboard = json.loads((REPO_ROOT / "docs" / "grafana-errands.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    charted = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"\$\{prefix\}(\w+)", expr)
+    }
+    assert charted == {spec.name for spec in SPECS}
+    assert all(
+        t["datasource"]["type"] == "prometheus"
+        for p in dashboard["panels"]
+        for t in p.get("targets", [])
+    )
