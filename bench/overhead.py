@@ -125,9 +125,10 @@ def _otel_metrics() -> Iterator[dict[str, Any]]:
 
 def tracing_interceptor() -> Any | None:
     """The TracingInterceptor class, when errands has it (issue 14 point 2)."""
-    if importlib.util.find_spec(TRACING_MODULE) is None:
+    try:
+        module = importlib.import_module(TRACING_MODULE)
+    except ImportError:
         return None
-    module = importlib.import_module(TRACING_MODULE)
     return getattr(module, "TracingInterceptor", None)
 
 

@@ -511,6 +511,8 @@ class PrometheusServer:
 
 
 class _OtelInstrument(Instrument):
+    """A histogram or gauge of an OpenTelemetry meter (counters are ``_Family``s)."""
+
     def __init__(self, instrument: Any, kind: Kind, scale: float) -> None:
         self._instrument = instrument
         self._kind = kind
@@ -519,9 +521,6 @@ class _OtelInstrument(Instrument):
     def bind(self, attributes: Mapping[str, object]) -> Record:
         attrs = dict(attributes)
         scale = self._scale
-        if self._kind == "counter":
-            add = self._instrument.add
-            return lambda value: add(value, attrs)
         call = self._instrument.record if self._kind == "histogram" else self._instrument.set
         if scale == 1.0:
             return lambda value: call(value, attrs)
@@ -561,8 +560,19 @@ class OtelSink(Sink):
             out_unit, scale = self._unit(unit)
             meter = self._meter
             if kind == "counter":
-                raw = meter.create_counter(name, unit=out_unit, description=description)
-            elif kind == "histogram":
+                # Counted here and handed over when collected: an SDK's add()
+                # costs microseconds per call, an observable counter nothing
+                # until a reader asks.
+                totals = _Family(name, "counter", description, out_unit, ())
+                meter.create_observable_counter(
+                    name,
+                    callbacks=[_observed(name, lambda: _totals(totals))],
+                    unit=out_unit,
+                    description=description,
+                )
+                self._made[name] = (kind, totals)
+                return totals
+            if kind == "histogram":
                 bounds = self._overrides.get(name)
                 if bounds is None:
                     bounds = [b * scale for b in buckets]
@@ -579,22 +589,37 @@ class OtelSink(Sink):
             return instrument
 
     def observe(self, name: str, description: str, unit: str, observe: Observe) -> None:
-        from opentelemetry.metrics import Observation as OtelObservation
-
         out_unit, scale = self._unit(unit)
-
-        def callback(options: Any) -> Iterable[Any]:
-            del options
-            try:
-                summed = _summed(observe())
-            except Exception:
-                logger.warning("metric %s could not be read", name, exc_info=True)
-                return []
-            return [OtelObservation(float(v) * scale, dict(k)) for k, v in summed]  # type: ignore[arg-type]
-
         self._meter.create_observable_gauge(
-            name, callbacks=[callback], unit=out_unit, description=description
+            name,
+            callbacks=[_observed(name, observe, scale)],
+            unit=out_unit,
+            description=description,
         )
+
+
+def _totals(family: _Family) -> list[Observation]:
+    return [
+        (dict(labels), series.value)
+        for labels, series in list(family.series.items())
+        if isinstance(series, _Value)
+    ]
+
+
+def _observed(name: str, observe: Observe, scale: float = 1.0) -> Callable[[Any], Iterable[Any]]:
+    """An OpenTelemetry callback giving ``observe``'s values (summed per labels)."""
+    from opentelemetry.metrics import Observation as OtelObservation
+
+    def callback(options: Any) -> Iterable[Any]:
+        del options
+        try:
+            summed = _summed(observe())
+        except Exception:
+            logger.warning("metric %s could not be read", name, exc_info=True)
+            return []
+        return [OtelObservation(float(v) * scale, dict(k)) for k, v in summed]  # type: ignore[arg-type]
+
+    return callback
 
 
 # --------------------------------------------------------------------------- errands' metrics
