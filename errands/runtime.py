@@ -20,14 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from errands._metric_meter import MetricMeter
-from errands._metrics import (
-    DEFAULT_PREFIX,
-    Metrics,
-    OtelSink,
-    PrometheusServer,
-    Registry,
-    RenderOptions,
-)
+from errands._metrics import DEFAULT_PREFIX, Metrics
+from errands._prometheus import PrometheusServer, Registry, RenderOptions
 
 __all__ = [
     "OpenTelemetryConfig",
@@ -136,6 +130,8 @@ class Runtime:
                 self._server = PrometheusServer(self._registry, host, port)
         elif isinstance(config, OpenTelemetryConfig):
             from opentelemetry import metrics as otel_metrics
+
+            from errands._otel_metrics import OtelSink
 
             provider = config.meter_provider or otel_metrics.get_meter_provider()
             meter = provider.get_meter("errands")

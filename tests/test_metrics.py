@@ -27,7 +27,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from errands import activity, exceptions
-from errands._metrics import SPECS, Registry, RenderOptions
+from errands._metrics import SPECS
+from errands._prometheus import Registry, RenderOptions
 from errands.client import Client
 from errands.common import MetricMeter
 from errands.runtime import OpenTelemetryConfig, PrometheusConfig, Runtime, TelemetryConfig
