@@ -39,7 +39,7 @@ from errands.client import Client
 from errands.runtime import OpenTelemetryConfig, PrometheusConfig, Runtime, TelemetryConfig
 
 NAME = "telemetry-overhead"
-ROUNDS = 3
+ROUNDS = 5
 """Rounds per variant (the figure is the median)."""
 TARGET_SHARE = 0.85
 """An "on" variant must reach this share of the "off" throughput."""
