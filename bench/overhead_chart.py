@@ -30,7 +30,7 @@ def chart(results: dict[str, object]) -> str:
         raise ValueError(f"no {NAME} figures in these results")
     off = rows[0]["value"]
     top = max(r["value"] for r in rows)
-    span = WIDTH - LEFT - 90
+    span = WIDTH - LEFT - 150
     height = TOP + len(rows) * (BAR_HEIGHT + GAP) + 30
     settings = results["settings"]  # type: ignore[index]
     parts = [
@@ -40,7 +40,9 @@ def chart(results: dict[str, object]) -> str:
         '<text x="16" y="24" font-size="15" font-weight="bold">'
         "errands: throughput with telemetry on, against off</text>",
         f'<text x="16" y="42" fill="#555">trivial activities, worker and client in one '
-        f"process, {escape(str(settings.get('store', '')))[:60]}</text>",
+        f"process, {escape(str(settings.get('store', '')).split(',')[0])}, "
+        f"{escape(str(settings.get('started', ''))[:10])}, load average "
+        f"{escape(str(settings.get('load average (1, 5, 15 min)', '')).split(' ')[0])}</text>",
     ]
     for k, row in enumerate(rows):
         y = TOP + k * (BAR_HEIGHT + GAP)
