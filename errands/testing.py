@@ -27,6 +27,7 @@ from errands.activity import (
     _shield_target,
     _Signal,
 )
+from errands.common import MetricMeter
 from errands.converter import PayloadConverter
 from errands.worker._thread_runner import _ThreadCall
 
@@ -65,6 +66,9 @@ class ActivityEnvironment:
     - ``client``: what ``activity.client()`` returns in async activities; None
       until set, and then ``activity.client()`` raises ``RuntimeError`` (as it
       always does in sync activities).
+    - ``metric_meter``: what ``activity.metric_meter()`` builds on (with the
+      info's namespace, task queue and activity type); ``MetricMeter.noop``
+      until set (as temporalio's).
     """
 
     def __init__(self, client: Client | None = None) -> None:
@@ -73,6 +77,7 @@ class ActivityEnvironment:
         self.on_heartbeat: Callable[..., None] = _ignore_heartbeat
         self.payload_converter: PayloadConverter = PayloadConverter()
         self.client: Client | None = client
+        self.metric_meter: MetricMeter = MetricMeter.noop
         self._lock = threading.Lock()  # guards the three fields below
         self._runs: set[_Run] = set()
         self._cancellation: ActivityCancellationDetails | None = None
@@ -165,6 +170,7 @@ class ActivityEnvironment:
             worker_shutdown=_Signal(),
             payload_converter=self.payload_converter,
             client=client,
+            metric_meter=self.metric_meter,
         )
 
     def _run_sync(self, fn: Callable[..., _R], args: Sequence[Any], kwargs: dict[str, Any]) -> _R:

@@ -9,6 +9,7 @@ Waits poll a condition with a generous ceiling; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -27,11 +28,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from errands import activity, exceptions
-from errands._metrics import SPECS
+from errands._metrics import SPECS, Metrics
 from errands._prometheus import Registry, RenderOptions
 from errands.client import Client
 from errands.common import MetricMeter
 from errands.runtime import OpenTelemetryConfig, PrometheusConfig, Runtime, TelemetryConfig
+from errands.testing import ActivityEnvironment
 from errands.worker import SharedStateManager, Worker
 from tests.support import CEILING_S, TIMEOUT, eventually, heartbeat_stored
 from tests.test_cli import REPO_ROOT, WorkerProcess
@@ -504,4 +506,22 @@ def test_the_grafana_dashboard_charts_only_metrics_errands_records() -> None:
         t["datasource"]["type"] == "prometheus"
         for p in dashboard["panels"]
         for t in p.get("targets", [])
+    )
+
+
+def test_an_activity_environment_gives_its_meter_with_the_infos_labels() -> None:
+    registry = Registry()
+    metrics = Metrics(registry)
+    env = ActivityEnvironment()
+    assert env.metric_meter is MetricMeter.noop
+    env.metric_meter = metrics.meter
+    env.info = dataclasses.replace(env.info, activity_type="pack")
+
+    def pack() -> None:
+        activity.metric_meter().create_counter("packed").add(2)
+
+    env.run(pack)
+
+    assert 'packed{activity_type="pack",namespace="default",task_queue="test"} 2' in (
+        registry.render()
     )
