@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from errands._prometheus import Registry, RenderOptions
 from errands.client import Client
 from errands.common import MetricMeter
 from errands.runtime import OpenTelemetryConfig, PrometheusConfig, Runtime, TelemetryConfig
+from errands.store.sqlite import CATALOGUE as SQLITE
 from errands.testing import ActivityEnvironment
 from errands.worker import SharedStateManager, Worker
 from tests.support import CEILING_S, TIMEOUT, eventually, heartbeat_stored
@@ -525,3 +527,14 @@ def test_an_activity_environment_gives_its_meter_with_the_infos_labels() -> None
     assert 'packed{activity_type="pack",namespace="default",task_queue="test"} 2' in (
         registry.render()
     )
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite"])
+async def test_the_backlog_read_walks_the_claim_index_not_the_table(
+    client: Client, db_path: Path
+) -> None:
+    sql = SQLITE["queue_backlog"]
+    with sqlite3.connect(db_path) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {sql}", {"ns": "default", "now": 0.0}).fetchall()
+    walks = "SEARCH executions USING INDEX executions_claim (namespace=?)"
+    assert [row[3] for row in plan] == [walks]
