@@ -13,7 +13,6 @@ work around).
 from __future__ import annotations
 
 import bisect
-import http.server
 import logging
 import math
 import threading
@@ -239,6 +238,8 @@ class PrometheusServer:
     scrape never waits for the worker's event loop)."""
 
     def __init__(self, registry: Registry, host: str, port: int) -> None:
+        import http.server  # here: the commands that serve nothing need not import it
+
         render = registry.render
 
         class Handler(http.server.BaseHTTPRequestHandler):
