@@ -28,6 +28,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -302,11 +303,11 @@ class Metrics:
     """errands' built-in instruments (prefixed) and the user's meter, over one sink."""
 
     def __init__(
-        self, sink: Sink, prefix: str = DEFAULT_PREFIX, global_tags: Mapping[str, str] = {}
+        self, sink: Sink, prefix: str = DEFAULT_PREFIX, global_tags: Mapping[str, str] | None = None
     ) -> None:
         self.sink = sink
         self.prefix = prefix
-        self.global_tags = dict(global_tags)
+        self.global_tags = dict(global_tags or {})
         self._instruments = {
             spec: sink.instrument(
                 prefix + spec.name, spec.kind, spec.description, spec.unit, spec.buckets
@@ -317,7 +318,8 @@ class Metrics:
         self._activities: dict[tuple[str, str, str], ActivityMetrics] = {}
         self._slots: dict[int, SlotReport] = {}
         self._backlogs: dict[tuple[int, str], _Backlog] = {}
-        self._stores: dict[int, Store] = {}
+        self._stores: weakref.WeakSet[Store] = weakref.WeakSet()
+        """The stores whose commits are recorded (a closed store is let go)."""
         self._lock = threading.Lock()
         for spec, observe in (
             (SLOTS_AVAILABLE, self._slots_available),
@@ -427,9 +429,9 @@ class Metrics:
         if observe is None:
             return  # a store of the user's own: no writer to watch
         with self._lock:
-            if self._stores.get(id(store)) is store:
+            if store in self._stores:
                 return
-            self._stores[id(store)] = store
+            self._stores.add(store)
         labels = {"store": str(getattr(store, "kind", "") or "unknown")}
         size = self._bind(COMMIT_SIZE, labels)
         latency = self._bind(COMMIT_LATENCY, labels)
