@@ -20,7 +20,16 @@ import pytest
 from errands.client import ActivityExecutionStatus, Client
 from errands.common import RetryPolicy
 from errands.store import NewExecution, open_store
-from errands.store._changes import Closed, Deadline, Started, queue_bucket
+from errands.store._changes import (
+    Change,
+    Closed,
+    Deadline,
+    Interrupted,
+    Resync,
+    Started,
+    Touched,
+    queue_bucket,
+)
 from tests import procs
 from tests.support import CEILING_S, describe_until
 
@@ -88,6 +97,49 @@ async def test_a_close_reaches_another_store_with_its_outcome_only_for_awaited_r
         (closed,) = [c for c in changes if isinstance(c, Closed)]
         assert closed.outcome is not None
         assert closed.outcome.result == b'["done"]'
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_subscription_to_everything_hears_of_every_close_and_interrupt_elsewhere(
+    db_url: str, task_queue: str
+) -> None:
+    # Given a store that awaits and holds no run, watching everything (as the
+    # dashboard does), and a plain subscription to closes beside it
+    first, second = await open_store(db_url), await open_store(db_url)
+    try:
+        everything = second.feed.subscribe(Closed, Interrupted, everything=True)
+        plain = second.feed.subscribe(Closed, Interrupted)
+        for i in range(3):
+            await first.start(_new(task_queue, i))
+        claimed = await first.claim_batch("default", task_queue, max_tasks=1, identity="t")
+        (task,) = claimed.tasks
+        # When another store completes one run and asks to cancel a running one
+        await first.complete(task.run_id, task.attempt, b'["done"]')
+        await first.start(_new(task_queue, 9))
+        (running,) = (
+            await first.claim_batch("default", task_queue, max_tasks=1, identity="t")
+        ).tasks
+        await first.request_cancel("default", running.activity_id, running.run_id, None)
+        # Then the subscription to everything hears of both: by run id where the
+        # database names it (PostgreSQL), by bucket where it does not (SQLite)
+        heard: list[Change] = []
+
+        def of(kind: type) -> bool:
+            return any(
+                isinstance(c, kind) or (isinstance(c, Touched) and c.kind is kind) for c in heard
+            )
+
+        deadline = asyncio.get_running_loop().time() + CEILING_S
+        while not (of(Closed) and of(Interrupted)):
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"heard only {heard}"
+            heard += await everything.wait(left)
+        exact = [c.run_id for c in heard if isinstance(c, Closed)]
+        assert exact in ([], [task.run_id])
+        # and the plain subscription, which asked for this process's runs, of neither
+        assert [c for c in plain.take() if not isinstance(c, Resync)] == []
     finally:
         await first.close()
         await second.close()

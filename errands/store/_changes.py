@@ -112,6 +112,22 @@ class OptionsChanged:
 
 
 @dataclass(frozen=True)
+class Touched:
+    """Another process made a change of ``kind`` (Closed, Interrupted or
+    OptionsChanged) to some run of ``bucket`` that this process heard of
+    only coarsely (the SQLite change table records run changes by bucket)
+    and awaits or holds no run it could concern. Only subscriptions to
+    ``everything`` receive it: they look again."""
+
+    kind: AnyKind
+    bucket: int
+
+    @property
+    def key(self) -> Hashable:
+        return None
+
+
+@dataclass(frozen=True)
 class Resync:
     """Changes may have been missed (a lost connection): look again."""
 
@@ -120,7 +136,7 @@ class Resync:
         return None
 
 
-Change = Started | Claimable | Closed | Interrupted | Deadline | OptionsChanged | Resync
+Change = Started | Claimable | Closed | Interrupted | Deadline | OptionsChanged | Touched | Resync
 AnyKind = (
     type[Started]
     | type[Claimable]
@@ -267,9 +283,13 @@ class Subscription:
         kinds: Iterable[AnyKind],
         keys: Iterable[Hashable] | None,
         where: Callable[[Change], bool] | None,
+        everything: bool = False,
     ) -> None:
         self._feed = feed
         self.kinds = frozenset(kinds)
+        self.everything = everything
+        """Also other processes' changes to runs this process neither awaits
+        nor holds (see ``Feed.subscribe``)."""
         self.keys: set[Hashable] | None = None if keys is None else set(keys)
         """The keys wanted (None: all). Changed in place under the feed's lock,
         so a key costs the same however many there are; whoever iterates it
@@ -302,6 +322,8 @@ class Subscription:
         """Whether this subscription receives the change."""
         if type(change) is Resync:
             return True
+        if type(change) is Touched:
+            return self.everything and change.kind in self.kinds
         if type(change) not in self.kinds:
             return False
         if self.keys is not None and change.key not in self.keys:
@@ -379,12 +401,20 @@ class Feed:
         *kinds: AnyKind,
         keys: Iterable[Hashable] | None = None,
         where: Callable[[Change], bool] | None = None,
+        everything: bool = False,
     ) -> Subscription:
         """Receive changes of these kinds (of these keys only, unless None;
         for which ``where`` holds, if given; called on the publishing
         thread). Every subscription also receives Resync. Call on the loop
-        that will wait."""
-        sub = Subscription(self, kinds, keys, where)
+        that will wait.
+
+        Of other processes' changes to runs (Closed, Interrupted), the store
+        hears only those concerning runs this process awaits or holds;
+        ``everything`` asks for all of them (a Closed without its outcome;
+        a ``Touched`` where the store heard of them only by bucket), at the
+        cost of a look at the store's change log whenever another process
+        changes a run (the dashboard watches so)."""
+        sub = Subscription(self, kinds, keys, where, everything)
         with self.lock:
             self._subs = [*self._subs, sub]
         self.interest_changed(sub.kinds)
@@ -411,6 +441,11 @@ class Feed:
                 (self._interested.add if now else self._interested.discard)(kind)
                 if self.on_interest is not None:
                     self.on_interest(kind, now)
+
+    def watching_everything(self, kind: AnyKind) -> bool:
+        """Whether a subscription asks for every change of ``kind`` made by
+        other processes (``subscribe(everything=True)``)."""
+        return any(s.everything and kind in s.kinds for s in self._subs)
 
     def subscribed_runs(self, kind: AnyKind) -> set[str]:
         """The run ids that subscriptions to ``kind`` name."""
@@ -448,13 +483,16 @@ class Feed:
         changes: Sequence[Change],
         serial: int = 0,
         skip: set[int] = frozenset(),  # type: ignore[assignment]
+        *,
+        everything_only: bool = False,
     ) -> None:
         """Hand each subscription the changes it asked for (of the commit
-        numbered ``serial``), but those whose id is in ``skip``; any thread."""
+        numbered ``serial``), but those whose id is in ``skip`` (and, if
+        ``everything_only``, those that do not watch everything); any thread."""
         if not changes:
             return
         for sub in self._subs:
-            if id(sub) in skip:
+            if id(sub) in skip or (everything_only and not sub.everything):
                 continue
             mine = [c for c in changes if sub.wants(c)]
             if mine:

@@ -73,6 +73,7 @@ from errands.store._changes import (
     Resync,
     RunBucket,
     Started,
+    Touched,
     bucket,
     queue_bucket,
 )
@@ -207,6 +208,8 @@ class CoreStore(Store):
         one of these buckets: an idle poller of a queue there (Started), an
         awaited run (Closed) or a held one (Interrupted) there, a watched one
         (options)."""
+        if self.feed.watching_everything(kind):
+            return True
         rang = set(buckets)
         if kind in (Started, Claimable):
             queues = self.feed.keys(Started)
@@ -320,15 +323,20 @@ class CoreStore(Store):
         awaited = self.feed.subscribed_runs(Closed)
         needed: list[Hint] = []
         direct: list[Change] = []
+        unresolved: list[Change] = []  # for the subscriptions that watch everything
         for hint in hints:
             if isinstance(hint, (Started, Claimable)):
                 (needed if self._armed.has(hint.queue) else direct).append(hint)
             elif isinstance(hint, Closed):
                 if hint.run_id in awaited:
                     needed.append(hint)
+                elif self.feed.watching_everything(Closed):
+                    unresolved.append(hint)
             elif isinstance(hint, Interrupted):
                 if hint.run_id in self._held:
                     needed.append(hint)
+                elif self.feed.watching_everything(Interrupted):
+                    unresolved.append(hint)
             elif isinstance(hint, RunBucket):
                 needed.append(hint)
             elif isinstance(hint, Deadline) and not hint.namespace:
@@ -345,6 +353,8 @@ class CoreStore(Store):
             self.feed.publish(  # other processes' changes: no commit of ours covers them
                 _collapsed([_localized(c, self._offset) for c in direct]), FOREIGN
             )
+        if unresolved:
+            self.feed.publish(unresolved, FOREIGN, everything_only=True)
 
     def _intake(self, tx: Tx, items: list[list[Hint] | None]) -> list[Outcome]:
         hints: list[Hint] = []
@@ -392,6 +402,9 @@ class CoreStore(Store):
         """Read the state of the runs the hints may concern that this process
         awaits or holds; publish their closes and interrupts."""
         self._expect_claims(hints, time.time() - self._offset)
+        for hint in hints:
+            if isinstance(hint, RunBucket) and self.feed.watching_everything(hint.kind):
+                tx.local_changes.append(Touched(hint.kind, hint.bucket))
         awaited = self.feed.subscribed_runs(Closed)
         held = {run_id: set(serials) for run_id, serials in self._held.items()}
         exact = {h.run_id for h in hints if isinstance(h, (Closed, Interrupted))}
@@ -1126,7 +1139,7 @@ def _collapsed(changes: list[Change]) -> list[Change]:
             deadline = deadlines.get(change.namespace)
             if deadline is None or change.at < deadline.at:
                 deadlines[change.namespace] = change
-        elif isinstance(change, (Started, Resync)):
+        elif isinstance(change, (Started, Touched, Resync)):
             if change not in seen:
                 seen.add(change)
                 out.append(change)
