@@ -144,9 +144,11 @@ AnyKind = (
     | type[Interrupted]
     | type[Deadline]
     | type[OptionsChanged]
+    | type[Touched]
     | type[Resync]
 )
-"""A kind of change (its class)."""
+"""A kind of change (its class). Touched is never committed nor announced:
+it stands for others' changes heard of by bucket."""
 
 GROUPS: dict[str, tuple[AnyKind, ...]] = {
     "queues": (Started, Claimable),
