@@ -3,7 +3,7 @@
 ::
 
     query     := [ expr ] [ ORDER BY (ScheduleTime | CloseTime) [ ASC | DESC ] ]
-               | [ expr ] GROUP BY ExecutionStatus
+               | [ expr ] GROUP BY (ExecutionStatus | TaskQueue | ActivityType)
     expr      := term ( OR term )*
     term      := factor ( AND factor )*
     factor    := NOT factor | '(' expr ')' | predicate
@@ -91,6 +91,9 @@ RUN_STATE_NAMES = {
     "PauseRequested": RunState.PAUSE_REQUESTED,
 }
 
+GROUP_FIELDS = ("ExecutionStatus", "TaskQueue", "ActivityType")
+"""The fields counts may group by (``count_activities`` only)."""
+
 MAX_DEPTH = 32
 """Deepest nesting of parentheses and NOTs."""
 MAX_VALUES = 500
@@ -142,6 +145,28 @@ def _tokens(text: str) -> list[Token]:
             kind, value = "keyword", value.upper()
         out.append((kind, value))
     return out
+
+
+def without_order(text: str | None) -> str | None:
+    """The query without its trailing ``ORDER BY`` clause, if it has one (what
+    it counts is what it lists); None if nothing is left. Never raises: a
+    malformed query is returned as it is, for the parser to refuse."""
+    if text is None:
+        return None
+    pos = 0
+    words: list[tuple[str, int]] = []
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None or m.lastgroup in (None, "bad"):
+            break
+        pos = m.end()
+        if m.lastgroup == "word":
+            words.append((m.group("word").upper(), m.start("word")))
+            if len(words) >= 2 and words[-2][0] == "ORDER" and words[-1][0] == "BY":
+                return text[: words[-2][1]].strip() or None
+        else:
+            words.append(("", m.start()))
+    return text.strip() or None
 
 
 def _unquote(token: str) -> str:
@@ -202,7 +227,7 @@ class _Parser:
         where = None
         if not self.at("keyword", "ORDER") and not self.at("keyword", "GROUP"):
             where = self.expr()
-        order_by, descending, group_by = None, True, False
+        order_by, descending, group_by = None, True, ""
         if self.at("keyword", "ORDER"):
             self.i += 1
             self.take("keyword", "BY", "BY after ORDER")
@@ -216,14 +241,20 @@ class _Parser:
             self.i += 1
             self.take("keyword", "BY", "BY after GROUP")
             field = self.take("word", None, "a field to group by")
-            if field != "ExecutionStatus":
-                raise self.error(f"can only GROUP BY ExecutionStatus, not {field!r}")
-            group_by = True
+            if field not in GROUP_FIELDS:
+                raise self.error(f"can only GROUP BY {', '.join(GROUP_FIELDS)}, not {field!r}")
+            group_by = field
         found = self.peek()
         if found is not None:
             expected = "AND, OR" if order_by is None and not group_by else "the end"
             raise self.error(f"expected {expected}, found {found[1]!r}")
-        return Query(where, order_by, descending, group_by)
+        return Query(
+            where,
+            order_by,
+            descending,
+            group_by == "ExecutionStatus",
+            group_by if group_by and group_by != "ExecutionStatus" else None,
+        )
 
     def nested(self) -> None:
         self.depth += 1

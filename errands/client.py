@@ -493,7 +493,7 @@ class ActivityExecutionCountAggregationGroup:
 @dataclass(frozen=True)
 class ActivityExecutionCount:
     """The result of ``count_activities``; ``groups`` is filled by
-    ``GROUP BY ExecutionStatus``."""
+    ``GROUP BY ExecutionStatus`` (or TaskQueue, ActivityType)."""
 
     count: int
     groups: Sequence[ActivityExecutionCountAggregationGroup] = ()
@@ -960,7 +960,7 @@ class Client:
         or a value of the wrong type for its field.
         """
         parsed = await self._parse(query)
-        if parsed.group_by_status:
+        if parsed.group_by_status or parsed.group_by:
             raise ValueError("GROUP BY works with count_activities only")
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
@@ -1043,7 +1043,7 @@ class Client:
         reset: dict[str, bool] | None = None,
     ) -> int:
         parsed = await self._parse(query)
-        if parsed.group_by_status:
+        if parsed.group_by_status or parsed.group_by:
             raise ValueError("GROUP BY works with count_activities only")
         return await self._store.bulk(
             self.namespace, parsed, verb, reason=reason, jitter_s=jitter_s, reset=reset
@@ -1071,11 +1071,22 @@ class Client:
 
     async def count_activities(self, query: str | None = None) -> ActivityExecutionCount:
         """How many executions match a visibility query (see list_activities);
-        a trailing ``GROUP BY ExecutionStatus`` fills ``groups``.
+        a trailing ``GROUP BY ExecutionStatus`` fills ``groups`` (in status
+        order); *(errands)* ``GROUP BY TaskQueue`` or ``GROUP BY
+        ActivityType`` too (the most numerous first).
 
         Raises ValueError for a malformed query.
         """
         parsed = await self._parse(query)
+        if parsed.group_by is not None:
+            by_value = await self._store.count_by(self.namespace, parsed)
+            return ActivityExecutionCount(
+                sum(by_value.values()),
+                [
+                    ActivityExecutionCountAggregationGroup(n, [value])
+                    for value, n in sorted(by_value.items(), key=lambda kv: (-kv[1], kv[0]))
+                ],
+            )
         total, groups = await self._store.count(self.namespace, parsed)
         return ActivityExecutionCount(
             total,

@@ -131,6 +131,8 @@ def test_quotes_and_escapes_are_read_into_the_value(text: str, value: str) -> No
 
 def test_group_by_execution_status_sets_grouping() -> None:
     assert parse_query("GROUP BY ExecutionStatus") == Query(None, group_by_status=True)
+    assert parse_query("GROUP BY TaskQueue") == Query(None, group_by="TaskQueue")
+    assert parse_query("group by ActivityType") == Query(None, group_by="ActivityType")
     assert parse_query(
         "TaskQueue = 'q' AND ActivityId STARTS_WITH 'a' GROUP BY ExecutionStatus"
     ) == Query(
@@ -213,7 +215,7 @@ def test_search_attributes_are_typed_by_the_names_given() -> None:
         ("Attempt STARTS_WITH '1'", r"STARTS_WITH works on string fields, not Attempt"),
         ("ActivityId NOT = 'a'", r"expected IN or BETWEEN after ActivityId NOT"),
         ("ActivityId = 'a\x00'", r"NUL"),
-        ("GROUP BY TaskQueue", r"can only GROUP BY ExecutionStatus, not 'TaskQueue'"),
+        ("GROUP BY Attempt", r"can only GROUP BY ExecutionStatus, TaskQueue, ActivityType, not"),
         ("GROUP ExecutionStatus", r"expected BY"),
         ("GROUP BY ExecutionStatus AND ActivityId = 'a'", r"expected the end, found 'AND'"),
         ("ActivityId = 'a' AND GROUP BY ExecutionStatus", r"expected a field name, found 'GROUP'"),
@@ -417,9 +419,28 @@ async def test_count_groups_by_execution_status(population: Population) -> None:
     assert (await client.count_activities("ActivityType = 'succeed'")).groups == []
 
 
+async def test_count_groups_by_task_queue_and_by_activity_type_the_most_numerous_first(
+    population: Population,
+) -> None:
+    client = population.client
+    queues = await client.count_activities("GROUP BY TaskQueue")
+    assert queues.count == 6
+    assert [(g.group_values, g.count) for g in queues.groups] == [
+        ([population.idle_queue], 4),
+        ([population.busy_queue], 2),
+    ]
+    types = await client.count_activities("ExecutionStatus != 'Running' GROUP BY ActivityType")
+    assert [(g.group_values, g.count) for g in types.groups] == [
+        (["succeed"], 3),
+        (["fail_hard"], 2),
+    ]
+
+
 async def test_group_by_is_refused_by_list(population: Population) -> None:
     with pytest.raises(ValueError, match="GROUP BY"):
         await ids(population.client, "GROUP BY ExecutionStatus")
+    with pytest.raises(ValueError, match="GROUP BY"):
+        await ids(population.client, "GROUP BY TaskQueue")
 
 
 async def test_list_and_count_refuse_a_malformed_query(population: Population) -> None:

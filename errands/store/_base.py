@@ -328,6 +328,8 @@ class Query:
     order_by: str | None = None  # one of ORDER_FIELDS
     descending: bool = True
     group_by_status: bool = False
+    group_by: str | None = None
+    """Another field counts group by: TaskQueue or ActivityType."""
 
 
 class Store(abc.ABC):
@@ -553,6 +555,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
         """How many executions match; per status when the query groups by it."""
+
+    @abc.abstractmethod
+    async def count_by(self, namespace: str, query: Query) -> dict[str, int]:
+        """How many executions match, per value of the field the query
+        groups by (``query.group_by``: TaskQueue or ActivityType)."""
 
     @abc.abstractmethod
     async def search_attribute_types(

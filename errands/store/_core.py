@@ -940,6 +940,18 @@ class CoreStore(Store):
 
         return await self._read(read)
 
+    async def count_by(self, namespace: str, query: Query) -> dict[str, int]:
+        if query.group_by not in ("TaskQueue", "ActivityType"):
+            raise ValueError(f"cannot count by {query.group_by!r}: TaskQueue or ActivityType")
+        where, params = _where.where(self._dialect, namespace, query)
+        slots = {"where": where, "group": _rows.QUERY_FIELDS[query.group_by]}
+
+        def read(tx: Tx) -> dict[str, int]:
+            rows = self._dialect.query(tx, "count_executions_by", params, slots=slots)
+            return {row["value"]: int(row["n"]) for row in rows}
+
+        return await self._read(read)
+
     async def search_attribute_types(
         self, namespace: str
     ) -> dict[str, SearchAttributeIndexedValueType]:

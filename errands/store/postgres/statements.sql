@@ -275,6 +275,11 @@ WHERE {where} ORDER BY d.execution_id DESC LIMIT %(limit)s
 SELECT CASE WHEN run_state = 'PAUSED' THEN 'PAUSED' ELSE status END AS status,
     count(*) AS n FROM executions WHERE {where} GROUP BY 1
 
+-- name: count_executions_by
+-- How many executions match a visibility query ({where}), per value of a
+-- column ({group}: task_queue or activity_type).
+SELECT {group} AS value, count(*) AS n FROM executions WHERE {where} GROUP BY 1
+
 -- name: notify_and_commit
 -- Tell the other processes' listeners what this transaction changed (each
 -- payload on its group's channel, under PostgreSQL's 8,000 bytes) and

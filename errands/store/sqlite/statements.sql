@@ -242,6 +242,11 @@ WHERE {where} ORDER BY d.execution_id DESC LIMIT :limit
 SELECT CASE WHEN run_state = 'PAUSED' THEN 'PAUSED' ELSE status END AS status,
     count(*) AS n FROM executions WHERE {where} GROUP BY 1
 
+-- name: count_executions_by
+-- How many executions match a visibility query ({where}), per value of a
+-- column ({group}: task_queue or activity_type).
+SELECT {group} AS value, count(*) AS n FROM executions WHERE {where} GROUP BY 1
+
 -- name: announce
 -- Record that a transaction changed something of a kind and key, for the
 -- other processes' change watchers (read with changes_since).
