@@ -147,6 +147,11 @@ def _tokens(text: str) -> list[Token]:
     return out
 
 
+def quote_string(value: str) -> str:
+    """A query string literal holding exactly ``value``."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def without_order(text: str | None) -> str | None:
     """The query without its trailing ``ORDER BY`` clause, if it has one (what
     it counts is what it lists); None if nothing is left. Never raises: a

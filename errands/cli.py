@@ -10,6 +10,7 @@ after the store. ``python -m errands`` runs it too.
     errands list [--status S] [--type T] [--task-queue Q] [--limit N]
     errands count [same filters] [--group-by-status]
     errands migrate | prune --older-than 7d
+    errands dashboard [--host 127.0.0.1] [--port 8780] [--read-only] [--token T]
 
 Built on click, a well-kept CLI library, rather than hand-written argument
 parsing. Every error is one line on stderr, never a traceback. The output
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 import click
 
 from errands import _cli_output as out
-from errands._query import STATUS_NAMES
+from errands._query import STATUS_NAMES, quote_string
 from errands.client import (
     ActivityAttempt,
     ActivityExecutionOptions,
@@ -145,9 +146,8 @@ def duration_option(*names: str, **kwargs: Any) -> Decorator:
 # --------------------------------------------------------------------------- shared plumbing
 
 
-def quoted(value: str) -> str:
-    """A visibility-query string literal holding exactly ``value``."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+quoted = quote_string
+"""A visibility-query string literal holding exactly a value."""
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
@@ -424,6 +424,45 @@ def worker(
             )
         )
     )
+
+
+@cli.command()
+@click.option(
+    "--host",
+    metavar="HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; another than this machine's needs --token.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8780,
+    show_default=True,
+    help="Port to listen on (0: any free one; the address printed says which).",
+)
+@click.option("--read-only", is_flag=True, help="Show everything, take no action.")
+@click.option(
+    "--token",
+    envvar="ERRANDS_DASHBOARD_TOKEN",
+    metavar="TOKEN",
+    help="Every request must carry it (the printed address does, once). "
+    "[default: $ERRANDS_DASHBOARD_TOKEN]",
+)
+@store_options
+def dashboard(
+    host: str, port: int, read_only: bool, token: str | None, url: str | None, namespace: str
+) -> None:
+    """Serve the web console until SIGINT / SIGTERM; prints its address.
+
+    Pages: activities (counts, query, facets), one activity (fields,
+    payloads, attempts, actions), queues and workers, updated live from the
+    store. Needs the dashboard extra: pip install 'errands[dashboard]'.
+    """
+    # Imported here: the other commands need neither uvicorn nor Starlette.
+    from errands._cli_dashboard import DashboardOptions, serve
+
+    _run(serve(DashboardOptions(url, namespace, host, port, read_only, token)))
 
 
 def start_options(command: Callable[..., Any]) -> Callable[..., Any]:
