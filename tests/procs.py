@@ -145,6 +145,20 @@ async def heartbeat_until_cancelled(log_path: str) -> None:
 
 
 @activity.defn
+async def fail_twice_then_wait(go_path: str, words: str) -> str:
+    """Heartbeat ``{"words": words, "attempt": n}``; raise an ApplicationError
+    saying ``words`` in attempts 1 and 2; in attempt 3 wait for ``go_path``
+    to exist, then return ``done``."""
+    attempt = activity.info().attempt
+    activity.heartbeat({"words": words, "attempt": attempt})
+    if attempt < 3:
+        raise ApplicationError(f"attempt {attempt} failed: {words}", type="Flaky")
+    while not os.path.exists(go_path):
+        await asyncio.sleep(0.005)
+    return "done"
+
+
+@activity.defn
 async def echo(value: str) -> str:
     """Return the value."""
     return value
@@ -237,6 +251,7 @@ ACTIVITIES = [
     heartbeat_until_cancelled,
     echo,
     fleet_step,
+    fail_twice_then_wait,
 ]
 
 
