@@ -145,7 +145,9 @@ class Tab:
         """Wait until the element's text is ``text`` (as the live updates bring it)."""
         from playwright.sync_api import expect
 
-        await self.do(lambda page: expect(page.locator(selector).first).to_have_text(text, timeout=WAIT_MS))
+        await self.do(
+            lambda page: expect(page.locator(selector).first).to_have_text(text, timeout=WAIT_MS)
+        )
 
     async def evaluate(self, script: str) -> Any:
         return await self.do(lambda page: page.evaluate(script))
