@@ -23,6 +23,8 @@ from bench import workloads as w
 from bench.activities import noop_sync
 from bench.bulk import bulk_cancel
 from bench.chaos import chaos
+from bench.dashboard import NAME as DASHBOARD
+from bench.dashboard import dashboard
 from bench.failover import failover
 from bench.fleet import FleetSize, drive, fleet
 from bench.idle import WORKER_SLOTS as IDLE_SLOTS
@@ -57,6 +59,7 @@ WORKLOADS = [
     "fleet",
     "bulk-cancel",
     "list-by-keyword",
+    "dashboard",
     "failover",
     "chaos",
     "telemetry-overhead",
@@ -71,6 +74,8 @@ bulk-cancel: cancel_activities of 100,000 scheduled executions while a worker
 process claims from another queue (bench/bulk.py);
 list-by-keyword: a page of the executions with one value of a keyword search
 attribute among a million (bench/search.py; p50 target <= 20 ms on both stores);
+dashboard: the dashboard's activities page and an activity's page among a million
+executions, server time (bench/dashboard.py; p95 target <= 100 ms on both stores);
 failover: SIGKILL the worker process running an attempt while another serves the
 queue, time to the next attempt's start (bench/failover.py; target < 1 s);
 chaos: the chaos soak of tests/chaos.py for --chaos-seconds (bench/chaos.py);
@@ -145,6 +150,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--search-calls", type=int, default=500, help="list calls timed (list-by-keyword)"
+    )
+    p.add_argument(
+        "--dashboard-rows",
+        type=int,
+        default=1_000_000,
+        help="closed executions under the dashboard's pages (dashboard)",
+    )
+    p.add_argument(
+        "--dashboard-calls", type=int, default=200, help="requests timed per page (dashboard)"
     )
     p.add_argument(
         "--idle-window", type=float, default=60.0, help="seconds the idle CPU is measured over"
@@ -302,6 +316,8 @@ async def read_settings(args: argparse.Namespace, store: StoreTarget) -> dict[st
         "a worker process claims one activity started every 10 ms on another queue",
         "list-by-keyword": f"{args.search_rows:,} closed rows, {args.search_calls} list calls "
         f"of {SEARCH_PAGE} one at a time",
+        "dashboard": f"{args.dashboard_rows:,} closed rows and 1,000 open, "
+        f"{args.dashboard_calls} requests per page one at a time, to the ASGI app in-process",
         "failover": f"{args.failover_rounds} SIGKILLs of a worker process (2 serve the queue)",
         "chaos": f"{args.chaos_seconds:g} s, at most {args.chaos_total:,} executions, "
         "3 worker processes (tests/chaos.py)",
@@ -331,6 +347,8 @@ async def run_workload(
         return await overhead(store, args.n, args.in_flight, notes)
     if name == SEARCH:
         return await list_by_keyword(store, args.search_rows, args.search_calls)
+    if name == DASHBOARD:
+        return await dashboard(store, args.dashboard_rows, args.dashboard_calls)
     if name == "retention":
         return await retention(
             store, args.closed_rows, args.retention_n, args.in_flight, args.claim_rounds

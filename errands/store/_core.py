@@ -928,14 +928,20 @@ class CoreStore(Store):
         return await self._read(read)
 
     async def count(self, namespace: str, query: Query) -> tuple[int, dict[Status, int]]:
-        where, params = _where.where(self._dialect, namespace, query)
+        # A query over the counted fields only reads the counts the triggers
+        # keep (a few rows); any other counts the matching executions.
+        name, columns = "count_executions", None
+        if _where.counted(query):
+            name, columns = "count_counted", _where.COUNTED_FIELDS
+        where, params = _where.where(self._dialect, namespace, query, columns)
 
         def read(tx: Tx) -> tuple[int, dict[Status, int]]:
             groups: dict[Status, int] = {}
             total = 0
-            for row in self._dialect.query(tx, "count_executions", params, slots={"where": where}):
-                groups[Status(row["status"])] = int(row["n"])
-                total += int(row["n"])
+            for row in self._dialect.query(tx, name, params, slots={"where": where}):
+                if int(row["n"]):
+                    groups[Status(row["status"])] = int(row["n"])
+                    total += int(row["n"])
             return total, (groups if query.group_by_status else {})
 
         return await self._read(read)
@@ -943,12 +949,15 @@ class CoreStore(Store):
     async def count_by(self, namespace: str, query: Query) -> dict[str, int]:
         if query.group_by not in ("TaskQueue", "ActivityType"):
             raise ValueError(f"cannot count by {query.group_by!r}: TaskQueue or ActivityType")
-        where, params = _where.where(self._dialect, namespace, query)
-        slots = {"where": where, "group": _rows.QUERY_FIELDS[query.group_by]}
+        name, columns = "count_executions_by", _rows.QUERY_FIELDS
+        if _where.counted(query):
+            name, columns = "count_counted_by", _where.COUNTED_FIELDS
+        where, params = _where.where(self._dialect, namespace, query, columns)
+        slots = {"where": where, "group": columns[query.group_by]}
 
         def read(tx: Tx) -> dict[str, int]:
-            rows = self._dialect.query(tx, "count_executions_by", params, slots=slots)
-            return {row["value"]: int(row["n"]) for row in rows}
+            rows = self._dialect.query(tx, name, params, slots=slots)
+            return {row["value"]: int(row["n"]) for row in rows if int(row["n"])}
 
         return await self._read(read)
 
@@ -1027,7 +1036,10 @@ class CoreStore(Store):
             n = await self._op(op)
             total += n
             if n < batch:
-                return total
+                break
+        # Tidy the counts the triggers keep (rows of connections gone, rows at 0).
+        await self._op(lambda tx: tx.run("fold_counts"))
+        return total
 
     # ---------------------------------------------------------------- workers and liveness
 

@@ -34,10 +34,35 @@ from errands.store._rows import QUERY_FIELDS, VALUE_COLUMNS
 _ORDER_COLUMNS = {"ScheduleTime": "schedule_time", "CloseTime": "close_time"}
 
 
-def where(dialect: Dialect, namespace: str, query: Query) -> tuple[str, dict[str, Any]]:
+COUNTED_FIELDS = {
+    "TaskQueue": "task_queue",
+    "ActivityType": "activity_type",
+    "ExecutionStatus": "status",  # counted as reported
+}
+"""The fields the ``execution_counts`` table counts by, and its columns."""
+
+
+def counted(query: Query) -> bool:
+    """Whether the query's condition names only the fields that
+    ``execution_counts`` keeps (so counts can be read from it)."""
+    return query.where is None or _fields(query.where) <= COUNTED_FIELDS.keys()
+
+
+def _fields(e: Expr) -> set[str]:
+    if isinstance(e, (And, Or)):
+        return set().union(*(_fields(t) for t in e.terms))
+    if isinstance(e, Not):
+        return _fields(e.term)
+    return {e.field.name if e.field.attribute is None else f"attribute {e.field.name}"}
+
+
+def where(
+    dialect: Dialect, namespace: str, query: Query, columns: dict[str, str] | None = None
+) -> tuple[str, dict[str, Any]]:
     """The query's condition as SQL over the executions table (always
-    narrowed to the namespace, ``:ns``), and its parameters."""
-    render = _Render(dialect, namespace)
+    narrowed to the namespace, ``:ns``), and its parameters; over another
+    table with ``columns`` (field name to column) for the built-in fields."""
+    render = _Render(dialect, namespace, columns or QUERY_FIELDS)
     sql = f"namespace = {dialect.param('ns')}"
     if query.where is not None:
         sql += f" AND {render.expr(query.where)}"
@@ -72,8 +97,9 @@ def driver(query: Query) -> tuple[Compare, Query] | None:
 
 
 class _Render:
-    def __init__(self, dialect: Dialect, namespace: str) -> None:
+    def __init__(self, dialect: Dialect, namespace: str, columns: dict[str, str]) -> None:
         self.dialect = dialect
+        self.columns = columns
         self.params: dict[str, Any] = {"ns": namespace}
 
     def bind(self, value: Any) -> str:
@@ -90,7 +116,7 @@ class _Render:
             return f"({self.expr(e.term)}) IS NOT TRUE"
         if isinstance(e, IsNull):
             if e.field.attribute is None:
-                return f"{QUERY_FIELDS[e.field.name]} IS NULL"
+                return f"{self.columns[e.field.name]} IS NULL"
             return f"NOT {self.has(e.field, None)}"
         if (
             isinstance(e, Compare)
@@ -101,7 +127,7 @@ class _Render:
             equal = replace(e, op="=")
             return f"({self.has(e.field, None)} AND NOT {self.expr(equal)})"
         if e.field.attribute is None:
-            return self.test(QUERY_FIELDS[e.field.name], e)
+            return self.test(self.columns[e.field.name], e)
         return self.has(e.field, self.test(VALUE_COLUMNS[e.field.attribute], e))
 
     def has(self, field: Field, test: str | None) -> str:

@@ -275,6 +275,17 @@ WHERE {where} ORDER BY d.execution_id DESC LIMIT %(limit)s
 SELECT CASE WHEN run_state = 'PAUSED' THEN 'PAUSED' ELSE status END AS status,
     count(*) AS n FROM executions WHERE {where} GROUP BY 1
 
+-- name: count_counted
+-- How many executions match a visibility query over task queue, activity
+-- type and status only ({where}, over execution_counts), per status.
+SELECT status, sum(n) AS n FROM execution_counts WHERE {where} GROUP BY status
+
+-- name: count_counted_by
+-- How many executions match a visibility query over task queue, activity
+-- type and status only ({where}, over execution_counts), per value of a
+-- column ({group}: task_queue or activity_type).
+SELECT {group} AS value, sum(n) AS n FROM execution_counts WHERE {where} GROUP BY 1
+
 -- name: count_executions_by
 -- How many executions match a visibility query ({where}), per value of a
 -- column ({group}: task_queue or activity_type).
@@ -499,3 +510,19 @@ JOIN executions AS e ON e.run_id = r.run_id
 -- Delete the search attribute values of these runs.
 DELETE FROM search_attributes WHERE execution_id IN (SELECT id FROM executions
 WHERE run_id IN (SELECT unnest(%(ids)s::text[])))
+
+-- name: fold_counts
+-- Fold the execution counts of connections gone into shard 0, and forget
+-- those that are 0.
+WITH gone AS (
+    DELETE FROM execution_counts
+    WHERE shard <> 0 AND shard NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)
+    RETURNING namespace, task_queue, activity_type, status, n
+), folded AS (
+    INSERT INTO execution_counts AS c (namespace, task_queue, activity_type, status, shard, n)
+    SELECT namespace, task_queue, activity_type, status, 0, sum(n) FROM gone
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (namespace, status, task_queue, activity_type, shard)
+    DO UPDATE SET n = c.n + excluded.n
+)
+DELETE FROM execution_counts WHERE shard = 0 AND n = 0

@@ -242,6 +242,17 @@ WHERE {where} ORDER BY d.execution_id DESC LIMIT :limit
 SELECT CASE WHEN run_state = 'PAUSED' THEN 'PAUSED' ELSE status END AS status,
     count(*) AS n FROM executions WHERE {where} GROUP BY 1
 
+-- name: count_counted
+-- How many executions match a visibility query over task queue, activity
+-- type and status only ({where}, over execution_counts), per status.
+SELECT status, sum(n) AS n FROM execution_counts WHERE {where} GROUP BY status
+
+-- name: count_counted_by
+-- How many executions match a visibility query over task queue, activity
+-- type and status only ({where}, over execution_counts), per value of a
+-- column ({group}: task_queue or activity_type).
+SELECT {group} AS value, sum(n) AS n FROM execution_counts WHERE {where} GROUP BY 1
+
 -- name: count_executions_by
 -- How many executions match a visibility query ({where}), per value of a
 -- column ({group}: task_queue or activity_type).
@@ -444,3 +455,7 @@ WHERE run_id = :run_id
 -- Delete the search attribute values of these runs.
 DELETE FROM search_attributes WHERE execution_id IN (SELECT id FROM executions
 WHERE run_id IN (SELECT value FROM json_each(:ids)))
+
+-- name: fold_counts
+-- Forget the execution counts that are 0 (SQLite keeps no shards to fold).
+DELETE FROM execution_counts WHERE n = 0

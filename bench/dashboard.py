@@ -1,0 +1,153 @@
+"""The dashboard workload (issue 13 point 7): the activities page and an
+activity's page among a million executions, in server time.
+
+On a fresh store: start and terminate a template execution, insert
+``--dashboard-rows`` closed copies of it with SQL in bulk (nine in ten
+COMPLETED, the rest FAILED, CANCELED or TIMED_OUT, on three activity types),
+then start OPEN executions through the client. Then call the dashboard's
+ASGI app in this process, one request at a time (no network, no browser):
+the activities page as it first opens, the same filtered by status, and
+the page of a random closed execution; report p50 and p95 of each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+import urllib.parse
+from typing import Any
+
+from bench import workloads as w
+from bench.stores import StoreTarget, fill_closed
+from errands.client import Client
+
+NAME = "dashboard"
+OPEN = 1000
+TARGET_P95_MS = "<= 100"
+TYPES = ("resize", "send-mail", "report")
+
+
+def status_sql(i: str) -> str:
+    """The status of closed execution number ``i`` (no '%': PostgreSQL binds)."""
+    return (
+        f"(CASE WHEN {i} - ({i} / 10) * 10 < 9 THEN 'COMPLETED' "
+        f"WHEN {i} - ({i} / 30) * 30 = 9 THEN 'FAILED' "
+        f"WHEN {i} - ({i} / 30) * 30 = 19 THEN 'CANCELED' ELSE 'TIMED_OUT' END)"
+    )
+
+
+def type_sql(i: str) -> str:
+    return (
+        f"(CASE WHEN {i} - ({i} / 3) * 3 = 0 THEN '{TYPES[0]}' "
+        f"WHEN {i} - ({i} / 3) * 3 = 1 THEN '{TYPES[1]}' ELSE '{TYPES[2]}' END)"
+    )
+
+
+async def fill(store: StoreTarget, url: str, client: Client, rows: int) -> None:
+    template = await client.start_activity(
+        TYPES[0],
+        ["in"],
+        id="template",
+        task_queue="bench-dashboard",
+        start_to_close_timeout=w.TIMEOUT,
+    )
+    await template.terminate()
+    assert template.run_id is not None
+    await asyncio.to_thread(
+        fill_closed,
+        store.kind,
+        url,
+        rows,
+        template.run_id,
+        time.time() - 86_400.0,
+        overrides={"status": status_sql("i"), "activity_type": type_sql("i")},
+    )
+    for i in range(OPEN):
+        await client.start_activity(
+            TYPES[i % 3],
+            [i],
+            id=f"open-{i}",
+            task_queue="bench-dashboard",
+            start_to_close_timeout=w.TIMEOUT,
+        )
+
+
+async def get(app: Any, path: str, query: dict[str, str] | None = None) -> float:
+    """Milliseconds the app takes to answer a GET (its body read to the end).
+
+    Raises RuntimeError for a status other than 200."""
+    status = 0
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": urllib.parse.urlencode(query or {}).encode(),
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8780")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8780),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    began = time.perf_counter()
+    await app(scope, receive, send)
+    elapsed = (time.perf_counter() - began) * 1000
+    if status != 200:
+        raise RuntimeError(f"GET {path} {query} answered {status}")
+    return elapsed
+
+
+async def dashboard(store: StoreTarget, rows: int, calls: int) -> list[w.Figure]:
+    """Fill a fresh store (dropped afterwards) and time the pages."""
+    from errands.dashboard import create_app
+
+    url = store.url_for(NAME)
+    try:
+        client = await Client.connect(url)
+        try:
+            began = time.perf_counter()
+            await fill(store, url, client, rows)
+            fill_s = time.perf_counter() - began
+            print(f"  {store.kind}: filled {rows:,} rows in {fill_s:.0f} s", file=sys.stderr)
+            app = create_app(client)
+            rng = random.Random(13)
+            pages = {
+                "activities page": lambda: ("/activities", {}),
+                "activities page, Failed only": lambda: (
+                    "/activities",
+                    {"q": "ExecutionStatus = 'Failed'"},
+                ),
+                "activity page": lambda: ("/activity", {"id": f"closed-{rng.randint(1, rows)}"}),
+            }
+            times: dict[str, list[float]] = {name: [] for name in pages}
+            for i in range(calls + 10):
+                for name, request in pages.items():
+                    elapsed = await get(app, *request())
+                    if i >= 10:  # the first calls warm the caches up
+                        times[name].append(elapsed)
+        finally:
+            await client.close()
+    finally:
+        await asyncio.to_thread(store.drop, url)
+    figures = []
+    for name, values in times.items():
+        target = "" if "only" in name else TARGET_P95_MS
+        figures.append(w.Figure(NAME, f"{name} p50, {rows:,} rows", w.percentile(values, 50), "ms"))
+        figures.append(
+            w.Figure(NAME, f"{name} p95, {rows:,} rows", w.percentile(values, 95), "ms", target)
+        )
+    figures.append(w.Figure(NAME, f"fill {rows:,} rows (setup)", fill_s, "s"))
+    return figures
