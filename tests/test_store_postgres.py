@@ -150,6 +150,7 @@ async def test_connecting_twice_migrates_once_and_keeps_the_executions(
         "workers",
         "search_attribute_names",
         "search_attributes",
+        "execution_counts",
     }
 
 
