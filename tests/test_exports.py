@@ -115,6 +115,7 @@ EXPORTS: dict[str, set[str]] = {
         "deserialize_payloads",
         "serialize_payloads",
     },
+    "errands.dashboard": {"create_app"},
     "errands.store": {
         "And",
         "AttemptRecord",
@@ -200,3 +201,27 @@ def test_a_build_of_the_package_ships_py_typed_and_the_migrations(tmp_path: Path
     source = sorted(p.name for p in (PROJECT_ROOT / migrations).glob("*.sql"))
     assert source
     assert sorted(p.name for p in (build_lib / migrations).glob("*.sql")) == source
+    dashboard = "errands/dashboard"
+    for folder in ("templates", "static"):
+        shipped = sorted(p.name for p in (PROJECT_ROOT / dashboard / folder).iterdir())
+        assert shipped
+        assert sorted(p.name for p in (build_lib / dashboard / folder).iterdir()) == shipped
+
+
+def test_the_core_imports_nothing_of_the_dashboard_extra() -> None:
+    # The client, the worker and the command line run without Starlette,
+    # Jinja2 or uvicorn installed: they never import them.
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, errands.client, errands.worker, errands.cli; "
+            "print(sorted(m for m in ('starlette', 'jinja2', 'uvicorn') if m in sys.modules))",
+        ],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert found.stdout.strip() == "[]"
