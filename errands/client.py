@@ -1033,6 +1033,30 @@ class Client:
             query, "reset", reason=reason, jitter_s=_jitter_s(jitter), reset=flags
         )
 
+    async def retry_activities_now(self, query: str | None) -> int:
+        """*(errands)* Run the next attempt now of every open execution the
+        query matches that waits out a retry backoff or a start delay (see
+        ``ActivityHandle.retry_now``), at most 1,000 per transaction; how
+        many it changed.
+
+        Raises ValueError for a malformed query.
+        """
+        return await self._bulk(query, "retry_now", reason=None)
+
+    async def update_activities_options(
+        self, query: str | None, updates: Sequence[ActivityOptionsUpdate[Any]]
+    ) -> int:
+        """*(errands)* Change the options of every open execution the query
+        matches (see ``ActivityHandle.update_options``), at most 1,000 per
+        transaction; how many it changed. One that the updates would leave
+        with neither start_to_close nor schedule_to_close is left as it is.
+
+        Raises ValueError for a malformed query, no updates or an option
+        updated twice; TypeError for what is not an update.
+        """
+        changes = _option_changes(updates)
+        return await self._bulk(query, "update_options", reason=None, options=changes)
+
     async def _bulk(
         self,
         query: str | None,
@@ -1041,12 +1065,19 @@ class Client:
         reason: str | None,
         jitter_s: float = 0.0,
         reset: dict[str, bool] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> int:
         parsed = await self._parse(query)
         if parsed.group_by_status or parsed.group_by:
             raise ValueError("GROUP BY works with count_activities only")
         return await self._store.bulk(
-            self.namespace, parsed, verb, reason=reason, jitter_s=jitter_s, reset=reset
+            self.namespace,
+            parsed,
+            verb,
+            reason=reason,
+            jitter_s=jitter_s,
+            reset=reset,
+            options=options,
         )
 
     async def list_workers(self) -> list[WorkerInfo]:

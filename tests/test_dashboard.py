@@ -222,6 +222,15 @@ async def test_a_bulk_cancel_by_query_says_how_many_first_and_changes_only_those
     assert await tab.text("[data-count=Canceled]") == "5"
     counted = await client.count_activities("GROUP BY ExecutionStatus")
     assert {g.group_values[0]: g.count for g in counted.groups} == {"Running": 3, "Canceled": 5}
+    # Update options by query: the other three move to another task queue
+    await tab.goto(link(f"{console}/activities", q="ActivityType = 'send-mail'"))
+    await tab.click("button[data-bulk=options]")
+    assert await tab.text("section.confirm h1") == "Update options of 3 activities?"
+    await tab.do(lambda page: page.fill("input[name=task_queue]", "elsewhere"))
+    await tab.click("#confirm")
+    assert await tab.text("p.notice") == "Update options: 3 activities changed."
+    queues = await client.count_activities("GROUP BY TaskQueue")
+    assert {g.group_values[0]: g.count for g in queues.groups} == {task_queue: 5, "elsewhere": 3}
 
 
 async def test_the_list_updates_live_as_activities_start_and_close(

@@ -12,11 +12,12 @@ from errands import activity, exceptions
 from errands.activity import ActivityCancellationDetails
 from errands.client import (
     ActivityExecutionStatus,
+    ActivityOptionsKeys,
     AttemptOutcome,
     Client,
     PendingActivityState,
 )
-from errands.common import RetryPolicy
+from errands.common import Priority, RetryPolicy
 from errands.worker import Worker
 from tests.support import describe_until
 
@@ -387,6 +388,59 @@ async def test_bulk_actions_change_every_open_match_in_batches_and_count_what_ch
     assert left.count == 2_500 - cancelled
     with pytest.raises(ValueError):
         await client.cancel_activities("GROUP BY ExecutionStatus")
+
+
+async def test_bulk_retry_now_and_update_options_change_the_matching_open_ones(
+    client: Client, task_queue: str
+) -> None:
+    moved = task_queue + "-moved"
+    hour = timedelta(hours=1)
+    for i in range(3):  # waiting out a start delay
+        await client.start_activity(
+            "anything",
+            id=f"late-{i}",
+            task_queue=task_queue,
+            start_delay=hour,
+            start_to_close_timeout=SOONER,
+        )
+    await client.start_activity(  # ready now, with both timeouts
+        "anything",
+        id="ready",
+        task_queue=task_queue,
+        start_to_close_timeout=SOONER,
+        schedule_to_close_timeout=hour,
+    )
+    await (
+        await client.start_activity(
+            "anything", id="closed", task_queue=task_queue, start_to_close_timeout=SOONER
+        )
+    ).terminate()
+    mine = f"TaskQueue = '{task_queue}'"
+
+    # retry now: only those that wait change, and they are claimable at once
+    assert await client.retry_activities_now(mine) == 3
+    late = await client.get_activity_handle("late-0").describe()
+    assert late.next_attempt_schedule_time is not None
+    assert late.next_attempt_schedule_time < late.schedule_time + hour / 2
+    assert await client.retry_activities_now(mine) == 0
+
+    # update options: every open match, on another queue now; one the
+    # update would leave without a timeout is left as it is
+    keys = ActivityOptionsKeys
+    changed = await client.update_activities_options(
+        mine, [keys.task_queue.value_set(moved), keys.priority.value_set(Priority(1))]
+    )
+    assert changed == 4
+    counted = await client.count_activities("GROUP BY TaskQueue")
+    assert {g.group_values[0]: g.count for g in counted.groups} == {moved: 4, task_queue: 1}
+    assert (await client.get_activity_handle("late-1").describe()).priority == Priority(1)
+    unset = [keys.start_to_close_timeout.value_unset()]
+    assert await client.update_activities_options(f"TaskQueue = '{moved}'", unset) == 1
+    assert (await client.get_activity_handle("ready").describe()).start_to_close_timeout is None
+    kept = await client.get_activity_handle("late-2").describe()
+    assert kept.start_to_close_timeout == SOONER
+    with pytest.raises(ValueError, match="at least one"):
+        await client.update_activities_options(mine, [])
 
 
 @activity.defn

@@ -26,6 +26,8 @@ BULK = {
     "pause": "Pause",
     "unpause": "Unpause",
     "reset": "Reset",
+    "retry_now": "Retry now",
+    "options": "Update options of",
 }
 """The bulk actions, by form value, and how a button names them."""
 
@@ -35,6 +37,10 @@ AFFECTED = {
     "pause": "ExecutionStatus = 'Running' AND RunState != 'PauseRequested'",
     "unpause": "(ExecutionStatus = 'Paused' OR RunState = 'PauseRequested')",
     "reset": f"{OPEN} AND RunState != 'CancelRequested'",
+    # Of these, those waiting out a backoff or a start delay (the query
+    # language cannot tell them from those ready now).
+    "retry_now": "RunState = 'Scheduled'",
+    "options": OPEN,
 }
 """Which matching activities each bulk action changes (for its confirmation)."""
 
@@ -98,19 +104,7 @@ async def update_options(handle: ActivityHandle[Any], form: Mapping[str, str]) -
     if _flag(form, "restore"):
         await handle.restore_original_options()
         return
-    updates: list[ActivityOptionsUpdate[Any]] = []
-    queue = form.get("task_queue", "").strip()
-    if queue:
-        updates.append(ActivityOptionsKeys.task_queue.value_set(queue))
-    for name, key in TIMEOUT_FIELDS.items():
-        value = form.get(name, "").strip()
-        if value.lower() == "none":
-            updates.append(key.value_unset())
-        elif value:
-            updates.append(key.value_set(parse_duration(value)))
-    priority = form.get("priority", "").strip()
-    if priority:
-        updates.append(ActivityOptionsKeys.priority.value_set(Priority(_int(priority, "priority"))))
+    updates = option_updates(form)
     retry: dict[str, Any] = {}
     for name, policy_field in RETRY_FIELDS.items():
         value = form.get(name, "").strip()
@@ -130,6 +124,28 @@ async def update_options(handle: ActivityHandle[Any], form: Mapping[str, str]) -
     if not updates:
         raise ValueError("nothing to change: fill in an option, or tick restore")
     await handle.update_options(updates)
+
+
+def option_updates(form: Mapping[str, str]) -> list[ActivityOptionsUpdate[Any]]:
+    """The updates of the form's task queue, timeouts, start delay and
+    priority (empty fields: none; ``none``: clear).
+
+    Raises ValueError for a value that is not a duration or a number.
+    """
+    updates: list[ActivityOptionsUpdate[Any]] = []
+    queue = form.get("task_queue", "").strip()
+    if queue:
+        updates.append(ActivityOptionsKeys.task_queue.value_set(queue))
+    for name, key in TIMEOUT_FIELDS.items():
+        value = form.get(name, "").strip()
+        if value.lower() == "none":
+            updates.append(key.value_unset())
+        elif value:
+            updates.append(key.value_set(parse_duration(value)))
+    priority = form.get("priority", "").strip()
+    if priority:
+        updates.append(ActivityOptionsKeys.priority.value_set(Priority(_int(priority, "priority"))))
+    return updates
 
 
 def _int(value: str, what: str) -> int:
@@ -179,4 +195,11 @@ async def bulk(client: Client, query: str | None, action: str, form: Mapping[str
             reset_heartbeat=_flag(form, "reset_heartbeat"),
             restore_original_options=_flag(form, "restore_original_options"),
         )
+    if action == "retry_now":
+        return await client.retry_activities_now(query)
+    if action == "options":
+        updates = option_updates(form)
+        if not updates:
+            raise ValueError("nothing to change: fill in an option")
+        return await client.update_activities_options(query, updates)
     raise ValueError(f"unknown bulk action {action!r}")

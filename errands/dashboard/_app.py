@@ -326,4 +326,5 @@ def bulk_notice(params: Mapping[str, str]) -> str:
     action = params.get("bulk", "")
     if action not in _actions.BULK:
         return ""
-    return f"{_actions.BULK[action]}: {params.get('n', '0')} activities changed."
+    label = _actions.BULK[action].removesuffix(" of")
+    return f"{label}: {params.get('n', '0')} activities changed."

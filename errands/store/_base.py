@@ -503,9 +503,12 @@ class Store(abc.ABC):
         jitter_s: float = 0.0,
         reset: dict[str, bool] | None = None,
         batch: int = 1000,
+        options: dict[str, Any] | None = None,
     ) -> int:
         """Apply ``verb`` (cancel, terminate, pause, unpause, reset: with the
-        ``reset`` flags of ``reset()``) to every execution open and matching
+        ``reset`` flags of ``reset()``, retry_now, update_options: with the
+        ``options`` changes of ``update_options()``; an execution these would
+        leave invalid is left as it is) to every execution open and matching
         the query when the call begins (and still when its batch comes), a
         batch of at most 1,000 per transaction (so workers wait for one batch
         at most); how many it changed.

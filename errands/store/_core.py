@@ -748,9 +748,10 @@ class CoreStore(Store):
         jitter_s: float = 0.0,
         reset: dict[str, bool] | None = None,
         batch: int = BULK_BATCH,
+        options: dict[str, Any] | None = None,
     ) -> int:
         where, params = _where.where(self._dialect, namespace, query)
-        action = self._bulk_action(namespace, verb, reason, jitter_s, reset)
+        action = self._bulk_action(namespace, verb, reason, jitter_s, reset, options)
         batch = max(1, min(batch, BULK_BATCH))
 
         def matching(tx: Tx) -> builtins.list[int]:
@@ -793,6 +794,7 @@ class CoreStore(Store):
         reason: str | None,
         jitter_s: float,
         reset: dict[str, bool] | None,
+        options: dict[str, Any] | None = None,
     ) -> BulkAction:
         if verb == "cancel":
             return lambda tx, aid, rid: tr.cancel(tx, namespace, aid, rid, reason) is not None
@@ -819,8 +821,21 @@ class CoreStore(Store):
             return lambda tx, aid, rid: tr.reset(
                 tx, namespace, aid, rid, jitter_s=jitter_s, draw=random.random(), **flags
             )
+        if verb == "retry_now":
+            return lambda tx, aid, rid: tr.retry_now(tx, namespace, aid, rid)
+        if verb == "update_options":
+
+            def update(tx: Tx, activity_id: str, run_id: str) -> bool:
+                try:
+                    tr.update_options(tx, namespace, activity_id, run_id, options)
+                except ValueError:  # it would be left without a timeout: left as it is
+                    return False
+                return True
+
+            return update
         raise ValueError(
-            f"unknown bulk action {verb!r}: cancel, terminate, pause, unpause or reset"
+            f"unknown bulk action {verb!r}: cancel, terminate, pause, unpause, reset, "
+            "retry_now or update_options"
         )
 
     async def retry_now(self, namespace: str, activity_id: str, run_id: str | None) -> bool:
