@@ -831,12 +831,14 @@ def update_options(
 
 
 @cli.command(name="retry-now")
-@click.argument("activity_id", metavar="ID")
+@click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
 @store_options
+@bulk_capable("Retry now", lambda c, o: c.retry_activities_now(o["query"]))
 def retry_now(activity_id: str, run_id: str | None, url: str | None, namespace: str) -> None:
     """Run an activity's next attempt now, skipping what is left of its
-    retry backoff or start delay (the attempt count goes on)."""
+    retry backoff or start delay (the attempt count goes on); with --query,
+    of every open one a query matches that waits so."""
 
     async def work(client: Client) -> bool:
         return await client.get_activity_handle(activity_id, run_id=run_id).retry_now()

@@ -361,6 +361,13 @@ def test_retry_now_says_whether_anything_waited_and_refuses_a_closed_activity(
     assert "nothing changed" in errands("retry-now", "ready").stdout
     errands("terminate", "ready")
     assert_one_error_line(errands("retry-now", "ready"), 1, "already closed")
+    # --query: every open one that waits out a delay
+    for name in ("late-1", "late-2"):
+        errands("start", "greet", "--id", name, "--task-queue", "nobody", "--input", '"a"')
+        errands("update-options", name, "--start-delay", "1h")
+    errands("start", "greet", "--id", "now-1", "--task-queue", "nobody", "--input", '"a"')
+    bulk = errands("retry-now", "--query", "TaskQueue = 'nobody'", "--json").json()
+    assert bulk == {"changed": 2}
 
 
 def test_pause_and_unpause_through_the_commands(errands: Callable[..., Ran]) -> None:
@@ -564,7 +571,7 @@ def test_help_lists_every_command(errands: Callable[..., Ran]) -> None:
     commands = ran.stdout.split("Commands:")[1].split()
     for name in ("worker", "start", "execute", "describe", "result", "cancel", "terminate",
                  "list", "count", "migrate", "prune", "attempts", "retry-now", "pause",
-                 "unpause", "reset", "update-options", "workers"):  # fmt: skip
+                 "unpause", "reset", "update-options", "workers", "dashboard"):  # fmt: skip
         assert name in commands
 
 
