@@ -129,6 +129,9 @@ class Tab:
         response = await self.do(lambda page: page.goto(url))
         return int(response.status) if response is not None else 0
 
+    async def url(self) -> str:
+        return str(await self.do(lambda page: page.url))
+
     async def text(self, selector: str) -> str:
         return str(await self.do(lambda page: page.locator(selector).first.inner_text()))
 
@@ -166,15 +169,23 @@ class Tab:
 async def serving(client: Client, **options: Any) -> AsyncIterator[str]:
     """The dashboard of ``client`` (``create_app(client, **options)``), served
     by uvicorn on this event loop at a free port of 127.0.0.1; its base URL."""
-    import uvicorn
-
     from errands.dashboard import create_app
+
+    async with serving_app(create_app(client, **options)) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serving_app(app: Any) -> AsyncIterator[str]:
+    """An ASGI app served by uvicorn on this event loop at a free port of
+    127.0.0.1; its base URL."""
+    import uvicorn
 
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(client, **options),
+            app,
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,

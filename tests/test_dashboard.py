@@ -28,7 +28,7 @@ import pytest_asyncio
 from errands.client import ActivityExecutionStatus, Client
 from errands.common import RetryPolicy
 from tests import procs
-from tests.browser import Browser, Tab, require_chromium, serving
+from tests.browser import Browser, Tab, require_chromium, serving, serving_app
 from tests.support import CEILING_S, describe_until, eventually
 
 pytestmark = pytest.mark.timeout(180)
@@ -333,6 +333,34 @@ async def test_values_that_hold_markup_are_shown_as_text_and_run_nothing(
             assert await tab.count("[onerror], [onmouseover]") == 0
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])
+async def test_mounted_under_a_prefix_in_a_host_app_every_link_and_action_stays_under_it(
+    client: Client, tab: Tab, task_queue: str
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    from errands.dashboard import create_app
+
+    async def home(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("the host app")
+
+    await start_idle(client, "resize", ["img-0"], task_queue)
+    host = Starlette(routes=[Route("/", home), Mount("/ops/errands", app=create_app(client))])
+    async with serving_app(host) as url:
+        assert await tab.goto(f"{url}/ops/errands/") == 200
+        assert (await tab.url()) == f"{url}/ops/errands/activities"
+        await tab.wait_text("#live-state", "live")  # its script and its stream, under the prefix
+        await tab.click("td.id a")
+        await tab.click("button[data-action=cancel]")
+        await tab.wait_text("#status", "CANCELED")
+        assert (await tab.url()).startswith(f"{url}/ops/errands/activity?")
+        await tab.click("nav.pages a:text-is('Queues')")
+        assert (await tab.url()) == f"{url}/ops/errands/queues"
+
+
 def _request(
     url: str,
     *,
@@ -392,7 +420,7 @@ async def test_with_a_token_every_request_needs_it_and_actions_need_the_same_ori
         page = await browser.tab(shots, "token")
         try:
             assert await page.goto(f"{url}/?token=s3cret") == 200
-            assert page.page.url == f"{url}/activities"
+            assert (await page.url()) == f"{url}/activities"
             await page.wait_text("#live-state", "live")
             await page.click("td.id a")
             await page.click("button[data-action=cancel]")
