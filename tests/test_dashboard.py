@@ -333,6 +333,15 @@ async def test_values_that_hold_markup_are_shown_as_text_and_run_nothing(
             assert await tab.count("[onerror], [onmouseover]") == 0
 
 
+def test_an_event_carries_every_line_of_the_page_and_no_carriage_return() -> None:
+    # A carriage return in a value would end the event's line early and let
+    # the rest pass for a field of the stream.
+    from errands.dashboard._live import event
+
+    sent = event("update", "<td>a\revent: x</td>\n<td>b</td>")
+    assert sent == "event: update\ndata: <td>a&#13;event: x</td>\ndata: <td>b</td>\n\n"
+
+
 @pytest.mark.parametrize("store_kind", ["sqlite"])
 async def test_mounted_under_a_prefix_in_a_host_app_every_link_and_action_stays_under_it(
     client: Client, tab: Tab, task_queue: str

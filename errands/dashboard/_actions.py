@@ -17,9 +17,6 @@ from errands.client import (
 from errands.common import Priority, RetryPolicy
 from errands.dashboard._pages import OPEN, narrowed
 
-ACTIONS = ("cancel", "terminate", "pause", "unpause", "reset", "retry_now")
-"""What a button does to one activity (update options has its own form)."""
-
 BULK = {
     "cancel": "Cancel",
     "terminate": "Terminate",

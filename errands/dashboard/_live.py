@@ -44,8 +44,6 @@ class Live:
         self._streams: set[asyncio.Event] = set()
         self._task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
-        self.wakes = 0
-        """How many times the feed woke the streams (for tests)."""
 
     def join(self) -> asyncio.Event:
         """A new stream's wake-up event (set when the store changed)."""
@@ -81,7 +79,6 @@ class Live:
                 began = loop.time()
                 await asyncio.sleep(DEBOUNCE_S)
                 sub.take()
-                self.wakes += 1
                 for event in list(self._streams):
                     event.set()
                 await asyncio.sleep(max(0.0, MIN_GAP_S - (loop.time() - began)))
