@@ -152,6 +152,11 @@ class Tab:
             lambda page: expect(page.locator(selector).first).to_have_text(text, timeout=WAIT_MS)
         )
 
+    async def wait_updates(self, count: int = 1) -> None:
+        """Wait until the page has swapped in ``count`` live updates."""
+        script = f"Number(document.getElementById('live').dataset.updates || 0) >= {count}"
+        await self.do(lambda page: page.wait_for_function(script))
+
     async def evaluate(self, script: str) -> Any:
         return await self.do(lambda page: page.evaluate(script))
 

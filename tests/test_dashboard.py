@@ -171,9 +171,7 @@ async def test_an_activity_shows_its_attempts_and_completes_live_from_a_worker_e
         await tab.screenshot("activity")
         await tab.evaluate("window.__same_page = true")
         # When the worker completes it
-        await asyncio.sleep(
-            0.3
-        )  # the page's stream is open before the close (as a person's would be)
+        await tab.wait_updates()  # its stream is open, as a person's page would be
         go.touch()
         assert await handle.result() == "done"
         # Then the page shows it COMPLETED, without a reload
@@ -325,7 +323,7 @@ async def test_values_that_hold_markup_are_shown_as_text_and_run_nothing(
             assert json.dumps(words)[1:-1] in await tab.text("#heartbeat-details")
             failures = await tab.texts("li.attempt .failure")
             assert f"Flaky: attempt 2 failed: {words}" in failures
-            await asyncio.sleep(0.3)  # a live update or two
+            await tab.wait_updates()  # and as its stream renders it again
             # and nothing ran: no script, no image, no handler
             assert await tab.evaluate("window.__xss") is None
             assert await tab.count("img") == 0
