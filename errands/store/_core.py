@@ -402,10 +402,22 @@ class CoreStore(Store):
         """Read the state of the runs the hints may concern that this process
         awaits or holds; publish their closes and interrupts."""
         self._expect_claims(hints, time.time() - self._offset)
-        for hint in hints:
-            if isinstance(hint, RunBucket) and self.feed.watching_everything(hint.kind):
-                tx.local_changes.append(Touched(hint.kind, hint.bucket))
         awaited = self.feed.subscribed_runs(Closed)
+        # Those that concern no run this process awaits or holds: as they are,
+        # for the subscriptions that watch everything (they changed nothing here).
+        unresolved: list[Change] = []
+        for hint in hints:
+            if isinstance(hint, RunBucket):
+                if self.feed.watching_everything(hint.kind):
+                    unresolved.append(Touched(hint.kind, hint.bucket))
+            elif isinstance(hint, Closed) and hint.run_id not in awaited:
+                if self.feed.watching_everything(Closed):
+                    unresolved.append(hint)
+            elif isinstance(hint, Interrupted) and hint.run_id not in self._held:
+                if self.feed.watching_everything(Interrupted):
+                    unresolved.append(hint)
+        if unresolved:
+            self.feed.publish(_collapsed(unresolved), FOREIGN, everything_only=True)
         held = {run_id: set(serials) for run_id, serials in self._held.items()}
         exact = {h.run_id for h in hints if isinstance(h, (Closed, Interrupted))}
         buckets = {h.bucket for h in hints if isinstance(h, RunBucket)}
