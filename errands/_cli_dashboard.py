@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from errands import _cli_output as out
 from errands.client import Client
+from errands.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8780
@@ -97,7 +98,9 @@ async def serve(options: DashboardOptions) -> None:
         raise ImportError(
             f"the dashboard needs the optional extra: pip install 'errands[dashboard]' ({e})"
         ) from e
-    client = await Client.connect(options.url, namespace=options.namespace)
+    # Metrics kept for the dashboard's /metrics (no server of their own).
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address="")))
+    client = await Client.connect(options.url, namespace=options.namespace, runtime=runtime)
     try:
         sock = _bind(options.host, options.port)
         port = sock.getsockname()[1]
@@ -120,3 +123,4 @@ async def serve(options: DashboardOptions) -> None:
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         await client.close()
+        runtime.close()

@@ -263,6 +263,7 @@ async def test_queues_and_workers_pages_show_the_backlog_and_the_registry(
         await tab.goto(f"{console}/queues")
         idle = f"tr[data-queue='{task_queue}-idle']"
         assert await tab.text(f"{idle} [data-field=scheduled]") == "2"
+        assert await tab.text(f"{idle} [data-field=backlog]") == "2"
         assert await tab.text(f"tr[data-queue='{task_queue}'] [data-field=completed]") == "1"
         await tab.screenshot("queues")
         await tab.goto(f"{console}/workers")
@@ -283,6 +284,8 @@ async def test_read_only_mode_shows_no_action_and_refuses_them(
         assert "read-only" in await tab.text("header")
         await tab.goto(f"{url}/activities")
         assert await tab.count("button[data-bulk]") == 0
+        # A client that keeps no Prometheus metrics has no /metrics to serve
+        assert await tab.goto(f"{url}/metrics") == 404
         # A POST made anyway (from the page's own origin) is refused
         status = await tab.evaluate(
             "fetch('/act', {method: 'POST', body: new URLSearchParams("
@@ -471,6 +474,12 @@ async def test_the_command_prints_its_address_serves_live_and_refuses_an_open_ho
         assert await tab.goto(f"http://{address}activities") == 200
         assert await tab.texts("td.id") == ["img-0"]
         await tab.wait_text("#live-state", "live")
+        # /metrics: Prometheus text, with the namespace's queue backlog
+        status, headers, text = await asyncio.to_thread(_request, f"http://{address}metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert (
+            f'errands_task_queue_backlog{{namespace="default",task_queue="{task_queue}"}} 1' in text
+        )
         # Its live updates come from another process (this test's client)
         await client.get_activity_handle("img-0").terminate()
         await tab.wait_text("[data-count=Terminated]", "1")

@@ -291,6 +291,24 @@ def create_app(
         yield
         await live.stop()
 
+    async def metrics(request: Request) -> Response:
+        # The client's runtime's Prometheus text (errands dashboard keeps one):
+        # this process's store metrics and the namespace's queue backlog.
+        try:
+            text = client.runtime.prometheus_text()
+        except RuntimeError:
+            return Response(
+                "This dashboard's client keeps no Prometheus metrics: connect it with a "
+                "Runtime whose metrics are a PrometheusConfig (bind_address='' serves none "
+                "of its own).",
+                404,
+                media_type="text/plain",
+            )
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    if client.runtime._metrics is not None:
+        client.runtime._metrics.watch_backlog(client.store, client.namespace)
+
     async def store_failed(request: Request, exc: Exception) -> Response:
         return render(request, "message.html", 503, title="The store failed", message=str(exc))
 
@@ -302,6 +320,7 @@ def create_app(
             Route("/activity", page("activity")),
             Route("/queues", page("queues")),
             Route("/workers", page("workers")),
+            Route("/metrics", metrics),
             Route("/live/{view}", live_stream),
             Route("/act", act, methods=["POST"]),
             Route("/bulk/confirm", bulk_confirm, methods=["POST"]),

@@ -179,11 +179,14 @@ async def activity(client: Client, activity_id: str, run_id: str | None) -> Acti
 @dataclass
 class QueueRow:
     name: str
+    backlog: int = 0
+    """Claimable now, waiting for a worker."""
+    oldest_ready: datetime | None = None
+    """When the longest-waiting of those became claimable."""
     scheduled: int = 0
-    """Waiting: ready to be claimed, or waiting out a retry backoff or start delay."""
+    """Waiting: claimable now, or waiting out a retry backoff or start delay."""
     running: int = 0
     paused: int = 0
-    oldest_scheduled: datetime | None = None
     completed_last_minute: int = 0
     failed_last_minute: int = 0
     workers: int = 0
@@ -191,7 +194,9 @@ class QueueRow:
 
 
 async def queues(client: Client) -> list[QueueRow]:
-    """Every task queue with open executions, recent closes or a worker."""
+    """Every task queue with open executions, recent closes or a worker: the
+    counts come from the query language, the backlog from the store's read of
+    its claim index (what the metrics report)."""
     since = (datetime.now(timezone.utc) - COMPLETIONS_WINDOW).isoformat()
     recent = f"CloseTime > {quote_string(since)}"
     counts = await asyncio.gather(
@@ -220,15 +225,11 @@ async def queues(client: Client) -> list[QueueRow]:
             row.workers += 1
             row.slots_free += worker.slots_free
 
-    async def oldest(row: QueueRow) -> None:
-        query = (
-            f"TaskQueue = {quote_string(row.name)} AND RunState = 'Scheduled' "
-            "ORDER BY ScheduleTime ASC"
-        )
-        async for execution in client.list_activities(query, limit=1):
-            row.oldest_scheduled = execution.schedule_time
-
-    await asyncio.gather(*(oldest(row) for row in rows.values() if row.scheduled))
+    now = datetime.now(timezone.utc)
+    for found in await client.store.queue_backlog(client.namespace):
+        row = rows.setdefault(found.task_queue, QueueRow(found.task_queue))
+        row.backlog = found.backlog
+        row.oldest_ready = now - timedelta(seconds=found.oldest_age_s)
     return sorted(rows.values(), key=lambda r: r.name)
 
 

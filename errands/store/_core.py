@@ -410,12 +410,14 @@ class CoreStore(Store):
             if isinstance(hint, RunBucket):
                 if self.feed.watching_everything(hint.kind):
                     unresolved.append(Touched(hint.kind, hint.bucket))
-            elif isinstance(hint, Closed) and hint.run_id not in awaited:
-                if self.feed.watching_everything(Closed):
-                    unresolved.append(hint)
-            elif isinstance(hint, Interrupted) and hint.run_id not in self._held:
-                if self.feed.watching_everything(Interrupted):
-                    unresolved.append(hint)
+                continue
+            mine = awaited if isinstance(hint, Closed) else self._held
+            if (
+                isinstance(hint, (Closed, Interrupted))
+                and hint.run_id not in mine
+                and self.feed.watching_everything(type(hint))
+            ):
+                unresolved.append(hint)
         if unresolved:
             self.feed.publish(_collapsed(unresolved), FOREIGN, everything_only=True)
         held = {run_id: set(serials) for run_id, serials in self._held.items()}
