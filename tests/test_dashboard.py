@@ -474,6 +474,13 @@ async def test_the_command_prints_its_address_serves_live_and_refuses_an_open_ho
         assert await tab.goto(f"http://{address}activities") == 200
         assert await tab.texts("td.id") == ["img-0"]
         await tab.wait_text("#live-state", "live")
+        # Without a token it answers only to this machine's names (a page of
+        # another site whose name points here is refused: DNS rebinding)
+        rebound = {"Host": "attacker.example:80"}
+        status, _, _ = await asyncio.to_thread(
+            _request, f"http://{address}activities", headers=rebound
+        )
+        assert status == 421
         # /metrics: Prometheus text, with the namespace's queue backlog
         status, headers, text = await asyncio.to_thread(_request, f"http://{address}metrics")
         assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
