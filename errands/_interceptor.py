@@ -294,9 +294,7 @@ class OutboundInterceptor:
         """Called for every ``ActivityHandle.result`` (and ``execute_activity``)."""
         return await self.next.get_activity_result(input)
 
-    async def describe_activity(
-        self, input: DescribeActivityInput
-    ) -> ActivityExecutionDescription:
+    async def describe_activity(self, input: DescribeActivityInput) -> ActivityExecutionDescription:
         """Called for every ``ActivityHandle.describe``."""
         return await self.next.describe_activity(input)
 

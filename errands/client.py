@@ -1560,9 +1560,7 @@ class _ClientImpl(OutboundInterceptor):
             cause=cause,
         )
 
-    async def describe_activity(
-        self, input: DescribeActivityInput
-    ) -> ActivityExecutionDescription:
+    async def describe_activity(self, input: DescribeActivityInput) -> ActivityExecutionDescription:
         client = self._client
         converter = client.data_converter
         r = await client._store.describe(client.namespace, input.activity_id, input.activity_run_id)
