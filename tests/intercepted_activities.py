@@ -1,17 +1,25 @@
 """Activities of the interceptor and tracing tests, module level so that
 process-pool children (and worker processes) import them by name. They report
-through their results and heartbeats: a child cannot reach the test's memory."""
+through their results and heartbeats: a child cannot reach the test's memory.
+``Kind`` is an executor kind those tests run them on (the ``executor_kind``
+fixture of conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing.managers
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from errands import activity
+from errands.client import Client
 from errands.exceptions import ApplicationError
+from errands.worker import SharedStateManager, Worker
 
 
 def _report(fail_first: bool) -> dict[str, Any]:
@@ -67,3 +75,43 @@ async def fail_then_succeed(failures: int) -> int:
     if attempt <= failures:
         raise ApplicationError(f"attempt {attempt} fails", type="Flaky")
     return attempt
+
+
+@dataclass
+class Kind:
+    """One executor kind as a test sees it."""
+
+    name: str
+    """"async", "thread" or "process"."""
+    executor: Executor | None
+    manager: multiprocessing.managers.SyncManager | None
+
+    @property
+    def report(self) -> Callable[..., Any]:
+        """``report_async`` or ``report_sync``, as this kind runs."""
+        return report_async if self.name == "async" else report_sync
+
+    @property
+    def wait_for_cancel(self) -> Callable[..., Any]:
+        """``wait_for_cancel_async`` or ``wait_for_cancel_sync``, as this kind runs."""
+        return wait_for_cancel_async if self.name == "async" else wait_for_cancel_sync
+
+    def worker(
+        self,
+        client: Client,
+        task_queue: str,
+        activities: Sequence[Callable[..., Any]],
+        **options: Any,
+    ) -> Worker:
+        """A Worker running ``activities`` on this kind's executor."""
+        if self.manager is not None:
+            options["shared_state_manager"] = SharedStateManager.create_from_multiprocessing(
+                self.manager
+            )
+        return Worker(
+            client,
+            task_queue=task_queue,
+            activities=activities,
+            activity_executor=self.executor,
+            **options,
+        )

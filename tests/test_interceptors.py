@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import multiprocessing.managers
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,63 +34,13 @@ from errands.worker import (
     ActivityInboundInterceptor,
     ActivityOutboundInterceptor,
     ExecuteActivityInput,
-    SharedStateManager,
     Worker,
 )
 from tests import intercepted_activities as acts
+from tests.intercepted_activities import Kind
 from tests.support import FAST_RETRY, TIMEOUT, describe_until, failure_of, heartbeat_stored
 
 CONVERTER = PayloadConverter()
-
-
-@dataclass
-class Kind:
-    """One executor kind as a test sees it."""
-
-    name: str
-    """"async", "thread" or "process"."""
-    executor: Executor | None
-    manager: multiprocessing.managers.SyncManager | None
-
-    @property
-    def report(self) -> Callable[..., Any]:
-        return acts.report_async if self.name == "async" else acts.report_sync
-
-    @property
-    def wait_for_cancel(self) -> Callable[..., Any]:
-        return acts.wait_for_cancel_async if self.name == "async" else acts.wait_for_cancel_sync
-
-    def worker(
-        self,
-        client: Client,
-        task_queue: str,
-        activities: Sequence[Callable[..., Any]],
-        **options: Any,
-    ) -> Worker:
-        """A Worker running ``activities`` on this kind's executor."""
-        if self.manager is not None:
-            options["shared_state_manager"] = SharedStateManager.create_from_multiprocessing(
-                self.manager
-            )
-        return Worker(
-            client,
-            task_queue=task_queue,
-            activities=activities,
-            activity_executor=self.executor,
-            **options,
-        )
-
-
-@pytest.fixture(params=["async", "thread", "process"])
-def kind(request: pytest.FixtureRequest) -> Kind:
-    """Async activities, a thread pool, or the module's process pool."""
-    if request.param == "async":
-        return Kind("async", None, None)
-    if request.param == "thread":
-        return Kind("thread", request.getfixturevalue("thread_pool"), None)
-    return Kind(
-        "process", request.getfixturevalue("process_pool"), request.getfixturevalue("mp_manager")
-    )
 
 
 # --------------------------------------------------------------------------- interceptors
@@ -183,8 +131,9 @@ class _MarkOutbound(ActivityOutboundInterceptor):
 
 
 async def test_a_worker_s_interceptors_see_every_attempt_with_the_start_s_headers(
-    db_url: str, task_queue: str, kind: Kind
+    db_url: str, task_queue: str, executor_kind: Kind
 ) -> None:
+    kind = executor_kind
     # Given a client that sets a header at start, and a worker with an interceptor
     client = await Client.connect(db_url, interceptors=[SetHeader("acme")])
     recorder = RecordAttempts()
@@ -230,8 +179,9 @@ async def test_a_worker_s_interceptors_see_every_attempt_with_the_start_s_header
 
 
 async def test_a_cancellation_passes_out_through_the_interceptors(
-    db_url: str, task_queue: str, kind: Kind
+    db_url: str, task_queue: str, executor_kind: Kind
 ) -> None:
+    kind = executor_kind
     # Given a worker with an interceptor, running an activity that waits to be cancelled
     client = await Client.connect(db_url)
     recorder = RecordAttempts()
