@@ -470,9 +470,12 @@ class _Context:
     def info(self) -> Info:
         """The attempt's Info: what the outbound interceptors return, when
         there are some (asked at every call), else its own."""
-        if self._intercepted_info is not None:
-            return self._intercepted_info()
-        return self.own_info()
+        if self._intercepted_info is None:
+            info = self._info
+            if info is None:
+                info = self._info = self._make_info()
+            return info
+        return self._intercepted_info()
 
     def own_info(self) -> Info:
         """The attempt's own Info, built on first use."""
