@@ -206,6 +206,59 @@ async def test_a_cancellation_passes_out_through_the_interceptors(
     assert recorder.record.inputs[0].headers == {}
 
 
+class Hold(errands_worker.Interceptor):
+    """Holds each attempt in execute_activity, before the activity runs,
+    until a cancellation has been delivered to it."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.outcomes: list[type[BaseException] | None] = []
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _HoldInbound(next, self)
+
+
+class _HoldInbound(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, root: Hold) -> None:
+        super().__init__(next)
+        self.root = root
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        self.root.entered.set()
+        await activity.wait_for_cancelled()
+        try:
+            result = await super().execute_activity(input)
+        except BaseException as e:
+            self.root.outcomes.append(type(e))
+            raise
+        self.root.outcomes.append(None)
+        return result
+
+
+async def test_an_interruption_that_comes_while_an_interceptor_holds_the_attempt_still_lands(
+    client: Client, task_queue: str, executor_kind: Kind
+) -> None:
+    kind = executor_kind
+    # Given an attempt held by its interceptor before its activity runs
+    hold = Hold()
+    async with kind.worker(client, task_queue, [kind.wait_for_cancel], interceptors=[hold]):
+        handle = await client.start_activity(
+            kind.wait_for_cancel, id="held", task_queue=task_queue, start_to_close_timeout=TIMEOUT
+        )
+        await asyncio.wait_for(hold.entered.wait(), 30)
+        # When the execution is terminated meanwhile (the interceptor then lets it run)
+        await handle.terminate(reason="while held")
+        # Then the activity is interrupted all the same (it would wait a minute or an hour)
+        await asyncio.wait_for(_outcome_of(hold), 30)
+    expected = asyncio.CancelledError if kind.name == "async" else exceptions.CancelledError
+    assert hold.outcomes == [expected]
+
+
+async def _outcome_of(hold: Hold) -> None:
+    while not hold.outcomes:
+        await asyncio.sleep(0.01)
+
+
 class Order(errands_client.Interceptor, errands_worker.Interceptor):
     """A client and worker interceptor that notes its label as each attempt passes."""
 
