@@ -59,7 +59,7 @@ def render(spans: list[dict[str, Any]]) -> str:
     height = TOP + ROW_H * len(rows) + BOTTOM
 
     def x(ns: int) -> float:
-        return LABEL_W + (ns - t0) / 1e6 / total_ms * PLOT_W
+        return float(LABEL_W + (ns - t0) / 1e6 / total_ms * PLOT_W)
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -87,16 +87,12 @@ def render(spans: list[dict[str, Any]]) -> str:
     for i, (depth, span) in enumerate(rows):
         y = TOP + i * ROW_H
         if span["pid"] != first_pid:
-            parts.append(
-                f'<rect x="0" y="{y}" width="{width}" height="{ROW_H}" fill="#f4f4f4"/>'
-            )
+            parts.append(f'<rect x="0" y="{y}" width="{width}" height="{ROW_H}" fill="#f4f4f4"/>')
         attributes = span["attributes"]
         label = span["name"]
         if "errands.activity.attempt" in attributes:
             label += f"  (attempt {attributes['errands.activity.attempt']})"
-        parts.append(
-            f'<text x="{12 + 16 * depth}" y="{y + 19}">{escape(label)}</text>'
-        )
+        parts.append(f'<text x="{12 + 16 * depth}" y="{y + 19}">{escape(label)}</text>')
         x0, x1 = x(span["start_ns"]), x(span["end_ns"])
         colour = COLOURS.get(span["status"], "#3c8d5a")
         parts.append(
