@@ -265,3 +265,40 @@ async def test_a_first_release_store_takes_search_attributes_after_migrating(
     assert tagged == ["tagged"]
     assert sorted(untagged) == sorted(row["activity_id"] for row in rows)
     assert old.typed_search_attributes == TypedSearchAttributes.empty
+
+
+async def test_a_store_without_an_earlier_version_than_its_newest_is_given_it(
+    db_url: str, store_kind: str, db_path: Any, request: pytest.FixtureRequest
+) -> None:
+    # Given a store at the newest schema but for version 7 (as a build that
+    # had a later version, and not yet 7, would have left it)
+    client = await Client.connect(db_url)
+    await client.close()
+    drop = [
+        "ALTER TABLE {t}executions DROP COLUMN headers",
+        "DELETE FROM {t}errands_schema WHERE version = 7",
+    ]
+    if store_kind == "sqlite":
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        for sql in drop:
+            conn.execute(sql.format(t=""))
+        conn.close()
+    else:
+        from tests.conftest import admin
+
+        schema = request.getfixturevalue("pg_schema")
+        for sql in drop:
+            admin(sql.format(t=f'"{schema}".'))
+    # When it is opened again
+    client = await Client.connect(db_url)
+    try:
+        # Then version 7 is applied: a start keeps its headers again
+        await client.start_activity(
+            "kept", id="kept", task_queue="q", start_to_close_timeout=timedelta(seconds=30)
+        )
+        claimed = await client.store.claim_batch(
+            client.namespace, "q", max_tasks=1, identity="test"
+        )
+        assert [task.headers for task in claimed.tasks] == [None]
+    finally:
+        await client.close()

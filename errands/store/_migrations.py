@@ -4,6 +4,7 @@ each dialect under its own lock."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from importlib import resources
 
 from errands.exceptions import StoreError
@@ -24,15 +25,21 @@ def newest(dialect: str) -> int:
     return max(version for version, _, _ in migrations(dialect))
 
 
-def pending(dialect: str, current: int, label: str) -> list[tuple[int, str, str]]:
-    """The migrations a store at schema ``current`` still needs, oldest first.
+def pending(dialect: str, applied: Collection[int], label: str) -> list[tuple[int, str, str]]:
+    """The migrations a store that has ``applied`` these versions still needs,
+    oldest first: every known version it lacks, also one below its newest
+    (versions are handed out to changes as they are made, and a store may
+    have been migrated by a build that had a later version but not an
+    earlier one).
 
     Raises StoreError if the store's schema is newer than this code.
     """
     known = newest(dialect)
+    current = max(applied, default=0)
     if current > known:
         raise StoreError(
             f"{label} has schema version {current}, newer than this errands "
             f"(knows up to {known}); upgrade errands"
         )
-    return [m for m in migrations(dialect) if m[0] > current]
+    done = set(applied)
+    return [m for m in migrations(dialect) if m[0] not in done]

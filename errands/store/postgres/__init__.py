@@ -254,10 +254,10 @@ def migrate(conn: Conn, schema: str, target: str) -> int:
                     "CREATE TABLE errands_schema "
                     "(version integer PRIMARY KEY, name text NOT NULL, applied float8 NOT NULL)"
                 )
-            row = conn.execute("SELECT coalesce(max(version), 0) FROM errands_schema").fetchone()
-            current = int(row[0]) if row is not None else 0
+            applied = {int(r[0]) for r in conn.execute("SELECT version FROM errands_schema")}
+            current = max(applied, default=0)
             for version, name, sql in _migrations.pending(
-                "postgres", current, f"PostgreSQL store {target}"
+                "postgres", applied, f"PostgreSQL store {target}"
             ):
                 conn.execute(sql)  # no parameters: the whole script in one simple query
                 conn.execute(
@@ -266,7 +266,7 @@ def migrate(conn: Conn, schema: str, target: str) -> int:
                     (version, name),
                 )
                 logger.info("PostgreSQL store %s: applied migration %s", target, name)
-                current = version
+                current = max(current, version)
             return current
     except psycopg.errors.InsufficientPrivilege as e:
         raise StoreError(

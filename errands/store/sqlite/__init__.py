@@ -181,11 +181,10 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
                 "CREATE TABLE IF NOT EXISTS errands_schema "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
             )
-            current = conn.execute(
-                "SELECT coalesce(max(version), 0) FROM errands_schema"
-            ).fetchone()[0]
+            applied = {row[0] for row in conn.execute("SELECT version FROM errands_schema")}
+            current = max(applied, default=0)
             for version, name, sql in _migrations.pending(
-                "sqlite", current, f"SQLite store {path!r}"
+                "sqlite", applied, f"SQLite store {path!r}"
             ):
                 # executescript would commit; run statement by statement inside our transaction.
                 for statement in _split_sql(sql):
@@ -195,7 +194,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
                     (version, name, time.time()),
                 )
                 logger.info("SQLite store %s: applied migration %s", path, name)
-                current = version
+                current = max(current, version)
             conn.execute("COMMIT")
             return int(current)
         except BaseException:
