@@ -21,9 +21,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from errands import activity, exceptions
-from errands.client import ActivityStart, Client
+from errands import client as errands_client
+from errands.client import ActivityStart, Client, OutboundInterceptor, StartActivityInput
 from errands.common import RetryPolicy
 from errands.contrib.opentelemetry import HEADER_KEY, TracingInterceptor
+from errands.converter import Payload
 from errands.worker import Worker
 from tests import intercepted_activities as acts
 from tests import procs
@@ -331,3 +333,34 @@ except ImportError as e:
         "refused: errands.contrib.opentelemetry needs opentelemetry-api: "
         "pip install 'errands[opentelemetry]'"
     )
+
+
+async def test_an_unreadable_trace_header_begins_a_new_trace_and_says_so(
+    client: Client, task_queue: str, spans: Spans, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a start whose trace header holds no carrier
+    class Garble(errands_client.Interceptor):
+        def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+            class Outbound(OutboundInterceptor):
+                async def start_activity(self, input: StartActivityInput) -> Any:
+                    input.headers = {HEADER_KEY: Payload({"encoding": b"json/plain"}, b"[1, 2]")}
+                    return await super().start_activity(input)
+
+            return Outbound(next)
+
+    starter = Client(client.store, interceptors=[Garble()])
+    worker_client = Client(client.store, interceptors=[TracingInterceptor(spans.tracer)])
+    async with Worker(worker_client, task_queue=task_queue, activities=[acts.fail_then_succeed]):
+        # When a traced worker runs it
+        result = await starter.execute_activity(
+            acts.fail_then_succeed,
+            0,
+            id="garbled",
+            task_queue=task_queue,
+            start_to_close_timeout=TIMEOUT,
+        )
+    # Then the attempt still runs, in a trace of its own, and the header is reported
+    assert result == 1
+    (run,) = spans.named("RunActivity:")
+    assert run["parent_id"] is None and run["status"] == "UNSET"
+    assert any("header cannot be read" in r.getMessage() for r in caplog.records)

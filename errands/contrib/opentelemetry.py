@@ -38,6 +38,7 @@ rest of errands never imports this module or OpenTelemetry.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -58,7 +59,7 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
 
 from errands import activity, client, worker
 from errands.activity import _CompleteAsyncError
-from errands.converter import Payload, PayloadConverter
+from errands.converter import Payload
 from errands.exceptions import ApplicationError, CancelledError
 
 __all__ = ["HEADER_KEY", "TracingInterceptor"]
@@ -93,7 +94,6 @@ class TracingInterceptor(client.Interceptor, worker.Interceptor):
     ) -> None:
         self.tracer = tracer or opentelemetry.trace.get_tracer(__name__)
         self.propagator = propagator or opentelemetry.propagate.get_global_textmap()
-        self._converter = PayloadConverter()
 
     def intercept_client(self, next: client.OutboundInterceptor) -> client.OutboundInterceptor:
         """Trace the client's starts."""
@@ -108,10 +108,11 @@ class TracingInterceptor(client.Interceptor, worker.Interceptor):
     # ---------------------------------------------------------------- carriers
 
     def _header(self) -> Payload:
-        """The current span context as a header value."""
+        """The current span context as a header value: the carrier as JSON
+        (what ``PayloadConverter.to_payload`` writes for it, done directly)."""
         carrier: dict[str, str] = {}
         self.propagator.inject(carrier)
-        return self._converter.to_payload(carrier)
+        return Payload({"encoding": b"json/plain"}, json.dumps(carrier).encode())
 
     def _parent(self, headers: Mapping[str, Payload]) -> opentelemetry.context.Context:
         """The span context the start put in the headers (an empty context,
@@ -120,8 +121,12 @@ class TracingInterceptor(client.Interceptor, worker.Interceptor):
         if payload is None:
             return opentelemetry.context.Context()
         try:
-            carrier = self._converter.from_payload(payload, dict[str, str])
-        except (TypeError, ValueError) as e:
+            carrier = json.loads(payload.data)
+            if not isinstance(carrier, dict) or not all(
+                isinstance(v, str) for v in carrier.values()
+            ):
+                raise ValueError(f"a JSON object of strings was expected, not {carrier!r}")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             logger.warning("the %s header cannot be read (%s): a new trace begins", HEADER_KEY, e)
             return opentelemetry.context.Context()
         return self.propagator.extract(carrier, context=opentelemetry.context.Context())
