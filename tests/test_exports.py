@@ -102,6 +102,8 @@ EXPORTS: dict[str, set[str]] = {
         "Interceptor",
     },
     "errands.testing": {"ActivityEnvironment"},
+    # needs the opentelemetry extra (the dev extra has it)
+    "errands.contrib.opentelemetry": {"HEADER_KEY", "TracingInterceptor"},
     "errands.runtime": {"OpenTelemetryConfig", "PrometheusConfig", "Runtime", "TelemetryConfig"},
     "errands.common": {
         "ActivityIDConflictPolicy",
