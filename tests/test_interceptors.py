@@ -662,7 +662,7 @@ def test_headers_that_are_not_payloads_are_refused_and_bad_bytes_do_not_decode()
         deserialize_headers(framed[:-1])
 
 
-async def test_a_paused_execution_s_description_goes_through_the_chain(
+async def test_a_description_goes_through_the_chain_with_the_handle_s_result_type(
     client: Client, task_queue: str
 ) -> None:
     # the describe input carries the handle's result type, so the outcome decodes by it
