@@ -423,6 +423,7 @@ class _Context:
 
     __slots__ = (
         "_info",
+        "_intercepted_info",
         "_make_info",
         "_meter",
         "_runtime_meter",
@@ -452,6 +453,7 @@ class _Context:
         self._runtime_meter = metric_meter
         """The runtime's meter; None in a process-pool child (no runtime there)."""
         self._meter: MetricMeter | None = None
+        self._intercepted_info: Callable[[], Info] | None = None
         self.heartbeat_every_s = heartbeat_every_s
         """How often ``heartbeating()`` heartbeats: the worker's throttle interval."""
         self.last_details: Sequence[Any] | None = None
@@ -466,7 +468,17 @@ class _Context:
 
     @property
     def info(self) -> Info:
-        """The attempt's Info, built on first use."""
+        """The attempt's Info: what the outbound interceptors return, when
+        there are some (asked at every call), else its own."""
+        if self._intercepted_info is None:
+            info = self._info
+            if info is None:
+                info = self._info = self._make_info()
+            return info
+        return self._intercepted_info()
+
+    def own_info(self) -> Info:
+        """The attempt's own Info, built on first use."""
         if self._info is None:
             self._info = self._make_info()
         return self._info
@@ -490,6 +502,14 @@ class _Context:
                 }
             )
         return self._meter
+
+    def intercept(
+        self, info: Callable[[], Info], heartbeat: Callable[[Sequence[Any]], None]
+    ) -> None:
+        """Send ``info()`` and ``heartbeat()`` through the worker's
+        interceptors (``worker._interceptor``)."""
+        self._intercepted_info = info
+        self.heartbeat = heartbeat
 
 
 _current: contextvars.ContextVar[_Context] = contextvars.ContextVar("errands_activity")

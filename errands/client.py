@@ -16,7 +16,39 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar, cast
 
 from errands import _lifecycle as lc
-from errands._async_completion import AsyncActivityCancelledError, AsyncActivityHandle
+from errands._async_completion import (
+    AsyncActivityCancelledError,
+    AsyncActivityHandle,
+    async_complete,
+    async_fail,
+    async_heartbeat,
+    async_report_cancellation,
+)
+from errands._interceptor import (
+    AsyncActivityReference,
+    BulkActivitiesInput,
+    CancelActivityInput,
+    CompleteAsyncActivityInput,
+    CountActivitiesInput,
+    DescribeActivityInput,
+    FailAsyncActivityInput,
+    GetActivityAttemptsInput,
+    GetActivityResultInput,
+    HeartbeatAsyncActivityInput,
+    Interceptor,
+    ListActivitiesInput,
+    ListWorkersInput,
+    OutboundInterceptor,
+    PauseActivityInput,
+    ReportCancellationAsyncActivityInput,
+    ResetActivityInput,
+    RetryActivityNowInput,
+    StartActivitiesInput,
+    StartActivityInput,
+    TerminateActivityInput,
+    UnpauseActivityInput,
+    UpdateActivityOptionsInput,
+)
 from errands._outcomes import OutcomeWatcher
 from errands._query import STATUS_NAMES, UnknownFieldError, parse_query
 from errands.activity import _Definition
@@ -28,7 +60,7 @@ from errands.common import (
     SearchAttributeIndexedValueType,
     TypedSearchAttributes,
 )
-from errands.converter import DataConverter
+from errands.converter import DataConverter, serialize_headers
 from errands.exceptions import (
     ActivityFailedError,
     ApplicationError,
@@ -64,9 +96,32 @@ __all__ = [
     "ActivityStart",
     "AsyncActivityCancelledError",
     "AsyncActivityHandle",
+    "AsyncActivityReference",
     "AttemptOutcome",
+    "BulkActivitiesInput",
+    "CancelActivityInput",
     "Client",
+    "CompleteAsyncActivityInput",
+    "CountActivitiesInput",
+    "DescribeActivityInput",
+    "FailAsyncActivityInput",
+    "GetActivityAttemptsInput",
+    "GetActivityResultInput",
+    "HeartbeatAsyncActivityInput",
+    "Interceptor",
+    "ListActivitiesInput",
+    "ListWorkersInput",
+    "OutboundInterceptor",
+    "PauseActivityInput",
     "PendingActivityState",
+    "ReportCancellationAsyncActivityInput",
+    "ResetActivityInput",
+    "RetryActivityNowInput",
+    "StartActivitiesInput",
+    "StartActivityInput",
+    "TerminateActivityInput",
+    "UnpauseActivityInput",
+    "UpdateActivityOptionsInput",
     "WorkerInfo",
 ]
 
@@ -89,6 +144,9 @@ DEFAULT_RETENTION = timedelta(days=7)
 
 ReturnType = TypeVar("ReturnType")
 T = TypeVar("T")
+
+_DEFAULT_PRIORITY = Priority()
+_DEFAULT_RETRY_POLICY = RetryPolicy()
 
 _NO_ARG: Any = object()
 
@@ -566,8 +624,15 @@ class Client:
         retention: timedelta = DEFAULT_RETENTION,
         payload_warning_bytes: int = DEFAULT_PAYLOAD_WARNING_BYTES,
         runtime: Runtime | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self._store = store
+        self.interceptors: Sequence[Interceptor] = _checked_interceptors(interceptors)
+        """The client's interceptors, outermost first (workers built on this
+        client apply those that are also worker interceptors)."""
+        self._impl: OutboundInterceptor = _ClientImpl(self)
+        for interceptor in reversed(self.interceptors):
+            self._impl = interceptor.intercept_client(self._impl)
         self.namespace = namespace
         self.runtime = runtime or Runtime.default()
         """Where this client's and its workers' metrics go."""
@@ -598,14 +663,21 @@ class Client:
         retention: timedelta = DEFAULT_RETENTION,
         payload_warning_bytes: int = DEFAULT_PAYLOAD_WARNING_BYTES,
         runtime: Runtime | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> Client:
         """Open the store at ``url`` (default ``$ERRANDS_URL``, else
         ``sqlite:///errands.db``), applying pending schema migrations.
         ``runtime`` says where metrics go (default ``Runtime.default()``:
         nowhere, unless set); workers built on the client use it too.
 
+        ``interceptors`` wrap the client's calls, the first outermost (see
+        ``errands.client.Interceptor``); those that also implement
+        ``errands.worker.Interceptor`` are applied to every worker built on
+        this client too, before the Worker's own, as temporalio does.
+
         Raises:
             ValueError: an unknown URL or a bad option.
+            TypeError: an interceptor that is not an ``errands.client.Interceptor``.
             StoreError: the store cannot be opened (missing directory, not a
                 database, locked, newer schema).
         """
@@ -615,6 +687,7 @@ class Client:
             raise ValueError("max_payload_bytes must be positive")
         if retention <= timedelta(0):
             raise ValueError("retention must be positive")
+        interceptors = _checked_interceptors(interceptors)
         lease = await acquire(url or os.environ.get("ERRANDS_URL") or DEFAULT_URL)
         client = cls(
             lease.store,
@@ -624,6 +697,7 @@ class Client:
             retention=retention,
             payload_warning_bytes=payload_warning_bytes,
             runtime=runtime,
+            interceptors=interceptors,
         )
         client._lease = lease
         # A client dropped without close() gives its lease back when collected.
@@ -697,7 +771,7 @@ class Client:
                 reuse is refused.
             StoreError: the store failed.
         """
-        new, result_type = await self._prepare(
+        input = self._start_input(
             ActivityStart(
                 activity,
                 args,
@@ -718,6 +792,11 @@ class Client:
             ),
             arg,
         )
+        return await self._impl.start_activity(input)
+
+    async def _start(self, input: StartActivityInput) -> ActivityHandle[Any]:
+        """Start one execution (the end of the interceptor chain)."""
+        new = await self._new_execution(input)
         run_id = new.run_id
         expecting = _expect_result.get()
         if expecting:
@@ -732,7 +811,9 @@ class Client:
             raise
         if expecting and result.run_id != run_id:  # USE_EXISTING gave another run
             self._outcomes().forget(run_id)
-        handle: ActivityHandle[Any] = ActivityHandle(self, id, result.run_id, result_type)
+        handle: ActivityHandle[Any] = ActivityHandle(
+            self, input.id, result.run_id, input.result_type
+        )
         handle._exists = True
         return handle
 
@@ -751,28 +832,38 @@ class Client:
                 more than 10,000 starts.
             StoreError: the store failed.
         """
-        prepared = []
+        inputs = []
         for i, start in enumerate(starts):
             if not isinstance(start, ActivityStart):
                 raise TypeError(f"start {i} is a {type(start).__name__}, not an ActivityStart")
             try:
-                prepared.append(await self._prepare(start))
+                inputs.append(self._start_input(start))
             except (ValueError, TypeError) as e:
                 raise type(e)(f"start {i} (id {start.id!r}): {e}") from e
-        results = await self._store.start_many([new for new, _ in prepared])
+        return await self._impl.start_activities(StartActivitiesInput(inputs))
+
+    async def _start_many(self, input: StartActivitiesInput) -> list[ActivityHandle[Any]]:
+        """Start executions in one transaction (the end of the interceptor chain)."""
+        news = []
+        for i, start in enumerate(input.starts):
+            try:
+                news.append(await self._new_execution(start))
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"start {i} (id {start.id!r}): {e}") from e
+        results = await self._store.start_many(news)
         handles: list[ActivityHandle[Any]] = []
-        for (new, result_type), result in zip(prepared, results, strict=True):
+        for start, result in zip(input.starts, results, strict=True):
             handle: ActivityHandle[Any] = ActivityHandle(
-                self, new.activity_id, result.run_id, result_type
+                self, start.id, result.run_id, start.result_type
             )
             handle._exists = True
             handles.append(handle)
         return handles
 
-    async def _prepare(
-        self, start: ActivityStart, arg: Any = _NO_ARG
-    ) -> tuple[NewExecution, type | None]:
-        """A start's arguments checked and encoded; raises as ``start_activity``."""
+    def _start_input(self, start: ActivityStart, arg: Any = _NO_ARG) -> StartActivityInput:
+        """A start's options resolved (the definition's defaults where the
+        call gave none) and checked, as interceptors see them; raises as
+        ``start_activity``."""
         activity, args, id, task_queue = start.activity, start.args, start.id, start.task_queue
         result_type, retry_policy, priority = start.result_type, start.retry_policy, start.priority
         schedule_to_close_timeout = start.schedule_to_close_timeout
@@ -818,8 +909,37 @@ class Client:
                 "start_activity needs a non-empty task_queue (the call gave none, and the "
                 "activity's definition sets none)"
             )
-        s2c = _seconds("schedule_to_close_timeout", schedule_to_close_timeout)
-        stc = _seconds("start_to_close_timeout", start_to_close_timeout)
+        return StartActivityInput(
+            activity_type=name,
+            args=values,
+            id=id,
+            task_queue=task_queue,
+            result_type=result_type,
+            schedule_to_close_timeout=schedule_to_close_timeout,
+            start_to_close_timeout=start_to_close_timeout,
+            schedule_to_start_timeout=schedule_to_start_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            id_reuse_policy=start.id_reuse_policy,
+            id_conflict_policy=start.id_conflict_policy,
+            retry_policy=retry_policy,
+            priority=priority or _DEFAULT_PRIORITY,
+            search_attributes=search_attributes,
+            summary=start.summary,
+            start_delay=start_delay,
+            headers={},  # a dict of its own: an interceptor may fill it in place
+        )
+
+    async def _new_execution(self, input: StartActivityInput) -> NewExecution:
+        """What the store records for a start: its timeouts checked, its
+        arguments encoded; raises as ``start_activity``."""
+        name, id, task_queue = input.activity_type, input.id, input.task_queue
+        start_delay = input.start_delay
+        if not isinstance(id, str) or not id:
+            raise ValueError("start_activity needs a non-empty id")
+        if not isinstance(task_queue, str) or not task_queue:
+            raise ValueError("start_activity needs a non-empty task_queue")
+        s2c = _seconds("schedule_to_close_timeout", input.schedule_to_close_timeout)
+        stc = _seconds("start_to_close_timeout", input.start_to_close_timeout)
         if s2c is None and stc is None:
             raise ValueError(
                 "start_activity needs schedule_to_close_timeout or start_to_close_timeout"
@@ -830,7 +950,7 @@ class Client:
                 raise ValueError("start_delay must not be negative")
             delay = start_delay.total_seconds()
         try:
-            data = await self.data_converter.encode(values)
+            data = await self.data_converter.encode(input.args)
         except (TypeError, ValueError) as e:
             raise TypeError(f"arguments of activity {name!r} cannot be converted: {e}") from e
         if len(data) > self.max_payload_bytes:
@@ -847,7 +967,7 @@ class Client:
                 len(data),
                 self.payload_warning_bytes,
             )
-        new = NewExecution(
+        return NewExecution(
             namespace=self.namespace,
             activity_id=id,
             run_id=_new_run_id(),
@@ -855,18 +975,20 @@ class Client:
             task_queue=task_queue,
             input=data,
             schedule_to_close_s=s2c,
-            schedule_to_start_s=_seconds("schedule_to_start_timeout", schedule_to_start_timeout),
+            schedule_to_start_s=_seconds(
+                "schedule_to_start_timeout", input.schedule_to_start_timeout
+            ),
             start_to_close_s=stc if stc is not None else s2c,
-            heartbeat_s=_seconds("heartbeat_timeout", heartbeat_timeout),
-            retry_policy=retry_policy or RetryPolicy(),
-            priority_key=(priority or Priority()).effective_key,
+            heartbeat_s=_seconds("heartbeat_timeout", input.heartbeat_timeout),
+            retry_policy=input.retry_policy or _DEFAULT_RETRY_POLICY,
+            priority_key=input.priority.effective_key,
             start_delay_s=delay,
-            summary=start.summary,
-            id_reuse_policy=start.id_reuse_policy,
-            id_conflict_policy=start.id_conflict_policy,
-            search_attributes=search_attributes,
+            summary=input.summary,
+            id_reuse_policy=input.id_reuse_policy,
+            id_conflict_policy=input.id_conflict_policy,
+            search_attributes=input.search_attributes or TypedSearchAttributes.empty,
+            headers=serialize_headers(input.headers) if input.headers else None,
         )
-        return new, result_type
 
     async def execute_activity(
         self,
@@ -942,7 +1064,7 @@ class Client:
             self, task_token=task_token, activity_id=activity_id, run_id=run_id
         )
 
-    async def list_activities(
+    def list_activities(
         self, query: str | None = None, *, limit: int | None = None
     ) -> AsyncIterator[ActivityExecution]:
         """Executions matching a visibility query, newest first (or as its
@@ -959,12 +1081,15 @@ class Client:
         Raises ValueError for a query outside the grammar, an unknown field,
         or a value of the wrong type for its field.
         """
-        parsed = await self._parse(query)
+        return self._impl.list_activities(ListActivitiesInput(query, limit))
+
+    async def _list(self, input: ListActivitiesInput) -> AsyncIterator[ActivityExecution]:
+        parsed = await self._parse(input.query)
         if parsed.group_by_status or parsed.group_by:
             raise ValueError("GROUP BY works with count_activities only")
-        if limit is not None and limit < 0:
+        if input.limit is not None and input.limit < 0:
             raise ValueError("limit must not be negative")
-        for record in await self._store.list(self.namespace, parsed, limit=limit):
+        for record in await self._store.list(self.namespace, parsed, limit=input.limit):
             yield ActivityExecution(**ActivityExecution._fields_from(record))
 
     async def cancel_activities(self, query: str | None, *, reason: str | None = None) -> int:
@@ -974,7 +1099,7 @@ class Client:
 
         Raises ValueError for a malformed query.
         """
-        return await self._bulk(query, "cancel", reason=reason)
+        return await self._impl.cancel_activities(BulkActivitiesInput(query, reason))
 
     async def terminate_activities(self, query: str | None, *, reason: str | None = None) -> int:
         """*(errands)* Terminate every open execution the query matches, at
@@ -982,7 +1107,7 @@ class Client:
 
         Raises ValueError for a malformed query.
         """
-        return await self._bulk(query, "terminate", reason=reason)
+        return await self._impl.terminate_activities(BulkActivitiesInput(query, reason))
 
     async def pause_activities(self, query: str | None, *, reason: str | None = None) -> int:
         """*(errands)* Pause every open execution the query matches (see
@@ -991,7 +1116,7 @@ class Client:
 
         Raises ValueError for a malformed query.
         """
-        return await self._bulk(query, "pause", reason=reason)
+        return await self._impl.pause_activities(BulkActivitiesInput(query, reason))
 
     async def unpause_activities(
         self,
@@ -1006,7 +1131,7 @@ class Client:
 
         Raises ValueError for a malformed query or a negative jitter.
         """
-        return await self._bulk(query, "unpause", reason=reason, jitter_s=_jitter_s(jitter))
+        return await self._impl.unpause_activities(BulkActivitiesInput(query, reason, jitter))
 
     async def reset_activities(
         self,
@@ -1024,13 +1149,15 @@ class Client:
 
         Raises ValueError for a malformed query or a negative jitter.
         """
-        flags = {
-            "keep_paused": keep_paused,
-            "reset_heartbeat": reset_heartbeat,
-            "restore_original_options": restore_original_options,
-        }
-        return await self._bulk(
-            query, "reset", reason=reason, jitter_s=_jitter_s(jitter), reset=flags
+        return await self._impl.reset_activities(
+            BulkActivitiesInput(
+                query,
+                reason,
+                jitter,
+                keep_paused=keep_paused,
+                reset_heartbeat=reset_heartbeat,
+                restore_original_options=restore_original_options,
+            )
         )
 
     async def retry_activities_now(self, query: str | None) -> int:
@@ -1041,7 +1168,7 @@ class Client:
 
         Raises ValueError for a malformed query.
         """
-        return await self._bulk(query, "retry_now", reason=None)
+        return await self._impl.retry_activities_now(BulkActivitiesInput(query, None))
 
     async def update_activities_options(
         self, query: str | None, updates: Sequence[ActivityOptionsUpdate[Any]]
@@ -1054,36 +1181,38 @@ class Client:
         Raises ValueError for a malformed query, no updates or an option
         updated twice; TypeError for what is not an update.
         """
-        changes = _option_changes(updates)
-        return await self._bulk(query, "update_options", reason=None, options=changes)
+        return await self._impl.update_activities_options(
+            BulkActivitiesInput(query, None, updates=list(updates))
+        )
 
-    async def _bulk(
-        self,
-        query: str | None,
-        verb: str,
-        *,
-        reason: str | None,
-        jitter_s: float = 0.0,
-        reset: dict[str, bool] | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> int:
-        parsed = await self._parse(query)
+    async def _bulk(self, verb: str, input: BulkActivitiesInput) -> int:
+        parsed = await self._parse(input.query)
         if parsed.group_by_status or parsed.group_by:
             raise ValueError("GROUP BY works with count_activities only")
+        reset = None
+        if verb == "reset":
+            reset = {
+                "keep_paused": input.keep_paused,
+                "reset_heartbeat": input.reset_heartbeat,
+                "restore_original_options": input.restore_original_options,
+            }
         return await self._store.bulk(
             self.namespace,
             parsed,
             verb,
-            reason=reason,
-            jitter_s=jitter_s,
+            reason=input.reason,
+            jitter_s=_jitter_s(input.jitter),
             reset=reset,
-            options=options,
+            options=_option_changes(input.updates) if verb == "update_options" else None,
         )
 
     async def list_workers(self) -> list[WorkerInfo]:
         """*(errands)* The namespace's running workers, oldest first. A worker
         is listed from its start until it stops, or until its process is seen
         gone (its attempts then fail as WorkerLost)."""
+        return await self._impl.list_workers(ListWorkersInput())
+
+    async def _list_workers(self) -> list[WorkerInfo]:
         return [
             WorkerInfo(
                 worker_id=w.worker_id,
@@ -1108,7 +1237,10 @@ class Client:
 
         Raises ValueError for a malformed query.
         """
-        parsed = await self._parse(query)
+        return await self._impl.count_activities(CountActivitiesInput(query))
+
+    async def _count(self, input: CountActivitiesInput) -> ActivityExecutionCount:
+        parsed = await self._parse(input.query)
         if parsed.group_by is not None:
             by_value = await self._store.count_by(self.namespace, parsed)
             return ActivityExecutionCount(
@@ -1245,22 +1377,11 @@ class ActivityHandle(Generic[ReturnType]):
                 terminated; ``cause`` says which.
             ActivityNotFoundError: no such execution.
         """
-        client = self._client
         run_id = await self._resolved_run_id()
-        closed = await client._wait_closed(run_id)
-        if closed.status is lc.Status.COMPLETED and closed.result is not None:
-            hints = None if self._result_type is None else [self._result_type]
-            values = await _read(
-                client.data_converter.decode(closed.result, hints), (self._id, run_id), "result"
-            )
-            return cast(ReturnType, values[0] if values else None)
-        (record,) = await client._store.get_by_run_ids([run_id])
-        cause = await client._failure(record)
-        assert cause is not None
-        raise ActivityFailedError(
-            f"activity {self._id!r} (run {record.run_id}) {record.status.value.lower()}",
-            cause=cause,
+        value = await self._client._impl.get_activity_result(
+            GetActivityResultInput(self._id, run_id, self._result_type)
         )
+        return cast(ReturnType, value)
 
     async def cancel(self, reason: str | None = None) -> None:
         """Ask to cancel. A not-yet-started execution is CANCELED at once; a
@@ -1268,8 +1389,8 @@ class ActivityHandle(Generic[ReturnType]):
 
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
         """
-        await self._client._store.request_cancel(
-            self._client.namespace, self._id, self._run_id, reason
+        await self._client._impl.cancel_activity(
+            CancelActivityInput(self._id, self._run_id, reason)
         )
 
     async def terminate(self, reason: str | None = None) -> None:
@@ -1278,7 +1399,9 @@ class ActivityHandle(Generic[ReturnType]):
 
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
         """
-        await self._client._store.terminate(self._client.namespace, self._id, self._run_id, reason)
+        await self._client._impl.terminate_activity(
+            TerminateActivityInput(self._id, self._run_id, reason)
+        )
 
     async def pause(self, *, reason: str | None = None) -> None:
         """Pause: no new attempt is dispatched until ``unpause()``. One that
@@ -1294,9 +1417,7 @@ class ActivityHandle(Generic[ReturnType]):
 
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
         """
-        del reason
-        client = self._client
-        await client._store.pause(client.namespace, self._id, self._run_id)
+        await self._client._impl.pause_activity(PauseActivityInput(self._id, self._run_id, reason))
 
     async def unpause(self, *, reason: str | None = None, jitter: timedelta | None = None) -> None:
         """Make a paused execution dispatchable again, at a random moment
@@ -1308,9 +1429,9 @@ class ActivityHandle(Generic[ReturnType]):
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed;
         ValueError for a negative jitter.
         """
-        del reason
-        client = self._client
-        await client._store.unpause(client.namespace, self._id, self._run_id, _jitter_s(jitter))
+        await self._client._impl.unpause_activity(
+            UnpauseActivityInput(self._id, self._run_id, reason, jitter)
+        )
 
     async def reset(
         self,
@@ -1336,16 +1457,16 @@ class ActivityHandle(Generic[ReturnType]):
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed;
         ValueError for a negative jitter.
         """
-        del reason
-        client = self._client
-        await client._store.reset(
-            client.namespace,
-            self._id,
-            self._run_id,
-            keep_paused=keep_paused,
-            reset_heartbeat=reset_heartbeat,
-            jitter_s=_jitter_s(jitter),
-            restore_original_options=restore_original_options,
+        await self._client._impl.reset_activity(
+            ResetActivityInput(
+                self._id,
+                self._run_id,
+                reason,
+                keep_paused=keep_paused,
+                reset_heartbeat=reset_heartbeat,
+                jitter=jitter,
+                restore_original_options=restore_original_options,
+            )
         )
 
     async def update_options(
@@ -1365,12 +1486,9 @@ class ActivityHandle(Generic[ReturnType]):
         would leave neither start_to_close nor schedule_to_close; TypeError
         for what is not an update.
         """
-        changes = _option_changes(updates)
-        client = self._client
-        after = await client._store.update_options(
-            client.namespace, self._id, self._run_id, changes
+        return await self._client._impl.update_activity_options(
+            UpdateActivityOptionsInput(self._id, self._run_id, updates)
         )
-        return ActivityExecutionOptions._of(after)
 
     async def restore_original_options(self) -> ActivityExecutionOptions:
         """Undo every ``update_options``: back to the options the execution
@@ -1379,9 +1497,9 @@ class ActivityHandle(Generic[ReturnType]):
 
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
         """
-        client = self._client
-        after = await client._store.update_options(client.namespace, self._id, self._run_id, None)
-        return ActivityExecutionOptions._of(after)
+        return await self._client._impl.update_activity_options(
+            UpdateActivityOptionsInput(self._id, self._run_id, None)
+        )
 
     async def retry_now(self) -> bool:
         """*(errands)* Run the next attempt now: an execution waiting out a
@@ -1391,8 +1509,9 @@ class ActivityHandle(Generic[ReturnType]):
 
         Raises ActivityNotFoundError, or ActivityAlreadyClosedError if closed.
         """
-        client = self._client
-        return await client._store.retry_now(client.namespace, self._id, self._run_id)
+        return await self._client._impl.retry_activity_now(
+            RetryActivityNowInput(self._id, self._run_id)
+        )
 
     async def attempts(self) -> list[ActivityAttempt]:
         """Every attempt of the execution, oldest first: when it ran, on which
@@ -1402,8 +1521,186 @@ class ActivityHandle(Generic[ReturnType]):
 
         Raises ActivityNotFoundError.
         """
+        return await self._client._impl.get_activity_attempts(
+            GetActivityAttemptsInput(self._id, self._run_id)
+        )
+
+    async def describe(
+        self,
+        *,
+        include_input: bool = False,
+        include_outcome: bool = False,
+        include_heartbeat_details: bool = False,
+        include_last_failure: bool = False,
+    ) -> ActivityExecutionDescription:
+        """Everything known about the execution. As in temporalio, the fields
+        that carry payloads are filled only when asked for: ``input``
+        (include_input), ``has_result`` / ``result`` / ``failure``
+        (include_outcome), ``heartbeat_details()`` (include_heartbeat_details)
+        and ``last_failure`` (include_last_failure).
+
+        Raises ActivityNotFoundError.
+        """
+        return await self._client._impl.describe_activity(
+            DescribeActivityInput(
+                self._id,
+                self._run_id,
+                self._result_type,
+                include_input=include_input,
+                include_outcome=include_outcome,
+                include_heartbeat_details=include_heartbeat_details,
+                include_last_failure=include_last_failure,
+            )
+        )
+
+
+def _checked_interceptors(interceptors: Sequence[Interceptor]) -> tuple[Interceptor, ...]:
+    """The interceptors as a tuple. Raises TypeError for one that is not an Interceptor."""
+    checked = tuple(interceptors)
+    for interceptor in checked:
+        if not isinstance(interceptor, Interceptor):
+            raise TypeError(
+                "client interceptors must be errands.client.Interceptor instances, got "
+                f"{type(interceptor).__name__}"
+            )
+    return checked
+
+
+class _ClientImpl(OutboundInterceptor):
+    """The end of a client's interceptor chain: each call done."""
+
+    def __init__(self, client: Client) -> None:  # no next: nothing comes after it
+        self._client = client
+
+    async def start_activity(self, input: StartActivityInput) -> ActivityHandle[Any]:
+        return await self._client._start(input)
+
+    async def start_activities(self, input: StartActivitiesInput) -> list[ActivityHandle[Any]]:
+        return await self._client._start_many(input)
+
+    async def get_activity_result(self, input: GetActivityResultInput) -> Any:
+        client, run_id = self._client, input.activity_run_id
+        closed = await client._wait_closed(run_id)
+        if closed.status is lc.Status.COMPLETED and closed.result is not None:
+            hints = None if input.result_type is None else [input.result_type]
+            values = await _read(
+                client.data_converter.decode(closed.result, hints),
+                (input.activity_id, run_id),
+                "result",
+            )
+            return values[0] if values else None
+        (record,) = await client._store.get_by_run_ids([run_id])
+        cause = await client._failure(record)
+        assert cause is not None
+        raise ActivityFailedError(
+            f"activity {input.activity_id!r} (run {record.run_id}) {record.status.value.lower()}",
+            cause=cause,
+        )
+
+    async def describe_activity(self, input: DescribeActivityInput) -> ActivityExecutionDescription:
         client = self._client
-        run_id = await self._resolved_run_id()
+        converter = client.data_converter
+        r = await client._store.describe(client.namespace, input.activity_id, input.activity_run_id)
+        details: Sequence[Any] = ()
+        if input.include_heartbeat_details and r.heartbeat_details:
+            details = await _read(converter.decode(r.heartbeat_details), r, "heartbeat details")
+        payloads: dict[str, Any] = {}
+        if input.include_input:
+            payloads["input"] = await _read(converter.decode(r.input), r, "input")
+        if input.include_outcome and r.status is lc.Status.COMPLETED and r.result is not None:
+            hints = None if input.result_type is None else [input.result_type]
+            values = await _read(converter.decode(r.result, hints), r, "result")
+            payloads["has_result"] = True
+            payloads["result"] = values[0] if values else None
+        elif input.include_outcome and not r.is_open:
+            payloads["failure"] = await client._failure(r)
+        if input.include_last_failure and (r.attempt > 1 or not r.is_open):
+            payloads["last_failure"] = await client._failure(r)
+        waiting = r.run_state is lc.RunState.SCHEDULED
+        return ActivityExecutionDescription(
+            **ActivityExecution._fields_from(r),
+            attempt=r.attempt,
+            run_state=None if r.run_state is None else _RUN_STATE[r.run_state],
+            canceled_reason=r.canceled_reason,
+            last_heartbeat_time=_utc(r.last_heartbeat_time),
+            last_started_time=_utc(r.started_time),
+            last_worker_identity=r.identity,
+            next_attempt_schedule_time=_utc(r.current_attempt_scheduled_time) if waiting else None,
+            current_retry_interval=_td(r.retry_interval_s),
+            expiration_time=(
+                None
+                if r.schedule_to_close_s is None
+                else _utc(r.schedule_time + r.schedule_to_close_s)
+            ),
+            retry_policy=r.retry_policy,
+            priority=_priority_of(r.priority_key),
+            start_delay=_td(r.start_delay_s),
+            schedule_to_close_timeout=_td(r.schedule_to_close_s),
+            schedule_to_start_timeout=_td(r.schedule_to_start_s),
+            start_to_close_timeout=_td(r.start_to_close_s),
+            heartbeat_timeout=_td(r.heartbeat_s),
+            total_heartbeat_count=r.heartbeat_count,
+            _heartbeat_details=details,
+            **payloads,
+        )
+
+    async def cancel_activity(self, input: CancelActivityInput) -> None:
+        client = self._client
+        await client._store.request_cancel(
+            client.namespace, input.activity_id, input.activity_run_id, input.reason
+        )
+
+    async def terminate_activity(self, input: TerminateActivityInput) -> None:
+        client = self._client
+        await client._store.terminate(
+            client.namespace, input.activity_id, input.activity_run_id, input.reason
+        )
+
+    async def pause_activity(self, input: PauseActivityInput) -> None:
+        # The reason is for the caller's logs (it is not stored).
+        client = self._client
+        await client._store.pause(client.namespace, input.activity_id, input.activity_run_id)
+
+    async def unpause_activity(self, input: UnpauseActivityInput) -> None:
+        client = self._client
+        await client._store.unpause(
+            client.namespace, input.activity_id, input.activity_run_id, _jitter_s(input.jitter)
+        )
+
+    async def reset_activity(self, input: ResetActivityInput) -> None:
+        client = self._client
+        await client._store.reset(
+            client.namespace,
+            input.activity_id,
+            input.activity_run_id,
+            keep_paused=input.keep_paused,
+            reset_heartbeat=input.reset_heartbeat,
+            jitter_s=_jitter_s(input.jitter),
+            restore_original_options=input.restore_original_options,
+        )
+
+    async def update_activity_options(
+        self, input: UpdateActivityOptionsInput
+    ) -> ActivityExecutionOptions:
+        changes = None if input.updates is None else _option_changes(input.updates)
+        client = self._client
+        after = await client._store.update_options(
+            client.namespace, input.activity_id, input.activity_run_id, changes
+        )
+        return ActivityExecutionOptions._of(after)
+
+    async def retry_activity_now(self, input: RetryActivityNowInput) -> bool:
+        client = self._client
+        return await client._store.retry_now(
+            client.namespace, input.activity_id, input.activity_run_id
+        )
+
+    async def get_activity_attempts(self, input: GetActivityAttemptsInput) -> list[ActivityAttempt]:
+        client = self._client
+        found = await client._store.describe(
+            client.namespace, input.activity_id, input.activity_run_id
+        )
+        run_id = found.run_id
         kept = await client._store.attempts(run_id)
         (record,) = await client._store.get_by_run_ids([run_id])
         out = []
@@ -1443,64 +1740,46 @@ class ActivityHandle(Generic[ReturnType]):
             )
         return out
 
-    async def describe(
-        self,
-        *,
-        include_input: bool = False,
-        include_outcome: bool = False,
-        include_heartbeat_details: bool = False,
-        include_last_failure: bool = False,
-    ) -> ActivityExecutionDescription:
-        """Everything known about the execution. As in temporalio, the fields
-        that carry payloads are filled only when asked for: ``input``
-        (include_input), ``has_result`` / ``result`` / ``failure``
-        (include_outcome), ``heartbeat_details()`` (include_heartbeat_details)
-        and ``last_failure`` (include_last_failure).
+    def list_activities(self, input: ListActivitiesInput) -> AsyncIterator[ActivityExecution]:
+        return self._client._list(input)
 
-        Raises ActivityNotFoundError.
-        """
-        client = self._client
-        converter = client.data_converter
-        r = await client._store.describe(client.namespace, self._id, self._run_id)
-        details: Sequence[Any] = ()
-        if include_heartbeat_details and r.heartbeat_details:
-            details = await _read(converter.decode(r.heartbeat_details), r, "heartbeat details")
-        payloads: dict[str, Any] = {}
-        if include_input:
-            payloads["input"] = await _read(converter.decode(r.input), r, "input")
-        if include_outcome and r.status is lc.Status.COMPLETED and r.result is not None:
-            hints = None if self._result_type is None else [self._result_type]
-            values = await _read(converter.decode(r.result, hints), r, "result")
-            payloads["has_result"] = True
-            payloads["result"] = values[0] if values else None
-        elif include_outcome and not r.is_open:
-            payloads["failure"] = await client._failure(r)
-        if include_last_failure and (r.attempt > 1 or not r.is_open):
-            payloads["last_failure"] = await client._failure(r)
-        waiting = r.run_state is lc.RunState.SCHEDULED
-        return ActivityExecutionDescription(
-            **ActivityExecution._fields_from(r),
-            attempt=r.attempt,
-            run_state=None if r.run_state is None else _RUN_STATE[r.run_state],
-            canceled_reason=r.canceled_reason,
-            last_heartbeat_time=_utc(r.last_heartbeat_time),
-            last_started_time=_utc(r.started_time),
-            last_worker_identity=r.identity,
-            next_attempt_schedule_time=_utc(r.current_attempt_scheduled_time) if waiting else None,
-            current_retry_interval=_td(r.retry_interval_s),
-            expiration_time=(
-                None
-                if r.schedule_to_close_s is None
-                else _utc(r.schedule_time + r.schedule_to_close_s)
-            ),
-            retry_policy=r.retry_policy,
-            priority=_priority_of(r.priority_key),
-            start_delay=_td(r.start_delay_s),
-            schedule_to_close_timeout=_td(r.schedule_to_close_s),
-            schedule_to_start_timeout=_td(r.schedule_to_start_s),
-            start_to_close_timeout=_td(r.start_to_close_s),
-            heartbeat_timeout=_td(r.heartbeat_s),
-            total_heartbeat_count=r.heartbeat_count,
-            _heartbeat_details=details,
-            **payloads,
-        )
+    async def count_activities(self, input: CountActivitiesInput) -> ActivityExecutionCount:
+        return await self._client._count(input)
+
+    async def cancel_activities(self, input: BulkActivitiesInput) -> int:
+        return await self._client._bulk("cancel", input)
+
+    async def terminate_activities(self, input: BulkActivitiesInput) -> int:
+        return await self._client._bulk("terminate", input)
+
+    async def pause_activities(self, input: BulkActivitiesInput) -> int:
+        return await self._client._bulk("pause", input)
+
+    async def unpause_activities(self, input: BulkActivitiesInput) -> int:
+        return await self._client._bulk("unpause", input)
+
+    async def reset_activities(self, input: BulkActivitiesInput) -> int:
+        return await self._client._bulk("reset", input)
+
+    async def retry_activities_now(self, input: BulkActivitiesInput) -> int:
+        return await self._client._bulk("retry_now", input)
+
+    async def update_activities_options(self, input: BulkActivitiesInput) -> int:
+        return await self._client._bulk("update_options", input)
+
+    async def list_workers(self, input: ListWorkersInput) -> list[WorkerInfo]:
+        return await self._client._list_workers()
+
+    async def heartbeat_async_activity(self, input: HeartbeatAsyncActivityInput) -> None:
+        await async_heartbeat(self._client, input.id_or_token, input.details)
+
+    async def complete_async_activity(self, input: CompleteAsyncActivityInput) -> None:
+        await async_complete(self._client, input.id_or_token, input.result)
+
+    async def fail_async_activity(self, input: FailAsyncActivityInput) -> None:
+        await async_fail(self._client, input.id_or_token, input.error, input.last_heartbeat_details)
+
+    async def report_cancellation_async_activity(
+        self, input: ReportCancellationAsyncActivityInput
+    ) -> None:
+        await async_report_cancellation(self._client, input.id_or_token, input.details)

@@ -31,7 +31,7 @@ import traceback
 import types
 import typing
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -1030,6 +1030,50 @@ def deserialize_payloads(data: bytes) -> list[Payload]:
     if offset != size:
         raise ValueError(f"undecodable payloads: {size - offset} trailing bytes")
     return payloads
+
+
+def serialize_headers(headers: Mapping[str, Payload]) -> bytes | None:
+    """Headers (name -> payload, as interceptors set them) framed as one
+    ``bytes`` for the store, no codec applied (as temporalio leaves headers
+    alone by default); None when there are none. The names travel as a first
+    JSON payload, the values after it in the same order.
+
+    Raises TypeError for a name that is not a string or a value that is not
+    a Payload; ValueError as :func:`serialize_payloads`.
+    """
+    if not headers:
+        return None
+    names = list(headers)
+    values = [headers[name] for name in names]
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(name, str) or not isinstance(value, Payload):
+            raise TypeError(
+                f"headers map names (str) to errands.converter.Payload values; header "
+                f"{name!r} is a {type(value).__name__}"
+            )
+    names_payload = Payload({_ENCODING: _JSON_PLAIN}, _json_bytes(names))
+    return serialize_payloads([names_payload, *values])
+
+
+def deserialize_headers(data: bytes | None) -> dict[str, Payload]:
+    """The headers :func:`serialize_headers` framed (empty for None).
+
+    Raises ValueError("undecodable payloads: ...") or ValueError("undecodable
+    headers: ...") on bytes it did not write.
+    """
+    if data is None:
+        return {}
+    payloads = deserialize_payloads(data)
+    if not payloads:
+        raise ValueError("undecodable headers: no names")
+    names, values = json.loads(payloads[0].data), payloads[1:]
+    if (
+        not isinstance(names, list)
+        or len(names) != len(values)
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise ValueError("undecodable headers: the names do not match the values")
+    return dict(zip(names, values, strict=True))
 
 
 # --------------------------------------------------------------------------------------

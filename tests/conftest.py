@@ -25,6 +25,7 @@ import pytest
 
 from errands.client import Client
 from errands.worker import SharedStateManager
+from tests.intercepted_activities import Kind
 from tests.support import POOL_PREFIX, SPAWN, Probe, probes
 
 try:
@@ -122,6 +123,19 @@ def process_pool() -> Iterator[ProcessPoolExecutor]:
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(params=["async", "thread", "process"])
+def executor_kind(request: pytest.FixtureRequest) -> Kind:
+    """Async activities, this test's thread pool, or the module's process pool
+    (tests/intercepted_activities.py)."""
+    if request.param == "async":
+        return Kind("async", None, None)
+    if request.param == "thread":
+        return Kind("thread", request.getfixturevalue("thread_pool"), None)
+    return Kind(
+        "process", request.getfixturevalue("process_pool"), request.getfixturevalue("mp_manager")
+    )
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ Run as ``python -m tests.procs <command> ...`` from the repository root (the
 parent starts it with ``sys.executable`` and ``cwd=REPO_ROOT``). Commands:
 
 - ``worker``: run a Worker with this module's activities until SIGTERM;
-  prints ``ready <pid>`` once the worker runs.
+  prints ``ready <pid>`` once the worker runs. With ``--trace-file PATH`` it
+  traces its attempts (errands.contrib.opentelemetry, through the global
+  tracer provider) and appends each finished span to PATH as a JSON line.
 - ``start-loop``: start activities ``<prefix>-0, <prefix>-1, ...`` forever,
   printing ``started <id> <run_id>`` after each start_activity returned.
 - ``start-same``: wait for a go-file, then start the given ids (in a shuffled
@@ -221,6 +223,17 @@ async def note_interruption(log_path: str) -> int:
 
 
 @activity.defn
+async def slow_then_flaky(failures: int, seconds: float) -> int:
+    """Work ``seconds``, then fail (retryably) while the attempt number is at
+    most ``failures``; else return the attempt number."""
+    await asyncio.sleep(seconds)
+    attempt = activity.info().attempt
+    if attempt <= failures:
+        raise ApplicationError(f"attempt {attempt} fails", type="Flaky")
+    return attempt
+
+
+@activity.defn
 async def chaos_step(seconds: float, fail_attempts: int) -> int:
     """The chaos soak's activity (tests/chaos.py): heartbeat every 20 ms for
     ``seconds`` (so cancels, pauses and resets reach it at once), fail
@@ -240,6 +253,7 @@ async def chaos_step(seconds: float, fail_attempts: int) -> int:
 
 
 ACTIVITIES = [
+    slow_then_flaky,
     chaos_step,
     four_endings,
     note_interruption,
@@ -271,8 +285,26 @@ async def _wait_for_file(path: str) -> None:
         await asyncio.sleep(0.001)
 
 
+def _trace_to(path: str) -> list[Any]:
+    """Export this process's spans to ``path`` (tests/spans.py); the
+    interceptors that trace the worker."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from errands.contrib.opentelemetry import TracingInterceptor
+    from tests.spans import JsonLinesExporter
+
+    provider = TracerProvider(resource=Resource({"service.name": "errands-worker"}))
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(path)))
+    trace.set_tracer_provider(provider)
+    return [TracingInterceptor()]  # the global provider's tracer
+
+
 async def _worker(args: argparse.Namespace) -> None:
-    client = await Client.connect(args.url)
+    interceptors = _trace_to(args.trace_file) if args.trace_file else []
+    client = await Client.connect(args.url, interceptors=interceptors)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -434,6 +466,7 @@ def main(argv: list[str]) -> None:
     worker.add_argument("--url", required=True)
     worker.add_argument("--queue", required=True)
     worker.add_argument("--max-concurrent", type=int, default=100)
+    worker.add_argument("--trace-file")
     timers = commands.add_parser("fire-timers")
     timers.add_argument("--url", required=True)
     timers.add_argument("--interval", type=float, default=0.002)
@@ -580,10 +613,22 @@ class Children:
         self.started.append(child)
         return child
 
-    async def worker(self, name: str, url: str, queue: str, max_concurrent: int = 100) -> Child:
-        """Start a worker process and wait until it runs."""
+    async def worker(
+        self,
+        name: str,
+        url: str,
+        queue: str,
+        max_concurrent: int = 100,
+        trace_file: Path | None = None,
+    ) -> Child:
+        """Start a worker process and wait until it runs (tracing its attempts
+        to ``trace_file``, when given)."""
+        tracing = () if trace_file is None else ("--trace-file", str(trace_file))
         child = self.spawn(
-            name, "worker", "--url", url, "--queue", queue, "--max-concurrent", str(max_concurrent)
+            name,
+            "worker",
+            *("--url", url, "--queue", queue, "--max-concurrent", str(max_concurrent)),
+            *tracing,
         )
         await child.wait_for_line("ready")
         return child

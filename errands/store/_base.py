@@ -49,6 +49,8 @@ class NewExecution:
     id_reuse_policy: ActivityIDReusePolicy = ActivityIDReusePolicy.ALLOW_DUPLICATE
     id_conflict_policy: ActivityIDConflictPolicy = ActivityIDConflictPolicy.FAIL
     search_attributes: TypedSearchAttributes = TypedSearchAttributes.empty
+    headers: bytes | None = None
+    """The start's headers, framed (``converter.serialize_headers``); None: none."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class ClaimedTask:
     heartbeat_s: float | None
     retry_policy: RetryPolicy
     priority_key: int
+    headers: bytes | None = None
+    """The headers the execution was started with, framed; None: none."""
 
 
 @dataclass(frozen=True)

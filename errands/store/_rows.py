@@ -192,7 +192,7 @@ def attribute_rows(run_id: str, typed: TypedSearchAttributes) -> list[dict[str, 
 
 def task(row: Row) -> ClaimedTask:
     """A ClaimedTask from a row a claim returned."""
-    return ClaimedTask(**_shared(row))
+    return ClaimedTask(**_shared(row), headers=optional_bytes(row["headers"]))
 
 
 def attempt(row: Row) -> AttemptRecord:

@@ -207,6 +207,7 @@ def insert(tx: Tx, news: list[NewExecution]) -> set[str]:
                 "start_delay_s": new.start_delay_s,
                 "summary": new.summary,
                 "search_attributes": _rows.attributes_text(new.search_attributes),
+                "headers": new.headers,
             }
         )
     created = {

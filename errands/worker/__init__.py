@@ -1,7 +1,20 @@
-"""Running activities: the Worker, and the SharedStateManager that process-pool
-activities need."""
+"""Running activities: the Worker, the SharedStateManager that process-pool
+activities need, and the interceptors that wrap attempts."""
 
+from errands.worker._interceptor import (
+    ActivityInboundInterceptor,
+    ActivityOutboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
 from errands.worker._shared_state import SharedStateManager
 from errands.worker._worker import Worker
 
-__all__ = ["SharedStateManager", "Worker"]
+__all__ = [
+    "ActivityInboundInterceptor",
+    "ActivityOutboundInterceptor",
+    "ExecuteActivityInput",
+    "Interceptor",
+    "SharedStateManager",
+    "Worker",
+]

@@ -4,10 +4,11 @@ its runner, deliver cancellation, and report the outcome to the store."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,10 +26,11 @@ from errands.activity import (
     _Signal,
 )
 from errands.common import MetricMeter, Priority, RawValue
-from errands.converter import DataConverter
+from errands.converter import DataConverter, Payload, deserialize_headers
 from errands.exceptions import ApplicationError, CancelledError, FailureError, StoreError
 from errands.store import ClaimedTask, FailureReport, Store
 from errands.worker._heartbeats import Heartbeater
+from errands.worker._interceptor import Interceptor, run_intercepted
 
 if TYPE_CHECKING:
     from errands.client import Client
@@ -64,6 +66,10 @@ class AttemptEnv:
     """Where the attempts' metrics go (None: metrics are off)."""
     metric_meter: MetricMeter = MetricMeter.noop
     """The runtime's meter, for ``activity.metric_meter()``."""
+    interceptors: Sequence[Interceptor] = ()
+    """The worker's interceptors, outermost first (none: attempts skip the chain)."""
+    executor: concurrent.futures.Executor | None = None
+    """The worker's activity_executor, as interceptors see it."""
 
 
 class Phase(enum.Enum):
@@ -114,6 +120,8 @@ class Attempt:
         self.heartbeater = Heartbeater(self)
         self._claimed_at = time.monotonic()  # the store's started_time, on this worker's clock
         self.context: _Context | None = None
+        self.headers: Mapping[str, Payload] = {}
+        """The execution's headers, decoded when the worker has interceptors."""
         self._slot_held = True
         self._cancel_heard_at: float | None = None
         """When this worker heard of a client's cancel request (monotonic)."""
@@ -250,6 +258,8 @@ class Attempt:
                 else ()
             )
             args = await self._decode_args(definition)
+            if env.interceptors and task.headers is not None:
+                self.headers = self._decode_headers(task.headers)
         except _Undecodable as e:
             await self._fail(e.error, "undecodable")
             return
@@ -278,7 +288,10 @@ class Attempt:
             self._deliver(pending)
         self.phase = Phase.RUNNING
         try:
-            result = await self.runner.run(definition, self.context, args)
+            if env.interceptors:
+                result = await run_intercepted(self, env.interceptors, args)
+            else:
+                result = await self.runner.run(definition, self.context, args)
         except _CompleteAsyncError:
             # The activity hands its outcome to someone else (AsyncActivityHandle):
             # report nothing; the store's timers still apply to the attempt.
@@ -356,6 +369,13 @@ class Attempt:
                 non_retryable=permanent,
             )
         )
+
+    def _decode_headers(self, data: bytes) -> Mapping[str, Payload]:
+        """The stored headers; _Undecodable if they cannot be read."""
+        try:
+            return deserialize_headers(data)
+        except ValueError as e:
+            raise self._undecodable("its headers", e) from e
 
     async def _decode_args(self, definition: _Definition) -> list[Any]:
         converter = self.env.converter

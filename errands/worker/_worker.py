@@ -22,6 +22,7 @@ from errands.activity import ActivityCancellationDetails, _Definition, _Signal
 from errands.store import ClaimedTask, WorkerRecord
 from errands.store._changes import Interrupted
 from errands.worker._attempt import Attempt, AttemptEnv
+from errands.worker._interceptor import Interceptor
 from errands.worker._interrupts import InterruptWatcher, details_for, needs_heartbeat
 from errands.worker._loopwatch import LoopWatch
 from errands.worker._poller import Poller
@@ -68,11 +69,15 @@ class Worker:
         blocked_loop_threshold: *(errands)* An async activity that holds the
             worker's event loop longer than this is reported (a warning with
             the activity and its stack). Default 1 s; None turns it off.
+        interceptors: Wrap every attempt (``errands.worker.Interceptor``),
+            the first outermost. The client's interceptors that are also
+            worker interceptors come before them, as temporalio does.
 
     Raises:
         ValueError: no activities, a name registered twice, two dynamic
             activities, a sync activity without an executor, or a bad option.
-        TypeError: an activity not marked with ``@activity.defn``.
+        TypeError: an activity not marked with ``@activity.defn``, or an
+            interceptor that is not an ``errands.worker.Interceptor``.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class Worker:
         default_heartbeat_throttle_interval: timedelta = timedelta(seconds=30),
         max_heartbeat_throttle_interval: timedelta = timedelta(seconds=60),
         blocked_loop_threshold: timedelta | None = timedelta(seconds=1),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         if not task_queue:
             raise ValueError("Worker needs a task_queue")
@@ -111,6 +117,17 @@ class Worker:
         self._blocked_loop_s = (
             None if blocked_loop_threshold is None else blocked_loop_threshold.total_seconds()
         )
+        for interceptor in interceptors:
+            if not isinstance(interceptor, Interceptor):
+                raise TypeError(
+                    "worker interceptors must be errands.worker.Interceptor instances, got "
+                    f"{type(interceptor).__name__}"
+                )
+        self._interceptors = (
+            *(i for i in client.interceptors if isinstance(i, Interceptor)),
+            *interceptors,
+        )
+        self._executor = activity_executor
         self._loop_watch: LoopWatch | None = None
         self._client = client
         self._task_queue = task_queue
@@ -244,6 +261,8 @@ class Worker:
             outage=outage,
             metrics=client.runtime._metrics,
             metric_meter=client.runtime.metric_meter,
+            interceptors=self._interceptors,
+            executor=self._executor,
         )
         self._watcher = InterruptWatcher(store, self._deliver_interrupt)
         sync_names = [n for n, d in self._definitions.items() if not d.is_async]

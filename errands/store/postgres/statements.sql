@@ -21,16 +21,17 @@ ORDER BY id DESC LIMIT 1
 INSERT INTO executions (namespace, activity_id, run_id, activity_type, task_queue, status,
     run_state, attempt, input, schedule_time, ready_at, s2c_deadline, attempt_deadline,
     deadline, schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s,
-    retry_policy, priority_key, start_delay_s, summary, search_attributes)
+    retry_policy, priority_key, start_delay_s, summary, search_attributes, headers)
 SELECT r.namespace, r.activity_id, r.run_id, r.activity_type, r.task_queue, 'RUNNING',
     'SCHEDULED', 1, decode(r.input, 'base64'), %(now)s, r.ready_at, r.s2c_deadline, %(far)s,
     r.deadline, r.schedule_to_close_s, r.schedule_to_start_s, r.start_to_close_s, r.heartbeat_s,
-    r.retry_policy, r.priority_key, r.start_delay_s, r.summary, r.search_attributes
+    r.retry_policy, r.priority_key, r.start_delay_s, r.summary, r.search_attributes,
+    decode(r.headers, 'base64')
 FROM json_to_recordset(%(rows)s::json) AS r(namespace text, activity_id text, run_id text,
     activity_type text, task_queue text, input text, ready_at float8, s2c_deadline float8,
     deadline float8, schedule_to_close_s float8, schedule_to_start_s float8,
     start_to_close_s float8, heartbeat_s float8, retry_policy text, priority_key int,
-    start_delay_s float8, summary text, search_attributes text)
+    start_delay_s float8, summary text, search_attributes text, headers text)
 ON CONFLICT DO NOTHING
 RETURNING run_id
 

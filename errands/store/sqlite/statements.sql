@@ -15,11 +15,11 @@ ORDER BY id DESC LIMIT 1
 INSERT OR IGNORE INTO executions (namespace, activity_id, run_id, activity_type, task_queue,
     status, run_state, attempt, input, schedule_time, ready_at, s2c_deadline, attempt_deadline,
     deadline, schedule_to_close_s, schedule_to_start_s, start_to_close_s, heartbeat_s,
-    retry_policy, priority_key, start_delay_s, summary, search_attributes)
+    retry_policy, priority_key, start_delay_s, summary, search_attributes, headers)
 VALUES (:namespace, :activity_id, :run_id, :activity_type, :task_queue, 'RUNNING', 'SCHEDULED',
     1, :input, :now, :ready_at, :s2c_deadline, :far, :deadline, :schedule_to_close_s,
     :schedule_to_start_s, :start_to_close_s, :heartbeat_s, :retry_policy, :priority_key,
-    :start_delay_s, :summary, :search_attributes)
+    :start_delay_s, :summary, :search_attributes, :headers)
 RETURNING run_id
 
 -- name: running_of_id
