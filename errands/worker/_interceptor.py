@@ -26,7 +26,6 @@ always runs on the worker's event loop, with the attempt's context set
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
@@ -113,10 +112,6 @@ class _InboundImpl(ActivityInboundInterceptor):
 
     def __init__(self, attempt: Attempt) -> None:  # no next: nothing comes after it
         self._attempt = attempt
-        context = attempt.context
-        assert context is not None
-        self._delivered_before = context.details
-        """A cancel delivered before the chain ran (the runner treats it as without one)."""
 
     def init(self, outbound: ActivityOutboundInterceptor) -> None:
         attempt = self._attempt
@@ -138,11 +133,8 @@ class _InboundImpl(ActivityInboundInterceptor):
         assert definition is not None and context is not None and runner is not None
         if input.fn is not definition.fn:
             definition = dataclasses.replace(definition, fn=input.fn)
-        if context.details is not self._delivered_before:
-            # A cancel came while the interceptors ran, before the runner held
-            # the call: hand it to the runner once it does (run() registers the
-            # call before it first yields).
-            asyncio.get_running_loop().call_soon(runner.deliver_cancel, context)
+        # A cancel that came while the interceptors ran reaches the function
+        # when the runner begins the call (as one that came before them).
         return await runner.run(definition, context, input.args)
 
 

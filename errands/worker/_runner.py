@@ -70,7 +70,8 @@ class AsyncRunner(Runner):
     """Runs ``async def`` activities on the worker's event loop, inside the
     attempt's own task, and cancels them with ``Task.cancel()``. The attempt
     delivers cancellation only while the function runs, so the
-    ``asyncio.CancelledError`` lands in the activity's code."""
+    ``asyncio.CancelledError`` lands in the activity's code (one that came
+    before the call began lands at its first await)."""
 
     def __init__(self) -> None:
         self._tasks: dict[int, asyncio.Task[Any]] = {}
@@ -80,6 +81,8 @@ class AsyncRunner(Runner):
         assert task is not None
         key = id(context)
         self._tasks[key] = task
+        if context.details is not None:
+            task.cancel()  # it came before the call began: it lands at the first await
         token = _current.set(context)
         try:
             with _auto_heartbeat(definition):

@@ -151,6 +151,8 @@ class ThreadRunner(Runner):
         call = _ThreadCall(not definition.no_thread_cancel_exception, context.cancelled)
         key = id(context)
         self._calls[key] = call
+        if context.details is not None:
+            call.raise_cancel()  # it came before the call began: the thread raises at once
         ctx = contextvars.copy_context()
         ctx.run(_current.set, context)
         ctx.run(_shield_target.set, call)
