@@ -135,9 +135,27 @@ class Doorbell(WatchThread):
         passed) replaces it, under a lock so no earlier one is lost."""
         for group, indexes in bells.items():
             fd = self._fds[group]
-            for index in indexes:
-                old = os.pread(fd, 1, index)
-                os.pwrite(fd, bytes([(old[0] + 1) % 256 if old else 1]), index)
+            # The file lock makes each bump whole across processes; the
+            # doorbell's own lock orders it with this process's watcher, which
+            # then takes no bell this process rang for news (it would only
+            # look, find nothing, and take the lock and the GIL from whoever
+            # runs the activity) - but one another process rang since it
+            # last compared it still finds.
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            try:
+                with self._lock:
+                    seen = self._seen.get(group)
+                    for index in indexes:
+                        old = os.pread(fd, 1, index)
+                        was = old[0] if old else 0
+                        now = (was + 1) % 256 if old else 1
+                        os.pwrite(fd, bytes([now]), index)
+                        if seen is not None and seen[index] == was:
+                            seen = seen[:index] + bytes([now]) + seen[index + 1 :]
+                    if seen is not None:
+                        self._seen[group] = seen
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
         if deadline is None:
             return
         fd = self._fds[DEADLINE]
