@@ -310,7 +310,11 @@ async def _worker(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     # SIGUSR1: say how many database round trips this process's store made.
     loop.add_signal_handler(
-        signal.SIGUSR1, lambda: _say(f"trips {getattr(client.store, 'round_trips', -1)}")
+        signal.SIGUSR1,
+        lambda: _say(
+            f"trips {getattr(client.store, 'round_trips', -1)} "
+            f"{getattr(client.store, 'round_trip_kinds', {})}"
+        ),
     )
     try:
         async with Worker(

@@ -189,6 +189,7 @@ async def _trips(worker: procs.Child) -> int:
     said = [line for line in worker.lines() if line.startswith("trips")]
     os.kill(worker.pid, signal.SIGUSR1)
     found = await worker.wait_for_line("trips", count=len(said) + 1)
+    print(f"{worker.name}: {found[-1]}")  # what the trips were, should a count be off
     return int(found[-1].split()[1])
 
 

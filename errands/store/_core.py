@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -164,6 +165,8 @@ class CoreStore(Store):
         self._readers = ThreadPoolExecutor(dialect.readers, thread_name_prefix="errands-reader")
         self.reads = 0
         """Reads run (for tests and bench that count round trips)."""
+        self.reads_by: collections.Counter[str] = collections.Counter()
+        """Reads run, by the function that read (as ``kinds_begun``)."""
         self._closed = False
 
     @property
@@ -171,6 +174,12 @@ class CoreStore(Store):
         """Transactions and reads this store has run: its database round trips
         (not counting the dialect's cheap wake-up checks)."""
         return self._writer.transactions + self.reads
+
+    @property
+    def round_trip_kinds(self) -> dict[str, int]:
+        """``round_trips`` by what made them: writer transactions by the kinds
+        of change they held, reads by the function that read."""
+        return {**self._writer.kinds_begun, **{f"read:{k}": n for k, n in self.reads_by.items()}}
 
     # ---------------------------------------------------------------- plumbing
 
@@ -187,6 +196,7 @@ class CoreStore(Store):
         if self._closed:
             raise StoreError(f"{self.label} is closed")
         self.reads += 1
+        self.reads_by[getattr(fn, "__qualname__", "?")] += 1
         return await asyncio.get_running_loop().run_in_executor(
             self._readers, self._dialect.read, fn, time.monotonic()
         )

@@ -15,6 +15,7 @@ is published.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -105,6 +106,9 @@ class Writer:
         self._deliver_lost = deliver_lost
         self.transactions = 0
         """Transactions begun (for tests and bench that count round trips)."""
+        self.kinds_begun: collections.Counter[str] = collections.Counter()
+        """Transactions begun by the kinds of change they held ("claim+complete"):
+        what a test that counts round trips names when it finds too many."""
         self.observers: list[Callable[[int, float], None]] = []
         """Called with (changes, seconds) after each commit (metrics)."""
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
@@ -211,6 +215,7 @@ class Writer:
             committing = False
             try:
                 self.transactions += 1
+                self.kinds_begun["+".join(sorted(kinds))] += 1
                 tx = self._dialect.begin(kinds)
                 outcomes = self._apply(tx, batch)
                 committing = True
