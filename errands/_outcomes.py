@@ -28,6 +28,11 @@ logger = logging.getLogger("errands.client")
 TIMER_INTERVAL_S = 1.0
 """How often awaited executions' due timers are fired."""
 
+MANY_WAITERS = 100
+"""Awaiting more runs than this, a process fires the due timers of its whole
+namespace rather than of those runs: one walk of the deadline index costs
+less than looking up thousands of run ids every TIMER_INTERVAL_S."""
+
 RELOOK_S = 30.0
 """How often every waiting run is looked up anyway, so that a close whose
 change went unheard (a lost connection) still ends its wait."""
@@ -130,7 +135,8 @@ class OutcomeWatcher:
                         self._resolve(run)
                 if self._waiters and time.monotonic() - last_timers >= TIMER_INTERVAL_S:
                     last_timers = time.monotonic()
-                    await self._store.fire_due_timers(self._namespace, run_ids=list(self._waiters))
+                    awaited = None if len(self._waiters) > MANY_WAITERS else list(self._waiters)
+                    await self._store.fire_due_timers(self._namespace, run_ids=awaited)
             except Exception as e:
                 self._unlooked.update(looking)
                 pause = min(max(pause * 2, RETRY_S[0]), RETRY_S[1])
