@@ -80,8 +80,10 @@ class Producer(Protocol):
         """The task's result (its argument) once it has completed."""
         ...
 
-    async def results(self, handles: Sequence[Any]) -> list[Any]:
-        """The results of all ``handles``, in order, once all completed."""
+    async def results(self, handles: Sequence[Any]) -> list[Any] | None:
+        """The results of all ``handles``, in order, once all completed (an
+        untimed check after a workload: it may use any cheap way to look);
+        None when the system can no longer tell."""
         ...
 
     async def close(self) -> None: ...
@@ -146,8 +148,3 @@ def load(system: str) -> Peer:
     peer: Peer = getattr(found, attribute)
     return peer
 
-
-def call_arg(i: int) -> dict[str, Any]:
-    """The task's argument as JSON-able keyword arguments (the systems that
-    take keywords only)."""
-    return {"i": i}
