@@ -72,17 +72,19 @@ class Producer:
         self.on_postgres = on_postgres
         self.looks = threading.BoundedSemaphore(POLL_CONNECTIONS)
 
-    async def enqueue(self, i: int) -> Any:
-        return self.task.apply_async((i,))
+    async def enqueue(self, i: int) -> tuple[Any, int]:
+        return self.task.apply_async((i,)), i
 
-    async def enqueue_many(self, items: Sequence[int]) -> list[Any]:
+    async def enqueue_many(self, items: Sequence[int]) -> list[tuple[Any, int]]:
         import celery
 
         if not items:
             return []
-        return list(celery.group(self.task.s(i) for i in items).apply_async().results)
+        started = celery.group(self.task.s(i) for i in items).apply_async()
+        return list(zip(started.results, items, strict=True))
 
-    async def result(self, handle: Any) -> Any:
+    async def result(self, started: tuple[Any, int]) -> Any:
+        handle, _ = started
         if self.on_postgres:
             deadline = time.monotonic() + RESULT_TIMEOUT_S
             while True:
@@ -94,18 +96,18 @@ class Producer:
                 time.sleep(POLL_S)
         return handle.get(timeout=RESULT_TIMEOUT_S)
 
-    async def results(self, handles: Sequence[Any]) -> list[Any] | None:
+    async def results(self, handles: Sequence[tuple[Any, int]]) -> list[Any] | None:
         """None with rpc results: the backend keeps at most 8,192 results
         nobody awaited yet in memory (MESSAGE_BUFFER_MAX), so the earlier ones
         of a large run are gone once the last was awaited."""
         return self._look_all(handles) if self.on_postgres else None
 
-    def _look_all(self, handles: Sequence[Any]) -> list[Any]:
+    def _look_all(self, handles: Sequence[tuple[Any, int]]) -> list[int]:
         """One query for every task's state (the results are the tasks'
         arguments once all succeeded: the check is that they did)."""
         import psycopg
 
-        ids = [h.id for h in handles]
+        ids = [h.id for h, _ in handles]
         with psycopg.connect(servers.database_url(self.run.postgres)) as conn:
             rows = conn.execute(
                 f'SELECT status, count(*) FROM "{self.run.namespace}".celery_taskmeta '
@@ -115,7 +117,7 @@ class Producer:
         counts = dict(rows)
         if counts.get("SUCCESS") != len(ids):
             raise RuntimeError(f"celery tasks did not all succeed: {counts}")
-        return [h.args[0] for h in handles]
+        return [i for _, i in handles]
 
     async def close(self) -> None:
         self.app.close()
