@@ -43,6 +43,8 @@ class Run:
     database of their own on it); empty when none was given."""
     in_flight: int
     tmp: str
+    mode: str = ""
+    """Temporal's "standalone" or "workflow" (bench.compare's --temporal-mode)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
