@@ -94,11 +94,8 @@ class Producer(Protocol):
 class Peer(Protocol):
     """One system as the peer workloads run it."""
 
-    label: str
     config: str
     """Its configuration, as its documentation recommends for throughput."""
-    durable: bool
-    """Whether a completed task's result (or completion) survives the server's crash."""
     blocking: bool
     """No async client: lanes are concurrent producer threads."""
 
@@ -124,17 +121,30 @@ class Peer(Protocol):
     async def producer(self, run: Run) -> Producer: ...
 
 
+@dataclass(frozen=True)
+class System:
+    """A system's name in tables, where its Peer is (``module:attribute``),
+    and whether a completed task's result (or completion) survives a crash of
+    its server."""
+
+    label: str
+    peer: str
+    durable: bool
+
+
 SYSTEMS = {
-    "errands-sqlite": "bench.peers.errands:SQLITE",
-    "errands-postgres": "bench.peers.errands:POSTGRES",
-    "temporal": "bench.peers.temporal:PEER",
-    "pgqueuer": "bench.peers.pgqueuer:PEER",
-    "procrastinate": "bench.peers.procrastinate:PEER",
-    "celery-rpc": "bench.peers.celery:RPC",
-    "celery-pg": "bench.peers.celery:POSTGRES",
-    "dramatiq": "bench.peers.dramatiq:PEER",
+    "errands-sqlite": System("errands (SQLite)", "bench.peers.errands:SQLITE", True),
+    "errands-postgres": System("errands (PostgreSQL)", "bench.peers.errands:POSTGRES", True),
+    "temporal": System("Temporal", "bench.peers.temporal:PEER", True),
+    "pgqueuer": System("pgqueuer", "bench.peers.pgqueuer:PEER", True),
+    "procrastinate": System("procrastinate", "bench.peers.procrastinate:PEER", True),
+    "celery-rpc": System("Celery, rpc results", "bench.peers.celery:RPC", False),
+    "celery-pg": System(
+        "Celery, acks_late, results in PostgreSQL", "bench.peers.celery:POSTGRES", True
+    ),
+    "dramatiq": System("Dramatiq, results in Redis", "bench.peers.dramatiq:PEER", False),
 }
-"""Every system of the peer workloads, by name; ``module:attribute`` of its Peer."""
+"""Every system of the peer workloads, by name."""
 
 PEERS = ("pgqueuer", "procrastinate", "celery-rpc", "celery-pg", "dramatiq")
 """The systems beside errands and Temporal."""
@@ -142,11 +152,10 @@ PEERS = ("pgqueuer", "procrastinate", "celery-rpc", "celery-pg", "dramatiq")
 
 def load(system: str) -> Peer:
     """The Peer of ``system``; raises Unavailable when its library is not installed."""
-    module, attribute = SYSTEMS[system].split(":")
+    module, attribute = SYSTEMS[system].peer.split(":")
     try:
         found = importlib.import_module(module)
     except ImportError as e:
         raise Unavailable(f"not installed ({e}; pip install -e '.[bench]')") from e
     peer: Peer = getattr(found, attribute)
     return peer
-

@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] != "worker" or argv[1] not in SYSTEMS:
         print(__doc__, file=sys.stderr)
         return 2
-    module = importlib.import_module(SYSTEMS[argv[1]].split(":")[0])
+    module = importlib.import_module(SYSTEMS[argv[1]].peer.split(":")[0])
     module.serve(argv[1], Run.from_json(argv[2]))
     return 0
 

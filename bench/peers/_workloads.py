@@ -110,9 +110,7 @@ async def batch(producer: Producer, meter: CpuMeter, n: int) -> dict[str, Any]:
     async def section() -> float:
         began = time.perf_counter()
         for first in range(0, n, BATCH_SIZE):
-            handles.extend(
-                await producer.enqueue_many(range(first, min(n, first + BATCH_SIZE)))
-            )
+            handles.extend(await producer.enqueue_many(range(first, min(n, first + BATCH_SIZE))))
         return await _last_completed(producer, handles, began)
 
     try:

@@ -125,10 +125,8 @@ class Producer:
 
 @dataclass(frozen=True)
 class CeleryPeer:
-    label: str
     on_postgres: bool
     config: str
-    durable: bool
     blocking: bool = True
 
     def check(self, run: Run) -> None:
@@ -154,7 +152,8 @@ class CeleryPeer:
 
     def workers(self, run: Run) -> list[WorkerProcess]:
         system = "celery-pg" if self.on_postgres else "celery-rpc"
-        return [WorkerProcess(python_module("bench.peers", "worker", system, run.to_json()), "ready")]
+        argv = python_module("bench.peers", "worker", system, run.to_json())
+        return [WorkerProcess(argv, "ready")]
 
     def server_pids(self, run: Run) -> list[int]:
         pids = servers.listener_pids(servers.RABBITMQ[1])
@@ -167,18 +166,14 @@ class CeleryPeer:
 
 
 RPC = CeleryPeer(
-    "Celery + RabbitMQ, rpc results",
     False,
     f"prefork x{CONCURRENCY}, prefetch multiplier {PREFETCH_MULTIPLIER}, persistent queue, "
     "rpc:// results",
-    durable=False,
 )
 POSTGRES = CeleryPeer(
-    "Celery + RabbitMQ, acks_late, results in PostgreSQL",
     True,
     f"prefork x{CONCURRENCY}, prefetch multiplier {PREFETCH_MULTIPLIER}, persistent queue, "
     f"task_acks_late, db+postgresql results polled every {POLL_S * 1000:g} ms",
-    durable=True,
 )
 
 

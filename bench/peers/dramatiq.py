@@ -87,12 +87,10 @@ class Producer:
 
 @dataclass(frozen=True)
 class DramatiqPeer:
-    label: str = "Dramatiq + RabbitMQ, results in Redis"
     config: str = (
         f"{PROCESSES} processes x {THREADS} threads (the worker command's defaults), "
         "prefetch 2 x threads, RabbitMQ without publisher confirms, Redis results"
     )
-    durable: bool = False
     blocking: bool = True
 
     def check(self, run: Run) -> None:

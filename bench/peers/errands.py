@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from bench.activities import noop
 from bench.compare._sides import postgres_backends
@@ -48,13 +47,11 @@ class Producer:
 
 @dataclass(frozen=True)
 class Errands:
-    label: str
     kind: str  # "sqlite" or "postgresql"
     config: str = (
         "one worker process, max_concurrent_activities = the lanes (500); the store's "
         "defaults (SQLite: WAL, synchronous=FULL; PostgreSQL: synchronous_commit on)"
     )
-    durable: bool = True
     blocking: bool = False
 
     def check(self, run: Run) -> None:
@@ -83,5 +80,5 @@ class Errands:
         return Producer(await Client.connect(run.target), run.namespace)
 
 
-SQLITE = Errands("errands (SQLite)", "sqlite")
-POSTGRES = Errands("errands (PostgreSQL)", "postgresql")
+SQLITE = Errands("sqlite")
+POSTGRES = Errands("postgresql")

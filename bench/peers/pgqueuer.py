@@ -89,9 +89,7 @@ class Producer:
         if not items:
             return []
         payloads: list[bytes | None] = [str(i).encode() for i in items]
-        ids = await self.queries.enqueue(
-            [ENTRYPOINT] * len(items), payloads, [0] * len(items)
-        )
+        ids = await self.queries.enqueue([ENTRYPOINT] * len(items), payloads, [0] * len(items))
         return list(zip(ids, items, strict=True))
 
     async def result(self, handle: tuple[int, int]) -> int:
@@ -112,13 +110,11 @@ class Producer:
 
 @dataclass(frozen=True)
 class PgQueuerPeer:
-    label: str = "pgqueuer (PostgreSQL)"
     config: str = (
         f"asyncpg driver, uvloop, batch_size {BATCH_SIZE}, durable tables, "
         f"{WORKER_PROCESSES} worker processes; completions awaited with CompletionWatcher "
         "(its defaults)"
     )
-    durable: bool = True
     blocking: bool = False
 
     def check(self, run: Run) -> None:

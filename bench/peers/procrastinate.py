@@ -15,6 +15,7 @@ notice: a task's result is its job's status, polled every POLL_S
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,13 +96,11 @@ class Producer:
 
 @dataclass(frozen=True)
 class ProcrastinatePeer:
-    label: str = "procrastinate (PostgreSQL)"
     config: str = (
         f"psycopg connector (pool up to {POOL_MAX}), async task, concurrency={CONCURRENCY}, "
         f"LISTEN/NOTIFY, {WORKER_PROCESSES} worker processes; results polled "
         f"every {POLL_S * 1000:g} ms"
     )
-    durable: bool = True
     blocking: bool = False
 
     def check(self, run: Run) -> None:
@@ -153,10 +152,8 @@ async def _serve(run: Run) -> None:
         print("ready", flush=True)
         await stop.wait()
         worker.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await worker
-        except asyncio.CancelledError:
-            pass
 
 
 def serve(system: str, run: Run) -> None:

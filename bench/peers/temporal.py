@@ -51,12 +51,10 @@ class Producer:
 
 @dataclass(frozen=True)
 class TemporalPeer:
-    label: str = "Temporal"
     config: str = (
         "dev server (temporal server start-dev, SQLite file), worker defaults but "
         "max_concurrent_activities = the lanes"
     )
-    durable: bool = True
     blocking: bool = False
 
     def check(self, run: Run) -> None:
