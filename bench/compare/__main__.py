@@ -44,6 +44,7 @@ FULL = {
     "lanes_n": 5000,
     "batch_n": 20000,
     "sequential_rounds": 200,
+    "max_seconds": 30,
 }
 QUICK = {
     "n": 50,
@@ -58,6 +59,7 @@ QUICK = {
     "lanes_n": 200,
     "batch_n": 2000,
     "sequential_rounds": 20,
+    "max_seconds": 10,
 }
 PEER_PACKAGES = {  # the distributions whose versions the settings name
     "pgqueuer": ["pgqueuer", "asyncpg", "uvloop"],
@@ -92,6 +94,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lanes-n", type=int, help="tasks per lanes run")
     p.add_argument("--batch-n", type=int, help="tasks per batch run (1,000 a bulk enqueue)")
     p.add_argument("--sequential-rounds", type=int, help="round trips per sequential run")
+    p.add_argument(
+        "--max-seconds",
+        type=int,
+        help="a peer workload takes no new task after this long (a slow system's rate is then "
+        "over fewer tasks: its runs say how many, as n)",
+    )
     p.add_argument(
         "--systems",
         nargs="+",
@@ -227,7 +235,7 @@ def read_settings(args: argparse.Namespace, systems: list[str]) -> dict[str, Any
         "heartbeat_timeout (cancel, crash)": f"{args.heartbeat_timeout} s",
         "peer workloads: loop n / lanes n (in flight) / batch n / sequential rounds": (
             f"{args.loop_n} / {args.lanes_n} ({args.peer_in_flight}) / {args.batch_n} / "
-            f"{args.sequential_rounds}"
+            f"{args.sequential_rounds}, none taken after {args.max_seconds} s"
         ),
         **{
             f"{name} version": installed(name)
@@ -454,6 +462,7 @@ async def run_all(
                     lanes_n=args.lanes_n,
                     batch_n=args.batch_n,
                     sequential_rounds=args.sequential_rounds,
+                    max_seconds=args.max_seconds,
                 )
                 label = f"[{done}/{total}] {workload} run {run + 1}/{args.runs} {LABELS[system]}"
                 print(f"{label} ...", file=sys.stderr, flush=True)

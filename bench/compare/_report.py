@@ -24,12 +24,14 @@ class Metric:
     higher_is_better: bool = False
     goal: str = ""  # "ratio>=100": errands that many times better; "below 50": errands' median
     count: bool = False  # 0/1 per run, shown as "k/n runs"
+    ranked: bool = True  # False: context, no leader
 
 
 PEER_METRICS = [
     metric
     for workload in ("loop", "lanes", "batch")
     for metric in (
+        Metric(workload, "n", "tasks measured", "tasks", ranked=False),
         Metric(workload, "throughput", "throughput", "tasks/s", True),
         Metric(workload, "cpu_per_1k", "CPU per 1,000 tasks", "s"),
         Metric(workload, "rss_mib", "peak RSS", "MiB"),
@@ -142,8 +144,10 @@ def build_peer_rows(
                     s: cell(metric, summaries[s], missing_cell(by_system.get(s, [])))
                     for s in systems
                 },
-                "leader": leader(metric, summaries, durable_only=False),
-                "durable leader": leader(metric, summaries, durable_only=True),
+                "leader": leader(metric, summaries, durable_only=False) if metric.ranked else "",
+                "durable leader": (
+                    leader(metric, summaries, durable_only=True) if metric.ranked else ""
+                ),
                 "summaries": {s: (v.to_json() if v else None) for s, v in summaries.items()},
             }
         )
@@ -183,6 +187,9 @@ def cell(metric: Metric, summary: Summary | None, missing: str) -> str:
         return missing
     if metric.count:
         return f"{int(sum(summary.values))}/{len(summary.values)} runs"
+    if not metric.ranked:  # a count of tasks
+        low, high = int(min(summary.values)), int(max(summary.values))
+        return f"{int(summary.median):,}" + (f" ({low:,}-{high:,})" if low != high else "")
     text = number(summary.median)
     if len(summary.values) > 1:
         text += f" ({number(min(summary.values))}-{number(max(summary.values))})"

@@ -82,6 +82,7 @@ class RunSpec:
     lanes_n: int = 5000
     batch_n: int = 20000
     sequential_rounds: int = 200
+    max_seconds: float = 30.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -135,6 +136,7 @@ async def peer_workload(spec: RunSpec) -> dict[str, Any]:
         "lanes_n": spec.lanes_n,
         "batch_n": spec.batch_n,
         "sequential_rounds": spec.sequential_rounds,
+        "max_seconds": int(spec.max_seconds),
     }
     return await run_workload(spec.system, spec.workload, run, sizes, spec.server_pid)
 

@@ -108,7 +108,8 @@ async def run_workload(
 ) -> dict[str, Any]:
     """The figures of ``workload`` on ``system``, or {"n/a": reason} when
     the system cannot run here or has no such call. ``sizes``: loop_n,
-    lanes_n, batch_n, sequential_rounds. ``server_pid``: a server started
+    lanes_n, batch_n, sequential_rounds, and max_seconds (no new task is
+    taken after that long). ``server_pid``: a server started
     for the comparison (Temporal's), whose CPU and memory count too."""
     try:
         peer = load(system)
@@ -141,16 +142,17 @@ async def _measure(
         return [*peer.server_pids(run), *([server_pid] if server_pid else [])]
 
     meter = CpuMeter(server_pids)
+    seconds = sizes["max_seconds"]
     if workload == "loop":
-        figures = await pw.loop(producer, meter, sizes["loop_n"])
+        figures = await pw.loop(producer, meter, sizes["loop_n"], seconds)
     elif workload == "lanes":
         figures = await pw.lanes(
-            producer, meter, sizes["lanes_n"], run.in_flight, blocking=peer.blocking
+            producer, meter, sizes["lanes_n"], seconds, run.in_flight, blocking=peer.blocking
         )
     elif workload == "batch":
-        figures = await pw.batch(producer, meter, sizes["batch_n"])
+        figures = await pw.batch(producer, meter, sizes["batch_n"], seconds)
     elif workload == "sequential":
-        figures = await pw.sequential(producer, meter, sizes["sequential_rounds"])
+        figures = await pw.sequential(producer, meter, sizes["sequential_rounds"], seconds)
     else:
         raise ValueError(f"unknown peer workload {workload!r}")
     if "n/a" not in figures:

@@ -1,7 +1,9 @@
 """The peer workloads, written once against bench.peers.Producer. Each
 warms up (untimed), then measures one section: its time, and the CPU seconds
 and peak RSS of every process of the system (the producer, its worker
-processes, and the database and broker processes that serve it).
+processes, and the database and broker processes that serve it). A section
+takes no new task once ``seconds`` have passed (so a slow system's run ends
+in time): its rate is over the tasks it took, reported as ``n``.
 
 loop
     The producer awaits each enqueue in turn (n of them), then waits for the
@@ -22,9 +24,10 @@ sequential
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.compare._procstat import CpuMeter
@@ -39,6 +42,31 @@ BATCH_SIZE = 1_000
 
 class WrongResult(Exception):
     """A task returned something other than its argument."""
+
+
+class Indexes:
+    """0, 1, ... n - 1, or fewer: none is handed out once ``seconds`` have
+    passed since the first. Safe to share between lanes and threads."""
+
+    def __init__(self, n: int, seconds: float) -> None:
+        self.n = n
+        self.seconds = seconds
+        self.taken = 0
+        self._deadline = 0.0
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Indexes:
+        return self
+
+    def __next__(self) -> int:
+        with self._lock:
+            now = time.perf_counter()
+            if self.taken == 0:
+                self._deadline = now + self.seconds
+            elif self.taken >= self.n or now > self._deadline:
+                raise StopIteration
+            self.taken += 1
+            return self.taken - 1
 
 
 def _check(got: list[Any], first: int) -> None:
@@ -61,14 +89,16 @@ async def warm_up(producer: Producer) -> None:
 
 
 async def _measured(
-    meter: CpuMeter, count: int, section: Callable[[], Awaitable[float]]
+    meter: CpuMeter, indexes: Indexes, section: Callable[[], Awaitable[float]]
 ) -> dict[str, Any]:
     """Run ``section`` (it returns its own elapsed seconds) with ``meter``
     running; the rate, and CPU seconds per 1,000 tasks of all processes."""
     meter.start()
     elapsed = await section()
     own_s, server_s = meter.stop()
+    count = indexes.taken
     return {
+        "n": count,
         "throughput": count / elapsed,
         "wall_s": elapsed,
         "cpu_per_1k": 1000 * (own_s + (server_s or 0.0)) / count,
@@ -91,46 +121,47 @@ async def _check_all(producer: Producer, handles: list[Any]) -> None:
         _check(got, 0)
 
 
-async def loop(producer: Producer, meter: CpuMeter, n: int) -> dict[str, Any]:
+async def loop(producer: Producer, meter: CpuMeter, n: int, seconds: float) -> dict[str, Any]:
     handles: list[Any] = []
+    indexes = Indexes(n, seconds)
 
     async def section() -> float:
         began = time.perf_counter()
-        handles.extend([await producer.enqueue(i) for i in range(n)])
+        handles.extend([await producer.enqueue(i) for i in indexes])
         return await _last_completed(producer, handles, began)
 
-    figures = await _measured(meter, n, section)
+    figures = await _measured(meter, indexes, section)
     await _check_all(producer, handles)
     return figures
 
 
-async def batch(producer: Producer, meter: CpuMeter, n: int) -> dict[str, Any]:
+async def batch(producer: Producer, meter: CpuMeter, n: int, seconds: float) -> dict[str, Any]:
     handles: list[Any] = []
+    indexes = Indexes(n, seconds)
 
     async def section() -> float:
         began = time.perf_counter()
-        for first in range(0, n, BATCH_SIZE):
-            handles.extend(await producer.enqueue_many(range(first, min(n, first + BATCH_SIZE))))
+        while chunk := list(itertools.islice(indexes, BATCH_SIZE)):
+            handles.extend(await producer.enqueue_many(chunk))
         return await _last_completed(producer, handles, began)
 
     try:
         await producer.enqueue_many([])
     except NoBulkEnqueue:
         return {"n/a": "no bulk enqueue"}
-    figures = await _measured(meter, n, section)
+    figures = await _measured(meter, indexes, section)
     await _check_all(producer, handles)
     return figures
 
 
-async def _lane(producer: Producer, indexes: Iterator[int]) -> None:
+async def _lane(producer: Producer, indexes: Indexes) -> None:
     for i in indexes:  # shared: each index is taken by exactly one lane
         await _round_trip(producer, i)
 
 
-def _threaded_lanes(producer: Producer, n: int, lanes: int) -> None:
+def _threaded_lanes(producer: Producer, indexes: Indexes, lanes: int) -> None:
     """``lanes`` threads, each running a lane on an event loop of its own
     (the producer's calls block); the first failure is raised."""
-    indexes = iter(range(n))  # next() of a range iterator is atomic under the GIL
     failures: list[BaseException] = []
 
     def run() -> None:
@@ -149,31 +180,35 @@ def _threaded_lanes(producer: Producer, n: int, lanes: int) -> None:
 
 
 async def lanes(
-    producer: Producer, meter: CpuMeter, n: int, in_flight: int, *, blocking: bool
+    producer: Producer, meter: CpuMeter, n: int, seconds: float, in_flight: int, *, blocking: bool
 ) -> dict[str, Any]:
+    indexes = Indexes(n, seconds)
+
     async def section() -> float:
         began = time.perf_counter()
         if blocking:
-            await asyncio.to_thread(_threaded_lanes, producer, n, in_flight)
+            await asyncio.to_thread(_threaded_lanes, producer, indexes, in_flight)
         else:
-            indexes = iter(range(n))
             await asyncio.gather(*(_lane(producer, indexes) for _ in range(in_flight)))
         return time.perf_counter() - began
 
-    return await _measured(meter, n, section)
+    return await _measured(meter, indexes, section)
 
 
-async def sequential(producer: Producer, meter: CpuMeter, rounds: int) -> dict[str, Any]:
+async def sequential(
+    producer: Producer, meter: CpuMeter, rounds: int, seconds: float
+) -> dict[str, Any]:
     times_ms: list[float] = []
+    indexes = Indexes(rounds, seconds)
 
     async def section() -> float:
         began = time.perf_counter()
-        for i in range(rounds):
+        for i in indexes:
             t0 = time.perf_counter()
             await _round_trip(producer, i)
             times_ms.append((time.perf_counter() - t0) * 1000)
         return time.perf_counter() - began
 
-    figures = await _measured(meter, rounds, section)
+    figures = await _measured(meter, indexes, section)
     del figures["throughput"]
     return {"p50": percentile(times_ms, 50), "p99": percentile(times_ms, 99), **figures}
