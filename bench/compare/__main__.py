@@ -25,7 +25,7 @@ from bench import workloads as w
 from bench.compare import _pool, _report, _server
 from bench.compare._sides import ERRANDS_POSTGRES, ERRANDS_SQLITE, LABELS, TEMPORAL, split_schema
 from bench.compare._workloads import PEER_WORKLOADS, WORKLOADS, RunSpec, run_one, serve_worker
-from bench.peers import PEERS, SYSTEMS, Run, Unavailable, load
+from bench.peers import EXTRAS, PEERS, SYSTEMS, Run, Unavailable, load
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 RESULT_PREFIX = "RESULT "
@@ -63,6 +63,7 @@ QUICK = {
 }
 PEER_PACKAGES = {  # the distributions whose versions the settings name
     "pgqueuer": ["pgqueuer", "asyncpg", "uvloop"],
+    "pgqueuer-b1": ["pgqueuer"],
     "procrastinate": ["procrastinate"],
     "celery-rpc": ["celery", "kombu"],
     "celery-pg": ["sqlalchemy"],
@@ -104,11 +105,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--systems",
         nargs="+",
         choices=list(SYSTEMS),
-        default=list(SYSTEMS),
+        default=[s for s in SYSTEMS if s not in EXTRAS],
         metavar="NAME",
         help=", ".join(SYSTEMS)
         + " (the peers run the peer workloads only: "
         + ", ".join(PEER_WORKLOADS)
+        + "; default: all but "
+        + ", ".join(EXTRAS)
         + ")",
     )
     p.add_argument(

@@ -137,6 +137,7 @@ SYSTEMS = {
     "errands-postgres": System("errands (PostgreSQL)", "bench.peers.errands:POSTGRES", True),
     "temporal": System("Temporal", "bench.peers.temporal:PEER", True),
     "pgqueuer": System("pgqueuer", "bench.peers.pgqueuer:PEER", True),
+    "pgqueuer-b1": System("pgqueuer, batch 1", "bench.peers.pgqueuer:LATENCY", True),
     "procrastinate": System("procrastinate", "bench.peers.procrastinate:PEER", True),
     "celery-rpc": System("Celery, rpc results", "bench.peers.celery:RPC", False),
     "celery-pg": System(
@@ -146,8 +147,11 @@ SYSTEMS = {
 }
 """Every system of the peer workloads, by name."""
 
-PEERS = ("pgqueuer", "procrastinate", "celery-rpc", "celery-pg", "dramatiq")
+PEERS = ("pgqueuer", "procrastinate", "celery-rpc", "celery-pg", "dramatiq", "pgqueuer-b1")
 """The systems beside errands and Temporal."""
+EXTRAS = ("pgqueuer-b1",)
+"""Peers that run only when named (--systems): variants beside a peer's
+throughput configuration."""
 
 
 def load(system: str) -> Peer:

@@ -69,24 +69,21 @@ def drop_schema(postgres: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def backends(postgres: str, *, database: str = DATABASE, application: str = "") -> list[int]:
-    """The pids of the PostgreSQL backends connected to ``database`` (or, with
-    ``application``, of those whose application_name it is), this sampler's
-    own connection left out."""
+def application(namespace: str) -> str:
+    """The application_name every connection of the run ``namespace`` gives,
+    by which its backends are told from the rest of the server's."""
+    return f"bench-peers:{namespace}"
+
+
+def backends(postgres: str, namespace: str) -> list[int]:
+    """The pids of the PostgreSQL backends serving the run ``namespace``."""
     import psycopg
 
     with psycopg.connect(postgres, autocommit=True) as conn:
-        if application:
-            rows = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
-                "AND pid <> pg_backend_pid()",
-                (application,),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (database,),
-            ).fetchall()
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+            (application(namespace),),
+        ).fetchall()
     return [int(row[0]) for row in rows]
 
 

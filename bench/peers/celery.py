@@ -57,6 +57,9 @@ def _app(run: Run, on_postgres: bool) -> Any:
         broker_pool_limit=BROKER_POOL,
         task_acks_late=on_postgres,
         database_table_schemas={"task": run.namespace, "group": run.namespace},
+        database_engine_options={
+            "connect_args": {"application_name": servers.application(run.namespace)}
+        },
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
     )
@@ -158,7 +161,7 @@ class CeleryPeer:
     def server_pids(self, run: Run) -> list[int]:
         pids = servers.listener_pids(servers.RABBITMQ[1])
         if self.on_postgres:
-            pids += servers.backends(run.postgres)
+            pids += servers.backends(run.postgres, run.namespace)
         return pids
 
     async def producer(self, run: Run) -> Producer:

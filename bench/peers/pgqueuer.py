@@ -21,6 +21,7 @@ import asyncio
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from bench.peers import Run, Unavailable, WorkerProcess
@@ -28,6 +29,10 @@ from bench.peers import _servers as servers
 from bench.peers._run import python_module
 
 BATCH_SIZE = 10
+LATENCY_BATCH_SIZE = 1
+"""pgqueuer-b1, a variant beside the throughput configuration: a batch of one
+(each completion is logged at once, not after 10 or 0.1 s) and no debounce
+in the CompletionWatcher: what a caller awaiting one job at a time would pick."""
 WORKER_PROCESSES = 2
 POOL_MIN, POOL_MAX = 5, 20
 ENTRYPOINT = "noop"
@@ -37,7 +42,11 @@ async def _connect(run: Run) -> Any:
     import asyncpg
 
     url = servers.database_url(run.postgres)
-    return await asyncpg.connect(url, server_settings={"search_path": run.namespace})
+    return await asyncpg.connect(url, server_settings=_settings(run))
+
+
+def _settings(run: Run) -> dict[str, str]:
+    return {"search_path": run.namespace, "application_name": servers.application(run.namespace)}
 
 
 async def _install(run: Run) -> None:
@@ -62,7 +71,7 @@ class Producer:
         self.queries = Queries(AsyncpgPoolDriver(pool))
 
     @classmethod
-    async def open(cls, run: Run) -> Producer:
+    async def open(cls, run: Run, debounce: timedelta | None) -> Producer:
         import asyncpg
         from pgqueuer.core.completion import CompletionWatcher
         from pgqueuer.db import AsyncpgDriver, AsyncpgPoolDriver
@@ -72,11 +81,14 @@ class Producer:
             servers.database_url(run.postgres),
             min_size=POOL_MIN,
             max_size=POOL_MAX,
-            server_settings={"search_path": run.namespace},
+            server_settings=_settings(run),
         )
         listener = await _connect(run)
-        watcher = CompletionWatcher(
-            AsyncpgDriver(listener), queries=Queries(AsyncpgPoolDriver(pool))
+        queries = Queries(AsyncpgPoolDriver(pool))
+        watcher = (
+            CompletionWatcher(AsyncpgDriver(listener), queries=queries)
+            if debounce is None
+            else CompletionWatcher(AsyncpgDriver(listener), queries=queries, debounce=debounce)
         )
         await watcher.__aenter__()
         return cls(pool, listener, watcher)
@@ -110,11 +122,10 @@ class Producer:
 
 @dataclass(frozen=True)
 class PgQueuerPeer:
-    config: str = (
-        f"asyncpg driver, uvloop, batch_size {BATCH_SIZE}, durable tables, "
-        f"{WORKER_PROCESSES} worker processes; completions awaited with CompletionWatcher "
-        "(its defaults)"
-    )
+    system: str
+    batch_size: int
+    debounce: timedelta | None  # None: the CompletionWatcher's default (50 ms)
+    config: str
     blocking: bool = False
 
     def check(self, run: Run) -> None:
@@ -133,20 +144,33 @@ class PgQueuerPeer:
         servers.drop_schema(run.postgres, run.namespace)
 
     def workers(self, run: Run) -> list[WorkerProcess]:
-        argv = python_module("bench.peers", "worker", "pgqueuer", run.to_json())
+        argv = python_module("bench.peers", "worker", self.system, run.to_json())
         return [WorkerProcess(argv, "ready") for _ in range(WORKER_PROCESSES)]
 
     def server_pids(self, run: Run) -> list[int]:
-        return servers.backends(run.postgres)
+        return servers.backends(run.postgres, run.namespace)
 
     async def producer(self, run: Run) -> Producer:
-        return await Producer.open(run)
+        return await Producer.open(run, self.debounce)
 
 
-PEER = PgQueuerPeer()
+PEER = PgQueuerPeer(
+    "pgqueuer",
+    BATCH_SIZE,
+    None,
+    f"asyncpg driver, uvloop, batch_size {BATCH_SIZE}, durable tables, "
+    f"{WORKER_PROCESSES} worker processes; completions awaited with CompletionWatcher "
+    "(its defaults)",
+)
+LATENCY = PgQueuerPeer(
+    "pgqueuer-b1",
+    LATENCY_BATCH_SIZE,
+    timedelta(0),
+    f"as pgqueuer, but batch_size {LATENCY_BATCH_SIZE} and the CompletionWatcher's debounce 0",
+)
 
 
-async def _serve(run: Run) -> None:
+async def _serve(run: Run, batch_size: int) -> None:
     from pgqueuer import PgQueuer
     from pgqueuer.models import Job
 
@@ -160,13 +184,14 @@ async def _serve(run: Run) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, pgq.shutdown.set)
     print("ready", flush=True)
     try:
-        await pgq.run(batch_size=BATCH_SIZE)
+        await pgq.run(batch_size=batch_size)
     finally:
         await conn.close()
 
 
 def serve(system: str, run: Run) -> None:
-    """A worker process (python -m bench.peers worker pgqueuer RUN)."""
+    """A worker process (python -m bench.peers worker pgqueuer|pgqueuer-b1 RUN)."""
     import uvloop
 
-    uvloop.run(_serve(run))
+    peer = LATENCY if system == LATENCY.system else PEER
+    uvloop.run(_serve(run, peer.batch_size))

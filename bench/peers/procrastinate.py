@@ -38,7 +38,10 @@ def _app(run: Run) -> Any:
 
     connector = procrastinate.PsycopgConnector(
         conninfo=servers.database_url(run.postgres),
-        kwargs={"options": f"-c search_path={run.namespace}"},
+        kwargs={
+            "options": f"-c search_path={run.namespace}",
+            "application_name": servers.application(run.namespace),
+        },
         min_size=POOL_MIN,
         max_size=POOL_MAX,
     )
@@ -128,7 +131,7 @@ class ProcrastinatePeer:
         return [WorkerProcess(argv, "ready") for _ in range(WORKER_PROCESSES)]
 
     def server_pids(self, run: Run) -> list[int]:
-        return servers.backends(run.postgres)
+        return servers.backends(run.postgres, run.namespace)
 
     async def producer(self, run: Run) -> Producer:
         app = _app(run)
