@@ -8,8 +8,10 @@ threads (``dramatiq_queue_prefetch``'s default); the RabbitMQ broker with
 ``confirm_delivery`` off (its default). The worker command imports this
 module, which builds the broker and the actor for the run named in the
 environment (RUN_ENV). Results: ``Message.get_result(block=True)`` (a
-blocking Redis pop: no polling). Bulk enqueue: a ``group`` (one publish per
-message: Dramatiq has no bulk publish)."""
+blocking Redis pop: no polling; each waiting lane holds a connection, so the
+Redis pool allows the lanes and 100 more, where redis-py's default is 100).
+Bulk enqueue: a ``group`` (one publish per message: Dramatiq has no bulk
+publish)."""
 
 from __future__ import annotations
 
@@ -38,13 +40,16 @@ def _actor(run: Run) -> Any:
     """The broker for ``run`` (set as Dramatiq's global broker, as the worker
     command wants) and the run's actor on it."""
     import dramatiq
+    import redis
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.results import Results
     from dramatiq.results.backends.redis import RedisBackend
 
     broker = RabbitmqBroker(url=servers.RABBITMQ_URL)
+    pool = redis.ConnectionPool.from_url(servers.REDIS_URL, max_connections=run.in_flight + 100)
+    client = redis.Redis(connection_pool=pool)
     broker.add_middleware(
-        Results(backend=RedisBackend(url=servers.REDIS_URL, namespace=_results_namespace(run)))
+        Results(backend=RedisBackend(client=client, namespace=_results_namespace(run)))
     )
     dramatiq.set_broker(broker)
     return dramatiq.actor(
