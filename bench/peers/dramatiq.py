@@ -9,7 +9,9 @@ threads (``dramatiq_queue_prefetch``'s default); the RabbitMQ broker with
 module, which builds the broker and the actor for the run named in the
 environment (RUN_ENV). Results: ``Message.get_result(block=True)`` (a
 blocking Redis pop: no polling; each waiting lane holds a connection, so the
-Redis pool allows the lanes and 100 more, where redis-py's default is 100).
+Redis pool allows the lanes and 100 more, where redis-py's default is 100,
+and reads without redis-py 8's 5 s socket timeout, which would end a
+blocking pop that waits longer than that).
 Bulk enqueue: a ``group`` (one publish per message: Dramatiq has no bulk
 publish)."""
 
@@ -46,7 +48,9 @@ def _actor(run: Run) -> Any:
     from dramatiq.results.backends.redis import RedisBackend
 
     broker = RabbitmqBroker(url=servers.RABBITMQ_URL)
-    pool = redis.ConnectionPool.from_url(servers.REDIS_URL, max_connections=run.in_flight + 100)
+    pool = redis.ConnectionPool.from_url(
+        servers.REDIS_URL, max_connections=run.in_flight + 100, socket_timeout=None
+    )
     client = redis.Redis(connection_pool=pool)
     broker.add_middleware(
         Results(backend=RedisBackend(client=client, namespace=_results_namespace(run)))
