@@ -341,7 +341,9 @@ async def compare(args: argparse.Namespace) -> int:
             "run's database or schema while measured, not its background writers, nor a "
             "backend that closed in between); peak RSS sums the producer and worker "
             "processes (the shared servers' not counted, Temporal's dev server counted). "
-            "Durable: " + ", ".join(LABELS[s] for s in systems if SYSTEMS[s].durable) + "."
+            "Durable: "
+            + (", ".join(LABELS[s] for s in systems if SYSTEMS[s].durable) or "none")
+            + "."
         )
     notes.append(
         f"Each cell: median (min-max) of {args.runs} run(s); ratio: how many times better "
