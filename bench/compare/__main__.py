@@ -24,7 +24,8 @@ import bench.compare
 from bench import workloads as w
 from bench.compare import _pool, _report, _server
 from bench.compare._sides import ERRANDS_POSTGRES, ERRANDS_SQLITE, LABELS, TEMPORAL, split_schema
-from bench.compare._workloads import WORKLOADS, RunSpec, run_one, serve_worker
+from bench.compare._workloads import PEER_WORKLOADS, WORKLOADS, RunSpec, run_one, serve_worker
+from bench.peers import EXTRAS, PEERS, SYSTEMS, Run, Unavailable, load
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 RESULT_PREFIX = "RESULT "
@@ -38,6 +39,12 @@ FULL = {
     "process_n": 500,
     "cancel_rounds": 20,
     "runs": 3,
+    "peer_in_flight": 500,
+    "loop_n": 2000,
+    "lanes_n": 5000,
+    "batch_n": 20000,
+    "sequential_rounds": 200,
+    "max_seconds": 30,
 }
 QUICK = {
     "n": 50,
@@ -47,6 +54,20 @@ QUICK = {
     "process_n": 10,
     "cancel_rounds": 2,
     "runs": 1,
+    "peer_in_flight": 50,
+    "loop_n": 100,
+    "lanes_n": 200,
+    "batch_n": 2000,
+    "sequential_rounds": 20,
+    "max_seconds": 10,
+}
+PEER_PACKAGES = {  # the distributions whose versions the settings name
+    "pgqueuer": ["pgqueuer", "asyncpg", "uvloop"],
+    "pgqueuer-b1": ["pgqueuer"],
+    "procrastinate": ["procrastinate"],
+    "celery-rpc": ["celery", "kombu"],
+    "celery-pg": ["sqlalchemy"],
+    "dramatiq": ["dramatiq", "pika", "redis"],
 }
 
 
@@ -67,6 +88,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--process-n", type=int, help="activities per throughput-process run")
     p.add_argument("--cancel-rounds", type=int, help="cancels per cancel-* run")
     p.add_argument("--runs", type=int, help="runs per workload and system (median, min-max)")
+    p.add_argument(
+        "--peer-in-flight", type=int, help="lanes of the lanes workload (and errands' worker slots)"
+    )
+    p.add_argument("--loop-n", type=int, help="tasks per loop run")
+    p.add_argument("--lanes-n", type=int, help="tasks per lanes run")
+    p.add_argument("--batch-n", type=int, help="tasks per batch run (1,000 a bulk enqueue)")
+    p.add_argument("--sequential-rounds", type=int, help="round trips per sequential run")
+    p.add_argument(
+        "--max-seconds",
+        type=int,
+        help="a peer workload takes no new task after this long (a slow system's rate is then "
+        "over fewer tasks: its runs say how many, as n)",
+    )
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        choices=list(SYSTEMS),
+        default=[s for s in SYSTEMS if s not in EXTRAS],
+        metavar="NAME",
+        help=", ".join(SYSTEMS)
+        + " (the peers run the peer workloads only: "
+        + ", ".join(PEER_WORKLOADS)
+        + "; default: all but "
+        + ", ".join(EXTRAS)
+        + ")",
+    )
     p.add_argument(
         "--heartbeat-timeout",
         type=float,
@@ -189,13 +236,57 @@ def read_settings(args: argparse.Namespace, systems: list[str]) -> dict[str, Any
         f"{_pool.PROCESS_POOL_SIZE}, {_pool.START_METHOD}) + SharedStateManager",
         "cancel rounds": args.cancel_rounds,
         "heartbeat_timeout (cancel, crash)": f"{args.heartbeat_timeout} s",
+        "peer workloads: loop n / lanes n (in flight) / batch n / sequential rounds": (
+            f"{args.loop_n} / {args.lanes_n} ({args.peer_in_flight}) / {args.batch_n} / "
+            f"{args.sequential_rounds}, none taken after {args.max_seconds} s"
+        ),
+        **{
+            f"{name} version": installed(name)
+            for system in systems
+            for name in PEER_PACKAGES.get(system, [])
+        },
         "workloads": " ".join(args.only),
     }
 
 
+def check_peers(args: argparse.Namespace, systems: list[str]) -> dict[str, str]:
+    """Why each peer that cannot run here cannot (its cells are n/a); the
+    configuration of each that can goes into ``configs``."""
+    unavailable = {}
+    for system in systems:
+        if system not in PEERS:
+            continue
+        try:
+            load(system).check(Run(system, "check", "", args.postgres or "", 1, ""))
+        except Unavailable as e:
+            unavailable[system] = str(e)
+    return unavailable
+
+
+def peer_configs(systems: list[str], unavailable: dict[str, str]) -> dict[str, str]:
+    """Each system's configuration as the peer workloads run it."""
+    found = {}
+    for system in systems:
+        if system in unavailable:
+            found[f"{LABELS[system]} configuration"] = f"n/a: {unavailable[system]}"
+            continue
+        try:
+            found[f"{LABELS[system]} configuration"] = load(system).config
+        except Unavailable as e:
+            found[f"{LABELS[system]} configuration"] = f"n/a: {e}"
+    return found
+
+
 async def compare(args: argparse.Namespace) -> int:
-    systems = [ERRANDS_SQLITE, *([ERRANDS_POSTGRES] if args.postgres else []), TEMPORAL]
+    systems = [
+        s
+        for s in [ERRANDS_SQLITE, *([ERRANDS_POSTGRES] if args.postgres else []), TEMPORAL, *PEERS]
+        if s in args.systems
+    ]
     settings = read_settings(args, systems)
+    unavailable = await asyncio.to_thread(check_peers, args, systems)
+    if any(w in PEER_WORKLOADS for w in args.only):
+        settings.update(peer_configs(systems, unavailable))
     notes: list[str] = []
     errors: list[str] = []
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -203,19 +294,20 @@ async def compare(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         server = None
         mode = ""
-        try:
-            binary = _server.find_binary()
-            settings["temporal CLI"] = _server.version(binary)
-            server = await _server.DevServer.start(binary, tmp)
-            mode, note = await temporal_mode(server.address, args.temporal_mode)
-            notes.append(note)
-        except Exception as e:
-            if server is not None:
-                await server.stop()
-                server = None
-            traceback.print_exc()
-            errors.append(f"Temporal could not run: {type(e).__name__}: {e}")
-            notes.append(f"Temporal could not run ({type(e).__name__}: {e}); its column is n/a.")
+        if TEMPORAL in systems:
+            try:
+                binary = _server.find_binary()
+                settings["temporal CLI"] = _server.version(binary)
+                server = await _server.DevServer.start(binary, tmp)
+                mode, note = await temporal_mode(server.address, args.temporal_mode)
+                notes.append(note)
+            except Exception as e:
+                if server is not None:
+                    await server.stop()
+                    server = None
+                traceback.print_exc()
+                errors.append(f"Temporal could not run: {type(e).__name__}: {e}")
+                unavailable[TEMPORAL] = f"could not run: {type(e).__name__}: {e}"
         settings["temporal mode"] = mode or "n/a"
         settings["load average at start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print("settings:")
@@ -223,15 +315,36 @@ async def compare(args: argparse.Namespace) -> int:
             print(f"  {key}: {value}")
         print(flush=True)
         try:
-            await run_all(args, systems, server, mode, tmp, results, errors)
+            await run_all(args, systems, server, mode, tmp, results, errors, unavailable)
         finally:
             if server is not None:
                 await server.stop()
         settings["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     temporal_label = f"Temporal ({mode})" if mode else "Temporal"
-    rows = _report.build_rows(results, systems, bool(mode))
-    print(_report.render(rows, systems, temporal_label))
-    print()
+    peer_rows = _report.build_peer_rows(results, systems)
+    if peer_rows:
+        print(_report.render_peers(peer_rows, systems))
+        print()
+    own = [s for s in systems if s in (ERRANDS_SQLITE, ERRANDS_POSTGRES, TEMPORAL)]
+    rows = _report.build_rows(results, own, bool(mode))
+    if rows:
+        print(_report.render(rows, own, temporal_label))
+        print()
+    for system, reason in unavailable.items():
+        notes.append(f"{LABELS[system]}: n/a ({reason}).")
+    if peer_rows:
+        notes.append(
+            "Peer workloads (loop, lanes, batch, sequential): the worker in other "
+            "processes; CPU per 1,000 tasks counts every process of the system: the "
+            "producer, its worker processes, and the database and broker processes serving "
+            "it (RabbitMQ's and Redis's servers whole; PostgreSQL's backends connected to the "
+            "run's database or schema while measured, not its background writers, nor a "
+            "backend that closed in between); peak RSS sums the producer and worker "
+            "processes (the shared servers' not counted, Temporal's dev server counted). "
+            "Durable: "
+            + (", ".join(LABELS[s] for s in systems if SYSTEMS[s].durable) or "none")
+            + "."
+        )
     notes.append(
         f"Each cell: median (min-max) of {args.runs} run(s); ratio: how many times better "
         "the winner's median is. Load average at start / end: "
@@ -242,12 +355,13 @@ async def compare(args: argparse.Namespace) -> int:
         for r in rows
         if any(v == "Temporal" for v in r["winner"].values())
     ]
-    notes.append(
-        "Temporal wins: " + ("; ".join(temporal_wins) if temporal_wins else "nowhere") + "."
-    )
+    if rows and TEMPORAL not in unavailable:
+        notes.append(
+            "Temporal wins: " + ("; ".join(temporal_wins) if temporal_wins else "nowhere") + "."
+        )
     if args.quick:
         notes.append("--quick: a smoke run at small sizes; its figures do not judge the goals.")
-    if args.postgres:
+    if ERRANDS_POSTGRES in systems:
         notes.append(
             "errands (PostgreSQL): CPU includes the backends serving its connections, "
             "peak RSS does not include the database."
@@ -262,6 +376,7 @@ async def compare(args: argparse.Namespace) -> int:
         "settings": settings,
         "notes": notes,
         "errors": errors,
+        "peer table": peer_rows,
         "table": rows,
         "runs": results,
     }
@@ -295,16 +410,29 @@ async def run_all(
     tmp: Path,
     results: dict[str, dict[str, list[dict[str, Any]]]],
     errors: list[str],
+    unavailable: dict[str, str],
 ) -> None:
-    """Every workload, run by run, the systems alternating within each run."""
+    """Every workload, run by run, the systems alternating within each run
+    (the peers run the peer workloads only; a system that cannot run gets
+    its reason as every run's figures)."""
     workloads = [name for name in WORKLOADS if name in args.only]
-    runnable = [s for s in systems if s != TEMPORAL or server is not None]
-    total = len(workloads) * args.runs * len(runnable)
+
+    def runs(workload: str) -> list[str]:
+        return [
+            s
+            for s in systems
+            if s not in unavailable and (workload in PEER_WORKLOADS or s not in PEERS)
+        ]
+
+    total = sum(len(runs(workload)) for workload in workloads) * args.runs
     done = 0
     for workload in workloads:
         by_system = results.setdefault(workload, {s: [] for s in systems})
+        for system, reason in unavailable.items():
+            if system in by_system and (workload in PEER_WORKLOADS or system not in PEERS):
+                by_system[system] = [{"n/a": reason}] * args.runs
         for run in range(args.runs):
-            for system in runnable:
+            for system in runs(workload):
                 done += 1
                 run_dir = tmp / f"{workload}-{run}-{system}"
                 run_dir.mkdir()
@@ -313,8 +441,10 @@ async def run_all(
                     target, server_pid = server.address, server.pid
                 elif system == ERRANDS_POSTGRES:
                     target, server_pid = postgres_run_url(args.postgres), 0
-                else:
+                elif system == ERRANDS_SQLITE:
                     target, server_pid = f"sqlite:///{run_dir / 'errands.db'}", 0
+                else:
+                    target, server_pid = "", 0
                 spec = RunSpec(
                     system=system,
                     workload=workload,
@@ -331,6 +461,13 @@ async def run_all(
                     process_n=args.process_n,
                     cancel_rounds=args.cancel_rounds,
                     heartbeat_timeout_s=args.heartbeat_timeout,
+                    postgres=args.postgres or "",
+                    peer_in_flight=args.peer_in_flight,
+                    loop_n=args.loop_n,
+                    lanes_n=args.lanes_n,
+                    batch_n=args.batch_n,
+                    sequential_rounds=args.sequential_rounds,
+                    max_seconds=args.max_seconds,
                 )
                 label = f"[{done}/{total}] {workload} run {run + 1}/{args.runs} {LABELS[system]}"
                 print(f"{label} ...", file=sys.stderr, flush=True)

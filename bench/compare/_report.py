@@ -1,6 +1,8 @@
-"""From the runs' figures to the table: each figure's median with its
-min-max over the runs, the ratio between the systems (how many times better
-the better one is) and the issue's goals."""
+"""From the runs' figures to the tables: each figure's median with its
+min-max over the runs; for the peer workloads, which system leads (and which
+among those whose results are durable); for the others, the ratio between
+errands and Temporal (how many times better the better one is) and the
+issue's goals."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.compare._sides import LABELS, TEMPORAL
+from bench.compare._workloads import PEER_WORKLOADS
+from bench.peers import SYSTEMS
 
 
 @dataclass(frozen=True)
@@ -20,9 +24,26 @@ class Metric:
     higher_is_better: bool = False
     goal: str = ""  # "ratio>=100": errands that many times better; "below 50": errands' median
     count: bool = False  # 0/1 per run, shown as "k/n runs"
+    ranked: bool = True  # False: context, no leader
 
+
+PEER_METRICS = [
+    metric
+    for workload in ("loop", "lanes", "batch")
+    for metric in (
+        Metric(workload, "n", "tasks measured", "tasks", ranked=False),
+        Metric(workload, "throughput", "throughput", "tasks/s", True),
+        Metric(workload, "cpu_per_1k", "CPU per 1,000 tasks", "s"),
+        Metric(workload, "rss_mib", "peak RSS", "MiB"),
+    )
+] + [
+    Metric("sequential", "p50", "round trip p50", "ms"),
+    Metric("sequential", "p99", "round trip p99", "ms"),
+    Metric("sequential", "cpu_per_1k", "CPU per 1,000 tasks", "s"),
+]
 
 METRICS = [
+    *PEER_METRICS,
     Metric("throughput-async", "throughput", "throughput", "activities/s", True, "ratio>=100"),
     Metric("throughput-async", "cpu_per_1k", "CPU per 1,000 activities", "s"),
     Metric("throughput-async", "rss_mib", "peak RSS", "MiB"),
@@ -76,6 +97,83 @@ def summarize(runs: list[dict[str, Any]], key: str) -> Summary | None:
     return Summary(values) if values else None
 
 
+def not_applicable(runs: list[dict[str, Any]]) -> str | None:
+    """The reason the system could not run the workload, when it could not."""
+    reasons = [r["n/a"] for r in runs if "n/a" in r]
+    return reasons[0] if reasons and len(reasons) == len(runs) else None
+
+
+def missing_cell(runs: list[dict[str, Any]]) -> str:
+    """What a cell without figures says: not run, n/a, or error."""
+    if not runs:
+        return "-"
+    return "n/a" if not_applicable(runs) is not None else "error"
+
+
+def leader(metric: Metric, summaries: dict[str, Summary | None], durable_only: bool) -> str:
+    """The system whose median is best (among the durable ones), or "-"."""
+    found = [
+        (s.median, system)
+        for system, s in summaries.items()
+        if s is not None and (SYSTEMS[system].durable or not durable_only)
+    ]
+    if not found:
+        return "-"
+    best = max(found) if metric.higher_is_better else min(found)
+    return LABELS[best[1]]
+
+
+def build_peer_rows(
+    results: dict[str, dict[str, list[dict[str, Any]]]], systems: list[str]
+) -> list[dict[str, Any]]:
+    """One row per figure of every peer workload that ran: its summary per
+    system, and the leaders."""
+    rows = []
+    for metric in PEER_METRICS:
+        by_system = results.get(metric.workload)
+        if by_system is None:
+            continue
+        summaries = {s: summarize(by_system.get(s, []), metric.key) for s in systems}
+        rows.append(
+            {
+                "workload": metric.workload,
+                "figure": metric.label,
+                "unit": metric.unit,
+                "better": "higher" if metric.higher_is_better else "lower",
+                "cells": {
+                    s: cell(metric, summaries[s], missing_cell(by_system.get(s, [])))
+                    for s in systems
+                },
+                "leader": leader(metric, summaries, durable_only=False) if metric.ranked else "",
+                "durable leader": (
+                    leader(metric, summaries, durable_only=True) if metric.ranked else ""
+                ),
+                "summaries": {s: (v.to_json() if v else None) for s, v in summaries.items()},
+            }
+        )
+    return rows
+
+
+def render_peers(rows: list[dict[str, Any]], systems: list[str]) -> str:
+    header = ["workload", "figure", *(LABELS[s] for s in systems), "leader", "durable leader"]
+    lines = [header]
+    for row in rows:
+        line = [row["workload"], f"{row['figure']} ({row['unit']})"]
+        line += [row["cells"][s] for s in systems] + [row["leader"], row["durable leader"]]
+        lines.append(line)
+    return _columns(lines)
+
+
+def _columns(lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = []
+    for k, line in enumerate(lines):
+        out.append("  ".join(c.ljust(wd) for c, wd in zip(line, widths, strict=True)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * wd for wd in widths))
+    return "\n".join(out)
+
+
 def number(v: float) -> str:
     if abs(v) >= 100:
         return f"{v:,.0f}"
@@ -89,6 +187,9 @@ def cell(metric: Metric, summary: Summary | None, missing: str) -> str:
         return missing
     if metric.count:
         return f"{int(sum(summary.values))}/{len(summary.values)} runs"
+    if not metric.ranked:  # a count of tasks
+        low, high = int(min(summary.values)), int(max(summary.values))
+        return f"{int(summary.median):,}" + (f" ({low:,}-{high:,})" if low != high else "")
     text = number(summary.median)
     if len(summary.values) > 1:
         text += f" ({number(min(summary.values))}-{number(max(summary.values))})"
@@ -146,7 +247,7 @@ def build_rows(
     rows = []
     for metric in METRICS:
         by_system = results.get(metric.workload)
-        if by_system is None:
+        if by_system is None or metric.workload in PEER_WORKLOADS:
             continue
         summaries = {s: summarize(by_system.get(s, []), metric.key) for s in systems}
         temporal = summaries.get(TEMPORAL)
@@ -188,10 +289,4 @@ def render(rows: list[dict[str, Any]], systems: list[str], temporal_label: str) 
         for s in errands_systems:
             line += [row["ratio"][s], row["goal"][s]]
         lines.append(line)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for k, line in enumerate(lines):
-        out.append("  ".join(c.ljust(wd) for c, wd in zip(line, widths, strict=True)).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * wd for wd in widths))
-    return "\n".join(out)
+    return _columns(lines)

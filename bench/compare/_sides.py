@@ -12,16 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.compare._pool import Pool
+from bench.peers import SYSTEMS
 
 ERRANDS_SQLITE = "errands-sqlite"
 ERRANDS_POSTGRES = "errands-postgres"
 TEMPORAL = "temporal"
 
-LABELS = {
-    ERRANDS_SQLITE: "errands (SQLite)",
-    ERRANDS_POSTGRES: "errands (PostgreSQL)",
-    TEMPORAL: "Temporal",
-}
+LABELS = {name: system.label for name, system in SYSTEMS.items()}
+"""Every system's name in tables: errands' two stores, Temporal, and the
+peers (bench.peers), which run the peer workloads only."""
 
 
 @dataclass

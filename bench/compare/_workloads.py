@@ -26,7 +26,10 @@ from bench.compare._pool import Pool, activity_pool
 from bench.compare._procstat import CpuMeter, peak_rss_mib, reset_peak_rss
 from bench.compare._sides import ERRANDS_POSTGRES, Side, postgres_backends, side_for
 
+PEER_WORKLOADS = ("loop", "lanes", "batch", "sequential")
+"""The workloads every system runs, its worker in other processes (bench.peers)."""
 WORKLOADS = (
+    *PEER_WORKLOADS,
     "throughput-async",
     "latency",
     "throughput-thread",
@@ -72,6 +75,14 @@ class RunSpec:
     process_n: int
     cancel_rounds: int
     heartbeat_timeout_s: float
+    postgres: str = ""
+    """The PostgreSQL given (--postgres): the peers on PostgreSQL make their database there."""
+    peer_in_flight: int = 500
+    loop_n: int = 2000
+    lanes_n: int = 5000
+    batch_n: int = 20000
+    sequential_rounds: int = 200
+    max_seconds: float = 30.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -85,6 +96,8 @@ async def run_one(spec: RunSpec) -> dict[str, Any]:
     """The figures of one run."""
     if spec.server_pid:
         reset_peak_rss(spec.server_pid)  # this run's peak, not an earlier workload's
+    if spec.workload in PEER_WORKLOADS:
+        return await peer_workload(spec)
     side = side_for(spec.system, spec.target, spec.mode)
     if spec.workload == "crash-recovery":
         return await crash_recovery(side, spec)
@@ -101,6 +114,31 @@ async def run_one(spec: RunSpec) -> dict[str, Any]:
             return await cancel_delivery(side, calls, spec, sync=pool is not None)
     finally:
         await side.close(client)
+
+
+async def peer_workload(spec: RunSpec) -> dict[str, Any]:
+    """A peer workload (bench.peers._workloads) on any system, its worker in
+    other processes."""
+    from bench.peers import Run
+    from bench.peers._run import run_workload
+
+    run = Run(
+        system=spec.system,
+        namespace=spec.task_queue.replace("-", "_"),
+        target=spec.target,
+        postgres=spec.postgres,
+        in_flight=spec.peer_in_flight,
+        tmp=spec.tmp,
+        mode=spec.mode,
+    )
+    sizes = {
+        "loop_n": spec.loop_n,
+        "lanes_n": spec.lanes_n,
+        "batch_n": spec.batch_n,
+        "sequential_rounds": spec.sequential_rounds,
+        "max_seconds": int(spec.max_seconds),
+    }
+    return await run_workload(spec.system, spec.workload, run, sizes, spec.server_pid)
 
 
 async def throughput(side: Side, calls: Any, spec: RunSpec, pool: Pool | None) -> dict[str, Any]:
