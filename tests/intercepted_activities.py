@@ -19,7 +19,8 @@ from typing import Any
 from errands import activity
 from errands.client import Client
 from errands.exceptions import ApplicationError
-from errands.worker import SharedStateManager, Worker
+from errands.worker import Worker
+from tests.support import pool_worker
 
 
 def _report(fail_first: bool) -> dict[str, Any]:
@@ -104,14 +105,4 @@ class Kind:
         **options: Any,
     ) -> Worker:
         """A Worker running ``activities`` on this kind's executor."""
-        if self.manager is not None:
-            options["shared_state_manager"] = SharedStateManager.create_from_multiprocessing(
-                self.manager
-            )
-        return Worker(
-            client,
-            task_queue=task_queue,
-            activities=activities,
-            activity_executor=self.executor,
-            **options,
-        )
+        return pool_worker(client, task_queue, activities, self.executor, self.manager, **options)

@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import inspect
 import multiprocessing
+import multiprocessing.managers
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -18,8 +20,9 @@ from typing import Any
 import pytest
 
 from errands import activity, exceptions
-from errands.client import ActivityExecutionDescription, ActivityHandle
+from errands.client import ActivityExecutionDescription, ActivityHandle, Client
 from errands.common import RetryPolicy
+from errands.worker import SharedStateManager, Worker
 
 CEILING_S = 30.0
 """Longest a test waits for a condition that should hold far sooner."""
@@ -235,3 +238,24 @@ probes: dict[str, Probe] = {}
 def my_probe() -> Probe:
     """The probe of the test whose task queue the current activity runs on."""
     return probes[activity.info().task_queue]
+
+
+def pool_worker(
+    client: Client,
+    task_queue: str,
+    activities: Sequence[Callable[..., Any]],
+    executor: Executor | None,
+    manager: multiprocessing.managers.SyncManager | None,
+    **options: Any,
+) -> Worker:
+    """A Worker running ``activities`` on ``executor`` (None: async only),
+    with a SharedStateManager on ``manager`` when a process pool needs one."""
+    if manager is not None:
+        options["shared_state_manager"] = SharedStateManager.create_from_multiprocessing(manager)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        activities=activities,
+        activity_executor=executor,
+        **options,
+    )

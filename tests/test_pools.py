@@ -27,7 +27,7 @@ import pytest
 from errands import activity, exceptions
 from errands.client import ActivityExecutionStatus, Client, PendingActivityState
 from errands.common import RetryPolicy
-from errands.worker import SharedStateManager, Worker
+from errands.worker import Worker
 from tests import pool_activities as acts
 from tests.support import (
     CANCEL_CEILING_S,
@@ -41,6 +41,7 @@ from tests.support import (
     eventually,
     heartbeat_stored,
     my_probe,
+    pool_worker,
 )
 
 
@@ -62,17 +63,7 @@ class Pool:
         **options: Any,
     ) -> Worker:
         """A Worker running ``activities`` on this pool."""
-        if self.manager is not None:
-            options["shared_state_manager"] = SharedStateManager.create_from_multiprocessing(
-                self.manager
-            )
-        return Worker(
-            client,
-            task_queue=task_queue,
-            activities=activities,
-            activity_executor=self.executor,
-            **options,
-        )
+        return pool_worker(client, task_queue, activities, self.executor, self.manager, **options)
 
     def ran_in_it(self, where: Sequence[Any]) -> bool:
         """Whether ``[pid, thread name]`` (what an activity reports) is in this
