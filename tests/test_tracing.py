@@ -19,9 +19,12 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.trace import NoOpTracer
 
 from errands import activity, exceptions
 from errands import client as errands_client
+from errands import worker as worker_api
 from errands.client import ActivityStart, Client, OutboundInterceptor, StartActivityInput
 from errands.common import RetryPolicy
 from errands.contrib.opentelemetry import HEADER_KEY, TracingInterceptor
@@ -364,3 +367,81 @@ async def test_an_unreadable_trace_header_begins_a_new_trace_and_says_so(
     (run,) = spans.named("RunActivity:")
     assert run["parent_id"] is None and run["status"] == "UNSET"
     assert any("header cannot be read" in r.getMessage() for r in caplog.records)
+
+
+class _Headers(worker_api.Interceptor):
+    """Keeps the headers every attempt was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Payload]] = []
+
+    def intercept_activity(
+        self, next: worker_api.ActivityInboundInterceptor
+    ) -> worker_api.ActivityInboundInterceptor:
+        seen = self.seen
+
+        class Inbound(worker_api.ActivityInboundInterceptor):
+            async def execute_activity(self, input: worker_api.ExecuteActivityInput) -> Any:
+                seen.append(dict(input.headers))
+                return await super().execute_activity(input)
+
+        return Inbound(next)
+
+
+async def test_under_a_no_op_tracer_a_start_carries_no_trace_header(
+    client: Client, task_queue: str
+) -> None:
+    # Given a client tracing with a tracer that records nothing and has no span context
+    traced = Client(client.store, interceptors=[TracingInterceptor(NoOpTracer())])
+    headers = _Headers()
+    async with Worker(
+        client, task_queue=task_queue, activities=[acts.fail_then_succeed], interceptors=[headers]
+    ):
+        # When it starts an activity
+        result = await traced.execute_activity(
+            acts.fail_then_succeed,
+            0,
+            id="untraced",
+            task_queue=task_queue,
+            start_to_close_timeout=TIMEOUT,
+        )
+    # Then the activity ran, and its attempt was given no trace header
+    assert result == 1
+    assert headers.seen == [{}]
+
+
+async def test_an_unsampled_start_still_tells_its_attempts_not_to_sample(
+    client: Client, task_queue: str
+) -> None:
+    # Given a client whose tracer samples nothing, and a worker whose tracer
+    # samples whatever has no sampled parent
+    exporter = InMemorySpanExporter()
+    worker_provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    worker_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    client_provider = TracerProvider(sampler=ALWAYS_OFF)
+    starter = Client(
+        client.store,
+        interceptors=[TracingInterceptor(client_provider.get_tracer("t"))],
+    )
+    worker_client = Client(
+        client.store,
+        interceptors=[TracingInterceptor(worker_provider.get_tracer("t"))],
+    )
+    try:
+        async with Worker(
+            worker_client, task_queue=task_queue, activities=[acts.fail_then_succeed]
+        ):
+            # When the client starts an activity
+            result = await starter.execute_activity(
+                acts.fail_then_succeed,
+                0,
+                id="unsampled",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
+        # Then the start's unsampled context reached the attempt, which was not sampled either
+        assert result == 1
+        assert exporter.get_finished_spans() == ()
+    finally:
+        worker_provider.shutdown()
+        client_provider.shutdown()

@@ -40,8 +40,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextvars import Token
+from types import TracebackType
 from typing import Any
 
 try:
@@ -107,11 +108,16 @@ class TracingInterceptor(client.Interceptor, worker.Interceptor):
 
     # ---------------------------------------------------------------- carriers
 
-    def _header(self) -> Payload:
+    def _header(self) -> Payload | None:
         """The current span context as a header value: the carrier as JSON
-        (what ``PayloadConverter.to_payload`` writes for it, done directly)."""
+        (what ``PayloadConverter.to_payload`` writes for it, done directly).
+        None when the propagator writes nothing (no valid span context and no
+        baggage, as under a no-op tracer): the start then carries no header,
+        and its attempts begin a new trace, as from an empty carrier."""
         carrier: dict[str, str] = {}
         self.propagator.inject(carrier)
+        if not carrier:
+            return None
         return Payload({"encoding": b"json/plain"}, json.dumps(carrier).encode())
 
     def _parent(self, headers: Mapping[str, Payload]) -> opentelemetry.context.Context:
@@ -131,28 +137,58 @@ class TracingInterceptor(client.Interceptor, worker.Interceptor):
             return opentelemetry.context.Context()
         return self.propagator.extract(carrier, context=opentelemetry.context.Context())
 
-    @contextmanager
     def _span(
         self,
         name: str,
         kind: SpanKind,
         attributes: Mapping[str, AttributeValue],
         context: opentelemetry.context.Context | None = None,
-    ) -> Iterator[Span]:
+    ) -> _Scope:
         """A current span that records how the block ended."""
-        with self.tracer.start_as_current_span(
-            name,
-            context=context,
-            kind=kind,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except BaseException as e:
-                _record(span, e)
-                raise
+        return _Scope(
+            self.tracer.start_span(
+                name,
+                context=context,
+                kind=kind,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        )
+
+
+class _Scope:
+    """What ``Tracer.start_as_current_span`` and ``trace.use_span`` do for a
+    span (make it current in the block, end it after), without their two
+    generator-based context managers per span, and recording how the block
+    ended (``_record``) before the span ends."""
+
+    __slots__ = ("_token", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self._token: Token[opentelemetry.context.Context] | None = None
+
+    def __enter__(self) -> Span:
+        self._token = opentelemetry.context.attach(
+            opentelemetry.trace.set_span_in_context(self.span)
+        )
+        return self.span
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = self.span
+        try:
+            if error is not None:
+                _record(span, error)
+        finally:
+            assert self._token is not None
+            opentelemetry.context.detach(self._token)
+            span.end()
 
 
 def _message(task_queue: str, operation: str) -> dict[str, AttributeValue]:
@@ -200,7 +236,9 @@ class _TracingOutbound(client.OutboundInterceptor):
         with root._span(
             f"StartActivity:{input.activity_type}", SpanKind.PRODUCER, attributes
         ) as span:
-            input.headers = {**input.headers, HEADER_KEY: root._header()}
+            header = root._header()
+            if header is not None:
+                input.headers = {**input.headers, HEADER_KEY: header}
             handle = await super().start_activity(input)
             if handle.run_id is not None:
                 span.set_attribute("errands.activity.run_id", handle.run_id)
@@ -220,8 +258,9 @@ class _TracingOutbound(client.OutboundInterceptor):
             attributes["messaging.destination.name"] = queues.pop()
         with root._span("StartActivities", SpanKind.PRODUCER, attributes):
             header = root._header()
-            for start in input.starts:
-                start.headers = {**start.headers, HEADER_KEY: header}
+            if header is not None:
+                for start in input.starts:
+                    start.headers = {**start.headers, HEADER_KEY: header}
             return await super().start_activities(input)
 
 
