@@ -16,7 +16,10 @@ store; its figure is the median round. Variants:
   opentelemetry-sdk is installed);
 - tracing: the otel-sdk metrics plus ``errands.contrib.opentelemetry.
   TracingInterceptor`` on an SDK TracerProvider with a batch span processor
-  (only when errands has that interceptor; otherwise a note says so).
+  (only when errands has that interceptor; otherwise a note says so);
+- tracing-10pct: the same with the provider sampling one trace in ten
+  (``ParentBased(TraceIdRatioBased(0.1))``: the attempts follow their start's
+  decision through the header).
 
 Each "on" variant is held to TARGET_SHARE of the off figure.
 """
@@ -132,15 +135,24 @@ def tracing_interceptor() -> Any | None:
     return getattr(module, "TracingInterceptor", None)
 
 
+SAMPLED_SHARE = 0.1
+"""The share of traces the tracing-10pct variant samples."""
+
+
 @contextlib.contextmanager
-def _tracing() -> Iterator[dict[str, Any]]:
+def _tracing(sampled: float | None = None) -> Iterator[dict[str, Any]]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     interceptor_class = tracing_interceptor()
     assert interceptor_class is not None
-    tracer_provider = TracerProvider()
+    tracer_provider = (
+        TracerProvider()
+        if sampled is None
+        else TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampled)))
+    )
     tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
     interceptor = interceptor_class(tracer_provider.get_tracer("bench"))
     try:
@@ -166,6 +178,13 @@ def variants(notes: list[str]) -> list[Variant]:
         )
     else:
         found.append(Variant("tracing", "OpenTelemetry metrics + tracing", _tracing))
+        found.append(
+            Variant(
+                "tracing-10pct",
+                f"OpenTelemetry metrics + tracing, {SAMPLED_SHARE:.0%} of traces sampled",
+                lambda: _tracing(SAMPLED_SHARE),
+            )
+        )
     return found
 
 
