@@ -413,6 +413,9 @@ async def test_with_a_token_every_request_needs_it_and_actions_need_the_same_ori
         status, headers, _ = await asyncio.to_thread(_request, url + "/activities?token=s3cret")
         assert status == 303 and headers["location"] == "/activities"
         assert "HttpOnly" in headers["set-cookie"] and "s3cret" not in headers["set-cookie"]
+        # and never sends the browser to another site ("//evil.example/" is one)
+        status, headers, _ = await asyncio.to_thread(_request, url + "//evil.example/?token=s3cret")
+        assert status == 303 and headers["location"] == "/evil.example/"
         # A POST from another origin is refused, even with the token
         form = b"id=img-0&action=cancel&csrf=x"
         cross = {"Authorization": "Bearer s3cret", "Origin": "http://evil.example"}

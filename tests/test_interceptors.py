@@ -24,6 +24,7 @@ from errands.client import (
     ActivityExecutionStatus,
     ActivityOptionsKeys,
     ActivityStart,
+    AttemptOutcome,
     Client,
     OutboundInterceptor,
     StartActivityInput,
@@ -252,6 +253,31 @@ async def test_an_interruption_that_comes_while_an_interceptor_holds_the_attempt
         await asyncio.wait_for(_outcome_of(hold), 30)
     expected = asyncio.CancelledError if kind.name == "async" else exceptions.CancelledError
     assert hold.outcomes == [expected]
+
+
+async def test_an_activity_that_never_awaits_still_reports_after_a_cancel_that_came_before_it(
+    client: Client, task_queue: str
+) -> None:
+    # Given an attempt held by its interceptor before its activity (which
+    # never awaits) runs
+    hold = Hold()
+    async with Worker(
+        client, task_queue=task_queue, activities=[acts.report_async], interceptors=[hold]
+    ):
+        handle = await client.start_activity(
+            acts.report_async,
+            False,
+            id="quick",
+            task_queue=task_queue,
+            start_to_close_timeout=TIMEOUT,
+        )
+        await asyncio.wait_for(hold.entered.wait(), 30)
+        # When the worker shuts down meanwhile (leaving the block cancels its attempts)
+    # Then the call did not begin, and the attempt's ending was reported all the
+    # same (a cancel left pending in the attempt's task once broke its report)
+    assert hold.outcomes == [asyncio.CancelledError]
+    attempts = await handle.attempts()
+    assert [a.outcome for a in attempts][:1] != [AttemptOutcome.RUNNING], attempts
 
 
 async def _outcome_of(hold: Hold) -> None:

@@ -125,7 +125,8 @@ class Guard:
             [(k, v) for k, vs in query.items() if k != "token" for v in vs]
         )
         path = scope.get("root_path", "") + scope["path"]
-        location = path + (f"?{rest}" if rest else "")
+        # One leading slash: "//evil.example/" would send the browser to another site.
+        location = "/" + path.lstrip("/") + (f"?{rest}" if rest else "")
         cookie = (
             f"{cookie_name(self.token)}={cookie_value(self.token)}; "
             f"Path={scope.get('root_path', '') or '/'}; "

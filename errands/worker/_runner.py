@@ -71,7 +71,7 @@ class AsyncRunner(Runner):
     attempt's own task, and cancels them with ``Task.cancel()``. The attempt
     delivers cancellation only while the function runs, so the
     ``asyncio.CancelledError`` lands in the activity's code (one that came
-    before the call began lands at its first await)."""
+    before the call began keeps the call from beginning)."""
 
     def __init__(self) -> None:
         self._tasks: dict[int, asyncio.Task[Any]] = {}
@@ -79,10 +79,13 @@ class AsyncRunner(Runner):
     async def run(self, definition: _Definition, context: _Context, args: Sequence[Any]) -> Any:
         task = asyncio.current_task()
         assert task is not None
+        if context.details is not None:
+            # It came before the call began: the call does not begin (as in a
+            # thread). Not task.cancel(): a function that never awaits would
+            # leave that pending for the outcome's report.
+            raise asyncio.CancelledError()
         key = id(context)
         self._tasks[key] = task
-        if context.details is not None:
-            task.cancel()  # it came before the call began: it lands at the first await
         token = _current.set(context)
         try:
             with _auto_heartbeat(definition):

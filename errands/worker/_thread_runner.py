@@ -152,7 +152,7 @@ class ThreadRunner(Runner):
         key = id(context)
         self._calls[key] = call
         if context.details is not None:
-            call.raise_cancel()  # it came before the call began: the thread raises at once
+            call.raise_cancel()  # it came before the call began: the call does not begin
         ctx = contextvars.copy_context()
         ctx.run(_current.set, context)
         ctx.run(_shield_target.set, call)

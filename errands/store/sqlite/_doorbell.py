@@ -135,13 +135,14 @@ class Doorbell(WatchThread):
         passed) replaces it, under a lock so no earlier one is lost."""
         for group, indexes in bells.items():
             fd = self._fds[group]
-            # The file lock makes each bump whole across processes; the
-            # doorbell's own lock orders it with this process's watcher, which
-            # then takes no bell this process rang for news (it would only
-            # look, find nothing, and take the lock and the GIL from whoever
-            # runs the activity) - but one another process rang since it
-            # last compared it still finds.
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+            # The file lock makes each bump whole across processes and across
+            # two stores of one file in one process (flock: it belongs to the
+            # open file, not the process, as lockf's would); the doorbell's
+            # own lock orders it with this doorbell's watcher, which then
+            # takes no bell this store rang for news (it would only look,
+            # find nothing, and take the GIL from whoever runs the activity)
+            # - but one rung by anyone else since it last compared it still finds.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 with self._lock:
                     seen = self._seen.get(group)
@@ -155,18 +156,18 @@ class Doorbell(WatchThread):
                     if seen is not None:
                         self._seen[group] = seen
             finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
         if deadline is None:
             return
         fd = self._fds[DEADLINE]
-        fcntl.lockf(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             raw = os.pread(fd, 8, 0)
             kept = struct.unpack("<d", raw)[0] if len(raw) == 8 else 0.0
             if kept <= time.time() or deadline < kept:
                 os.pwrite(fd, struct.pack("<d", deadline), 0)
         finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     # -- listening (any thread)
 
