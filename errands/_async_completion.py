@@ -185,13 +185,7 @@ async def async_fail(
             await async_heartbeat(client, ref, last_heartbeat_details)
     run_id, attempt = await _attempt(client, ref)
     encoded = await client.data_converter.encode_failure(error)
-    info = lc.AttemptFailure(
-        kind=lc.FailureKind(encoded.kind),
-        error_type=encoded.error_type,
-        non_retryable=encoded.non_retryable,
-        next_retry_delay_s=encoded.next_retry_delay_s,
-    )
-    status = await client.store.fail(run_id, attempt, FailureReport(info, encoded.data))
+    status = await client.store.fail(run_id, attempt, FailureReport.of(encoded))
     if status is None:
         raise ActivityNotFoundError(_stale(run_id, attempt))
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from errands._lifecycle import AttemptFailure, RunState, Status
+from errands._lifecycle import AttemptFailure, FailureKind, RunState, Status
 from errands.common import (
     ActivityIDConflictPolicy,
     ActivityIDReusePolicy,
@@ -25,6 +25,7 @@ from errands.common import (
 from errands.exceptions import TimeoutType
 
 if TYPE_CHECKING:
+    from errands.converter import EncodedFailure
     from errands.store._changes import Feed
 
 
@@ -133,6 +134,17 @@ class FailureReport:
 
     info: AttemptFailure
     data: bytes
+
+    @classmethod
+    def of(cls, encoded: EncodedFailure) -> FailureReport:
+        """The report of an error the data converter encoded."""
+        info = AttemptFailure(
+            kind=FailureKind(encoded.kind),
+            error_type=encoded.error_type,
+            non_retryable=encoded.non_retryable,
+            next_retry_delay_s=encoded.next_retry_delay_s,
+        )
+        return cls(info, encoded.data)
 
 
 @dataclass(frozen=True)

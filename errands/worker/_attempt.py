@@ -496,14 +496,7 @@ class Attempt:
         env, task = self.env, self.task
         if counted and self.metrics is not None:
             self.metrics.failed(1)
-        encoded = await env.converter.encode_failure(error)
-        info = lc.AttemptFailure(
-            kind=lc.FailureKind(encoded.kind),
-            error_type=encoded.error_type,
-            non_retryable=encoded.non_retryable,
-            next_retry_delay_s=encoded.next_retry_delay_s,
-        )
-        report = FailureReport(info, encoded.data)
+        report = FailureReport.of(await env.converter.encode_failure(error))
         status = await self._reporting(
             "the failure", lambda: env.store.fail(task.run_id, task.serial, report)
         )
