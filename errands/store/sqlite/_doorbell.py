@@ -146,15 +146,16 @@ class Doorbell(WatchThread):
             try:
                 with self._lock:
                     seen = self._seen.get(group)
+                    mine = None if seen is None else bytearray(seen)
                     for index in indexes:
                         old = os.pread(fd, 1, index)
                         was = old[0] if old else 0
-                        now = (was + 1) % 256 if old else 1
+                        now = (was + 1) % 256
                         os.pwrite(fd, bytes([now]), index)
-                        if seen is not None and seen[index] == was:
-                            seen = seen[:index] + bytes([now]) + seen[index + 1 :]
-                    if seen is not None:
-                        self._seen[group] = seen
+                        if mine is not None and mine[index] == was:
+                            mine[index] = now
+                    if mine is not None:
+                        self._seen[group] = bytes(mine)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         if deadline is None:
