@@ -230,11 +230,9 @@ class SQLiteDialect(Dialect):
     readers = 1
     driver_errors = (sqlite3.Error,)
 
-    def __init__(
-        self, path: str, writer: sqlite3.Connection, busy_timeout_ms: int | None = None
-    ) -> None:
+    def __init__(self, path: str, writer: sqlite3.Connection, busy_timeout_ms: int) -> None:
         self.path = path
-        self.busy_timeout_ms = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
+        self.busy_timeout_ms = busy_timeout_ms
         self.label = f"SQLite store {path!r}"
         self._writer = writer
         self._readers: list[sqlite3.Connection] = []
