@@ -51,8 +51,12 @@ class LoopWatch:
         self._thread.start()
 
     def attempt_started(self) -> None:
-        """An async attempt began: watch (callable on the loop)."""
-        self._work.set()
+        """An async attempt began: watch (callable on the loop). Setting an
+        Event takes its lock, a tenth of a busy worker's time once: only a
+        watcher that went idle needs it (it looks at busy() again after
+        clearing, so an attempt that starts meanwhile is not missed)."""
+        if not self._work.is_set():
+            self._work.set()
 
     def stop(self) -> None:
         """Stop watching (the thread ends at its next look; it never blocks the loop)."""
