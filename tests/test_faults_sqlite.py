@@ -108,7 +108,9 @@ async def test_a_lock_past_the_busy_timeout_is_a_store_error_naming_the_lock_and
     client = await Client.connect(url)
     try:
         with procs.Children(tmp_path) as children:
-            await children.worker("worker", url, task_queue)
+            # One slot: the task queued behind the sleeper is claimed by the
+            # sleeper's completion (its follow-up claim), which has to retry.
+            await children.worker("worker", url, task_queue, max_concurrent=1)
             first = await client.start_activity(
                 procs.echo,
                 "first",
@@ -128,6 +130,13 @@ async def test_a_lock_past_the_busy_timeout_is_a_store_error_naming_the_lock_and
                 start_to_close_timeout=TIMEOUT,
             )
             await describe_until(sleeper, lambda d: d.last_started_time is not None, "started")
+            queued = await client.start_activity(
+                procs.echo,
+                "queued",
+                id="queued",
+                task_queue=task_queue,
+                start_to_close_timeout=TIMEOUT,
+            )
             holder = children.spawn("holder", "hold-lock", "--path", str(db_path), "--seconds", "4")
             await holder.wait_for_line("locked")
             began = time.monotonic()
@@ -159,8 +168,9 @@ async def test_a_lock_past_the_busy_timeout_is_a_store_error_naming_the_lock_and
             assert await sleeper.result() == 1.5  # its completion was not lost
             assert time.monotonic() - began < 5.0, "the completion waited for a timeout"
             assert len(log.read_text().splitlines()) == 1  # and it ran once
+            assert await queued.result() == "queued"  # the freed slot was handed on
             # The refused start left nothing.
-            assert await ids_in(client) == {"first", "again", "sleeper"}
+            assert await ids_in(client) == {"first", "again", "sleeper", "queued"}
     finally:
         await client.close()
     assert integrity(db_path) == [("ok",)]

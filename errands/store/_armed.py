@@ -83,11 +83,22 @@ class Armed(Generic[C]):
     listener: object = None
     """The poller's change-feed subscription: a change this claim ran for
     need not wake it."""
+    spent: bool = False
+    """A follow-up claim (``Store.follow_up_claim``) that a transaction ran
+    (writer thread): it is not run again when that transaction's changes are
+    retried (the run that did not commit delivered nothing)."""
 
     def nothing(self) -> None:
         """Tell the poller its claim found nothing (it stops waiting)."""
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
             self.loop.call_soon_threadsafe(self.deliver, ClaimResult([], None), 0)
+
+    def release(self) -> None:
+        """A follow-up claim whose write ended, or that was never passed to
+        one: if no transaction ran it, it never will, and delivers nothing."""
+        if not self.spent:
+            self.spent = True
+            self.nothing()
 
 
 class ArmedClaims(Generic[C]):

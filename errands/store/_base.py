@@ -12,7 +12,7 @@ import abc
 import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from errands._lifecycle import AttemptFailure, FailureKind, RunState, Status
 from errands.common import (
@@ -116,6 +116,16 @@ class ClaimResult:
 
     tasks: list[ClaimedTask]
     next_ready_at: float | None
+
+
+class FollowUp(Protocol):
+    """A claim for the slot a completion frees, run in that completion's
+    transaction (``Store.follow_up_claim``)."""
+
+    def release(self) -> None:
+        """Call once the write it was passed to has ended, or if it was never
+        passed: if no transaction ran it, its ``deliver`` gets an empty result
+        (and it never runs)."""
 
 
 @dataclass(frozen=True)
@@ -424,9 +434,33 @@ class Store(abc.ABC):
         """Record a heartbeat of a running attempt (details None keeps the old
         ones). A stale attempt is not accepted and changes nothing."""
 
+    def follow_up_claim(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        deliver: Callable[[ClaimResult, int], None],
+        worker_id: str | None = None,
+    ) -> FollowUp | None:
+        """Optional: a claim of one task for a slot that an attempt's
+        completion frees, to pass to ``complete(then_claim=...)``: it runs in
+        that completion's transaction (one commit for both instead of two), and
+        ``deliver`` gets its result and the commit's number after the commit,
+        on the caller's loop (an empty result and 0 if it rolled back). It runs
+        at most once; ``release()`` it once the write ended (or if it was never
+        passed to one). None if the store does not do this."""
+        return None
+
     @abc.abstractmethod
-    async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
-        """Close the execution COMPLETED if the attempt is current; False if stale."""
+    async def complete(
+        self, run_id: str, attempt: int, result: bytes, *, then_claim: FollowUp | None = None
+    ) -> bool:
+        """Close the execution COMPLETED if the attempt is current; False if
+        stale. ``then_claim`` (``follow_up_claim``) runs in the same
+        transaction either way."""
 
     @abc.abstractmethod
     async def fail(self, run_id: str, attempt: int, failure: FailureReport) -> Status | None:

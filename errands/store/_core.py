@@ -51,6 +51,7 @@ from errands.store._base import (
     ExecutionOptions,
     ExecutionRecord,
     FailureReport,
+    FollowUp,
     HeartbeatResult,
     NewExecution,
     Query,
@@ -119,6 +120,19 @@ def _run_each(tx: Tx, ops: list[Callable[[Tx], Any]]) -> list[Outcome]:
         except ErrandsError as e:
             out.append((None, e))
     return out
+
+
+def _run_follow_up(tx: Tx, follow_up: Armed[Claim]) -> None:
+    """Run a completion's follow-up claim, once: its result is handed over
+    after the commit, or nothing is if the transaction rolls back (then the
+    completion may be retried, but not its claim)."""
+    follow_up.spent = True
+    try:
+        result = follow_up.claim.run(tx)
+    except BaseException:
+        tx.handoffs.append((follow_up, ClaimResult([], None)))  # delivered as nothing
+        raise
+    tx.handoffs.append((follow_up, result))
 
 
 class CoreStore(Store):
@@ -613,6 +627,32 @@ class CoreStore(Store):
         armed = Armed(claim, deliver, asyncio.get_running_loop(), listener=listener)
         return self._armed.arm((namespace, task_queue), armed)
 
+    def follow_up_claim(
+        self,
+        namespace: str,
+        task_queue: str,
+        *,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        deliver: Callable[[ClaimResult, int], None],
+        worker_id: str | None = None,
+    ) -> FollowUp | None:
+        if only_types is not None and not only_types:
+            return None
+        claim = Claim(
+            namespace,
+            task_queue,
+            1,
+            identity,
+            only_types,
+            exclude_types,
+            None,
+            worker_id=worker_id,
+            owner=None if worker_id is None else self._owner,
+        )
+        return Armed(claim, deliver, asyncio.get_running_loop())
+
     # ---------------------------------------------------------------- attempt outcomes
 
     async def heartbeat(self, run_id: str, attempt: int, details: bytes | None) -> HeartbeatResult:
@@ -638,21 +678,30 @@ class CoreStore(Store):
                 out.append((result, None))
         return out
 
-    async def complete(self, run_id: str, attempt: int, result: bytes) -> bool:
-        done: bool = await self._write("complete", (run_id, attempt, result))
+    async def complete(
+        self, run_id: str, attempt: int, result: bytes, *, then_claim: FollowUp | None = None
+    ) -> bool:
+        if then_claim is not None and not isinstance(then_claim, Armed):
+            raise TypeError("then_claim must come from this store's follow_up_claim")
+        done: bool = await self._write("complete", (run_id, attempt, result, then_claim))
         return done
 
-    def _bulk_complete(self, tx: Tx, outcomes: list[tuple[str, int, bytes]]) -> list[Outcome]:
-        rows = [{"run_id": r, "attempt": a, "data": d} for r, a, d in outcomes]
+    def _bulk_complete(
+        self, tx: Tx, outcomes: list[tuple[str, int, bytes, Armed[Claim] | None]]
+    ) -> list[Outcome]:
+        rows = [{"run_id": r, "attempt": a, "data": d} for r, a, d, _ in outcomes]
         done = {
             (row["run_id"], row["attempt"])
             for row in tx.each("complete", rows, key="run_id", now=tx.now, far=FAR)
         }
         tr.end_attempts(
-            tx, [(r, a, "COMPLETED", None, None) for r, a, _ in outcomes if (r, a) in done]
+            tx, [(r, a, "COMPLETED", None, None) for r, a, _, _ in outcomes if (r, a) in done]
         )
+        for *_, follow_up in outcomes:
+            if follow_up is not None and not follow_up.spent:
+                _run_follow_up(tx, follow_up)
         out: list[Outcome] = []
-        for run_id, attempt, data in outcomes:
+        for run_id, attempt, data, _ in outcomes:
             tx.released.add((run_id, attempt))
             if (run_id, attempt) in done:
                 tx.changes.append(Closed(run_id, ClosedRun(run_id, Status.COMPLETED, data)))

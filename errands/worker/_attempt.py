@@ -29,6 +29,7 @@ from errands.common import MetricMeter, Priority, RawValue
 from errands.converter import DataConverter, Payload, deserialize_headers
 from errands.exceptions import ApplicationError, CancelledError, FailureError, StoreError
 from errands.store import ClaimedTask, FailureReport, Store
+from errands.store._base import FollowUp
 from errands.worker._heartbeats import Heartbeater
 from errands.worker._interceptor import Interceptor, run_intercepted
 
@@ -57,7 +58,10 @@ class AttemptEnv:
     default_throttle_s: float
     max_throttle_s: float
     max_payload_bytes: int
-    on_slot_free: Callable[[Attempt], None]
+    on_slot_free: Callable[[Attempt, bool], FollowUp | None]
+    """Called when the attempt's function returned, with whether its
+    completion is about to be written: the claim to run in that write, if any
+    (see ``Poller.slot_freed``)."""
     on_done: Callable[[Attempt], None]
     fire_timers: Callable[[str], None]
     outage: Outage
@@ -123,6 +127,8 @@ class Attempt:
         self.headers: Mapping[str, Payload] = {}
         """The execution's headers, decoded when the worker has interceptors."""
         self._slot_held = True
+        self._follow_up: FollowUp | None = None
+        """The claim for this attempt's slot that rides its completion."""
         self._cancel_heard_at: float | None = None
         """When this worker heard of a client's cancel request (monotonic)."""
         self.metrics: ActivityMetrics | None = None
@@ -234,14 +240,23 @@ class Attempt:
             if self._timeout_handle is not None:
                 self._timeout_handle.cancel()
             self._free_slot()
+            self._drop_follow_up()
             self.env.on_done(self)
 
-    def _free_slot(self) -> None:
+    def _free_slot(self, *, completing: bool = False) -> None:
         # The function has returned: its slot can take the next task while the
-        # outcome is reported (so the claim joins the outcome's group commit).
+        # outcome is reported (so the claim joins the outcome's group commit,
+        # or runs in the completion's own transaction when ``completing``).
         if self._slot_held:
             self._slot_held = False
-            self.env.on_slot_free(self)
+            self._follow_up = self.env.on_slot_free(self, completing)
+
+    def _drop_follow_up(self) -> None:
+        """The follow-up claim was not passed to the store (the outcome was a
+        failure after all, or the report never reached it): free its slot."""
+        follow_up, self._follow_up = self._follow_up, None
+        if follow_up is not None:
+            follow_up.release()
 
     async def _run(self) -> None:
         env, task, definition = self.env, self.task, self.definition
@@ -326,7 +341,7 @@ class Attempt:
             return
         self._ran()
         self.phase = Phase.REPORTING
-        self._free_slot()
+        self._free_slot(completing=True)
         await self.heartbeater.flush()
         await self._complete(definition, result)
 
@@ -472,9 +487,18 @@ class Attempt:
             # how long it has run since on this worker's.
             since_s = task.started_time - task.schedule_time + time.monotonic() - self._claimed_at
             self.metrics.succeeded(max(0.0, since_s) * 1000.0)
-        if not await self._reporting(
-            "the completion", lambda: env.store.complete(task.run_id, task.serial, data)
-        ):
+        # The follow-up claim rides the first try; a try that did not commit
+        # delivered nothing for it, and it is never run twice.
+        follow_up, self._follow_up = self._follow_up, None
+        try:
+            completed = await self._reporting(
+                "the completion",
+                lambda: env.store.complete(task.run_id, task.serial, data, then_claim=follow_up),
+            )
+        finally:
+            if follow_up is not None:
+                follow_up.release()
+        if not completed:
             logger.info(
                 "completion of %r attempt %d refused: the attempt is stale (timed out, "
                 "terminated or cancelled)",

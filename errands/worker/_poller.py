@@ -20,6 +20,7 @@ from errands._aio import wait_any
 from errands._outage import Backoff, Outage
 from errands.exceptions import StoreError
 from errands.store import ClaimedTask, ClaimResult, Store
+from errands.store._base import FollowUp
 from errands.store._changes import Change, Claimable, Started, Subscription
 
 logger = logging.getLogger("errands.worker")
@@ -94,10 +95,53 @@ class Poller:
         self._slot_freed = asyncio.Event()
         self._next_ready: float | None = None
         """When the queue's next known task becomes ready (this machine's clock)."""
+        self._waiting_for_slot = False
+        self._following = 0
+        """Follow-up claims handed out and not delivered yet: each holds the
+        slot it was made for."""
+        self._followed = asyncio.Event()
+        """Set whenever no follow-up claim is on its way."""
+        self._followed.set()
 
-    def slot_freed(self) -> None:
-        """An attempt of this kind ended."""
+    def slot_freed(self, *, reporting: bool = False) -> FollowUp | None:
+        """An attempt of this kind ended. ``reporting``: it is about to write
+        its completion. If this poller waits for a slot, it then gets a claim
+        for the freed slot to run in that write (``Store.follow_up_claim``):
+        one commit for both instead of a second one for the claim. The slot
+        stays taken until that claim is delivered (or dropped)."""
+        if (
+            reporting
+            and self._waiting_for_slot
+            and self._bucket is None
+            and self._queue_rate is None
+        ):
+            follow_up = self._store.follow_up_claim(
+                self._namespace,
+                self._task_queue,
+                identity=self._identity,
+                only_types=self._only_types,
+                exclude_types=self._exclude_types,
+                deliver=self._deliver_follow_up,
+                worker_id=self._worker_id,
+            )
+            if follow_up is not None:
+                self._following += 1
+                self._followed.clear()
+                return follow_up
         self._slot_freed.set()
+        return None
+
+    def _deliver_follow_up(self, result: ClaimResult, serial: int) -> None:
+        self._following -= 1
+        if not self._following:
+            self._followed.set()
+        for task in result.tasks:
+            self._start(task)
+        if not result.tasks:
+            self._slot_freed.set()  # the slot is free after all: claim as usual
+
+    def _free(self) -> int:
+        return self._slots - self._running() - self._following
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and start tasks until ``stop`` is set."""
@@ -107,7 +151,7 @@ class Poller:
         try:
             need_claim = True
             while not stop.is_set():
-                free = self._slots - self._running()
+                free = self._free()
                 if free <= 0:
                     # Full: no change to the queue concerns this poller until a
                     # slot frees (it claims then anyway), so it stops listening.
@@ -115,8 +159,12 @@ class Poller:
                         sub.discard_keys([queue])
                         listening = False
                     self._slot_freed.clear()
-                    if self._slots - self._running() <= 0:
-                        await wait_any(self._slot_freed, stop, timeout=None)
+                    if self._free() <= 0:
+                        self._waiting_for_slot = True
+                        try:
+                            await wait_any(self._slot_freed, stop, timeout=None)
+                        finally:
+                            self._waiting_for_slot = False
                     need_claim = True
                     continue
                 if self._bucket is not None:
@@ -138,6 +186,10 @@ class Poller:
                 need_claim = await self._idle(sub, free, stop)
         finally:
             sub.close()
+            # Follow-up claims on their way start their tasks when delivered:
+            # wait for them, so none starts after the worker stopped claiming.
+            # The bound only keeps a store bug from holding the shutdown.
+            await wait_any(self._followed, timeout=DELIVERY_WAIT_S)
 
     async def _claim(self, free: int, stop: asyncio.Event) -> ClaimResult | None:
         try:

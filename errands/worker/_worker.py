@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from errands._outage import Outage
 from errands.activity import ActivityCancellationDetails, _Definition, _Signal
 from errands.store import ClaimedTask, WorkerRecord
+from errands.store._base import FollowUp
 from errands.store._changes import Interrupted
 from errands.worker._attempt import Attempt, AttemptEnv
 from errands.worker._interceptor import Interceptor
@@ -465,14 +466,13 @@ class Worker:
         self._attempt_tasks.add(work)
         work.add_done_callback(self._attempt_tasks.discard)
 
-    def _slot_free(self, attempt: Attempt) -> None:
+    def _slot_free(self, attempt: Attempt, completing: bool) -> FollowUp | None:
         if attempt.runner is not None and attempt.runner is self._sync_runner:
             self._busy_sync -= 1
             assert self._sync_poller is not None
-            self._sync_poller.slot_freed()
-        else:
-            self._busy_async -= 1
-            self._poller.slot_freed()
+            return self._sync_poller.slot_freed(reporting=completing)
+        self._busy_async -= 1
+        return self._poller.slot_freed(reporting=completing)
 
     def _attempt_done(self, attempt: Attempt) -> None:
         self._running.pop((attempt.task.run_id, attempt.task.serial), None)
