@@ -21,6 +21,7 @@ import builtins
 import collections
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import logging
 import random
@@ -122,17 +123,27 @@ def _run_each(tx: Tx, ops: list[Callable[[Tx], Any]]) -> list[Outcome]:
     return out
 
 
-def _run_follow_up(tx: Tx, follow_up: Armed[Claim]) -> None:
-    """Run a completion's follow-up claim, once: its result is handed over
-    after the commit, or nothing is if the transaction rolls back (then the
-    completion may be retried, but not its claim)."""
-    follow_up.spent = True
-    try:
-        result = follow_up.claim.run(tx)
-    except BaseException:
-        tx.handoffs.append((follow_up, ClaimResult([], None)))  # delivered as nothing
-        raise
-    tx.handoffs.append((follow_up, result))
+def _run_follow_ups(tx: Tx, follow_ups: Sequence[Armed[Claim] | None]) -> None:
+    """Run completions' follow-up claims that no transaction ran yet: one
+    claim per poller for all the slots its completions here free, each
+    follow-up then handed one task (or none) after the commit. If the
+    transaction rolls back they deliver nothing, and they are never run again
+    (the completions may be retried, not their claims)."""
+    by_poller: dict[Callable[[ClaimResult, int], None], list[Armed[Claim]]] = {}
+    for follow_up in follow_ups:
+        if follow_up is not None and not follow_up.spent:
+            follow_up.spent = True
+            by_poller.setdefault(follow_up.deliver, []).append(follow_up)
+    at = len(tx.handoffs)
+    for group in by_poller.values():
+        tx.handoffs.extend((f, ClaimResult([], None)) for f in group)  # what an abort delivers
+    for group in by_poller.values():
+        claim = copy.copy(group[0].claim)
+        claim.max_tasks = len(group)
+        result = claim.run(tx)
+        for i, f in enumerate(group):
+            tx.handoffs[at + i] = (f, ClaimResult(result.tasks[i : i + 1], result.next_ready_at))
+        at += len(group)
 
 
 class CoreStore(Store):
@@ -697,9 +708,7 @@ class CoreStore(Store):
         tr.end_attempts(
             tx, [(r, a, "COMPLETED", None, None) for r, a, _, _ in outcomes if (r, a) in done]
         )
-        for *_, follow_up in outcomes:
-            if follow_up is not None and not follow_up.spent:
-                _run_follow_up(tx, follow_up)
+        _run_follow_ups(tx, [follow_up for *_, follow_up in outcomes])
         out: list[Outcome] = []
         for run_id, attempt, data, _ in outcomes:
             tx.released.add((run_id, attempt))
