@@ -51,6 +51,7 @@ WORKLOADS = [
     "cancel-2p",
     "throughput-thread",
     "throughput-process",
+    "throughput-process2p",
     "cancel-thread",
     "cancel-process",
     "scaling",
@@ -66,7 +67,9 @@ WORKLOADS = [
 ]
 """1p: worker and client in one process; 2p: the worker in a child process;
 thread/process: sync activities on a thread pool / process pool of a worker in
-the client's process; scaling: 1, 2, 4 worker processes and the client in this
+the client's process; process2p: on the process pool of a worker in a child
+process (as a deployment runs it: the client's lanes take no CPU from the
+worker's process); scaling: 1, 2, 4 worker processes and the client in this
 one; retention: claims with and without a million closed rows, and prune; idle: the
 CPU of a waiting worker process and of a client process awaiting a result;
 fleet: 1, 4, 16 worker processes of I/O-bound activities (bench/fleet.py);
@@ -230,6 +233,9 @@ def parse_worker_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--url", required=True)
     p.add_argument("--task-queue", required=True)
     p.add_argument("--slots", type=int, default=500)
+    p.add_argument(
+        "--pool", choices=["none", "process"], default="none", help="run the sync activities too"
+    )
     return p.parse_args(argv)
 
 
@@ -386,10 +392,20 @@ async def run_activity_workload(
         async with (
             w.activity_pool(where) as pool,
             w.running_worker(
-                client, url, "bench", child=where == "2p", slots=args.in_flight, pool=pool
+                client,
+                url,
+                "bench",
+                child=where in ("2p", "process2p"),
+                slots=args.in_flight,
+                pool=pool,
+                pooled_child=where == "process2p",
             ),
         ):
             if kind == "throughput":
+                if where == "process2p":
+                    return await w.throughput(
+                        name, client, "bench", args.process_n, args.in_flight, noop_sync
+                    )
                 if pool is None:
                     return await w.throughput(name, client, "bench", args.n, args.in_flight)
                 n = args.process_n if where == "process" else args.n
@@ -487,7 +503,7 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["worker"]:
         a = parse_worker_args(argv[1:])
-        asyncio.run(w.serve(a.url, a.task_queue, a.slots))
+        asyncio.run(w.serve(a.url, a.task_queue, a.slots, pooled=a.pool == "process"))
         return 0
     if argv[:1] == ["idle-client"]:
         a = parse_client_args("idle-client", argv[1:])

@@ -73,6 +73,7 @@ where they are measured."""
 WORD_TARGETS = {
     "throughput-thread": "n/a",  # set to 70% of throughput-1p when both ran (see __main__)
     "throughput-process": "limited by pickling",
+    "throughput-process2p": ">= 1500",  # issue 16 point 4, the worker in its own process
 }
 
 
@@ -167,27 +168,42 @@ async def activity_pool(where: str) -> AsyncIterator[Pool | None]:
 # --------------------------------------------------------------------------- workers
 
 
-async def serve(url: str, task_queue: str, slots: int) -> None:
-    """The child process: run a worker until SIGTERM; print 'ready' once it runs."""
+async def serve(url: str, task_queue: str, slots: int, *, pooled: bool = False) -> None:
+    """The child process: run a worker until SIGTERM; print 'ready' once it
+    runs. ``pooled``: the sync activities too, on a process pool."""
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     client = await Client.connect(url)
     try:
-        async with Worker(
-            client, task_queue=task_queue, activities=ALL, max_concurrent_activities=slots
-        ):
-            print("ready", flush=True)
-            await stop.wait()
+        async with activity_pool("process" if pooled else "async") as pool:
+            async with Worker(
+                client,
+                task_queue=task_queue,
+                activities=ALL if pool is None else [*ALL, *SYNC],
+                activity_executor=None if pool is None else pool.executor,
+                shared_state_manager=None if pool is None else pool.shared,
+                max_concurrent_activities=slots,
+            ):
+                print("ready", flush=True)
+                await stop.wait()
     finally:
         await client.close()
 
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    client: Client, url: str, task_queue: str, *, child: bool, slots: int, pool: Pool | None
+    client: Client,
+    url: str,
+    task_queue: str,
+    *,
+    child: bool,
+    slots: int,
+    pool: Pool | None,
+    pooled_child: bool = False,
 ) -> AsyncIterator[None]:
     """A worker on ``task_queue``: in this process (running the sync activities
-    on ``pool`` when given), or in a child started with ``python -m bench worker``."""
+    on ``pool`` when given), or in a child started with ``python -m bench
+    worker`` (running them on a process pool of its own if ``pooled_child``)."""
     if not child:
         async with Worker(
             client,
@@ -200,6 +216,8 @@ async def running_worker(
             yield
         return
     args = ["worker", "--url", url, "--task-queue", task_queue, "--slots", str(slots)]
+    if pooled_child:
+        args += ["--pool", "process"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench", *args, stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT
     )
