@@ -175,17 +175,19 @@ async def serve(url: str, task_queue: str, slots: int, *, pooled: bool = False) 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     client = await Client.connect(url)
     try:
-        async with activity_pool("process" if pooled else "async") as pool:
-            async with Worker(
+        async with (
+            activity_pool("process" if pooled else "async") as pool,
+            Worker(
                 client,
                 task_queue=task_queue,
                 activities=ALL if pool is None else [*ALL, *SYNC],
                 activity_executor=None if pool is None else pool.executor,
                 shared_state_manager=None if pool is None else pool.shared,
                 max_concurrent_activities=slots,
-            ):
-                print("ready", flush=True)
-                await stop.wait()
+            ),
+        ):
+            print("ready", flush=True)
+            await stop.wait()
     finally:
         await client.close()
 
