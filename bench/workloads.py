@@ -168,6 +168,18 @@ async def activity_pool(where: str) -> AsyncIterator[Pool | None]:
 # --------------------------------------------------------------------------- workers
 
 
+def _worker(client: Client, task_queue: str, slots: int, pool: Pool | None) -> Worker:
+    """The bench's worker: the async activities, and the sync ones on ``pool``."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        activities=ALL if pool is None else [*ALL, *SYNC],
+        activity_executor=None if pool is None else pool.executor,
+        shared_state_manager=None if pool is None else pool.shared,
+        max_concurrent_activities=slots,
+    )
+
+
 async def serve(url: str, task_queue: str, slots: int, *, pooled: bool = False) -> None:
     """The child process: run a worker until SIGTERM; print 'ready' once it
     runs. ``pooled``: the sync activities too, on a process pool."""
@@ -177,14 +189,7 @@ async def serve(url: str, task_queue: str, slots: int, *, pooled: bool = False) 
     try:
         async with (
             activity_pool("process" if pooled else "async") as pool,
-            Worker(
-                client,
-                task_queue=task_queue,
-                activities=ALL if pool is None else [*ALL, *SYNC],
-                activity_executor=None if pool is None else pool.executor,
-                shared_state_manager=None if pool is None else pool.shared,
-                max_concurrent_activities=slots,
-            ),
+            _worker(client, task_queue, slots, pool),
         ):
             print("ready", flush=True)
             await stop.wait()
@@ -207,14 +212,7 @@ async def running_worker(
     on ``pool`` when given), or in a child started with ``python -m bench
     worker`` (running them on a process pool of its own if ``pooled_child``)."""
     if not child:
-        async with Worker(
-            client,
-            task_queue=task_queue,
-            activities=ALL if pool is None else [*ALL, *SYNC],
-            activity_executor=None if pool is None else pool.executor,
-            shared_state_manager=None if pool is None else pool.shared,
-            max_concurrent_activities=slots,
-        ):
+        async with _worker(client, task_queue, slots, pool):
             yield
         return
     args = ["worker", "--url", url, "--task-queue", task_queue, "--slots", str(slots)]

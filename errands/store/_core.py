@@ -613,17 +613,10 @@ class CoreStore(Store):
     ) -> ClaimResult:
         if only_types is not None and not only_types:
             return ClaimResult([], None)
-        claim = Claim(
-            namespace,
-            task_queue,
-            max_tasks,
-            identity,
-            only_types,
-            exclude_types,
-            queue_rate_per_s,
-            worker_id=worker_id,
-            owner=None if worker_id is None else self._owner,
+        claim = self._claim(
+            namespace, task_queue, max_tasks, identity, only_types, exclude_types, worker_id
         )
+        claim.queue_rate_per_s = queue_rate_per_s  # only a direct claim takes a queue's rate
         result: ClaimResult = await self._write("claim", claim.run)
         return result
 
@@ -640,16 +633,8 @@ class CoreStore(Store):
         listener: object = None,
         worker_id: str | None = None,
     ) -> Callable[[], bool]:
-        claim = Claim(
-            namespace,
-            task_queue,
-            max_tasks,
-            identity,
-            only_types,
-            exclude_types,
-            None,
-            worker_id=worker_id,
-            owner=None if worker_id is None else self._owner,
+        claim = self._claim(
+            namespace, task_queue, max_tasks, identity, only_types, exclude_types, worker_id
         )
         armed = Armed(claim, deliver, asyncio.get_running_loop(), listener=listener)
         return self._armed.arm((namespace, task_queue), armed)
@@ -667,10 +652,27 @@ class CoreStore(Store):
     ) -> FollowUp | None:
         if only_types is not None and not only_types:
             return None
-        claim = Claim(
+        claim = self._claim(
+            namespace, task_queue, 1, identity, only_types, exclude_types, worker_id
+        )
+        return Armed(claim, deliver, asyncio.get_running_loop())
+
+    def _claim(
+        self,
+        namespace: str,
+        task_queue: str,
+        max_tasks: int,
+        identity: str,
+        only_types: Sequence[str] | None,
+        exclude_types: Sequence[str],
+        worker_id: str | None,
+    ) -> Claim:
+        """A claim with no queue rate limit, by this process (its attempts name
+        this process as their owner when a registered worker claims)."""
+        return Claim(
             namespace,
             task_queue,
-            1,
+            max_tasks,
             identity,
             only_types,
             exclude_types,
@@ -678,7 +680,6 @@ class CoreStore(Store):
             worker_id=worker_id,
             owner=None if worker_id is None else self._owner,
         )
-        return Armed(claim, deliver, asyncio.get_running_loop())
 
     # ---------------------------------------------------------------- attempt outcomes
 
