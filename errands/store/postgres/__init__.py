@@ -373,6 +373,8 @@ class PostgresDialect(Dialect):
                 text = text.replace("{" + slot + "}", fill)
         cursor = self._execute(tx, text, params)
         rows: list[Row] = cursor.fetchall() if cursor.description else []
+        if tx.xid is None and rows and rows[0].get("xact") is not None:
+            tx.xid = rows[0]["xact"]  # the commit then needs no round trip to learn it
         return rows
 
     def update(self, tx: Tx, name: str, params: Params) -> int:

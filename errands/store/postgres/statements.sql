@@ -49,7 +49,8 @@ SELECT run_id FROM executions WHERE run_id = %(run_id)s
 -- then in the order they became ready; rows other claims hold are skipped)
 -- and, when fewer than %(max)s are taken, find when the queue's next one
 -- becomes claimable, in one round trip. Always returns a row: with nothing
--- claimed its task columns are NULL.
+-- claimed its task columns are NULL. xact: the transaction's id once the claim
+-- took a row (the writer needs it before COMMIT, to ask a lost commit's fate).
 WITH claimed AS (
     UPDATE executions SET run_state = 'STARTED', started_time = %(now)s,
         identity = %(identity)s, owner = %(owner)s,
@@ -63,7 +64,7 @@ WITH claimed AS (
         AND (%(skip)s::text[] IS NULL OR activity_type <> ALL(%(skip)s::text[]))
         ORDER BY priority_key, ready_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED)
     RETURNING *)
-SELECT c.*, nxt.next_ready FROM (
+SELECT c.*, nxt.next_ready, pg_current_xact_id_if_assigned()::text AS xact FROM (
     SELECT CASE WHEN (SELECT count(*) FROM claimed) < %(max)s THEN (
         SELECT min(ready_at) FROM executions WHERE namespace = %(ns)s AND task_queue = %(tq)s
         AND run_state = 'SCHEDULED'
