@@ -40,6 +40,7 @@ from errands.client import (
     ActivityExecutionOptions,
     ActivityHandle,
     ActivityOptionsKeys,
+    ActivityOptionsUpdate,
     Client,
     WorkerInfo,
 )
@@ -758,8 +759,17 @@ _RETRY_FIELDS = {
 
 
 @cli.command(name="update-options")
-@click.argument("activity_id", metavar="ID")
+@click.argument("activity_id", metavar="[ID]", required=False)
 @click.option("--run-id", metavar="RUN_ID", help="A run of the id other than the latest.")
+@click.option(
+    "--query",
+    metavar="QUERY",
+    help="Change every open activity this visibility query matches instead of one ID "
+    "(whole options only: not --retry-* or --restore).",
+)
+@click.option(
+    "--yes", is_flag=True, help="With --query: do not ask for confirmation on a terminal."
+)
 @click.option("--task-queue", metavar="QUEUE", help="Move it to this task queue.")
 @duration_option("--schedule-to-close", help="Longest for all attempts, from its schedule time.")
 @duration_option("--schedule-to-start", help="Longest an attempt may wait to be claimed.")
@@ -784,8 +794,10 @@ _RETRY_FIELDS = {
 @store_options
 @json_option
 def update_options(
-    activity_id: str,
+    activity_id: str | None,
     run_id: str | None,
+    query: str | None,
+    yes: bool,
     unset: Sequence[str],
     restore: bool,
     url: str | None,
@@ -796,7 +808,8 @@ def update_options(
     """Change an activity's options: one that waits takes them at once (a new
     queue, a recomputed retry backoff); a running attempt keeps its own
     timeouts and the next attempt takes the new ones. --retry-* options change
-    the current retry policy's fields. Prints the options after."""
+    the current retry policy's fields. Prints the options after; with --query,
+    how many activities changed."""
     retry = {field: values.pop(name) for name, field in _RETRY_FIELDS.items()}
     retry = {field: value for field, value in retry.items() if value is not None}
     if values["priority"] is not None:
@@ -810,6 +823,24 @@ def update_options(
         raise click.UsageError("--restore takes no other option")
     if not (restore or chosen or retry or unset):
         raise click.UsageError("give an option to change, --unset or --restore")
+    if query is not None and (restore or retry or run_id):
+        raise click.UsageError(
+            "--query sets or unsets whole options: not with --restore, --retry-* or --run-id "
+            "(give --retry-policy's fields per activity)"
+        )
+
+    def updates() -> list[ActivityOptionsUpdate[Any]]:
+        keys = ActivityOptionsKeys
+        made = [getattr(keys, name).value_set(value) for name, value in chosen.items()]
+        return made + [getattr(keys, _OPTION_NAMES[name]).value_unset() for name in unset]
+
+    target = (url, namespace)
+    if _bulk(
+        activity_id, query, yes, as_json, target, "Update options",
+        lambda client: client.update_activities_options(query, updates()),
+    ):  # fmt: skip
+        return
+    assert activity_id is not None  # _bulk refused a call with neither
 
     async def work(client: Client) -> ActivityExecutionOptions:
         handle = client.get_activity_handle(activity_id, run_id=run_id)
@@ -818,10 +849,7 @@ def update_options(
         if retry:
             policy = (await handle.describe()).retry_policy or RetryPolicy()
             chosen["retry_policy"] = dataclasses.replace(policy, **retry)
-        keys = ActivityOptionsKeys
-        updates = [getattr(keys, name).value_set(value) for name, value in chosen.items()]
-        updates += [getattr(keys, _OPTION_NAMES[name]).value_unset() for name in unset]
-        return await handle.update_options(updates)
+        return await handle.update_options(updates())
 
     options = _run(_with_client(url, namespace, work))
     if as_json:

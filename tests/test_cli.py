@@ -416,6 +416,34 @@ def test_reset_and_update_options_through_the_commands(errands: Callable[..., Ra
     assert_one_error_line(both, 2, "--restore takes no other option")
 
 
+def test_update_options_with_a_query_changes_every_open_match_and_refuses_per_run_options(
+    errands: Callable[..., Ran],
+) -> None:
+    for name in ("u-1", "u-2", "v-1"):
+        errands("start", "greet", "--id", name, "--task-queue", "nobody", "--input", '"a"')
+
+    bulk = errands(
+        "update-options", "--query", "ActivityId STARTS_WITH 'u-'", "--task-queue", "moved",
+        "--heartbeat-timeout", "10s", "--json",
+    )  # fmt: skip
+    moved = errands("list", "--task-queue", "moved", "--json").json()
+    kept = errands("describe", "v-1", "--json").json()
+    said = errands("update-options", "--query", "ActivityId = 'v-1'", "--unset", "priority")
+    retry = errands("update-options", "--query", "TaskQueue = 'moved'", "--retry-max-attempts", "3")
+    both = errands("update-options", "u-1", "--query", "TaskQueue = 'moved'", "--priority", "2")
+    neither = errands("update-options", "--priority", "2")
+
+    assert bulk.json() == {"changed": 2}
+    assert sorted(row["activity_id"] for row in moved) == ["u-1", "u-2"]
+    for name in ("u-1", "u-2"):
+        assert errands("describe", name, "--json").json()["heartbeat_timeout"] == 10.0
+    assert (kept["task_queue"], kept["heartbeat_timeout"]) == ("nobody", None)
+    assert said.stdout == "Update options: 1 activities changed.\n"
+    assert_one_error_line(retry, 2, "--query sets or unsets whole options")
+    assert_one_error_line(both, 2, "give an activity ID or --query, not both")
+    assert_one_error_line(neither, 2, "give an activity ID, or --query")
+
+
 def test_bulk_commands_act_on_every_open_match_of_a_query_and_say_how_many(
     errands: Callable[..., Ran],
 ) -> None:
