@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import sys
 import threading
 import time
 import urllib.parse
@@ -30,7 +29,7 @@ import urllib.request
 from typing import Any
 
 from bench import workloads as w
-from bench.stores import StoreTarget, fill_closed
+from bench.stores import StoreTarget, fill_closed, filled
 from errands.client import Client
 from errands.store import open_store
 
@@ -202,34 +201,23 @@ async def dashboard(store: StoreTarget, rows: int, calls: int) -> list[w.Figure]
     """Fill a fresh store (dropped afterwards) and time the pages."""
     from errands.dashboard import create_app
 
-    url = store.url_for(NAME)
-    try:
-        client = await Client.connect(url)
-        try:
-            began = time.perf_counter()
-            await fill(store, url, client, rows)
-            fill_s = time.perf_counter() - began
-            print(f"  {store.kind}: filled {rows:,} rows in {fill_s:.0f} s", file=sys.stderr)
-            app = create_app(client)
-            rng = random.Random(13)
-            pages = {
-                "activities page": lambda: ("/activities", {}),
-                "activities page, Failed only": lambda: (
-                    "/activities",
-                    {"q": "ExecutionStatus = 'Failed'"},
-                ),
-                "activity page": lambda: ("/activity", {"id": f"closed-{rng.randint(1, rows)}"}),
-            }
-            times: dict[str, list[float]] = {name: [] for name in pages}
-            for i in range(calls + 10):
-                for name, request in pages.items():
-                    elapsed = await get(app, *request())
-                    if i >= 10:  # the first calls warm the caches up
-                        times[name].append(elapsed)
-        finally:
-            await client.close()
-    finally:
-        await asyncio.to_thread(store.drop, url)
+    async with filled(store, NAME, rows, fill) as (client, fill_s):
+        app = create_app(client)
+        rng = random.Random(13)
+        pages = {
+            "activities page": lambda: ("/activities", {}),
+            "activities page, Failed only": lambda: (
+                "/activities",
+                {"q": "ExecutionStatus = 'Failed'"},
+            ),
+            "activity page": lambda: ("/activity", {"id": f"closed-{rng.randint(1, rows)}"}),
+        }
+        times: dict[str, list[float]] = {name: [] for name in pages}
+        for i in range(calls + 10):
+            for name, request in pages.items():
+                elapsed = await get(app, *request())
+                if i >= 10:  # the first calls warm the caches up
+                    times[name].append(elapsed)
     figures = []
     for name, values in times.items():
         target = "" if "only" in name else TARGET_P95_MS

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 
 from bench import workloads as w
-from bench.stores import StoreTarget, fill_closed
+from bench.stores import StoreTarget, fill_closed, filled
 from errands.client import Client
 from errands.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
@@ -91,33 +90,22 @@ async def fill(store: StoreTarget, url: str, client: Client, rows: int) -> None:
 
 async def list_by_keyword(store: StoreTarget, rows: int, calls: int) -> list[w.Figure]:
     """Fill a fresh store (dropped afterwards) and time the listings."""
-    url = store.url_for(NAME)
-    try:
-        client = await Client.connect(url)
-        try:
-            began = time.perf_counter()
-            await fill(store, url, client, rows)
-            fill_s = time.perf_counter() - began
-            print(f"  {store.kind}: filled {rows:,} rows in {fill_s:.0f} s", file=sys.stderr)
-            rng = random.Random(11)
-            times: list[float] = []
-            hot: list[float] = []
-            for i in range(calls + 20):
-                customer = draw(rng)
-                query = f"Customer = '{customer}'"
-                t0 = time.perf_counter()
-                found = [e async for e in client.list_activities(query, limit=PAGE)]
-                elapsed_ms = (time.perf_counter() - t0) * 1000
-                if not found or found[0].typed_search_attributes[CUSTOMER] != customer:
-                    raise RuntimeError(f"{query} found {len(found)} executions, or wrong ones")
-                if i >= 20:  # the first calls warm the caches up
-                    times.append(elapsed_ms)
-                    if customer == HOT:
-                        hot.append(elapsed_ms)
-        finally:
-            await client.close()
-    finally:
-        await asyncio.to_thread(store.drop, url)
+    async with filled(store, NAME, rows, fill) as (client, fill_s):
+        rng = random.Random(11)
+        times: list[float] = []
+        hot: list[float] = []
+        for i in range(calls + 20):
+            customer = draw(rng)
+            query = f"Customer = '{customer}'"
+            t0 = time.perf_counter()
+            found = [e async for e in client.list_activities(query, limit=PAGE)]
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            if not found or found[0].typed_search_attributes[CUSTOMER] != customer:
+                raise RuntimeError(f"{query} found {len(found)} executions, or wrong ones")
+            if i >= 20:  # the first calls warm the caches up
+                times.append(elapsed_ms)
+                if customer == HOT:
+                    hot.append(elapsed_ms)
     return [
         w.Figure(NAME, f"list p50, {rows:,} rows", w.percentile(times, 50), "ms", TARGET_P50_MS),
         w.Figure(NAME, f"list p99, {rows:,} rows", w.percentile(times, 99), "ms"),

@@ -9,17 +9,21 @@ is dropped afterwards with psycopg.
 
 Also here: the store's settings for the settings block (the pragmas of the
 store's own SQLite connection, or the PostgreSQL server's settings as the
-store's connection sees them) and the bulk fill of closed executions for the
-retention workload.
+store's connection sees them), the bulk fill of closed executions for the
+retention workload, and a fresh store filled for a workload (``filled``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import secrets
 import sqlite3
+import sys
+import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,3 +261,29 @@ def fill_closed(
     (blocking: call it in a thread)."""
     fill = fill_closed_sqlite if kind == "sqlite" else fill_closed_postgres
     fill(url, count, template_run_id, newest, overrides, then)
+
+
+Fill = Callable[["StoreTarget", str, Client, int], Awaitable[None]]
+"""Fills a fresh store (target, its URL, a client of it) with a number of rows."""
+
+
+@contextlib.asynccontextmanager
+async def filled(
+    store: StoreTarget, name: str, rows: int, fill: Fill
+) -> AsyncIterator[tuple[Client, float]]:
+    """A fresh store for workload ``name`` filled by ``fill`` with ``rows``
+    rows: a client of it and the seconds filling took (printed too). The
+    client is closed and the store dropped afterwards."""
+    url = store.url_for(name)
+    try:
+        client = await Client.connect(url)
+        try:
+            began = time.perf_counter()
+            await fill(store, url, client, rows)
+            fill_s = time.perf_counter() - began
+            print(f"  {store.kind}: filled {rows:,} rows in {fill_s:.0f} s", file=sys.stderr)
+            yield client, fill_s
+        finally:
+            await client.close()
+    finally:
+        await asyncio.to_thread(store.drop, url)
