@@ -614,9 +614,9 @@ class CoreStore(Store):
         if only_types is not None and not only_types:
             return ClaimResult([], None)
         claim = self._claim(
-            namespace, task_queue, max_tasks, identity, only_types, exclude_types, worker_id
-        )
-        claim.queue_rate_per_s = queue_rate_per_s  # only a direct claim takes a queue's rate
+            namespace, task_queue, max_tasks, identity, only_types, exclude_types, worker_id,
+            queue_rate_per_s,
+        )  # fmt: skip
         result: ClaimResult = await self._write("claim", claim.run)
         return result
 
@@ -666,9 +666,11 @@ class CoreStore(Store):
         only_types: Sequence[str] | None,
         exclude_types: Sequence[str],
         worker_id: str | None,
+        queue_rate_per_s: float | None = None,
     ) -> Claim:
-        """A claim with no queue rate limit, by this process (its attempts name
-        this process as their owner when a registered worker claims)."""
+        """A claim by this process (its attempts name this process as their
+        owner when a registered worker claims); only a direct claim
+        (``claim_batch``) takes a queue's rate limit."""
         return Claim(
             namespace,
             task_queue,
@@ -676,7 +678,7 @@ class CoreStore(Store):
             identity,
             only_types,
             exclude_types,
-            None,
+            queue_rate_per_s,
             worker_id=worker_id,
             owner=None if worker_id is None else self._owner,
         )
