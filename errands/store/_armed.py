@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from errands.store import _wakeups
 from errands.store._base import ClaimResult
 
 
@@ -91,7 +92,7 @@ class Armed(Generic[C]):
     def nothing(self) -> None:
         """Tell the poller its claim found nothing (it stops waiting)."""
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-            self.loop.call_soon_threadsafe(self.deliver, ClaimResult([], None), 0)
+            _wakeups.call_soon(self.loop, self.deliver, ClaimResult([], None), 0)
 
     def release(self) -> None:
         """A follow-up claim whose write ended, or that was never passed to

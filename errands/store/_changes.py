@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from errands.store import _wakeups
 from errands.store._base import ClosedRun
 
 QueueKey = tuple[str, str]
@@ -340,7 +341,7 @@ class Subscription:
                 return
             self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._wake)
+            _wakeups.call_soon(self._loop, self._wake)
         except RuntimeError:  # the loop closed: nobody waits any more
             self.close()
 

@@ -42,7 +42,7 @@ from errands.exceptions import (
     ErrandsError,
     StoreError,
 )
-from errands.store import _rows, _where
+from errands.store import _rows, _wakeups, _where
 from errands.store import _transitions as tr
 from errands.store._armed import Armed, ArmedClaims
 from errands.store._base import (
@@ -321,7 +321,7 @@ class CoreStore(Store):
             by_loop.setdefault(armed.loop, []).append((armed, result))
         for loop, handoffs in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_hand_over, handoffs, serial)
+                _wakeups.call_soon(loop, _hand_over, handoffs, serial)
             except RuntimeError:  # the loop closed: the tasks time out and retry
                 tasks = sum(len(result.tasks) for _, result in handoffs)
                 logger.warning("claimed %d tasks for a poller whose loop closed", tasks)

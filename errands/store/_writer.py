@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from errands.exceptions import StoreError
+from errands.store import _wakeups
 from errands.store._dialect import Dialect, Tx
 
 logger = logging.getLogger("errands.store")
@@ -174,13 +175,14 @@ class Writer:
             self._finish(done)
 
     def _finish(self, done: Committed) -> None:
-        if done.lost_handoffs:
-            self._deliver_lost(done.lost_handoffs)
-        if done.tx is not None:
-            self._after_commit(done.tx)
-        elif any(item.kind == "intake" for item, _ in done.outcomes):
-            self._intake_failed()
-        self._reply(done.outcomes)
+        with _wakeups.gathered():  # one wake-up per event loop for all of it
+            if done.lost_handoffs:
+                self._deliver_lost(done.lost_handoffs)
+            if done.tx is not None:
+                self._after_commit(done.tx)
+            elif any(item.kind == "intake" for item, _ in done.outcomes):
+                self._intake_failed()
+            self._reply(done.outcomes)
 
     @staticmethod
     def _reply(outcomes: list[tuple[Pending, Outcome]]) -> None:
@@ -190,7 +192,7 @@ class Writer:
                 by_loop.setdefault(item.loop, []).append((item.future, value, error))
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                loop.call_soon_threadsafe(_settle, items)
+                _wakeups.call_soon(loop, _settle, items)
 
     def _apply(self, tx: Tx, batch: list[Pending]) -> list[tuple[Pending, Outcome]]:
         by_kind: dict[str, list[Pending]] = {}
