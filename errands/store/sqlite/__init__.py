@@ -244,6 +244,10 @@ class SQLiteDialect(Dialect):
         self._lock = threading.Lock()
         self._version = self._data_version()
         self._seq = int(writer.execute(CATALOGUE["changes_head"]).fetchone()["seq"])
+        # The writer waits for the write lock itself (_lock_for_writing), and an
+        # intake's claim that finds it taken gives way at once (its pollers
+        # claim for themselves): SQLite's busy handler never waits for it.
+        writer.execute("PRAGMA busy_timeout = 0")
         self._watch: Doorbell | None = None
         self._tokens = LockFiles(path + "-owners")
         self._look_posted = threading.Event()
@@ -306,20 +310,15 @@ class SQLiteDialect(Dialect):
     def _lock_for_writing(self) -> None:
         """BEGIN IMMEDIATE, trying every LOCK_POLL_S while another process
         writes, for at most the busy timeout."""
-        conn = self._writer
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            give_up = time.monotonic() + self.busy_timeout_ms / 1000
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as e:
-                    if not self.contended(e) or time.monotonic() > give_up:
-                        raise
-                time.sleep(LOCK_POLL_S)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        give_up = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if not self.contended(e) or time.monotonic() > give_up:
+                    raise
+            time.sleep(LOCK_POLL_S)
 
     def commit(self, tx: Tx) -> None:
         if tx.changes:
