@@ -387,6 +387,7 @@ async def run_activity_workload(
     """One of the throughput, latency and cancel workloads on the fresh store
     at ``url``, with its own worker (and pool)."""
     kind, where = name.split("-")
+    meter = w.cpu_meter(url)
     client = await Client.connect(url)
     try:
         async with (
@@ -404,21 +405,25 @@ async def run_activity_workload(
             if kind == "throughput":
                 if where == "process2p":
                     return await w.throughput(
-                        name, client, "bench", args.process_n, args.in_flight, noop_sync
+                        name, client, "bench", args.process_n, args.in_flight, noop_sync, meter
                     )
                 if pool is None:
-                    return await w.throughput(name, client, "bench", args.n, args.in_flight)
+                    return await w.throughput(
+                        name, client, "bench", args.n, args.in_flight, meter=meter
+                    )
                 n = args.process_n if where == "process" else args.n
-                figures = await w.throughput(name, client, "bench", n, args.in_flight, noop_sync)
+                figures = await w.throughput(
+                    name, client, "bench", n, args.in_flight, noop_sync, meter
+                )
                 if where == "process":
                     figures += await w.process_breakdown(
                         name, client, "bench", pool, args.breakdown_rounds
                     )
                 return figures
             if kind == "latency":
-                return await w.latency(name, client, "bench", args.latency_rounds)
+                return await w.latency(name, client, "bench", args.latency_rounds, meter)
             if kind == "batch":
-                return await w.batch_throughput(name, client, "bench", args.batch_n)
+                return await w.batch_throughput(name, client, "bench", args.batch_n, meter)
             mark_dir = tmp / name if where in ("2p", "process") else None
             if mark_dir is not None:
                 mark_dir.mkdir()

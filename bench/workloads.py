@@ -30,6 +30,8 @@ from bench.activities import (
     spin,
     spin_sync,
 )
+from bench.compare._procstat import CpuMeter
+from bench.compare._sides import postgres_backends
 from errands import exceptions
 from errands.client import ActivityHandle, Client
 from errands.worker import SharedStateManager, Worker
@@ -262,15 +264,19 @@ async def throughput(
     n: int,
     in_flight: int,
     activity: Callable[..., Any] = noop,
+    meter: CpuMeter | None = None,
 ) -> list[Figure]:
     """Run ``n`` trivial activities, ``in_flight`` lanes each doing start +
-    result in turn."""
+    result in turn (and the CPU they took, if ``meter``)."""
     await warm_up(client, task_queue, activity)
+    if meter is not None:
+        meter.start()
     elapsed = await timed_run(client, task_queue, n, in_flight, activity)
-    return [
+    figures = [
         Figure(name, "throughput", n / elapsed, "activities/s", WORD_TARGETS.get(name, "")),
         Figure(name, "wall time", elapsed, "s"),
     ]
+    return figures + ([cpu_figure(name, meter, n)] if meter is not None else [])
 
 
 async def timed_run(
@@ -306,14 +312,18 @@ BATCH_SIZE = 1_000
 """Starts per start_activities call in the batch workload (issue 16 point 1)."""
 
 
-async def batch_throughput(name: str, client: Client, task_queue: str, n: int) -> list[Figure]:
+async def batch_throughput(
+    name: str, client: Client, task_queue: str, n: int, meter: CpuMeter | None = None
+) -> list[Figure]:
     """Start ``n`` trivial activities with start_activities, BATCH_SIZE a call
     (one call after another), while awaiting every result; the rate from the
-    first start to the last result."""
+    first start to the last result (and the CPU it took, if ``meter``)."""
     await warm_up(client, task_queue)
     from errands.client import ActivityStart
 
     waits: list[asyncio.Task[Any]] = []
+    if meter is not None:
+        meter.start()
     began = time.perf_counter()
     for first in range(0, n, BATCH_SIZE):
         starts = [
@@ -326,13 +336,30 @@ async def batch_throughput(name: str, client: Client, task_queue: str, n: int) -
     started = time.perf_counter() - began
     results = await asyncio.gather(*waits)
     elapsed = time.perf_counter() - began
+    cpu = [cpu_figure(name, meter, n)] if meter is not None else []
     if results != list(range(n)):
         raise RuntimeError("a batch activity returned the wrong value")
     return [
         Figure(name, "throughput", n / elapsed, "activities/s"),
         Figure(name, "starts", n / started, "starts/s"),
         Figure(name, "wall time", elapsed, "s"),
+        *cpu,
     ]
+
+
+def cpu_meter(url: str) -> CpuMeter:
+    """A meter of the CPU that the workload on ``url`` spends: this process
+    and its children (the worker process, pools, the multiprocessing
+    manager), and on PostgreSQL the backends serving the store's schema."""
+    return CpuMeter(postgres_backends(url) if url.startswith("postgres") else lambda: [])
+
+
+def cpu_figure(name: str, meter: CpuMeter, activities: int) -> Figure:
+    """CPU seconds per 1,000 activities since ``meter.start()`` (issue 16
+    point 6), the database's included where it runs on this machine."""
+    tree_s, server_s = meter.stop()
+    label = "CPU per 1,000" if server_s is not None else "CPU per 1,000 (database not counted)"
+    return Figure(name, label, (tree_s + (server_s or 0.0)) / activities * 1000, "s")
 
 
 def apply_targets(figures: list[Figure], kind: str) -> list[Figure]:
@@ -424,13 +451,19 @@ async def process_breakdown(
     ]
 
 
-async def latency(name: str, client: Client, task_queue: str, rounds: int) -> list[Figure]:
-    """``rounds`` sequential execute_activity round trips."""
+async def latency(
+    name: str, client: Client, task_queue: str, rounds: int, meter: CpuMeter | None = None
+) -> list[Figure]:
+    """``rounds`` sequential execute_activity round trips (and the CPU they
+    took, if ``meter``)."""
     await warm_up(client, task_queue)
+    if meter is not None:
+        meter.start()
     times_ms = await _round_trips(client, task_queue, noop, rounds, "lat")
     return [
         Figure(name, "p50", percentile(times_ms, 50), "ms"),
         Figure(name, "p99", percentile(times_ms, 99), "ms"),
+        *([cpu_figure(name, meter, rounds)] if meter is not None else []),
     ]
 
 
