@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 
-from errands._aio import wait_any
+from errands._aio import Flag, wait_any
 from errands.store import ClosedRun, Store
 from errands.store._changes import Closed, Resync, Subscription
 
@@ -52,7 +52,7 @@ class OutcomeWatcher:
         self._unlooked: set[str] = set()
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
-        self._kick = asyncio.Event()
+        self._kick = Flag()
 
     def _subscription(self) -> Subscription:
         if self._sub is None or self._sub.closed:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from errands._aio import Flag
 from errands.store import _wakeups
 from errands.store._base import ClosedRun
 
@@ -299,7 +300,7 @@ class Subscription:
         holds that lock (a membership test needs none)."""
         self.where = where
         self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
+        self._event = Flag()
         self._lock = threading.Lock()
         self._pending: list[tuple[int, Change]] = []
         self._scheduled = False

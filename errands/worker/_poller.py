@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from errands._aio import wait_any
+from errands._aio import Flag, wait_any
 from errands._outage import Backoff, Outage
 from errands.exceptions import StoreError
 from errands.store import ClaimedTask, ClaimResult, Store
@@ -92,14 +92,14 @@ class Poller:
         self._queue_rate = queue_rate_per_s
         self._outage = outage or Outage(logger, f"poller of task queue {task_queue!r}")
         self._backoff = Backoff()
-        self._slot_freed = asyncio.Event()
+        self._slot_freed = Flag()
         self._next_ready: float | None = None
         """When the queue's next known task becomes ready (this machine's clock)."""
         self._waiting_for_slot = False
         self._following = 0
         """Follow-up claims handed out and not delivered yet: each holds the
         slot it was made for."""
-        self._followed = asyncio.Event()
+        self._followed = Flag()
         """Set whenever no follow-up claim is on its way."""
         self._followed.set()
 
@@ -224,7 +224,7 @@ class Poller:
         """Wait for work with ``free`` slots: a change to the queue, a known
         task becoming ready, or an armed claim's delivery. Whether to claim."""
         delivered: list[tuple[ClaimResult, int]] = []
-        got = asyncio.Event()
+        got = Flag()
         disarm = None
         if self._bucket is None and self._queue_rate is None:
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 
-from errands._aio import wait_any
+from errands._aio import Flag, wait_any
 from errands._outage import Backoff, Outage
 from errands.exceptions import StoreError
 from errands.store import Store
@@ -46,7 +46,7 @@ class TimerFirer:
         self._backoff = Backoff()
         self._namespace = namespace
         self._retention_s = retention_s
-        self._kick = asyncio.Event()
+        self._kick = Flag()
         self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
         self._planned = 0.0
         """When the next look is due (this machine's clock)."""

@@ -17,6 +17,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from errands._aio import Flag
 from errands._outage import Outage
 from errands.activity import ActivityCancellationDetails, _Definition, _Signal
 from errands.store import ClaimedTask, WorkerRecord
@@ -204,12 +205,12 @@ class Worker:
         unwatch = self._watch_metrics()
         await self._register()
         self._watcher.subscribe()  # before the first claim, or a request could be missed
-        stop_background = asyncio.Event()
+        stop_background = Flag()
         background = [
             asyncio.ensure_future(self._watcher.run(stop_background)),
             asyncio.ensure_future(self._timers.run(stop_background)),
         ]
-        stop_polling = asyncio.Event()
+        stop_polling = Flag()
         polling = asyncio.gather(*(p.run(stop_polling) for p in self._pollers))
         logger.info(
             "worker %s started on task queue %r (%d activities)",
