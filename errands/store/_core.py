@@ -123,16 +123,6 @@ def _run_each(tx: Tx, ops: list[Callable[[Tx], Any]]) -> list[Outcome]:
     return out
 
 
-def _hand_over(handoffs: list[tuple[Armed[Claim], ClaimResult]], serial: int) -> None:
-    """On a poller's loop: deliver the claims one commit made for it (one
-    that fails does not keep the others from theirs)."""
-    for armed, result in handoffs:
-        try:
-            armed.deliver(result, serial)
-        except Exception:
-            logger.exception("delivering %d claimed tasks failed", len(result.tasks))
-
-
 def _run_follow_ups(tx: Tx, follow_ups: Sequence[Armed[Claim] | None]) -> None:
     """Run completions' follow-up claims that no transaction ran yet: one
     claim per poller for all the slots its completions here free, each
@@ -314,17 +304,14 @@ class CoreStore(Store):
             self._forget_held(run_id, serial)
         for run_id, serial in tx.claimed.items():
             self._held.setdefault(run_id, set()).add(serial)
-        # One wake-up per event loop, however many claims this commit hands over
-        # (a batch of completions carries a follow-up claim each).
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Armed[Claim], ClaimResult]]] = {}
+        # The writer gathers these calls: one wake-up per event loop, however
+        # many claims this commit hands over (a batch of completions carries a
+        # follow-up claim each).
         for armed, result in tx.handoffs:
-            by_loop.setdefault(armed.loop, []).append((armed, result))
-        for loop, handoffs in by_loop.items():
             try:
-                _wakeups.call_soon(loop, _hand_over, handoffs, serial)
+                _wakeups.call_soon(armed.loop, armed.deliver, result, serial)
             except RuntimeError:  # the loop closed: the tasks time out and retry
-                tasks = sum(len(result.tasks) for _, result in handoffs)
-                logger.warning("claimed %d tasks for a poller whose loop closed", tasks)
+                logger.warning("claimed %d tasks for a poller whose loop closed", len(result.tasks))
         self.feed.publish(_collapsed([_localized(c, tx.offset) for c in tx.changes]), serial)
         if tx.covered:
             self.feed.publish(_collapsed(tx.covered), serial, skip=tx.covered_for)

@@ -252,8 +252,9 @@ class Attempt:
             self._follow_up = self.env.on_slot_free(self, completing)
 
     def _drop_follow_up(self) -> None:
-        """The follow-up claim was not passed to the store (the outcome was a
-        failure after all, or the report never reached it): free its slot."""
+        """Release the follow-up claim: its completion's write ended, or it
+        was never passed to one (the outcome was a failure after all, or the
+        report never reached the store); one no transaction ran frees its slot."""
         follow_up, self._follow_up = self._follow_up, None
         if follow_up is not None:
             follow_up.release()
@@ -489,15 +490,14 @@ class Attempt:
             self.metrics.succeeded(max(0.0, since_s) * 1000.0)
         # The follow-up claim rides the first try; a try that did not commit
         # delivered nothing for it, and it is never run twice.
-        follow_up, self._follow_up = self._follow_up, None
+        follow_up = self._follow_up
         try:
             completed = await self._reporting(
                 "the completion",
                 lambda: env.store.complete(task.run_id, task.serial, data, then_claim=follow_up),
             )
         finally:
-            if follow_up is not None:
-                follow_up.release()
+            self._drop_follow_up()
         if not completed:
             logger.info(
                 "completion of %r attempt %d refused: the attempt is stale (timed out, "
